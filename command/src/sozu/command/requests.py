@@ -1,0 +1,509 @@
+"""Every request of the command protocol, as a tagged msgspec union.
+
+The tag of a request is upstream's request name in PascalCase (`AddCluster`,
+`ActivateListener`, ...), the same in msgpack, JSON and the state file. `ROUTING` says who
+handles each kind:
+
+- `state`: validated on the supervisor's state, then fanned out to every worker;
+- `fanout`: sent to every worker, the supervisor's state untouched;
+- `query`: answered by the supervisor and every worker (a map keyed by worker id and "main");
+- `main`: handled by the supervisor alone;
+- `worker`: only on the supervisor-to-worker channel; refused from a client.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+from sozu.command.types import (
+    U32,
+    U64,
+    CertificateAndKey,
+    Cluster,
+    HealthCheckConfig,
+    HstsConfig,
+    HttpListenerConfig,
+    HttpsListenerConfig,
+    ListenerType,
+    MetricsConfiguration,
+    RequestHttpFrontend,
+    RequestTcpFrontend,
+    RequestUdpFrontend,
+    Seconds,
+    TcpListenerConfig,
+    TlsVersion,
+    UdpListenerConfig,
+    canonicalize_addresses,
+)
+from sozu.command.types import Backend as BackendRecord
+
+Routing = Literal["state", "fanout", "query", "main", "worker"]
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
+    """Base of every request."""
+
+    ROUTING: ClassVar[Routing]
+
+
+# ---------------------------------------------------------------------------------------------
+# State-changing requests
+
+
+class AddCluster(Request, tag="AddCluster", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    cluster: Cluster
+
+
+class RemoveCluster(Request, tag="RemoveCluster", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    cluster_id: str
+
+
+class AddHttpFrontend(Request, tag="AddHttpFrontend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    frontend: RequestHttpFrontend
+
+
+class RemoveHttpFrontend(Request, tag="RemoveHttpFrontend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    frontend: RequestHttpFrontend
+
+
+class AddHttpsFrontend(Request, tag="AddHttpsFrontend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    frontend: RequestHttpFrontend
+
+
+class RemoveHttpsFrontend(Request, tag="RemoveHttpsFrontend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    frontend: RequestHttpFrontend
+
+
+class AddTcpFrontend(Request, tag="AddTcpFrontend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    frontend: RequestTcpFrontend
+
+
+class RemoveTcpFrontend(Request, tag="RemoveTcpFrontend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    frontend: RequestTcpFrontend
+
+
+class AddUdpFrontend(Request, tag="AddUdpFrontend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    frontend: RequestUdpFrontend
+
+
+class RemoveUdpFrontend(Request, tag="RemoveUdpFrontend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    frontend: RequestUdpFrontend
+
+
+class AddCertificate(Request, tag="AddCertificate", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    address: str
+    certificate: CertificateAndKey
+    expired_at: int | None = None
+
+    def __post_init__(self) -> None:
+        canonicalize_addresses(self, "address")
+
+
+class ReplaceCertificate(Request, tag="ReplaceCertificate", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    address: str
+    new_certificate: CertificateAndKey
+    old_fingerprint: str
+    new_expired_at: int | None = None
+
+    def __post_init__(self) -> None:
+        canonicalize_addresses(self, "address")
+
+
+class RemoveCertificate(Request, tag="RemoveCertificate", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    address: str
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        canonicalize_addresses(self, "address")
+
+
+class AddBackend(Request, tag="AddBackend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    backend: BackendRecord
+
+
+class RemoveBackend(Request, tag="RemoveBackend", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    cluster_id: str
+    backend_id: str
+    address: str
+
+    def __post_init__(self) -> None:
+        canonicalize_addresses(self, "address")
+
+
+class AddHttpListener(Request, tag="AddHttpListener", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    listener: HttpListenerConfig
+
+
+class AddHttpsListener(Request, tag="AddHttpsListener", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    listener: HttpsListenerConfig
+
+
+class AddTcpListener(Request, tag="AddTcpListener", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    listener: TcpListenerConfig
+
+
+class AddUdpListener(Request, tag="AddUdpListener", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    listener: UdpListenerConfig
+
+
+class _ListenerAddress(Request, frozen=True, kw_only=True):
+    address: str
+    proxy: ListenerType
+
+    def __post_init__(self) -> None:
+        canonicalize_addresses(self, "address")
+
+
+class RemoveListener(_ListenerAddress, tag="RemoveListener", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+
+
+class ActivateListener(_ListenerAddress, tag="ActivateListener", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    from_scm: bool = False
+
+
+class DeactivateListener(_ListenerAddress, tag="DeactivateListener", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    to_scm: bool = False
+
+
+class _ListenerPatch(Request, frozen=True, kw_only=True):
+    """Fields common to every listener update; None keeps the current value."""
+
+    address: str
+    public_address: str | None = None
+    front_timeout: Seconds | None = None
+    back_timeout: Seconds | None = None
+
+    def __post_init__(self) -> None:
+        canonicalize_addresses(self, "address", "public_address")
+
+
+class UpdateHttpListener(_ListenerPatch, tag="UpdateHttpListener", frozen=True, kw_only=True):
+    """Patch of an HTTP listener: `answers` entries are merged code by code."""
+
+    ROUTING: ClassVar[Routing] = "state"
+    expect_proxy: bool | None = None
+    sticky_name: str | None = None
+    connect_timeout: Seconds | None = None
+    request_timeout: Seconds | None = None
+    answers: dict[str, str] | None = None
+    sozu_id_header: str | None = None
+    elide_x_real_ip: bool | None = None
+    send_x_real_ip: bool | None = None
+    h2_max_rst_stream_per_window: U32 | None = None
+    h2_max_ping_per_window: U32 | None = None
+    h2_max_settings_per_window: U32 | None = None
+    h2_max_empty_data_per_window: U32 | None = None
+    h2_max_window_update_stream0_per_window: U32 | None = None
+    h2_max_continuation_frames: U32 | None = None
+    h2_max_glitch_count: U32 | None = None
+    h2_initial_connection_window: U32 | None = None
+    h2_max_concurrent_streams: U32 | None = None
+    h2_stream_shrink_ratio: U32 | None = None
+    h2_max_rst_stream_lifetime: U64 | None = None
+    h2_max_rst_stream_abusive_lifetime: U64 | None = None
+    h2_max_rst_stream_emitted_lifetime: U64 | None = None
+    h2_max_header_list_size: U32 | None = None
+    h2_max_header_table_size: U32 | None = None
+    h2_max_header_fields: U32 | None = None
+    h2_stream_idle_timeout_seconds: U32 | None = None
+    h2_graceful_shutdown_deadline_seconds: U32 | None = None
+
+
+class UpdateHttpsListener(UpdateHttpListener, tag="UpdateHttpsListener", frozen=True, kw_only=True):
+    """Patch of an HTTPS listener: `alpn_protocols` None keeps, empty resets to the default."""
+
+    ROUTING: ClassVar[Routing] = "state"
+    versions: tuple[TlsVersion, ...] | None = None
+    cipher_list: tuple[str, ...] | None = None
+    cipher_suites: tuple[str, ...] | None = None
+    signature_algorithms: tuple[str, ...] | None = None
+    groups_list: tuple[str, ...] | None = None
+    send_tls13_tickets: U64 | None = None
+    alpn_protocols: tuple[str, ...] | None = None
+    strict_sni_binding: bool | None = None
+    disable_http11: bool | None = None
+    hsts: HstsConfig | None = None
+
+
+class UpdateTcpListener(_ListenerPatch, tag="UpdateTcpListener", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    expect_proxy: bool | None = None
+    connect_timeout: Seconds | None = None
+
+
+class UpdateUdpListener(_ListenerPatch, tag="UpdateUdpListener", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    max_rx_datagram_size: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    max_flows: U64 | None = None
+
+
+class SetHealthCheck(Request, tag="SetHealthCheck", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    cluster_id: str
+    health_check: HealthCheckConfig
+
+
+class RemoveHealthCheck(Request, tag="RemoveHealthCheck", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "state"
+    cluster_id: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+
+
+class QueryClusterById(Request, tag="QueryClusterById", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "query"
+    cluster_id: str
+
+
+class QueryClustersByDomain(Request, tag="QueryClustersByDomain", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "query"
+    hostname: str
+    path: str | None = None
+
+
+class QueryClustersHashes(Request, tag="QueryClustersHashes", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "query"
+
+
+class QueryMetrics(Request, tag="QueryMetrics", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "fanout"
+    list: bool = False
+    cluster_ids: tuple[str, ...] = ()
+    backend_ids: tuple[str, ...] = ()
+    metric_names: tuple[str, ...] = ()
+    no_clusters: bool = False
+    workers: bool = False
+
+
+class QueryCertificatesFromTheState(
+    Request, tag="QueryCertificatesFromTheState", frozen=True, kw_only=True
+):
+    ROUTING: ClassVar[Routing] = "main"
+    domain: str | None = None
+    fingerprint: str | None = None
+
+
+class QueryCertificatesFromWorkers(
+    Request, tag="QueryCertificatesFromWorkers", frozen=True, kw_only=True
+):
+    ROUTING: ClassVar[Routing] = "fanout"
+    domain: str | None = None
+    fingerprint: str | None = None
+
+
+class QueryHealthChecks(Request, tag="QueryHealthChecks", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+    cluster_id: str | None = None
+
+
+class CountRequests(Request, tag="CountRequests", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+
+
+class ListWorkers(Request, tag="ListWorkers", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+
+
+class ListFrontends(Request, tag="ListFrontends", frozen=True, kw_only=True):
+    """List frontends; no protocol flag set means all of them."""
+
+    ROUTING: ClassVar[Routing] = "main"
+    http: bool = False
+    https: bool = False
+    tcp: bool = False
+    udp: bool = False
+    domain: str | None = None
+
+
+class ListListeners(Request, tag="ListListeners", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+
+
+class Status(Request, tag="Status", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime settings, stops, upgrades, events, persistence
+
+
+class ConfigureMetrics(Request, tag="ConfigureMetrics", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "fanout"
+    config: MetricsConfiguration
+
+
+class Logging(Request, tag="Logging", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "fanout"
+    filter: str
+
+
+class SetMaxConnectionsPerIp(Request, tag="SetMaxConnectionsPerIp", frozen=True, kw_only=True):
+    """Runtime limit of connections per client IP (0 = unlimited); not persisted."""
+
+    ROUTING: ClassVar[Routing] = "fanout"
+    limit: U64
+
+
+class QueryMaxConnectionsPerIp(Request, tag="QueryMaxConnectionsPerIp", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+
+
+class SoftStop(Request, tag="SoftStop", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+
+
+class HardStop(Request, tag="HardStop", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+
+
+class UpgradeMain(Request, tag="UpgradeMain", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+
+
+class UpgradeWorker(Request, tag="UpgradeWorker", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+    worker_id: U32
+    wait: bool = False
+
+
+class SubscribeEvents(Request, tag="SubscribeEvents", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+
+
+class SaveState(Request, tag="SaveState", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+    path: str
+
+
+class LoadState(Request, tag="LoadState", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "main"
+    path: str
+
+
+class ReloadConfiguration(Request, tag="ReloadConfiguration", frozen=True, kw_only=True):
+    """Re-read a configuration file (None: the boot file) and converge onto it."""
+
+    ROUTING: ClassVar[Routing] = "main"
+    path: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Supervisor-to-worker channel only
+
+
+class ReturnListenSockets(Request, tag="ReturnListenSockets", frozen=True, kw_only=True):
+    ROUTING: ClassVar[Routing] = "worker"
+
+
+class ServerConfig(Request, tag="ServerConfig", frozen=True, kw_only=True):
+    """First message to a worker: its identity and process-wide limits."""
+
+    ROUTING: ClassVar[Routing] = "worker"
+    protocol_version: int
+    worker_id: U32
+    slot: U32
+    max_connections: U64 = 10000
+    buffer_size: U64 = 16393
+    min_buffers: U64 = 1
+    max_buffers: U64 = 1000
+    drain_timeout: Seconds = 60
+    log_level: str = "info"
+    access_logs: bool = True
+    debug: bool = False
+
+
+AnyRequest = (
+    AddCluster
+    | RemoveCluster
+    | AddHttpFrontend
+    | RemoveHttpFrontend
+    | AddHttpsFrontend
+    | RemoveHttpsFrontend
+    | AddTcpFrontend
+    | RemoveTcpFrontend
+    | AddUdpFrontend
+    | RemoveUdpFrontend
+    | AddCertificate
+    | ReplaceCertificate
+    | RemoveCertificate
+    | AddBackend
+    | RemoveBackend
+    | AddHttpListener
+    | AddHttpsListener
+    | AddTcpListener
+    | AddUdpListener
+    | RemoveListener
+    | ActivateListener
+    | DeactivateListener
+    | UpdateHttpListener
+    | UpdateHttpsListener
+    | UpdateTcpListener
+    | UpdateUdpListener
+    | SetHealthCheck
+    | RemoveHealthCheck
+    | QueryClusterById
+    | QueryClustersByDomain
+    | QueryClustersHashes
+    | QueryMetrics
+    | QueryCertificatesFromTheState
+    | QueryCertificatesFromWorkers
+    | QueryHealthChecks
+    | CountRequests
+    | ListWorkers
+    | ListFrontends
+    | ListListeners
+    | Status
+    | ConfigureMetrics
+    | Logging
+    | SetMaxConnectionsPerIp
+    | QueryMaxConnectionsPerIp
+    | SoftStop
+    | HardStop
+    | UpgradeMain
+    | UpgradeWorker
+    | SubscribeEvents
+    | SaveState
+    | LoadState
+    | ReloadConfiguration
+    | ReturnListenSockets
+    | ServerConfig
+)
+
+REQUEST_TYPES: tuple[type[Request], ...] = typing.get_args(AnyRequest)
+
+
+def request_kind(request: Request | type[Request]) -> str:
+    """The tag of a request or request class (`AddCluster`, ...)."""
+    tag = request.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+REQUEST_KINDS: dict[str, type[Request]] = {request_kind(cls): cls for cls in REQUEST_TYPES}

@@ -1,0 +1,1 @@
+"""sozu cli package."""

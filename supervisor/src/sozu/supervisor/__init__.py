@@ -1,0 +1,1 @@
+"""sozu supervisor package."""
