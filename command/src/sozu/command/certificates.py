@@ -1,7 +1,8 @@
 """PEM certificates: leaf fingerprint, served names and expiry.
 
 The fingerprint is the hex SHA-256 of the leaf certificate's DER encoding, as upstream. The
-X.509 parser is imported on first use only: it pulls in the socket module, which the sans-io
+results are cached: a state replay parses each certificate once. The X.509 parser is imported
+on first use only: it pulls in the socket module, which the sans-io
 cores must never load.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from typing import Final
@@ -59,6 +61,7 @@ def is_fingerprint(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
+@functools.lru_cache(maxsize=1024)
 def inspect_certificate(pem: str) -> CertificateFacts:
     """Fingerprint, DNS names (SAN, else CN) and expiry of the leaf certificate."""
     from cryptography import x509
@@ -84,6 +87,7 @@ def inspect_certificate(pem: str) -> CertificateFacts:
     return CertificateFacts(hashlib.sha256(der).hexdigest(), tuple(names), not_after)
 
 
+@functools.lru_cache(maxsize=1024)
 def check_private_key(pem: str) -> None:
     """Raise CertificateError unless the text holds a loadable private key."""
     from cryptography.hazmat.primitives.serialization import load_pem_private_key

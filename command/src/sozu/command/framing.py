@@ -14,7 +14,9 @@ import msgspec
 
 DEFAULT_MAX_FRAME_SIZE: Final = 2_000_000
 PREFIX: Final = struct.Struct(">I")
-OVERSIZE_HEAD_BYTES: Final = 512
+# Enough for the envelope's map header, `v` and an `id` of the longest id the envelope accepts
+# (256 characters of up to 4 UTF-8 bytes each), so an oversize frame's id can always be read.
+OVERSIZE_HEAD_BYTES: Final = 1100
 
 
 class FrameError(Exception):
@@ -95,7 +97,21 @@ class FrameReader:
 
     def check_eof(self) -> None:
         """Call at end of stream: a partial frame left over is an error."""
-        if self._buffer or self._skip:
+        if self._skip:
+            received = self._skip_length - self._skip
             raise FrameError(
-                f"connection closed inside a frame ({len(self._buffer)} bytes of it received)"
+                f"connection closed inside a frame of {self._skip_length} bytes"
+                f" ({received} bytes of it received)"
+            )
+        buffered = len(self._buffer)
+        if buffered >= PREFIX.size:
+            (length,) = PREFIX.unpack_from(self._buffer)
+            raise FrameError(
+                f"connection closed inside a frame of {length} bytes"
+                f" ({buffered - PREFIX.size} bytes of it received)"
+            )
+        if buffered:
+            raise FrameError(
+                f"connection closed inside a frame's length prefix"
+                f" ({buffered} of {PREFIX.size} bytes received)"
             )

@@ -1,0 +1,120 @@
+"""Global options of the `sozu` CLI, accepted before or after any subcommand.
+
+click has no global options, so `SozuGroup` and `SozuCommand` add `-c/--config`, `-j/--json`
+and `-t/--timeout` to every group and command; each occurrence updates the one `CliState`
+kept on the root context, the last one on the command line winning. `SOZU_CONFIG` is read by
+the root group only, so any `-c` on the command line overrides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from sozu.command.config import DEFAULT_SOURCE, ConfigError, LoadedConfig, load_config
+
+
+@dataclass
+class CliState:
+    """The global options, merged from every level of the command line."""
+
+    config: Path | None = None
+    json: bool = False
+    timeout_ms: int | None = None
+
+    @property
+    def source(self) -> str:
+        """How error messages name the configuration."""
+        return str(self.config) if self.config is not None else DEFAULT_SOURCE
+
+
+def cli_state(ctx: click.Context) -> CliState:
+    return ctx.find_root().ensure_object(CliState)
+
+
+def _store(field: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        state = cli_state(ctx)
+        if value is not None and value is not False:
+            setattr(state, field, value)
+
+    return store
+
+
+def _global_options(*, root: bool) -> list[click.Parameter]:
+    return [
+        click.Option(
+            ["-c", "--config"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            metavar="FILE",
+            envvar="SOZU_CONFIG" if root else None,
+            expose_value=False,
+            callback=_store("config"),
+            help="Configuration file (default: $SOZU_CONFIG, else the embedded default).",
+        ),
+        click.Option(
+            ["-j", "--json"],
+            is_flag=True,
+            default=False,
+            expose_value=False,
+            callback=_store("json"),
+            help="Print one JSON document on stdout.",
+        ),
+        click.Option(
+            ["-t", "--timeout"],
+            type=click.IntRange(min=1),
+            metavar="MS",
+            expose_value=False,
+            callback=_store("timeout_ms"),
+            help="Command timeout in milliseconds (default: ctl_command_timeout).",
+        ),
+    ]
+
+
+class SozuCommand(click.Command):
+    """A command that takes the global options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_options(root=False))
+
+
+class SozuGroup(click.Group):
+    """A group that takes the global options; its commands and subgroups do too."""
+
+    command_class = SozuCommand
+    group_class = type
+
+    def __init__(self, *args: Any, root: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_options(root=root))
+
+
+class ConfigFailure(click.ClickException):
+    """A configuration error, printed as `<file>: <key path>: <message>` (exit code 1)."""
+
+    exit_code = 1
+
+    def __init__(self, source: str, error: ConfigError) -> None:
+        prefix = f"{source}: {error.path}" if error.path else source
+        super().__init__(f"{prefix}: {error.message}")
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(self.message, err=True, file=file)
+
+
+def load_or_fail(state: CliState) -> LoadedConfig:
+    """Load the selected configuration, or fail with the CLI's error format."""
+    try:
+        return load_config(state.config)
+    except ConfigError as error:
+        raise ConfigFailure(state.source, error) from None
+
+
+def echo_warnings(state: CliState, loaded: LoadedConfig) -> None:
+    for warning in loaded.warnings:
+        click.echo(f"{state.source}: {warning}", err=True)
