@@ -7,6 +7,7 @@ spellings of one address can never become two keys.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -45,8 +46,9 @@ def format_address(ip: IPAddress, port: int) -> str:
     return f"{ip.compressed}:{port}"
 
 
+@functools.lru_cache(maxsize=65536)
 def canonical_address(text: str) -> str:
-    """Validate an address and return its canonical spelling."""
+    """Validate an address and return its canonical spelling (cached: decoding hot path)."""
     ip, port = parse_address(text)
     return format_address(ip, port)
 

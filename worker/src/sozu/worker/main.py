@@ -1,0 +1,61 @@
+"""Worker process entry: `python -m sozu.worker --id N --slot S --fd CHANNEL [--scm FD]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+import trio
+
+from sozu.worker.channel_loop import WorkerCore, serve_channel
+
+
+class _WorkerIdFilter(logging.Filter):
+    def __init__(self, worker_id: int) -> None:
+        super().__init__()
+        self.worker_id = worker_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = f"worker {self.worker_id}"
+        return True
+
+
+def setup_logging(worker_id: int, level: str = "INFO") -> None:
+    """One line per record on stderr (inherited from the supervisor), with the worker id."""
+    timestamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{timestamp}%(levelname)s [%(worker)s] %(message)s"))
+    handler.addFilter(_WorkerIdFilter(worker_id))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sozu.worker")
+    parser.add_argument("--id", type=int, required=True, help="worker id")
+    parser.add_argument("--fd", type=int, required=True, help="channel socket fd")
+    parser.add_argument("--scm", type=int, default=None, help="SCM_RIGHTS socket fd")
+    parser.add_argument("--max-command-buffer-size", type=int, default=2_000_000)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.id)
+    # The supervisor decides when workers stop: a terminal's ^C reaches the whole process
+    # group, and the supervisor then stops its workers over their channels.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = socket.socket(fileno=args.fd)
+    # Held for the listener hand-off; fds are not passed yet in this version.
+    scm = socket.socket(fileno=args.scm) if args.scm is not None else None
+    try:
+        core = WorkerCore(worker_id=args.id)
+        return trio.run(serve_channel, core, channel, args.max_command_buffer_size)
+    finally:
+        if scm is not None:
+            scm.close()
