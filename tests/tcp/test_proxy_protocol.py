@@ -1,0 +1,82 @@
+"""PROXY protocol v2: exact bytes, parsing whole and byte by byte, and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from sozu.worker.proxy_protocol import (
+    MAX_HEADER_LENGTH,
+    SIGNATURE,
+    ProxyHeader,
+    ProxyProtocolError,
+    build_v2,
+    parse_v2,
+)
+
+
+def test_ipv4_stream_header_bytes() -> None:
+    header = build_v2(("125.25.10.1", 8080), ("10.4.5.8", 4200))
+    assert header == SIGNATURE + bytes.fromhex("21 11 00 0C 7D 19 0A 01 0A 04 05 08 1F 90 10 68")
+    assert len(header) == 28
+
+
+def test_ipv4_datagram_header_bytes() -> None:
+    header = build_v2(("125.25.10.1", 8080), ("10.4.5.8", 4200), stream=False)
+    assert header[12:16] == bytes.fromhex("21 12 00 0C")
+
+
+def test_ipv6_and_mixed_families() -> None:
+    header = build_v2(("::1", 8080), ("::1", 4200))
+    assert len(header) == 52
+    assert header[13] == 0x21
+    assert header[14:16] == b"\x00\x24"
+    mixed = build_v2(("127.0.0.1", 1), ("::1", 2))
+    assert mixed == SIGNATURE + b"\x21\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("source", "destination"),
+    [(("127.0.0.1", 40000), ("127.0.0.2", 80)), (("::1", 1), ("fe80::2", 65535))],
+)
+def test_parse_round_trip_whole_and_byte_by_byte(
+    source: tuple[str, int], destination: tuple[str, int]
+) -> None:
+    header = build_v2(source, destination)
+    data = header + b"GET / HTTP/1.1\r\n"
+    expected = ProxyHeader("PROXY", source, destination, len(header))
+    assert parse_v2(data) == expected
+    for cut in range(len(header)):
+        assert parse_v2(data[:cut]) is None
+    assert parse_v2(header) == expected
+
+
+def test_local_and_unspec_have_no_addresses() -> None:
+    local = SIGNATURE + b"\x20\x00\x00\x00"
+    assert parse_v2(local) == ProxyHeader("LOCAL", None, None, 16)
+    assert parse_v2(SIGNATURE + b"\x21\x00\x00\x00") == ProxyHeader("PROXY", None, None, 16)
+
+
+def test_tlvs_are_skipped_within_the_length() -> None:
+    header = bytearray(build_v2(("127.0.0.1", 1), ("127.0.0.1", 2)))
+    tlv = b"\x04\x00\x01\x00"  # a NOOP TLV
+    header[14:16] = (12 + len(tlv)).to_bytes(2, "big")
+    parsed = parse_v2(bytes(header) + tlv + b"rest")
+    assert parsed is not None
+    assert parsed.length == 28 + len(tlv)
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\r\n", "signature"),
+        (b"\r\n\r\n\x00\r\nQUIX\n", "signature"),
+        (SIGNATURE + b"\x11\x11\x00\x0c", "version 1"),
+        (SIGNATURE + b"\x22\x11\x00\x0c", "command"),
+        (SIGNATURE + b"\x21\x11" + (MAX_HEADER_LENGTH).to_bytes(2, "big"), "too long"),
+        (SIGNATURE + b"\x21\x11\x00\x04" + b"\x00" * 4, "too short"),
+        (SIGNATURE + b"\x21\x41\x00\x00", "family"),
+    ],
+)
+def test_refusals(data: bytes, needle: str) -> None:
+    with pytest.raises(ProxyProtocolError, match=needle):
+        parse_v2(data)

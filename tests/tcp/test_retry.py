@@ -1,0 +1,38 @@
+"""Backend back-off (upstream retry.rs): waits, the down threshold, reset on success."""
+
+from __future__ import annotations
+
+import random
+
+from sozu.worker.tcp.retry import MAX_TRIES, RetryPolicy
+
+
+def test_first_failure_waits_exactly_one_second() -> None:
+    policy = RetryPolicy(random.Random(1))
+    assert policy.can_open(0.0)
+    policy.fail(10.0)
+    assert not policy.can_open(10.5)
+    assert policy.can_open(11.0)
+
+
+def test_waits_grow_and_the_backend_goes_down_after_six_failures() -> None:
+    policy = RetryPolicy(random.Random(7))
+    now = 0.0
+    went_down = []
+    for attempt in range(1, 9):
+        went_down.append(policy.fail(now))
+        wait = policy.until - now
+        assert 1.0 <= wait < 2 ** min(attempt - 1, MAX_TRIES) + 1
+        now = policy.until
+    assert went_down == [False] * 5 + [True, False, False]
+    assert policy.is_down
+    assert policy.succeed() is True
+    assert (policy.tries, policy.is_down, policy.can_open(0.0)) == (0, False, True)
+
+
+def test_failures_during_a_back_off_count_once() -> None:
+    policy = RetryPolicy(random.Random(3))
+    policy.fail(0.0)
+    until = policy.until
+    policy.fail(0.5)
+    assert (policy.tries, policy.until) == (1, until)

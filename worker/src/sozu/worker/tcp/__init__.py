@@ -1,0 +1,1 @@
+"""TCP proxying in a worker: backend choice and back-off, relaying, the listener shell."""

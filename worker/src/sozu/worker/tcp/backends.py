@@ -1,0 +1,117 @@
+"""A TCP cluster as a worker sees it: backend choice, back-off, loads, and backend connects.
+
+`TcpCluster` wraps a `BackendSelector` with the per-backend retry policies of upstream and
+the active connection counts that LEAST_LOADED and POWER_OF_TWO read. `connect_backend` opens
+a non-blocking connection with a timeout.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+from collections.abc import Callable, Iterable
+
+import trio
+
+from sozu.worker.balancing import Backend, BackendSelector, LoadBalancingPolicy
+from sozu.worker.tcp.retry import RetryPolicy
+
+BackendEvent = Callable[[str, str, str], None]  # (kind, cluster_id, backend_id)
+
+
+class TcpCluster:
+    """Selection, back-off and load bookkeeping of one cluster in one worker."""
+
+    def __init__(
+        self,
+        cluster_id: str,
+        policy: LoadBalancingPolicy,
+        backends: Iterable[Backend],
+        *,
+        send_proxy: bool = False,
+        rng: random.Random | None = None,
+        on_event: BackendEvent | None = None,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.send_proxy = send_proxy
+        self._rng = rng if rng is not None else random.Random()
+        self.selector = BackendSelector(policy, backends, rng=self._rng)
+        self.loads: dict[str, int] = {}
+        self._retries: dict[str, RetryPolicy] = {}
+        self._backing_off: set[str] = set()
+        self._on_event = on_event
+
+    def update(
+        self, policy: LoadBalancingPolicy, backends: Iterable[Backend], *, send_proxy: bool
+    ) -> None:
+        """New configuration: membership changes keep the back-off of surviving backends."""
+        self.send_proxy = send_proxy
+        self.selector.set_policy(policy)
+        self.selector.set_backends(backends)
+        known = {b.id for b in self.selector.backends()}
+        for gone in set(self._retries) - known:
+            del self._retries[gone]
+            self._backing_off.discard(gone)
+
+    def _refresh(self, now: float) -> None:
+        for backend_id in list(self._backing_off):
+            if self._retries[backend_id].can_open(now):
+                self._backing_off.discard(backend_id)
+                self.selector.set_retry_ok(backend_id, True)
+
+    def choose(self, now: float) -> Backend | None:
+        if self._backing_off:
+            self._refresh(now)
+        return self.selector.select(loads=self.loads)
+
+    def connection_failed(self, backend_id: str, now: float) -> None:
+        policy = self._retries.get(backend_id)
+        if policy is None:
+            policy = self._retries[backend_id] = RetryPolicy(self._rng)
+        if policy.fail(now) and self._on_event is not None:
+            self._on_event("BACKEND_DOWN", self.cluster_id, backend_id)
+        if not policy.can_open(now) and self.selector.backend(backend_id) is not None:
+            self._backing_off.add(backend_id)
+            self.selector.set_retry_ok(backend_id, False)
+
+    def connection_succeeded(self, backend_id: str) -> None:
+        policy = self._retries.pop(backend_id, None)
+        if policy is not None and policy.succeed() and self._on_event is not None:
+            self._on_event("BACKEND_UP", self.cluster_id, backend_id)
+
+    def opened(self, backend_id: str) -> None:
+        self.loads[backend_id] = self.loads.get(backend_id, 0) + 1
+
+    def closed(self, backend_id: str) -> None:
+        remaining = self.loads.get(backend_id, 0) - 1
+        assert remaining >= 0, f"load of {backend_id} below zero"
+        if remaining:
+            self.loads[backend_id] = remaining
+        else:
+            self.loads.pop(backend_id, None)
+
+
+async def connect_backend(address: tuple[str, int], connect_timeout: float) -> socket.socket:
+    """A connected non-blocking TCP socket, or OSError (timeouts: ETIMEDOUT)."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        code = sock.connect_ex(address)
+        if code not in (0, errno.EINPROGRESS):
+            raise OSError(code, f"connect to {address[0]}:{address[1]}: {errno.errorcode[code]}")
+        if code == errno.EINPROGRESS:
+            with trio.move_on_after(connect_timeout) as scope:
+                await trio.lowlevel.wait_writable(sock)
+            if scope.cancelled_caught:
+                raise OSError(errno.ETIMEDOUT, f"connect to {address[0]}:{address[1]} timed out")
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(
+                    code, f"connect to {address[0]}:{address[1]}: {errno.errorcode[code]}"
+                )
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,234 @@
+"""A TCP listener of a worker: accept loop, one session per connection (trio shell).
+
+Accepting is a drain loop over the listener socket the supervisor handed over. Each session
+reads an expected PROXY v2 header if the listener wants one, picks a backend of the listener's
+cluster (up to `CONNECT_ATTEMPTS` backends, failing ones backed off), writes a PROXY header if
+the cluster sends one (its own, or the client's as received when relaying), then relays.
+Sessions run in a handler nursery separate from the accept loop, so that stopping the accept
+loop leaves them running: that is how a draining worker lets connections finish.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+from sozu.command.types import TcpListenerConfig
+from sozu.worker.proxy_protocol import ProxyProtocolError, build_v2, parse_v2
+from sozu.worker.tcp.backends import TcpCluster, connect_backend
+from sozu.worker.tcp.relay import relay
+
+log = logging.getLogger("sozu.worker.tcp")
+
+CONNECT_ATTEMPTS = 3
+ACCEPT_BATCH = 64
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class ConnectionLimit:
+    """The worker-wide cap on client connections; accepting pauses at the cap."""
+
+    def __init__(self, limit: int) -> None:
+        assert limit >= 1
+        self.limit = limit
+        self.active = 0
+        self._room = trio.Event()
+        self._room.set()
+
+    def take(self) -> None:
+        self.active += 1
+        assert self.active <= self.limit
+        if self.active == self.limit:
+            self._room = trio.Event()
+
+    def give(self) -> None:
+        self.active -= 1
+        assert self.active >= 0
+        self._room.set()
+
+    async def wait_for_room(self) -> None:
+        while self.active >= self.limit:
+            await self._room.wait()
+
+
+class TcpCounters(msgspec.Struct):
+    """Plain counters of one listener, read by the metrics snapshot."""
+
+    accepted: int = 0
+    active: int = 0
+    backend_errors: int = 0
+    no_backend: int = 0
+    proxy_protocol_errors: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class TcpListenerProxy:
+    """Serves one TCP listener socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        config: TcpListenerConfig,
+        cluster_of: Callable[[], TcpCluster | None],
+        limit: ConnectionLimit,
+        *,
+        use_splice: bool = True,
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.config = config
+        self._cluster_of = cluster_of
+        self._limit = limit
+        self._use_splice = use_splice
+        self.counters = TcpCounters()
+        self._accept_scope: trio.CancelScope | None = None
+
+    def stop_accepting(self) -> None:
+        """Leave the listener socket alone from now on; sessions go on."""
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+
+    async def serve(
+        self,
+        handlers: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept until `stop_accepting()`; sessions are started in `handlers`."""
+        with trio.CancelScope() as self._accept_scope:
+            task_status.started()
+            while True:
+                await self._limit.wait_for_room()
+                for _ in range(ACCEPT_BATCH):
+                    if self._limit.active >= self._limit.limit:
+                        break
+                    try:
+                        client, peer = self.sock.accept()
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(self.sock)
+                        break
+                    except OSError as error:
+                        if error.errno in _RESOURCE_ERRORS:
+                            log.warning("accept on %s: %s; retrying", self.config.address, error)
+                            await trio.sleep(0.1)
+                            break
+                        raise
+                    self._limit.take()
+                    self.counters.accepted += 1
+                    handlers.start_soon(self._session, client, peer)
+                else:
+                    await trio.lowlevel.checkpoint()
+
+    async def _session(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        self.counters.active += 1
+        try:
+            client.setblocking(False)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await self._proxy(client, (peer[0], peer[1]))
+        except OSError as error:
+            log.debug("session from %s:%s ended: %s", peer[0], peer[1], error)
+        finally:
+            client.close()
+            self.counters.active -= 1
+            self._limit.give()
+
+    async def _read_proxy_header(
+        self, client: socket.socket
+    ) -> tuple[tuple[str, int] | None, bytes, bytes] | None:
+        """(source, raw header, bytes after it), or None if the connection must close."""
+        buffer = bytearray()
+        with trio.move_on_after(self.config.front_timeout):
+            while True:
+                try:
+                    chunk = client.recv(4096)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(client)
+                    continue
+                if not chunk:
+                    return None  # EOF before a header: a health check, closed silently
+                buffer += chunk
+                try:
+                    header = parse_v2(buffer)
+                except ProxyProtocolError as error:
+                    self.counters.proxy_protocol_errors += 1
+                    log.info("PROXY header on %s: %s", self.config.address, error)
+                    return None
+                if header is not None:
+                    if header.source is None:
+                        return None  # LOCAL or AF_UNSPEC: nothing to proxy for
+                    raw = bytes(buffer[: header.length])
+                    return header.source, raw, bytes(buffer[header.length :])
+        return None
+
+    async def _proxy(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        source, raw_header, early = peer, b"", b""
+        if self.config.expect_proxy:
+            parsed = await self._read_proxy_header(client)
+            if parsed is None:
+                return
+            proxied_source, raw_header, early = parsed
+            assert proxied_source is not None
+            source = proxied_source
+        cluster = self._cluster_of()
+        if cluster is None:
+            self.counters.no_backend += 1
+            return
+        backend_sock = None
+        backend_id = ""
+        for _ in range(CONNECT_ATTEMPTS):
+            backend = cluster.choose(trio.current_time())
+            if backend is None:
+                break
+            try:
+                backend_sock = await connect_backend(backend.address, self.config.connect_timeout)
+            except OSError as error:
+                self.counters.backend_errors += 1
+                log.info("backend %s of %s: %s", backend.id, cluster.cluster_id, error)
+                cluster.connection_failed(backend.id, trio.current_time())
+                continue
+            cluster.connection_succeeded(backend.id)
+            backend_id = backend.id
+            break
+        if backend_sock is None:
+            self.counters.no_backend += 1
+            return
+        cluster.opened(backend_id)
+        try:
+            preamble = early
+            if cluster.send_proxy:
+                if raw_header:
+                    preamble = raw_header + early  # relay the client's own header
+                else:
+                    local = client.getsockname()
+                    preamble = build_v2(source, (local[0], local[1])) + early
+            if preamble:
+                await _send_all(backend_sock, preamble)
+            stats = await relay(
+                client,
+                backend_sock,
+                front_timeout=self.config.front_timeout,
+                back_timeout=self.config.back_timeout,
+                use_splice=self._use_splice,
+            )
+            self.counters.bytes_in += stats.to_backend + len(early)
+            self.counters.bytes_out += stats.to_client
+        finally:
+            backend_sock.close()
+            cluster.closed(backend_id)
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        view = view[sent:]
