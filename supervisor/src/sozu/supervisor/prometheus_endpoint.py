@@ -1,0 +1,146 @@
+"""The supervisor's Prometheus endpoint: a custom collector over worker snapshots, served by trio.
+
+The collector turns `MetricsAggregator.totals()` into metric families at scrape time, so the
+numbers are sums across workers (retired workers included for counters and histograms). The
+HTTP side is deliberately tiny: `GET /metrics` on a listening socket the supervisor owns (it
+is handed over on a supervisor upgrade), one request per connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from itertools import accumulate
+
+import trio
+from prometheus_client.core import Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from sozu.command.metrics import MetricsSnapshot
+
+log = logging.getLogger("sozu.supervisor.prometheus")
+
+MAX_REQUEST_BYTES = 8192
+REQUEST_TIMEOUT = 5.0
+
+
+def _family(name: str, kind: str) -> Metric:
+    base = name.removesuffix("_total") if kind == "counter" else name
+    return Metric(base, f"sozu {base.removeprefix('sozu_').replace('_', ' ')}", kind)
+
+
+class SnapshotCollector(Collector):
+    """Exposes aggregated worker snapshots plus a few supervisor gauges."""
+
+    def __init__(
+        self,
+        totals: Callable[[], MetricsSnapshot],
+        build_info: dict[str, str],
+        supervisor_gauges: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        self._totals = totals
+        self._build_info = build_info
+        self._supervisor_gauges = supervisor_gauges
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._totals()
+        families: dict[tuple[str, str], Metric] = {}
+
+        def family(name: str, kind: str) -> Metric:
+            key = (name, kind)
+            if key not in families:
+                families[key] = _family(name, kind)
+            return families[key]
+
+        for sample in snapshot.counters:
+            name = sample.name if sample.name.endswith("_total") else f"{sample.name}_total"
+            family(sample.name, "counter").add_sample(name, dict(sample.labels), sample.value)
+        for sample in snapshot.gauges:
+            family(sample.name, "gauge").add_sample(sample.name, dict(sample.labels), sample.value)
+        for histogram in snapshot.histograms:
+            metric = family(histogram.name, "histogram")
+            cumulative = list(accumulate(histogram.counts))
+            bounds = [*map(_le, histogram.bounds), "+Inf"]
+            for bound, count in zip(bounds, cumulative, strict=True):
+                labels = {**dict(histogram.labels), "le": bound}
+                metric.add_sample(f"{histogram.name}_bucket", labels, count)
+            base = dict(histogram.labels)
+            metric.add_sample(f"{histogram.name}_count", base, cumulative[-1])
+            metric.add_sample(f"{histogram.name}_sum", base, histogram.sum)
+        yield from families.values()
+        if self._supervisor_gauges is not None:
+            for name, value in self._supervisor_gauges().items():
+                gauge = _family(name, "gauge")
+                gauge.add_sample(name, {}, value)
+                yield gauge
+        info = Metric("sozu_build_info", "sozu build information", "gauge")
+        info.add_sample("sozu_build_info", dict(self._build_info), 1.0)
+        yield info
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def make_registry(collector: Collector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+async def serve_prometheus(
+    sock: socket.socket,
+    registry: CollectorRegistry,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer `GET /metrics` on a listening socket until cancelled."""
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(_answer, stream, registry)
+
+
+async def _answer(stream: trio.SocketStream, registry: CollectorRegistry) -> None:
+    async with stream:
+        request = bytearray()
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST_BYTES:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                request += chunk
+        line = bytes(request.split(b"\r\n", 1)[0])
+        parts = line.split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            await _respond(stream, 400, b"bad request\n", "text/plain")
+        elif parts[0] not in (b"GET", b"HEAD"):
+            await _respond(stream, 405, b"method not allowed\n", "text/plain")
+        elif parts[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
+            await _respond(stream, 404, b"not found: try /metrics\n", "text/plain")
+        else:
+            try:
+                body = generate_latest(registry)
+            except Exception:
+                log.exception("collecting metrics failed")
+                await _respond(stream, 500, b"collection failed\n", "text/plain")
+                return
+            await _respond(stream, 200, body, CONTENT_TYPE_LATEST, head=parts[0] == b"HEAD")
+
+
+async def _respond(
+    stream: trio.SocketStream, status: int, body: bytes, content_type: str, *, head: bool = False
+) -> None:
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+    head_lines = (
+        f"HTTP/1.1 {status} {reason.get(status, 'Internal Server Error')}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(head_lines.encode() + (b"" if head else body))
