@@ -90,18 +90,25 @@ def per_call(fn: Callable[[int], object], ks: list[int]) -> float:
     return (time.perf_counter() - start) / len(ks) * 1e6
 
 
-def section_selection(n_calls: int) -> None:
-    print("## Selection cost per new flow (BackendSelector.select(key), microseconds)")
-    print("   (an established flow never selects: its datagrams only hit the flow table)")
+def selection_figures(n_calls: int) -> dict[str, float]:
     ks = keys(n_calls)
-    print(f"{'backends':>8} {'HRW':>8} {'Maglev':>8}")
+    figures = {}
     for n in (10, 100):
-        row = []
         for policy in (LoadBalancingPolicy.HRW, LoadBalancingPolicy.MAGLEV):
             selector = BackendSelector(policy, backends(n))
             selector.select(0)  # builds the Maglev table outside the timing
-            row.append(per_call(selector.select, ks))
-        print(f"{n:8} {row[0]:8.2f} {row[1]:8.2f}")
+            figures[f"{policy.value} over {n} backends"] = per_call(selector.select, ks)
+    return figures
+
+
+def section_selection(n_calls: int) -> None:
+    print("## Selection cost per new flow (BackendSelector.select(key), microseconds per call)")
+    print("   (an established flow never selects: its datagrams only hit the flow table)")
+    fast = run_json_subprocess(True, "select", n_calls)
+    debug = run_json_subprocess(False, "select", n_calls)
+    print(f"{'':24} {'python -O':>10} {'debug':>10}")
+    for name, value in fast.items():
+        print(f"{name:24} {value:10.2f} {debug[name]:10.2f}")
     print()
 
 
@@ -109,48 +116,67 @@ def section_selection(n_calls: int) -> None:
 
 
 def core_figures(n_flows: int, n_datagrams: int) -> dict[str, float]:
+    """Rates in this interpreter. In debug mode `check_invariants()` runs after every call and
+    costs O(live flows), so the debug run uses fewer datagrams and admissions for big tables
+    (rates stay per-datagram figures)."""
     cfg = ClusterConfig(cluster="c", affinity_with_port=True)
     figures: dict[str, float] = {}
+    payload = bytes(512)
+
+    def source(i: int) -> tuple[str, int]:
+        return (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 4000)
 
     def established(count: int) -> tuple[FlowManager, list[tuple[str, int]]]:
         m = FlowManager(cfg, max_flows=count)
-        srcs = [(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 4000) for i in range(count)]
+        # Building a big table in debug mode would be quadratic: suspend the full checks.
+        m.check_invariants = lambda: None  # type: ignore[method-assign]
+        srcs = [source(i) for i in range(count)]
         for i, src in enumerate(srcs):
             m.handle_client_datagram(0.0, src, b"x")
             m.handle_backend_resolved(0.0, i, "b0", BACKEND)
             m.take_outputs()
+        del m.check_invariants
+        m.check_invariants()
         return m, srcs
 
-    payload = bytes(512)
-    for label, count in (("1 flow", 1), (f"{n_flows:,} flows", n_flows)):
+    rng = random.Random(1)
+    for count, order in ((1, "rr"), (100, "rr"), (n_flows, "rr"), (n_flows, "random")):
+        n = n_datagrams if not __debug__ or count <= 100 else max(200, n_datagrams // 100)
         m, srcs = established(count)
+        ids = list(range(count))
+        if order == "random":
+            rng.shuffle(ids)
+        sequence = [ids[i % count] for i in range(n)]
         poll = m.poll_output
         handle = m.handle_client_datagram
-        start = time.perf_counter()
+        back = m.handle_backend_datagram
         now = 1.0
-        for i in range(n_datagrams):
-            handle(now, srcs[i % count], payload)
+        start = time.perf_counter()
+        for i, fid in enumerate(sequence):
+            handle(now, srcs[fid], payload)
             while poll() is not None:
                 pass
             if i & 1023 == 0:
                 now += 0.001
-        figures[f"forwards/s, {label}"] = n_datagrams / (time.perf_counter() - start)
-        back = m.handle_backend_datagram
+        label = f"{count:,} flow{'s' if count > 1 else ''}" + (
+            ", random order" if order == "random" else ""
+        )
+        figures[f"forwards/s, {label}"] = n / (time.perf_counter() - start)
         start = time.perf_counter()
-        for i in range(n_datagrams):
-            back(now, i % count, payload)
+        for fid in sequence:
+            back(now, fid, payload)
             while poll() is not None:
                 pass
-        figures[f"returns/s, {label}"] = n_datagrams / (time.perf_counter() - start)
+        figures[f"returns/s, {label}"] = n / (time.perf_counter() - start)
 
-    n_admit = min(n_datagrams, 100_000)
-    srcs = [(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 4000) for i in range(n_admit)]
+    n_admit = 100_000 if not __debug__ else 2_000
+    srcs = [source(i) for i in range(n_admit)]
     m = FlowManager(cfg, max_flows=n_admit)
     start = time.perf_counter()
     for src in srcs:
         m.handle_client_datagram(0.0, src, payload)
         m.take_outputs()
-    figures["admissions/s (to SelectBackend)"] = n_admit / (time.perf_counter() - start)
+    figures["admissions/s (new key -> SelectBackend)"] = n_admit / (time.perf_counter() - start)
     start = time.perf_counter()
     for i in range(n_admit):
         m.handle_backend_resolved(0.0, i, "b0", BACKEND)
@@ -178,24 +204,29 @@ def memory_per_flow(n: int) -> float:
     return used / n
 
 
-def run_core_subprocess(optimised: bool, n_flows: int, n_datagrams: int) -> dict[str, float]:
-    cmd = [sys.executable, *(["-O"] if optimised else []), __file__, "--core-json"]
-    cmd += ["--flows", str(n_flows), "--datagrams", str(n_datagrams)]
+def run_json_subprocess(optimised: bool, section: str, *numbers: int) -> dict[str, float]:
+    cmd = [sys.executable, *(["-O"] if optimised else []), __file__, "--json", section]
+    cmd += [str(n) for n in numbers]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     result: dict[str, float] = json.loads(out)
     return result
 
 
 def section_core(n_flows: int, n_datagrams: int, memory_flows: int) -> None:
-    print(f"## Core throughput ({n_datagrams:,} datagrams of 512 B per figure, one CPU)")
-    fast = run_core_subprocess(True, n_flows, n_datagrams)
-    debug = run_core_subprocess(False, n_flows, n_datagrams)
-    print(f"{'':45} {'python -O':>12} {'debug':>12}")
+    print(
+        f"## Core throughput ({n_datagrams:,} datagrams of 512 B per figure, one CPU, per second)"
+    )
+    fast = run_json_subprocess(True, "core", n_flows, n_datagrams)
+    debug = run_json_subprocess(False, "core", n_flows, n_datagrams)
+    print(f"{'':50} {'python -O':>12} {'debug':>12}")
     for name, value in fast.items():
-        print(f"{name:45} {value:12,.0f} {debug[name]:12,.0f}")
+        print(f"{name:50} {value:12,.0f} {debug[name]:12,.0f}")
+    print("(round-robin order makes every datagram touch the earliest deadline: worst case)")
+    print("(admissions: 100,000 new flows with -O, 2,000 in debug; debug checks are O(flows))")
     print()
-    print(f"## Memory per live established flow at {memory_flows:,} flows (tracemalloc)")
-    print(f"{memory_per_flow(memory_flows):,.0f} bytes per flow")
+    print(f"## Memory per live established flow at {memory_flows:,} flows (tracemalloc, -O)")
+    per_flow = run_json_subprocess(True, "memory", memory_flows)["bytes per flow"]
+    print(f"{per_flow:,.0f} bytes per flow")
     print()
 
 
@@ -218,16 +249,22 @@ def section_sweep() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--core-json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smaller figures, no sweep")
+    parser.add_argument("--json", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--flows", type=int, default=10_000)
     parser.add_argument("--datagrams", type=int, default=300_000)
     args = parser.parse_args()
-    if args.core_json:
-        print(json.dumps(core_figures(args.flows, args.datagrams)))
+    if args.json:
+        section, *numbers = args.json
+        if section == "core":
+            print(json.dumps(core_figures(int(numbers[0]), int(numbers[1]))))
+        elif section == "memory":
+            print(json.dumps({"bytes per flow": memory_per_flow(int(numbers[0]))}))
+        else:
+            print(json.dumps(selection_figures(int(numbers[0]))))
         return
     quick = args.quick
-    print(f"python {sys.version.split()[0]}, asserts {'on' if __debug__ else 'off'} here\n")
+    print(f"python {sys.version.split()[0]}\n")
     section_disruption(10_000 if quick else 100_000)
     section_selection(2_000 if quick else 20_000)
     section_core(args.flows, 50_000 if quick else args.datagrams, 10_000 if quick else 100_000)

@@ -7,9 +7,16 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sozu.worker.balancing import Backend, MaglevTable, encode_address, hrw_select
+from sozu.worker.balancing import (
+    Backend,
+    MaglevTable,
+    encode_address,
+    fnv1a64,
+    hrw_select,
+    splitmix64_finalize,
+)
 from sozu.worker.udp.config import ClusterConfig
-from sozu.worker.udp.flow_key import flow_key
+from sozu.worker.udp.flow_key import affinity_hash, flow_key
 from sozu.worker.udp.manager import FlowManager
 from sozu.worker.udp.outputs import (
     CloseFlow,
@@ -226,3 +233,13 @@ def test_maglev_table_is_full_and_weighted(backends: list[Backend], size: int) -
     total = sum(b.weight for b in backends)
     for b, owned in zip(backends, table.slots_owned, strict=True):
         assert abs(owned - b.weight * table.size / total) <= 1
+
+
+@settings(max_examples=200)
+@given(addresses, st.booleans(), st.integers(0, 2**64 - 1))
+def test_affinity_hash_fast_path_matches_ipaddress(
+    src: tuple[str, int], with_port: bool, seed: int
+) -> None:
+    ip = ipaddress.ip_address(src[0])
+    data = bytes((ip.version,)) + ip.packed + (src[1].to_bytes(2, "little") if with_port else b"")
+    assert affinity_hash(seed, src, with_port) == splitmix64_finalize(fnv1a64(seed, data))

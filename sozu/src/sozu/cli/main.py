@@ -6,7 +6,10 @@ import click
 
 from sozu.cli.config_commands import config_group
 from sozu.cli.context import SozuGroup
+from sozu.cli.daemon_commands import events, shutdown, status
+from sozu.cli.routing_commands import backend_group, cluster_group, frontend_group, listener_group
 from sozu.cli.start import start
+from sozu.cli.state_commands import state_group
 
 
 @click.group(cls=SozuGroup, root=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +22,14 @@ def sozu() -> None:
 
 sozu.add_command(config_group)
 sozu.add_command(start)
+sozu.add_command(shutdown)
+sozu.add_command(status)
+sozu.add_command(events)
+sozu.add_command(state_group)
+sozu.add_command(cluster_group)
+sozu.add_command(backend_group)
+sozu.add_command(listener_group)
+sozu.add_command(frontend_group)
 
 
 def main() -> None:

@@ -1,18 +1,23 @@
-"""`sozu start`: a stub until the supervisor is built (it only loads the configuration)."""
+"""`sozu start`: run the daemon (supervisor and workers) in the foreground."""
 
 from __future__ import annotations
 
 import click
 
-from sozu.cli.context import SozuCommand, cli_state, echo_warnings, load_or_fail
+from sozu.cli.context import SozuCommand, cli_state, load_or_fail
 
 
 @click.command("start", cls=SozuCommand)
 @click.pass_context
 def start(ctx: click.Context) -> None:
-    """Run the proxy (supervisor and workers) in the foreground."""
+    """Run the proxy (supervisor and workers) in the foreground.
+
+    SIGTERM stops it softly, SIGINT hard. Without -c it runs the embedded default
+    configuration and prints where its command socket is.
+    """
     state = cli_state(ctx)
     loaded = load_or_fail(state)
-    echo_warnings(state, loaded)
-    click.echo("the daemon is not built yet", err=True)
-    ctx.exit(1)
+    # Imported here so that the other commands do not pay for trio.
+    from sozu.supervisor.main import run
+
+    ctx.exit(run(loaded, announce=state.config is None))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import trio
 
 from sozu.command import requests as rq
+from sozu.command import state as state_module
 from sozu.command.channel import FramedConnection, Rejected
 from sozu.command.envelope import PROTOCOL_VERSION, Response, failure, ok
 from sozu.command.framing import DEFAULT_MAX_FRAME_SIZE
@@ -58,7 +59,15 @@ class WorkerCore:
                 )
             self.server_config = request
             self.slot = request.slot
+            if request.debug:
+                state_module.FULL_INVARIANT_CHECKS = True
+            level = logging.getLevelName(request.log_level.upper())
+            if isinstance(level, int):
+                logging.getLogger().setLevel(level)
             return ok(request_id)
+        if isinstance(request, rq.SoftStop | rq.HardStop):
+            self.stopping = True
+            return ok(request_id, f"worker {self.worker_id} stopped")
         if self.server_config is None:
             return failure(request_id, "ServerConfig must come first")
         if request.ROUTING == "state":
@@ -71,9 +80,6 @@ class WorkerCore:
             return ok(request_id, content=WorkerInfos(workers=(self.info(),)))
         if isinstance(request, QUERY_TYPES):
             return answer_query(self.state, request_id, request)
-        if isinstance(request, rq.SoftStop | rq.HardStop):
-            self.stopping = True
-            return ok(request_id, f"worker {self.worker_id} stopped")
         return failure(request_id, f"{request_kind(request)} is not handled by workers")
 
 

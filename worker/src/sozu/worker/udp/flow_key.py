@@ -23,9 +23,22 @@ def flow_key(src: Address, with_port: bool) -> FlowKey:
     return src if with_port else (src[0], 0)
 
 
+def _family_and_packed(host: str) -> bytes:
+    # Fast path for canonical dotted quads (what recvfrom returns); anything else, including
+    # leading zeros, goes through ipaddress, which also rejects what is not an IP literal.
+    parts = host.split(".")
+    if len(parts) == 4 and all(
+        p.isascii() and p.isdigit() and len(p) <= 3 and (p[0] != "0" or len(p) == 1) for p in parts
+    ):
+        octets = [int(p) for p in parts]
+        if max(octets) <= 255:
+            return bytes((4, *octets))
+    ip = ipaddress.ip_address(host)
+    return bytes((ip.version,)) + ip.packed
+
+
 def affinity_hash(seed: int, src: Address, with_port: bool) -> int:
-    ip = ipaddress.ip_address(src[0])
-    data = bytes((ip.version,)) + ip.packed
+    data = _family_and_packed(src[0])
     if with_port:
         data += _LE16.pack(src[1])
     return splitmix64_finalize(fnv1a64(seed, data))

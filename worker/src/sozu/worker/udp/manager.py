@@ -433,8 +433,8 @@ class FlowManager:
         self._out.append(SendToClient(flow.id, flow.client, data))
         if cfg.responses and flow.responses_seen >= cfg.responses:
             self._close_exhausted(flow)
-        elif cfg.requests and flow.requests_seen >= cfg.requests:  # pragma: no cover
-            raise InvariantViolation("a flow outlived its request cap")
+        else:
+            assert not (cfg.requests and flow.requests_seen >= cfg.requests), "outlived requests"
 
     def _close_exhausted(self, flow: Flow) -> None:
         reason = flow.teardown_reason()

@@ -9,6 +9,12 @@ produced), so the same seed always yields the same digest.
 
 The core is built by an injectable factory, which is how the tests prove the harness catches
 deliberately broken cores.
+
+Adaptations of the §8 grammar: a few IPv6 clients and one IPv6 backend join the pools (so PROXY
+headers of every family are exercised); ids are monotonic here, so an "arbitrary id" is drawn
+from the ids this core issued plus 64 never-issued ones, and an abort picks a remembered id half
+of the time; a resolution picks its backend with an HRW BackendSelector on the flow's affinity
+key; every output sequence is compared with the reference model, not only tallied.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from sozu.worker.udp.outputs import (
 from sozu.worker.udp.simulation.model import ReferenceModel
 
 DEFAULT_SEEDS = 256
-DEFAULT_STEPS = 1000
+DEFAULT_STEPS = 1500
 PROGRESS_EVERY = 500
 FULL_COMPARE_EVERY = 16
 BASE_MS = 1_000_000
@@ -310,7 +316,7 @@ class Simulation:
             self._apply(SetCluster(self._cluster(allow_unrouted=True)))
         elif name == "max_flows":
             if rng.random() < 0.5:
-                cap = rng.randint(0, self.core.flow_count())
+                cap = rng.randint(0, len(self.model.flows))
             else:
                 cap = rng.randint(1, 63)
             self.highest_cap = max(self.highest_cap, cap)

@@ -1,0 +1,133 @@
+"""Talking to the daemon from a CLI command: one request, its answers, output and exit code.
+
+Exit codes: 0 ok, 1 the daemon answered Failure (or no answer within the timeout), 2 usage,
+69 the command socket cannot be reached. With `-j` every command prints one JSON document on
+stdout; otherwise results go to stdout and progress and errors to stderr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+import msgspec
+
+from sozu.cli.context import CliState, cli_state, load_or_fail
+from sozu.command.client import CommandClient, CommandTimeout, DaemonUnavailable
+from sozu.command.envelope import ProtocolError, Response
+from sozu.command.requests import AnyRequest, Request
+
+EX_UNAVAILABLE = 69
+
+Render = Callable[[Response], str]
+
+
+class DaemonFailure(click.ClickException):
+    """The daemon refused the request (or did not answer in time): exit 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True, file=file)
+
+
+class DaemonUnreachable(DaemonFailure):
+    """The command socket cannot be reached: exit 69 (EX_UNAVAILABLE)."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+def checked(request: Request) -> Request:
+    """The request as the daemon will decode it: out-of-range values are a usage error."""
+    try:
+        decoded: Request = msgspec.msgpack.decode(msgspec.msgpack.encode(request), type=AnyRequest)
+    except (msgspec.ValidationError, ValueError) as error:
+        raise click.UsageError(str(error)) from None
+    return decoded
+
+
+def print_json(document: object) -> None:
+    click.echo(msgspec.json.encode(document).decode())
+
+
+def response_document(response: Response) -> dict[str, Any]:
+    document: dict[str, Any] = {"status": response.status, "message": response.message}
+    if response.content is not None:
+        document["content"] = msgspec.to_builtins(response.content)
+    return document
+
+
+def _unavailable(state: CliState, message: str) -> NoReturn:
+    if state.json:
+        print_json({"status": "unavailable", "message": message})
+    raise DaemonUnreachable(message)
+
+
+def call(
+    ctx: click.Context, request: Request, *, default_timeout_ms: int | None = None
+) -> Response:
+    """Send `request` to the daemon and return its Ok answer; exit on anything else."""
+    state = cli_state(ctx)
+    config = load_or_fail(state).config
+    timeout_ms = state.timeout_ms or default_timeout_ms or config.ctl_command_timeout
+    try:
+        with CommandClient.connect(
+            config.command_socket, max_frame_size=config.max_command_buffer_size
+        ) as client:
+            response = client.call(
+                request,
+                timeout_ms=timeout_ms,
+                on_processing=None if state.json else _show_progress,
+            )
+    except DaemonUnavailable as error:
+        _unavailable(state, str(error))
+    except (CommandTimeout, ProtocolError) as error:
+        if state.json:
+            print_json({"status": "failure", "message": str(error)})
+        raise DaemonFailure(str(error)) from None
+    if response.status != "ok":
+        if state.json:
+            print_json(response_document(response))
+        raise DaemonFailure(response.message or "the daemon refused the request")
+    return response
+
+
+def _show_progress(response: Response) -> None:
+    if response.message:
+        click.echo(response.message, err=True)
+
+
+def run(
+    ctx: click.Context,
+    request: Request,
+    *,
+    render: Render | None = None,
+    default_timeout_ms: int | None = None,
+) -> None:
+    """`call`, then print the answer: its JSON document, or `render(response)` / its message."""
+    response = call(ctx, request, default_timeout_ms=default_timeout_ms)
+    if cli_state(ctx).json:
+        print_json(response_document(response))
+    elif render is not None:
+        click.echo(render(response))
+    elif response.message:
+        click.echo(response.message)
+
+
+def follow(ctx: click.Context, request: Request, on_answer: Callable[[Response], None]) -> None:
+    """Send a subscription and hand every answer to `on_answer` until the daemon stops."""
+    state = cli_state(ctx)
+    config = load_or_fail(state).config
+    subscribed = False
+    try:
+        with CommandClient.connect(config.command_socket) as client:
+            for response in client.subscribe(request):
+                if response.status == "failure":
+                    raise DaemonFailure(response.message)
+                subscribed = True
+                on_answer(response)
+    except DaemonUnavailable as error:
+        if subscribed:
+            return  # the daemon stopped: the stream is over
+        _unavailable(state, str(error))

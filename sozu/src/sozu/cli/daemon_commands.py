@@ -1,0 +1,89 @@
+"""`sozu shutdown`, `sozu status` and `sozu events`: the daemon itself."""
+
+from __future__ import annotations
+
+import contextlib
+
+import click
+import msgspec
+
+from sozu.cli.context import SozuCommand, cli_state, load_or_fail
+from sozu.cli.daemon_client import call, follow, print_json, run
+from sozu.command import requests as rq
+from sozu.command.envelope import Response
+from sozu.command.responses import Event, StatusReport
+
+
+@click.command("shutdown", cls=SozuCommand)
+@click.option("--hard", is_flag=True, help="Cut connections instead of draining them.")
+@click.pass_context
+def shutdown(ctx: click.Context, hard: bool) -> None:
+    """Stop the workers, then the supervisor."""
+    config = load_or_fail(cli_state(ctx)).config
+    patience = config.worker_timeout + (0 if hard else config.drain_timeout) + 5
+    run(ctx, rq.HardStop() if hard else rq.SoftStop(), default_timeout_ms=patience * 1000)
+
+
+def status_document(report: StatusReport) -> dict[str, object]:
+    """`sozu -j status`: exactly the supervisor object and the live workers."""
+    return {
+        "supervisor": msgspec.to_builtins(report.supervisor),
+        "workers": [msgspec.to_builtins(worker) for worker in report.workers],
+    }
+
+
+def status_text(report: StatusReport) -> str:
+    main = report.supervisor
+    lines = [
+        f"supervisor: pid {main.pid}, boot generation {main.boot_generation}, "
+        f"build {main.build_id}, state hash {main.state_hash}",
+        f"{'ID':>4} {'SLOT':>4} {'PID':>8}  {'STATE':<13} {'RESTARTS':>8}  {'BUILD':<12}  "
+        f"{'STATE HASH':<16}  HASH",
+    ]
+    for w in report.workers:
+        lines.append(
+            f"{w.id:>4} {w.slot:>4} {w.pid:>8}  {w.state:<13} {w.restarts:>8}  {w.build_id:<12}  "
+            f"{w.state_hash:<16}  {'ok' if w.hash_ok else 'DIFFERS'}"
+        )
+    return "\n".join(lines)
+
+
+@click.command("status", cls=SozuCommand)
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """The supervisor and its live workers, with their state hashes."""
+    config = load_or_fail(cli_state(ctx)).config
+    response = call(ctx, rq.Status(), default_timeout_ms=max(config.ctl_command_timeout, 3000))
+    report = response.content
+    if not isinstance(report, StatusReport):
+        raise click.ClickException(f"unexpected answer to Status: {report!r}")
+    if cli_state(ctx).json:
+        print_json(status_document(report))
+    else:
+        click.echo(status_text(report))
+
+
+@click.command("events", cls=SozuCommand)
+@click.pass_context
+def events(ctx: click.Context) -> None:
+    """Print events as they happen (one JSON document per line with -j), until interrupted."""
+    as_json = cli_state(ctx).json
+
+    def show(response: Response) -> None:
+        event = response.content
+        if not isinstance(event, Event):
+            return
+        if as_json:
+            document = {"source": event.source, **msgspec.to_builtins(event)}
+            document.pop("type", None)
+            print_json(document)
+        else:
+            details = " ".join(
+                f"{name}={value}"
+                for name in ("cluster_id", "backend_id", "address", "message")
+                if (value := getattr(event, name)) is not None
+            )
+            click.echo(f"{event.source}: {event.kind} {details}".rstrip())
+
+    with contextlib.suppress(KeyboardInterrupt):
+        follow(ctx, rq.SubscribeEvents(), show)

@@ -1,0 +1,405 @@
+"""`sozu cluster|backend|listener|frontend ...`: change and list the routing state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sozu.cli.context import SozuGroup
+from sozu.cli.daemon_client import checked, run
+from sozu.command import requests as rq
+from sozu.command.envelope import Response
+from sozu.command.requests import Request
+from sozu.command.responses import (
+    ClusterHashes,
+    ClusterInformations,
+    ListenersList,
+    WorkerResponses,
+)
+from sozu.command.types import (
+    LOAD_BALANCING_ALGORITHMS,
+    Backend,
+    Cluster,
+    HttpListenerConfig,
+    HttpsListenerConfig,
+    ListenerType,
+    LoadBalancingParams,
+    RequestTcpFrontend,
+    RequestUdpFrontend,
+    TcpListenerConfig,
+    UdpListenerConfig,
+)
+
+_address = click.option("-a", "--address", required=True, help="Socket address, e.g. 127.0.0.1:80.")
+
+
+def send(
+    ctx: click.Context, request: Request, render: Callable[[Response], str] | None = None
+) -> None:
+    run(ctx, checked(request), render=render)
+
+
+def _build(factory: Callable[[], Request]) -> Request:
+    """Build a request from options; a value the types refuse is a usage error."""
+    try:
+        return factory()
+    except (ValueError, TypeError) as error:
+        raise click.UsageError(str(error)) from None
+
+
+def _tags(values: tuple[str, ...]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"tag {value!r} is not KEY=VALUE")
+        tags[key] = val
+    return tags
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster
+
+
+@click.group("cluster", cls=SozuGroup)
+def cluster_group() -> None:
+    """Clusters: add, remove, list."""
+
+
+@cluster_group.command("add")
+@click.option("-i", "--id", "cluster_id", required=True, help="Cluster id.")
+@click.option(
+    "--load-balancing-policy",
+    type=click.Choice([a.lower() for a in LOAD_BALANCING_ALGORITHMS]),
+    help="Default: hrw for UDP clusters, round_robin otherwise.",
+)
+@click.option("-s", "--sticky-session", is_flag=True, help="Sticky sessions (HTTP).")
+@click.option("-r", "--https-redirect", is_flag=True, help="Redirect HTTP to HTTPS.")
+@click.option("--send-proxy", is_flag=True, help="Send a PROXY protocol header (TCP).")
+@click.option("--expect-proxy", is_flag=True, help="Expect a PROXY protocol header (TCP).")
+@click.option("--http2", is_flag=True, help="Talk HTTP/2 to the backends.")
+@click.pass_context
+def cluster_add(
+    ctx: click.Context,
+    cluster_id: str,
+    load_balancing_policy: str | None,
+    sticky_session: bool,
+    https_redirect: bool,
+    send_proxy: bool,
+    expect_proxy: bool,
+    http2: bool,
+) -> None:
+    """Add a cluster (or replace it with new settings)."""
+    if send_proxy and expect_proxy:
+        raise click.UsageError("--send-proxy and --expect-proxy are exclusive")
+    proxy = "SEND_HEADER" if send_proxy else "EXPECT_HEADER" if expect_proxy else None
+    fields: dict[str, Any] = {
+        "cluster_id": cluster_id,
+        "sticky_session": sticky_session,
+        "https_redirect": https_redirect,
+        "proxy_protocol": proxy,
+        "http2": http2,
+        "load_balancing": load_balancing_policy.upper() if load_balancing_policy else None,
+    }
+    send(ctx, _build(lambda: rq.AddCluster(cluster=Cluster(**fields))))
+
+
+@cluster_group.command("remove")
+@click.option("-i", "--id", "cluster_id", required=True, help="Cluster id.")
+@click.pass_context
+def cluster_remove(ctx: click.Context, cluster_id: str) -> None:
+    """Remove a cluster (its frontends and backends stay, as upstream)."""
+    send(ctx, rq.RemoveCluster(cluster_id=cluster_id))
+
+
+def _main_content(response: Response) -> object:
+    """The supervisor's own answer inside a query's WorkerResponses."""
+    content = response.content
+    if isinstance(content, WorkerResponses) and "main" in content.map:
+        return content.map["main"].content
+    return content
+
+
+def _divergent(response: Response) -> list[str]:
+    content = response.content
+    if not isinstance(content, WorkerResponses):
+        return []
+    main = content.map.get("main")
+    return sorted(
+        key
+        for key, answer in content.map.items()
+        if key != "main" and main is not None and answer.content != main.content
+    )
+
+
+def _render_clusters(response: Response) -> str:
+    content = _main_content(response)
+    lines: list[str] = []
+    if isinstance(content, ClusterHashes):
+        lines += [f"{cluster_id}  {digest}" for cluster_id, digest in content.map.items()]
+        if not content.map:
+            lines.append("no clusters")
+    elif isinstance(content, ClusterInformations):
+        for info in content.clusters:
+            config = info.configuration
+            name = config.cluster_id if config is not None else "?"
+            lines.append(f"cluster {name}")
+            lines += [f"  backend {b.backend_id} {b.address}" for b in info.backends]
+            lines += [f"  http frontend {f.hostname}{f.path.value}" for f in info.http_frontends]
+            lines += [f"  https frontend {f.hostname}{f.path.value}" for f in info.https_frontends]
+            lines += [f"  tcp frontend {f.address}" for f in info.tcp_frontends]
+            lines += [f"  udp frontend {f.address}" for f in info.udp_frontends]
+        if not content.clusters:
+            lines.append("no clusters")
+    for worker in _divergent(response):
+        lines.append(f"worker {worker} answers differently from the supervisor")
+    return "\n".join(lines)
+
+
+@cluster_group.command("list")
+@click.option("-i", "--id", "cluster_id", help="Show this cluster in detail.")
+@click.option("-d", "--domain", help="Clusters serving HOST[/PATH].")
+@click.pass_context
+def cluster_list(ctx: click.Context, cluster_id: str | None, domain: str | None) -> None:
+    """Clusters and their hashes, as the supervisor and every worker see them."""
+    request: Request
+    if cluster_id is not None and domain is not None:
+        raise click.UsageError("-i and -d are exclusive")
+    if cluster_id is not None:
+        request = rq.QueryClusterById(cluster_id=cluster_id)
+    elif domain is not None:
+        host, slash, path = domain.partition("/")
+        request = rq.QueryClustersByDomain(hostname=host, path=slash + path if slash else None)
+    else:
+        request = rq.QueryClustersHashes()
+    send(ctx, request, _render_clusters)
+
+
+# ---------------------------------------------------------------------------------------------
+# backend
+
+
+@click.group("backend", cls=SozuGroup)
+def backend_group() -> None:
+    """Backends of a cluster: add, remove."""
+
+
+_cluster_option = click.option("-i", "--id", "cluster_id", required=True, help="Cluster id.")
+_backend_id = click.option("--backend-id", required=True, help="Backend id.")
+
+
+@backend_group.command("add")
+@_cluster_option
+@_backend_id
+@_address
+@click.option("-s", "--sticky-id", help="Sticky session id.")
+@click.option("-b", "--backup", is_flag=True, help="Use only when no other backend is up.")
+@click.option("-w", "--weight", type=click.IntRange(0, 255), help="Load-balancing weight.")
+@click.pass_context
+def backend_add(
+    ctx: click.Context,
+    cluster_id: str,
+    backend_id: str,
+    address: str,
+    sticky_id: str | None,
+    backup: bool,
+    weight: int | None,
+) -> None:
+    """Add a backend to a cluster."""
+    params = LoadBalancingParams(weight=weight) if weight is not None else None
+    request = _build(
+        lambda: rq.AddBackend(
+            backend=Backend(
+                cluster_id=cluster_id,
+                backend_id=backend_id,
+                address=address,
+                sticky_id=sticky_id,
+                load_balancing_parameters=params,
+                backup=backup or None,
+            )
+        )
+    )
+    send(ctx, request)
+
+
+@backend_group.command("remove")
+@_cluster_option
+@_backend_id
+@_address
+@click.pass_context
+def backend_remove(ctx: click.Context, cluster_id: str, backend_id: str, address: str) -> None:
+    """Remove a backend from a cluster."""
+    request = _build(
+        lambda: rq.RemoveBackend(cluster_id=cluster_id, backend_id=backend_id, address=address)
+    )
+    send(ctx, request)
+
+
+# ---------------------------------------------------------------------------------------------
+# listener
+
+
+@click.group("listener", cls=SozuGroup)
+def listener_group() -> None:
+    """Listeners: add, remove, activate, deactivate, list."""
+
+
+def _read_pem(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except OSError as error:
+        raise click.BadParameter(f"{path}: {error.strerror}") from None
+
+
+def _listener_group(proxy: ListenerType) -> click.Group:
+    name = proxy.lower()
+
+    @click.group(name, cls=SozuGroup)
+    def group() -> None:
+        pass
+
+    group.help = f"{proxy} listeners."
+    stream = proxy != "UDP"
+    http = proxy in ("HTTP", "HTTPS")
+
+    @group.command("add")
+    @_address
+    @click.option("--public-address", help="Address announced to backends.")
+    @click.option("--front-timeout", type=click.IntRange(0), help="Seconds.")
+    @click.option("--back-timeout", type=click.IntRange(0), help="Seconds.")
+    @click.option("--connect-timeout", type=click.IntRange(0), help="Seconds (not UDP).")
+    @click.option("--request-timeout", type=click.IntRange(0), help="Seconds (HTTP, HTTPS).")
+    @click.option("--expect-proxy", is_flag=True, help="Expect PROXY protocol (not UDP).")
+    @click.option("--sticky-name", help="Sticky session cookie name (HTTP, HTTPS).")
+    @click.option("--certificate", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--key", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--max-flows", type=click.IntRange(0), help="UDP: flow cap (0: none).")
+    @click.pass_context
+    def add(ctx: click.Context, /, address: str, **options: Any) -> None:
+        """Add a listener (inactive until activated)."""
+        fields: dict[str, Any] = {"address": address}
+        names = ["public_address", "front_timeout", "back_timeout"]
+        if stream:
+            names += ["connect_timeout"]
+            if options["expect_proxy"]:
+                fields["expect_proxy"] = True
+        elif options["expect_proxy"] or options["connect_timeout"] is not None:
+            raise click.UsageError("--expect-proxy and --connect-timeout are not for UDP")
+        if http:
+            names += ["request_timeout", "sticky_name"]
+        if proxy == "UDP":
+            names += ["max_flows"]
+        fields.update({n: options[n] for n in names if options[n] is not None})
+        if proxy == "HTTPS":
+            certificate, key = _read_pem(options["certificate"]), _read_pem(options["key"])
+            fields.update({k: v for k, v in (("certificate", certificate), ("key", key)) if v})
+        elif options["certificate"] or options["key"]:
+            raise click.UsageError("--certificate and --key are for HTTPS listeners")
+        request: Request = _build(lambda: _add_listener(proxy, fields))
+        send(ctx, request)
+
+    for verb, cls in (
+        ("remove", rq.RemoveListener),
+        ("activate", rq.ActivateListener),
+        ("deactivate", rq.DeactivateListener),
+    ):
+        _address_command(group, verb, cls, proxy)
+    return group
+
+
+def _add_listener(proxy: ListenerType, fields: dict[str, Any]) -> Request:
+    if proxy == "HTTP":
+        return rq.AddHttpListener(listener=HttpListenerConfig(**fields))
+    if proxy == "HTTPS":
+        return rq.AddHttpsListener(listener=HttpsListenerConfig(**fields))
+    if proxy == "TCP":
+        return rq.AddTcpListener(listener=TcpListenerConfig(**fields))
+    return rq.AddUdpListener(listener=UdpListenerConfig(**fields))
+
+
+def _address_command(
+    group: click.Group,
+    verb: str,
+    cls: type[rq.RemoveListener | rq.ActivateListener | rq.DeactivateListener],
+    proxy: ListenerType,
+) -> None:
+    @group.command(verb, help=f"{verb.capitalize()} a {proxy} listener.")
+    @_address
+    @click.pass_context
+    def command(ctx: click.Context, address: str) -> None:
+        send(ctx, _build(lambda: cls(address=address, proxy=proxy)))
+
+
+for _proxy in ("HTTP", "HTTPS", "TCP", "UDP"):
+    listener_group.add_command(_listener_group(_proxy))
+
+
+def _render_listeners(response: Response) -> str:
+    content = response.content
+    if not isinstance(content, ListenersList):
+        return response.message
+    lines = []
+    for proxy, listeners in (
+        ("http", content.http),
+        ("https", content.https),
+        ("tcp", content.tcp),
+        ("udp", content.udp),
+    ):
+        for address, listener in sorted(listeners.items()):
+            state = "active" if listener.active else "inactive"
+            lines.append(f"{proxy:<5} {address:<24} {state}")
+    return "\n".join(lines) or "no listeners"
+
+
+@listener_group.command("list")
+@click.pass_context
+def listener_list(ctx: click.Context) -> None:
+    """Every listener and whether it is active."""
+    send(ctx, rq.ListListeners(), _render_listeners)
+
+
+# ---------------------------------------------------------------------------------------------
+# frontend
+
+
+@click.group("frontend", cls=SozuGroup)
+def frontend_group() -> None:
+    """Frontends: TCP and UDP add, remove."""
+
+
+def _stream_frontend_group(proxy: str) -> click.Group:
+    @click.group(proxy.lower(), cls=SozuGroup, help=f"{proxy} frontends.")
+    def group() -> None:
+        pass
+
+    def frontend(cluster_id: str, address: str, tags: tuple[str, ...]) -> Any:
+        cls = RequestTcpFrontend if proxy == "TCP" else RequestUdpFrontend
+        return cls(cluster_id=cluster_id, address=address, tags=_tags(tags))
+
+    for verb in ("add", "remove"):
+        _frontend_command(group, verb, proxy, frontend)
+    return group
+
+
+def _frontend_command(
+    group: click.Group, verb: str, proxy: str, frontend: Callable[..., Any]
+) -> None:
+    kind = f"{verb.capitalize()}{proxy.capitalize()}Frontend"
+
+    @group.command(verb, help=f"{verb.capitalize()} a {proxy} frontend of a cluster.")
+    @click.option("--id", "cluster_id", required=True, help="Cluster id.")
+    @_address
+    @click.option("--tag", "tags", multiple=True, help="KEY=VALUE (repeatable).")
+    @click.pass_context
+    def command(ctx: click.Context, cluster_id: str, address: str, tags: tuple[str, ...]) -> None:
+        cls = rq.REQUEST_KINDS[kind]
+        send(ctx, _build(lambda: cls(frontend=frontend(cluster_id, address, tags))))
+
+
+frontend_group.add_command(_stream_frontend_group("TCP"))
+frontend_group.add_command(_stream_frontend_group("UDP"))

@@ -1,0 +1,41 @@
+"""`sozu state save|load -f FILE`: the routing state to and from a state file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sozu.cli.context import SozuGroup
+from sozu.cli.daemon_client import run
+from sozu.command import requests as rq
+
+_file = click.option(
+    "-f",
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="State file (JSON lines).",
+)
+
+
+@click.group("state", cls=SozuGroup)
+def state_group() -> None:
+    """Save or load the routing state."""
+
+
+@state_group.command("save")
+@_file
+@click.pass_context
+def save(ctx: click.Context, path: Path) -> None:
+    """Write the daemon's state to FILE (written by the daemon, atomically)."""
+    run(ctx, rq.SaveState(path=str(path.absolute())))
+
+
+@state_group.command("load")
+@_file
+@click.pass_context
+def load(ctx: click.Context, path: Path) -> None:
+    """Merge FILE into the daemon's state; existing identical records are skipped."""
+    run(ctx, rq.LoadState(path=str(path.absolute())), default_timeout_ms=60_000)

@@ -1,0 +1,200 @@
+"""Sequenced state changes: validate on the supervisor's state, fan out, answer, one event.
+
+Jobs run one at a time in submission order (the order requests arrived on the command
+socket), each under the state lock that worker start-ups also take. A refused request is a
+Failure and changes nothing anywhere; an accepted one is Ok, naming any worker that failed
+or stayed silent, which is then replaced by a worker launched with the full state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from sozu.command import requests as rq
+from sozu.command.channel import ConnectionLost
+from sozu.command.envelope import Response, failure, ok, processing
+from sozu.command.requests import Request, request_kind
+from sozu.command.responses import EventKind
+from sozu.command.state import ConfigState
+from sozu.command.state_errors import StateError
+from sozu.command.statefile import StateFileError, load_requests, read_state_file
+from sozu.supervisor.events import EventHub
+from sozu.supervisor.workers import Worker, WorkerPool
+
+log = logging.getLogger("sozu.supervisor")
+
+Reply = Callable[[Response], Awaitable[bool]]
+Job = Callable[[], Awaitable[None]]
+
+_EVENT_KINDS: dict[str, EventKind] = {
+    "AddCluster": "CLUSTER_ADDED",
+    "RemoveCluster": "CLUSTER_REMOVED",
+    "AddBackend": "BACKEND_ADDED",
+    "RemoveBackend": "BACKEND_REMOVED",
+    "AddCertificate": "CERTIFICATE_ADDED",
+    "ReplaceCertificate": "CERTIFICATE_REPLACED",
+    "RemoveCertificate": "CERTIFICATE_REMOVED",
+    "RemoveListener": "LISTENER_REMOVED",
+    "ActivateListener": "LISTENER_ACTIVATED",
+    "DeactivateListener": "LISTENER_DEACTIVATED",
+    "SetHealthCheck": "HEALTH_CHECK_SET",
+    "RemoveHealthCheck": "HEALTH_CHECK_REMOVED",
+}
+
+
+def event_kind(request: Request) -> EventKind:
+    kind = request_kind(request)
+    if kind in _EVENT_KINDS:
+        return _EVENT_KINDS[kind]
+    if kind.endswith("Frontend"):
+        return "FRONTEND_ADDED" if kind.startswith("Add") else "FRONTEND_REMOVED"
+    if kind.startswith("Update"):
+        return "LISTENER_UPDATED"
+    assert kind.startswith("Add"), kind
+    assert kind.endswith("Listener"), kind
+    return "LISTENER_ADDED"
+
+
+def _field(request: Request, name: str) -> str | None:
+    """`name` on the request or on the object it carries (cluster, backend, frontend, ...)."""
+    for holder in (
+        request,
+        *(getattr(request, part, None) for part in ("cluster", "backend", "frontend", "listener")),
+    ):
+        value = getattr(holder, name, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+class Mutations:
+    """The queue of state-changing jobs and the fan-out to workers."""
+
+    def __init__(
+        self,
+        state: ConfigState,
+        state_lock: trio.Lock,
+        pool: WorkerPool,
+        events: EventHub,
+        worker_timeout: float,
+    ) -> None:
+        self.state = state
+        self.state_lock = state_lock
+        self.pool = pool
+        self.events = events
+        self.worker_timeout = worker_timeout
+        self._send, self._receive = trio.open_memory_channel[Job](math.inf)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; it runs after every job submitted before it."""
+        self._send.send_nowait(job)
+
+    async def run(self) -> None:
+        async for job in self._receive:
+            async with self.state_lock:
+                try:
+                    await job()
+                except Exception:
+                    log.exception("state change job failed")
+
+    # -- jobs
+
+    async def apply(self, request_id: str, request: Request, reply: Reply) -> None:
+        """Validate on the supervisor's state, fan out, answer Ok; or Failure, nothing sent."""
+        kind = request_kind(request)
+        try:
+            outcome = self.state.apply(request)
+        except StateError as error:
+            await reply(failure(request_id, str(error)))
+            return
+        if outcome == "unchanged":
+            await reply(ok(request_id, f"{kind}: nothing to change"))
+            return
+        workers = self.pool.started_workers()
+        await reply(
+            processing(request_id, f"{kind} accepted, sending it to {len(workers)} workers")
+        )
+        problems = await self.fan_out([request], workers)
+        self.events.publish(
+            event_kind(request),
+            cluster_id=_field(request, "cluster_id"),
+            backend_id=_field(request, "backend_id"),
+            address=_field(request, "address"),
+        )
+        await reply(ok(request_id, self.summary(kind, len(workers), problems)))
+
+    async def load_state(self, request_id: str, path: str, reply: Reply) -> None:
+        """Merge a state file into the state (like upstream), then fan out what changed."""
+        try:
+            requests = read_state_file(Path(path))
+        except StateFileError as error:
+            await reply(failure(request_id, str(error)))
+            return
+        report, applied = load_requests(self.state, requests)
+        workers = self.pool.started_workers()
+        problems: list[str] = []
+        if applied:
+            await reply(
+                processing(request_id, f"sending {len(applied)} requests to {len(workers)} workers")
+            )
+            problems = await self.fan_out(applied, workers)
+        self.events.publish("STATE_LOADED", message=path)
+        message = (
+            f"loaded {path}: {report.ok} applied, {report.skipped} skipped, "
+            f"{report.errors} errors; {self.summary('LoadState', len(workers), problems)}"
+        )
+        await reply(ok(request_id, message, content=report))
+
+    @staticmethod
+    def summary(kind: str, count: int, problems: list[str]) -> str:
+        if not problems:
+            return f"{kind} applied by the supervisor and {count} workers"
+        return (
+            f"{kind} applied by the supervisor; {'; '.join(problems)}: "
+            "replaced by workers launched with the full state"
+        )
+
+    async def fan_out(self, requests: list[Request], workers: list[Worker]) -> list[str]:
+        """Send `requests` in order to each worker; the problems, one per worker that failed.
+
+        A worker that refuses one or stays silent past `worker_timeout` is replaced.
+        """
+        problems: list[str] = []
+        timeout = self.worker_timeout
+
+        async def one(worker: Worker) -> None:
+            for request in requests:
+                problem: str | None = None
+                with trio.move_on_after(timeout) as scope:
+                    try:
+                        response = await worker.mux.call(request)
+                    except ConnectionLost as error:
+                        # The worker died: its slot relaunches it (a crash, with backoff).
+                        problems.append(f"worker {worker.id} lost ({error})")
+                        return
+                    else:
+                        if response.status != "ok":
+                            problem = f"refused {request_kind(request)} ({response.message})"
+                if scope.cancelled_caught:
+                    problem = f"no answer to {request_kind(request)} within {timeout:g} s"
+                if problem is not None:
+                    problems.append(f"worker {worker.id} {problem}")
+                    self.pool.replace(worker, problem)
+                    return
+
+        async with trio.open_nursery() as nursery:
+            for worker in workers:
+                nursery.start_soon(one, worker)
+        return sorted(problems)
+
+
+def is_sequenced(request: Request) -> bool:
+    """Requests that go through the mutation queue."""
+    return request.ROUTING == "state" or isinstance(
+        request, rq.LoadState | rq.SoftStop | rq.HardStop
+    )

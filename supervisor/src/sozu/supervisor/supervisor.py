@@ -1,0 +1,282 @@
+"""The supervisor: owns the state, its workers and the command socket; routes each request."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from pathlib import Path
+
+import trio
+from prometheus_client.registry import CollectorRegistry
+
+from sozu.command import requests as rq
+from sozu.command.channel import ConnectionLost
+from sozu.command.config import LoadedConfig
+from sozu.command.envelope import RequestEnvelope, Response, failure, ok
+from sozu.command.metrics import MetricsAggregator
+from sozu.command.requests import Request, request_kind
+from sozu.command.responses import (
+    StatusReport,
+    SupervisorInfo,
+    WorkerAnswer,
+    WorkerInfos,
+    WorkerResponses,
+)
+from sozu.command.state import ConfigState
+from sozu.command.state_errors import StateError
+from sozu.command.statefile import save_state
+from sozu.supervisor.daemon_io import StartupError, sd_notify
+from sozu.supervisor.events import EventHub
+from sozu.supervisor.mutations import Mutations, Reply, is_sequenced
+from sozu.supervisor.prometheus_endpoint import (
+    SnapshotCollector,
+    make_registry,
+    serve_prometheus,
+)
+from sozu.supervisor.server import CommandServer, CommandSocket
+from sozu.supervisor.workers import Worker, WorkerPool
+from sozu.worker.build import build_id
+from sozu.worker.state_queries import QUERY_TYPES, answer_query
+
+log = logging.getLogger("sozu.supervisor")
+
+STATUS_PATIENCE = 2.0
+
+
+def initial_state(loaded: LoadedConfig) -> ConfigState:
+    """The state the configuration describes; a refused request is a startup error."""
+    state = ConfigState()
+    for index, request in enumerate(loaded.requests):
+        try:
+            state.apply(request)
+        except StateError as error:
+            raise StartupError(
+                f"{loaded.source}: configuration request #{index + 1} "
+                f"({request_kind(request)}) refused: {error}"
+            ) from None
+    return state
+
+
+class Supervisor:
+    """One daemon run: `await Supervisor(...).run()` returns when the daemon has stopped."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        state: ConfigState,
+        command_socket: CommandSocket,
+        *,
+        metrics_socket: socket.socket | None = None,
+        debug: bool,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        config = loaded.config
+        self.config = config
+        self.state = state
+        self.command_socket = command_socket
+        self.metrics_socket = metrics_socket
+        # Worker snapshots are folded in here once workers report metrics.
+        self.metrics = MetricsAggregator()
+        self.on_ready = on_ready
+        self.build_id = build_id()
+        self.boot_generation = 0
+        self.events = EventHub()
+        self.state_lock = trio.Lock()
+        self.pool = WorkerPool(
+            config, state, self.state_lock, self.events, debug=debug, build_id=self.build_id
+        )
+        self.mutations = Mutations(
+            state, self.state_lock, self.pool, self.events, config.worker_timeout
+        )
+        self.stopping = False
+        self.done = trio.Event()
+        self._root: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            try:
+                async with trio.open_nursery() as root:
+                    self._root = root
+                    root.start_soon(self._watch_signals, signals)
+                    root.start_soon(self.mutations.run)
+                    launched = [trio.Event() for _ in range(self.config.worker_count)]
+                    for index, started in enumerate(launched):
+                        root.start_soon(self.pool.run_slot, index, started)
+                    for started in launched:
+                        await started.wait()
+                    server = CommandServer(
+                        self.command_socket.sock,
+                        self.dispatch,
+                        max_frame_size=self.config.max_command_buffer_size,
+                        allowed_uids=self.config.command_allowed_uids,
+                    )
+                    await root.start(server.serve)
+                    if self.metrics_socket is not None:
+                        await root.start(serve_prometheus, self.metrics_socket, self._registry())
+                    running = len(self.pool.running_workers())
+                    log.info(
+                        "ready: %d of %d workers running, command socket %s",
+                        running,
+                        self.config.worker_count,
+                        self.command_socket.path,
+                    )
+                    sd_notify("READY=1")
+                    if self.on_ready is not None:
+                        self.on_ready()
+                    await self.done.wait()
+                    root.cancel_scope.cancel()
+            finally:
+                self.pool.kill_all()
+
+    def _registry(self) -> CollectorRegistry:
+        def gauges() -> dict[str, float]:
+            values: dict[str, float] = {
+                f"sozu_configuration_{kind}": float(count)
+                for kind, count in self.state.counts().items()
+            }
+            values["sozu_workers_running"] = float(len(self.pool.running_workers()))
+            return values
+
+        collector = SnapshotCollector(self.metrics.totals, {"build_id": self.build_id}, gauges)
+        return make_registry(collector)
+
+    # -- routing
+
+    def dispatch(self, envelope: RequestEnvelope, reply: Reply, nursery: trio.Nursery) -> None:
+        """Route one client request; never blocks (answers are sent by tasks or jobs)."""
+        request_id, request = envelope.id, envelope.request
+        root = self._root
+        assert root is not None
+        if self.stopping and not isinstance(request, rq.Status | rq.ListWorkers):
+            nursery.start_soon(reply, failure(request_id, "the daemon is stopping"))
+        elif isinstance(request, rq.HardStop):
+            root.start_soon(self.stop, True, request_id, reply)
+        elif isinstance(request, rq.SoftStop):
+            self.mutations.submit(partial(self.stop, False, request_id, reply))
+        elif isinstance(request, rq.LoadState):
+            self.mutations.submit(
+                partial(self.mutations.load_state, request_id, request.path, reply)
+            )
+        elif is_sequenced(request):
+            self.mutations.submit(partial(self.mutations.apply, request_id, request, reply))
+        elif isinstance(request, rq.SubscribeEvents):
+            nursery.start_soon(self.events.follow, request_id, reply)
+        else:
+            nursery.start_soon(self._answer, request_id, request, reply)
+
+    async def _answer(self, request_id: str, request: Request, reply: Reply) -> None:
+        await reply(await self.answer(request_id, request))
+
+    async def answer(self, request_id: str, request: Request) -> Response:
+        """The answer to a request that changes nothing."""
+        if isinstance(request, rq.Status):
+            return ok(request_id, content=await self.status())
+        if isinstance(request, rq.ListWorkers):
+            state_hash = self.state.hash()
+            infos = tuple(self.pool.info(w, state_hash) for w in self.pool.live_workers())
+            return ok(request_id, content=WorkerInfos(workers=infos))
+        if isinstance(request, rq.SaveState):
+            return self.save(request_id, request.path)
+        if isinstance(request, QUERY_TYPES):
+            if request.ROUTING == "query":
+                return await self.query_everyone(request_id, request)
+            return answer_query(self.state, request_id, request)
+        kind = request_kind(request)
+        if request.ROUTING == "worker":
+            return failure(request_id, f"{kind} is only for the supervisor-to-worker channel")
+        return failure(request_id, f"{kind} is not implemented yet")
+
+    async def status(self) -> StatusReport:
+        async with trio.open_nursery() as nursery:
+            for worker in self.pool.live_workers():
+                nursery.start_soon(
+                    self.pool.refresh, worker, min(STATUS_PATIENCE, self.config.worker_timeout)
+                )
+        state_hash = self.state.hash()
+        workers = sorted(self.pool.live_workers(), key=lambda w: w.slot)
+        return StatusReport(
+            supervisor=SupervisorInfo(
+                pid=os.getpid(),
+                boot_generation=self.boot_generation,
+                build_id=self.build_id,
+                state_hash=state_hash,
+            ),
+            workers=tuple(self.pool.info(w, state_hash) for w in workers),
+        )
+
+    def save(self, request_id: str, path: str) -> Response:
+        try:
+            count = save_state(self.state, Path(path))
+        except OSError as error:
+            return failure(request_id, f"cannot save the state to {path}: {error}")
+        self.events.publish("STATE_SAVED", message=path)
+        return ok(request_id, f"saved {count} records to {path}")
+
+    async def query_everyone(self, request_id: str, request: Request) -> Response:
+        """The supervisor's answer and every running worker's, keyed "main" and worker id."""
+        answers = {"main": _answer_of(answer_query(self.state, request_id, request))}
+
+        async def ask(worker: Worker) -> None:
+            with trio.move_on_after(self.config.worker_timeout):
+                try:
+                    answers[str(worker.id)] = _answer_of(await worker.mux.call(request))
+                    return
+                except ConnectionLost as error:
+                    answers[str(worker.id)] = WorkerAnswer(status="failure", message=str(error))
+                    return
+            answers[str(worker.id)] = WorkerAnswer(status="failure", message="no answer")
+
+        async with trio.open_nursery() as nursery:
+            for worker in self.pool.running_workers():
+                nursery.start_soon(ask, worker)
+        main = answers["main"]
+        if main.status == "failure":
+            return failure(request_id, main.message)
+        return ok(request_id, content=WorkerResponses(map=answers))
+
+    # -- stopping
+
+    async def stop(
+        self, hard: bool, request_id: str | None = None, reply: Reply | None = None
+    ) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        sd_notify("STOPPING=1")
+        self.events.publish("SOZU_STOP_REQUESTED", message="hard" if hard else "soft")
+        log.info(
+            "%s stop: stopping %d workers",
+            "hard" if hard else "soft",
+            len(self.pool.live_workers()),
+        )
+        closed, errors = await self.pool.stop_all(hard)
+        if reply is not None and request_id is not None:
+            message = (
+                f"Successfully closed {closed} workers, {errors} errors, "
+                "stopping the main process..."
+            )
+            await reply(ok(request_id, message))
+        self.done.set()
+
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
+        root = self._root
+        assert root is not None
+        async for signum in signals:
+            if signum == signal.SIGTERM and not self.stopping:
+                log.info("SIGTERM: soft stop")
+                self.mutations.submit(partial(self.stop, False))
+            elif not self.stopping:
+                log.info("SIGINT: hard stop")
+                root.start_soon(self.stop, True)
+            elif signum == signal.SIGINT:
+                log.info("SIGINT while stopping: killing the workers")
+                self.pool.kill_all()
+                self.done.set()
+
+
+def _answer_of(response: Response) -> WorkerAnswer:
+    return WorkerAnswer(status=response.status, message=response.message, content=response.content)

@@ -1,0 +1,408 @@
+"""Worker processes: launch into a slot, start-up handshake, crash detection and relaunch.
+
+Each slot (0..worker_count-1) runs one `run_slot` task for the daemon's lifetime: launch a
+worker, wait for its process to exit, then relaunch it with the full state, with backoff and
+at most `worker_max_restarts_per_minute` relaunches in any minute. See LIFECYCLE.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from sozu.command import requests as rq
+from sozu.command.channel import ConnectionLost, FramedConnection, RequestMux
+from sozu.command.config_schema import Config
+from sozu.command.envelope import PROTOCOL_VERSION, ProtocolError, Response
+from sozu.command.requests import Request, request_kind
+from sozu.command.responses import WorkerHello, WorkerInfo, WorkerInfos, WorkerRunState
+from sozu.command.state import ConfigState
+from sozu.command.state_replay import generate_activate_requests
+from sozu.supervisor.events import EventHub
+
+log = logging.getLogger("sozu.supervisor")
+
+RESTART_WINDOW = 60.0
+BACKOFF_BASE = 0.1
+BACKOFF_MAX = 5.0
+# How long a worker whose channel closed may take to exit before it is killed.
+EXIT_GRACE = 1.0
+HELLO_TIMEOUT = 10.0
+
+
+class WorkerStartError(Exception):
+    """A worker that did not complete its start-up handshake."""
+
+
+@dataclass(eq=False)
+class Worker:
+    """One live worker process as the supervisor sees it."""
+
+    id: int
+    slot: int
+    process: trio.Process
+    mux: RequestMux
+    scm: socket.socket
+    state: WorkerRunState = "starting"
+    build_id: str = ""
+    state_hash: str = ""
+    replace_reason: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def name(self) -> str:
+        return f"worker {self.id} (pid {self.pid}, slot {self.slot})"
+
+
+@dataclass(eq=False)
+class Slot:
+    index: int
+    worker: Worker | None = None
+    restarts: int = 0
+    restart_times: collections.deque[float] = field(default_factory=collections.deque)
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class WorkerPool:
+    """The worker slots, their processes and the start-up of each worker."""
+
+    def __init__(
+        self,
+        config: Config,
+        state: ConfigState,
+        state_lock: trio.Lock,
+        events: EventHub,
+        *,
+        debug: bool,
+        build_id: str,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.state_lock = state_lock
+        self.events = events
+        self.debug = debug
+        self.build_id = build_id
+        self.slots = [Slot(index) for index in range(config.worker_count)]
+        self.stopping = False
+        self._next_id = 0
+
+    # -- queries
+
+    def live_workers(self) -> list[Worker]:
+        return [slot.worker for slot in self.slots if slot.worker is not None]
+
+    def running_workers(self) -> list[Worker]:
+        return [w for w in self.live_workers() if w.state == "running"]
+
+    def started_workers(self) -> list[Worker]:
+        """Workers past their start-up: every state change goes to each of them."""
+        return [w for w in self.live_workers() if w.state in ("running", "not_answering")]
+
+    def info(self, worker: Worker, hash_now: str) -> WorkerInfo:
+        return WorkerInfo(
+            id=worker.id,
+            slot=worker.slot,
+            pid=worker.pid,
+            state=worker.state,
+            restarts=self.slots[worker.slot].restarts,
+            build_id=worker.build_id,
+            state_hash=worker.state_hash,
+            hash_ok=worker.state_hash == hash_now,
+        )
+
+    async def refresh(self, worker: Worker, patience: float) -> None:
+        """Ask a running worker for its state hash; silence marks it not answering."""
+        if worker.state not in ("running", "not_answering"):
+            return
+        response: Response | None = None
+        with trio.move_on_after(patience):
+            try:
+                response = await worker.mux.call(rq.Status())
+            except ConnectionLost:
+                return
+        if response is None or response.status != "ok":
+            worker.state = "not_answering"
+            return
+        if worker.state == "not_answering":
+            worker.state = "running"
+        if isinstance(response.content, WorkerInfos) and response.content.workers:
+            worker.state_hash = response.content.workers[0].state_hash
+
+    def replace(self, worker: Worker, reason: str) -> None:
+        """Kill a worker so that its slot relaunches it with the full state."""
+        if worker.replace_reason is None:
+            worker.replace_reason = reason
+            log.warning("replacing %s: %s", worker.name(), reason)
+        if worker.process.returncode is None:
+            worker.process.kill()
+
+    # -- launching
+
+    def _command(self, worker_id: int, channel_fd: int, scm_fd: int) -> list[str]:
+        command = [sys.executable]
+        if not self.debug:
+            command.append("-O")
+        command += ["-m", "sozu.worker", "--id", str(worker_id)]
+        command += ["--fd", str(channel_fd), "--scm", str(scm_fd)]
+        command += ["--max-command-buffer-size", str(self.config.max_command_buffer_size)]
+        return command
+
+    async def _spawn(self, slot: int) -> tuple[trio.Process, FramedConnection, socket.socket, int]:
+        worker_id = self._next_id
+        self._next_id += 1
+        channel, channel_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        scm, scm_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            channel_child.set_inheritable(True)
+            scm_child.set_inheritable(True)
+            process = await trio.lowlevel.open_process(
+                self._command(worker_id, channel_child.fileno(), scm_child.fileno()),
+                stdin=subprocess.DEVNULL,
+                pass_fds=(channel_child.fileno(), scm_child.fileno()),
+            )
+        except BaseException:
+            channel.close()
+            scm.close()
+            raise
+        finally:
+            channel_child.close()
+            scm_child.close()
+        connection = FramedConnection.from_socket(
+            channel, max_frame_size=self.config.max_command_buffer_size
+        )
+        return process, connection, scm, worker_id
+
+    def _server_config(self, worker: Worker) -> rq.ServerConfig:
+        config = self.config
+        return rq.ServerConfig(
+            protocol_version=PROTOCOL_VERSION,
+            worker_id=worker.id,
+            slot=worker.slot,
+            max_connections=config.max_connections,
+            buffer_size=config.buffer_size,
+            min_buffers=config.min_buffers,
+            max_buffers=config.max_buffers,
+            drain_timeout=config.drain_timeout,
+            log_level=config.log_level,
+            access_logs=config.access_logs_target is not None,
+            debug=self.debug,
+        )
+
+    async def _expect_ok(self, worker: Worker, request: Request) -> Response:
+        with trio.fail_after(self.config.worker_timeout):
+            response = await worker.mux.call(request)
+        if response.status != "ok":
+            raise WorkerStartError(f"{request_kind(request)} refused: {response.message}")
+        return response
+
+    async def hand_over_listeners(self, worker: Worker) -> None:
+        """Send the slot's listener sockets over the SCM channel, before any activation.
+
+        Listener sockets are not bound by the supervisor yet, so there is nothing to send.
+        """
+
+    async def _hello(self, worker: Worker, connection: FramedConnection) -> None:
+        hello = await connection.receive_response()
+        if hello is None or not isinstance(hello.content, WorkerHello):
+            raise WorkerStartError(f"expected a Hello, got {hello!r}")
+        if hello.content.protocol_version != PROTOCOL_VERSION:
+            raise WorkerStartError(f"worker speaks protocol {hello.content.protocol_version}")
+        worker.build_id = hello.content.build_id
+
+    async def _start_up(self, worker: Worker) -> None:
+        """ServerConfig, replay with listeners inactive, listener fds, activations, Ready.
+
+        Runs under the state lock, so that no mutation is fanned out while the worker catches
+        up with the state (it is not "running" before it is Ready).
+        """
+        await self._expect_ok(worker, self._server_config(worker))
+        for request in self.state.generate_requests():
+            if not isinstance(request, rq.ActivateListener):
+                await self._expect_ok(worker, request)
+        await self.hand_over_listeners(worker)
+        for request in generate_activate_requests(self.state):
+            await self._expect_ok(worker, request)
+        ready = await self._expect_ok(worker, rq.Status())
+        if isinstance(ready.content, WorkerInfos) and ready.content.workers:
+            worker.state_hash = ready.content.workers[0].state_hash
+        worker.state = "running"
+
+    async def _watch_channel(self, worker: Worker) -> None:
+        await worker.mux.run()
+        if worker.process.returncode is None and not self.stopping:
+            log.warning("%s: channel closed (%s)", worker.name(), worker.mux.closed_reason)
+        with trio.move_on_after(EXIT_GRACE):
+            await worker.process.wait()
+        if worker.process.returncode is None:
+            worker.process.kill()
+
+    async def _run_worker(
+        self, slot: Slot, relaunch_of: Worker | None, on_started: Callable[[], object]
+    ) -> Worker:
+        """Launch a worker into `slot` and return it once its process has exited.
+
+        `on_started` is called once the worker is ready or has failed to start.
+        """
+        process, connection, scm, worker_id = await self._spawn(slot.index)
+        mux = RequestMux(connection, on_unsolicited=self._unsolicited)
+        worker = Worker(id=worker_id, slot=slot.index, process=process, mux=mux, scm=scm)
+        slot.worker = worker
+        log.info("launched %s", worker.name())
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    # Interpreter start-up and imports come before the Hello.
+                    with trio.fail_after(max(self.config.worker_timeout, HELLO_TIMEOUT)):
+                        await self._hello(worker, connection)
+                    nursery.start_soon(self._watch_channel, worker)
+                    async with self.state_lock:
+                        await self._start_up(worker)
+                except trio.TooSlowError:
+                    log.error("%s did not become ready in time", worker.name())
+                except (
+                    WorkerStartError,
+                    ConnectionLost,
+                    ProtocolError,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                ) as error:
+                    log.error("%s failed to start: %s", worker.name(), error)
+                on_started()
+                if worker.state == "running":
+                    log.info("%s is ready", worker.name())
+                    if relaunch_of is not None:
+                        self.events.publish(
+                            "WORKER_RELAUNCHED",
+                            message=f"{worker.name()} replaces worker {relaunch_of.id}",
+                        )
+                elif process.returncode is None:
+                    process.kill()
+                await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+                await mux.aclose()
+                scm.close()
+            worker.state = "stopped"
+            if slot.worker is worker:
+                slot.worker = None
+        return worker
+
+    def _unsolicited(self, response: Response) -> None:
+        log.debug("unsolicited worker answer %s %s", response.id, response.status)
+
+    def _backoff(self, slot: Slot) -> float | None:
+        """Seconds to wait before relaunching into `slot`, or None past the restart limit."""
+        now = trio.current_time()
+        times = slot.restart_times
+        while times and now - times[0] > RESTART_WINDOW:
+            times.popleft()
+        if len(times) >= self.config.worker_max_restarts_per_minute:
+            return None
+        times.append(now)
+        return min(BACKOFF_BASE * 2.0 ** (len(times) - 1), BACKOFF_MAX)
+
+    async def run_slot(self, index: int, started: trio.Event) -> None:
+        """Keep a worker in slot `index` until the daemon stops or the restart limit is hit.
+
+        Sets `started` once the first worker is ready or has failed to start.
+        """
+        slot = self.slots[index]
+        on_started = started.set
+
+        previous: Worker | None = None
+        try:
+            while not self.stopping:
+                try:
+                    previous = await self._run_worker(slot, previous, on_started)
+                except OSError as error:
+                    log.error("slot %d: cannot launch a worker: %s", index, error)
+                    on_started()
+                    launch_delay = self._backoff(slot)
+                    if launch_delay is None:
+                        log.error("slot %d stays empty: too many failed launches", index)
+                        break
+                    await trio.sleep(launch_delay)
+                    continue
+                if self.stopping:
+                    break
+                reason = describe_exit(previous.process.returncode or 0)
+                if previous.replace_reason is not None:
+                    reason = f"replaced: {previous.replace_reason}"
+                self.events.publish("WORKER_KILLED", message=f"{previous.name()} {reason}")
+                if not self.config.worker_automatic_restart:
+                    log.error("slot %d stays empty: worker_automatic_restart is off", index)
+                    break
+                delay = 0.0 if previous.replace_reason is not None else self._backoff(slot)
+                if delay is None:
+                    log.error(
+                        "slot %d stays empty: %d relaunches in the last minute already"
+                        " (worker_max_restarts_per_minute)",
+                        index,
+                        len(slot.restart_times),
+                    )
+                    break
+                await trio.sleep(delay)
+                slot.restarts += 1
+        finally:
+            on_started()
+
+    async def stop_all(self, hard: bool) -> tuple[int, int]:
+        """Send SoftStop/HardStop to every live worker and wait for them to exit.
+
+        Returns (stopped cleanly, errors); workers that do not answer in time are killed.
+        """
+        self.stopping = True
+        workers = self.live_workers()
+        timeout = self.config.worker_timeout
+        if not hard:
+            timeout += self.config.drain_timeout
+        outcomes: list[bool] = []
+
+        async def stop_one(worker: Worker) -> None:
+            answered = False
+            with trio.move_on_after(timeout):
+                try:
+                    response = await worker.mux.call(rq.HardStop() if hard else rq.SoftStop())
+                    answered = response.status == "ok"
+                except ConnectionLost:
+                    pass
+            with trio.move_on_after(EXIT_GRACE if answered else 0):
+                await worker.process.wait()
+            if worker.process.returncode is None:
+                worker.process.kill()
+                answered = False
+            outcomes.append(answered)
+
+        async with trio.open_nursery() as nursery:
+            for worker in workers:
+                nursery.start_soon(stop_one, worker)
+        return sum(outcomes), len(outcomes) - sum(outcomes)
+
+    def kill_all(self) -> None:
+        self.stopping = True
+        for worker in self.live_workers():
+            if worker.process.returncode is None:
+                worker.process.kill()
+
+
+def default_debug(config: Config) -> bool:
+    return config.debug or os.environ.get("SOZU_DEBUG") == "1"
