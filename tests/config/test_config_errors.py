@@ -19,6 +19,24 @@ APP = '[clusters.app]\nprotocol = "http"\n'
 
 CASES: list[tuple[str, str, str, str]] = [
     # (id, TOML, key path, part of the message)
+    (
+        "header name the state refuses",
+        HTTP + 'sozu_id_header = "bad: x"\n',
+        "listeners[0].sozu_id_header",
+        "is not a header name",
+    ),
+    (
+        "h2 knob the state refuses",
+        HTTP + "h2_max_ping_per_window = 0\n",
+        "listeners[0].h2_max_ping_per_window",
+        "must be greater than 0",
+    ),
+    (
+        "shrink ratio the state refuses",
+        HTTP + "h2_stream_shrink_ratio = 1\n",
+        "listeners[0].h2_stream_shrink_ratio",
+        "at least 2",
+    ),
     ("top-level typo", "worker_cout = 3\n", "worker_cout", "unknown key 'worker_cout' (did you"),
     (
         "nested typo",

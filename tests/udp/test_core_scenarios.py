@@ -628,3 +628,15 @@ def test_check_invariants_detects_corruption() -> None:
     m._flows[fid].idle_deadline = 1.0  # armed deadline no longer the minimum
     with pytest.raises(InvariantViolation, match="minimum"):
         m.check_invariants()
+
+
+def test_deadline_index_stays_bounded_when_flows_close_on_a_cap() -> None:
+    """DNS-like flows (responses=1) close on their reply, long before their idle deadline."""
+    m = make(max_flows=100_000, responses=1, front_timeout=30.0)
+    establish(m, 0.0, ("10.1.0.1", 53))  # one idle flow that stays
+    for index in range(3000):
+        fid = establish(m, 0.0, (f"10.2.{index // 250}.{index % 250 + 1}", 53))
+        m.handle_backend_datagram(0.0, fid, b"answer")
+        m.take_outputs()
+    assert m.flow_count() == 1
+    assert len(m._deadlines) <= 2 * m.flow_count() + 64

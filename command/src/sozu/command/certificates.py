@@ -68,22 +68,24 @@ def inspect_certificate(pem: str) -> CertificateFacts:
     from cryptography.x509.oid import NameOID
 
     der = leaf_der(pem)
+    # cryptography parses lazily: a corrupt extension raises only when it is read, so every
+    # access stays inside this guard.
     try:
         cert = x509.load_der_x509_certificate(der)
-    except ValueError as error:
+        names: list[str] = []
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            names = [str(name).lower() for name in san.value.get_values_for_type(x509.DNSName)]
+        except x509.ExtensionNotFound:
+            pass
+        if not names:
+            names = [
+                str(attribute.value).lower()
+                for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            ]
+        not_after = int(cert.not_valid_after_utc.timestamp())
+    except Exception as error:
         raise CertificateError(f"invalid certificate: {error}") from None
-    names: list[str] = []
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names = [str(name).lower() for name in san.value.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        pass
-    if not names:
-        names = [
-            str(attribute.value).lower()
-            for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        ]
-    not_after = int(cert.not_valid_after_utc.timestamp())
     return CertificateFacts(hashlib.sha256(der).hexdigest(), tuple(names), not_after)
 
 
@@ -96,5 +98,28 @@ def check_private_key(pem: str) -> None:
         raise CertificateError("no PEM private key found")
     try:
         load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError) as error:
+    except Exception as error:  # ValueError, TypeError, UnsupportedAlgorithm
         raise CertificateError(f"invalid private key: {error}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def check_key_matches(certificate_pem: str, key_pem: str) -> None:
+    """Raise CertificateError unless the key is the private half of the leaf certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    try:
+        cert_key = x509.load_der_x509_certificate(leaf_der(certificate_pem)).public_key()
+        private = load_pem_private_key(key_pem.encode(), password=None)
+        spki = Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+        matches = cert_key.public_bytes(*spki) == private.public_key().public_bytes(*spki)
+    except CertificateError:
+        raise
+    except Exception as error:
+        raise CertificateError(f"invalid certificate or key: {error}") from None
+    if not matches:
+        raise CertificateError("the private key does not belong to the certificate")

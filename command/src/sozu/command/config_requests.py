@@ -47,6 +47,7 @@ from sozu.command.requests import (
     Request,
     SetMaxConnectionsPerIp,
 )
+from sozu.command.state import listener_field_problems
 from sozu.command.types import (
     H2_KNOB_NAMES,
     Backend,
@@ -143,7 +144,7 @@ class _Builder:
     def build(self) -> list[Request]:
         config = self.config
         ordered = sorted(enumerate(config.listeners), key=lambda item: _ORDER[item[1].protocol])
-        requests = [self._listener(index, listener) for index, listener in ordered]
+        requests = [self._checked_listener(index, listener) for index, listener in ordered]
         for cluster_id in sorted(config.clusters):
             requests.extend(self._cluster(cluster_id, config.clusters[cluster_id]))
         if config.activate_listeners:
@@ -158,6 +159,16 @@ class _Builder:
         return requests
 
     # -- listeners --------------------------------------------------------------------------
+
+    def _checked_listener(self, index: int, listener: ListenerSection) -> Request:
+        """The Add*Listener request, refused here with its key path if the state would."""
+        request = self._listener(index, listener)
+        assert isinstance(
+            request, AddHttpListener | AddHttpsListener | AddTcpListener | AddUdpListener
+        )
+        for field, problem in listener_field_problems(request.listener):
+            raise ConfigError(f"{join_index('listeners', index)}.{field}", problem)
+        return request
 
     def _listener(self, index: int, listener: ListenerSection) -> Request:
         config = self.config

@@ -92,7 +92,7 @@ def decode_request(payload: bytes) -> RequestEnvelope:
     """
     try:
         raw = _raw_request_decoder.decode(payload)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, ValueError) as error:  # ValueError: strings not UTF-8
         request_id = _read_id(payload)
         if request_id is None:
             raise ProtocolError(f"undecodable request envelope: {error}") from None
@@ -108,15 +108,15 @@ def decode_request(payload: bytes) -> RequestEnvelope:
         raise RejectedRequest(raw.id, f"invalid protocol version {raw.v}")
     try:
         request = _request_decoder.decode(raw.request)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, ValueError) as error:
         raise RejectedRequest(raw.id, _describe_request_error(raw.request, error)) from None
     return RequestEnvelope(v=raw.v, id=raw.id, request=request)
 
 
-def _describe_request_error(raw: msgspec.Raw, error: msgspec.DecodeError) -> str:
+def _describe_request_error(raw: msgspec.Raw, error: Exception) -> str:
     try:
         kind = _tag_decoder.decode(raw).type
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, ValueError):
         return f"invalid request: {error}"
     if kind not in REQUEST_KINDS:
         return f"unknown request kind {kind!r}"
@@ -126,8 +126,8 @@ def _describe_request_error(raw: msgspec.Raw, error: msgspec.DecodeError) -> str
 def _read_id(payload: bytes) -> str | None:
     try:
         request_id = _id_decoder.decode(payload).id
-    except msgspec.DecodeError:
-        return None
+    except (msgspec.DecodeError, ValueError):
+        return peek_id(payload)  # e.g. trailing bytes after a valid map
     return request_id if len(request_id) <= MAX_ID_LENGTH else None
 
 
@@ -135,7 +135,7 @@ def decode_response(payload: bytes) -> Response:
     """Decode a response payload; raises `ProtocolError` naming what is wrong."""
     try:
         return _response_decoder.decode(payload)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, ValueError) as error:
         raise ProtocolError(f"undecodable response: {error}") from None
 
 

@@ -20,6 +20,7 @@ import msgspec
 from sozu.command import requests as rq
 from sozu.command.certificates import (
     CertificateError,
+    check_key_matches,
     check_private_key,
     inspect_certificate,
     is_fingerprint,
@@ -72,29 +73,50 @@ class StoredCertificate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     expired_at: int | None = None
 
 
-def listener_problems(listener: ListenerConfig) -> list[str]:
-    """What makes a listener configuration invalid (empty when it is valid)."""
+def listener_field_problems(listener: ListenerConfig) -> list[tuple[str, str]]:
+    """(field, problem) pairs that make a listener configuration invalid."""
     problems = []
     if listener.address.endswith(":0"):
-        problems.append(f"listener address {listener.address} has port 0")
+        problems.append(("address", f"listener address {listener.address} has port 0"))
     if isinstance(listener, HttpListenerConfig):
         for knob in H2_NONZERO_KNOBS:
             if getattr(listener, knob) == 0:
-                problems.append(f"{knob} must be greater than 0")
+                problems.append((knob, f"{knob} must be greater than 0"))
         ratio = listener.h2_stream_shrink_ratio
         if ratio is not None and ratio < 2:
-            problems.append(f"h2_stream_shrink_ratio must be at least 2, got {ratio}")
+            problems.append(
+                (
+                    "h2_stream_shrink_ratio",
+                    f"h2_stream_shrink_ratio must be at least 2, got {ratio}",
+                )
+            )
         if not _TOKEN.match(listener.sozu_id_header):
-            problems.append(f"sozu_id_header {listener.sozu_id_header!r} is not a header name")
+            problems.append(
+                (
+                    "sozu_id_header",
+                    f"sozu_id_header {listener.sozu_id_header!r} is not a header name",
+                )
+            )
         if not _TOKEN.match(listener.sticky_name):
-            problems.append(f"sticky_name {listener.sticky_name!r} is not a cookie name")
+            problems.append(
+                ("sticky_name", f"sticky_name {listener.sticky_name!r} is not a cookie name")
+            )
     if isinstance(listener, HttpsListenerConfig):
         unknown = [p for p in listener.alpn_protocols if p not in VALID_ALPN]
         if unknown:
-            problems.append(f"alpn_protocols {unknown} not supported (only h2 and http/1.1)")
+            problems.append(
+                ("alpn_protocols", f"alpn_protocols {unknown} not supported (only h2 and http/1.1)")
+            )
         if listener.disable_http11 and "http/1.1" in listener.alpn_protocols:
-            problems.append("disable_http11 conflicts with http/1.1 in alpn_protocols")
+            problems.append(
+                ("disable_http11", "disable_http11 conflicts with http/1.1 in alpn_protocols")
+            )
     return problems
+
+
+def listener_problems(listener: ListenerConfig) -> list[str]:
+    """What makes a listener configuration invalid (empty when it is valid)."""
+    return [problem for _, problem in listener_field_problems(listener)]
 
 
 class ConfigState:
@@ -314,8 +336,8 @@ class ConfigState:
     def _put_cluster(self, cluster: Cluster) -> Outcome:
         if self.clusters.get(cluster.cluster_id) == cluster:
             return "unchanged"
-        self.clusters[cluster.cluster_id] = cluster
         self._put(("cluster", cluster.cluster_id), cluster)
+        self.clusters[cluster.cluster_id] = cluster
         return "changed"
 
     # -- listeners --------------------------------------------------------------------------------
@@ -339,8 +361,8 @@ class ConfigState:
             raise InvalidValue(f"{proxy} listener {address}: {problems[0]}")
         # The activation lifecycle alone sets `active`: a listener always arrives inactive.
         stored = msgspec.structs.replace(listener, active=False) if listener.active else listener
-        self.listener_maps()[proxy][address] = stored
         self._put(("listener", proxy, address), stored)
+        self.listener_maps()[proxy][address] = stored
         return "changed"
 
     def _stream_listener_at(self, address: str) -> ListenerConfig | None:
@@ -372,8 +394,8 @@ class ConfigState:
         return "changed"
 
     def _store_listener(self, proxy: ListenerType, listener: ListenerConfig) -> None:
-        self.listener_maps()[proxy][listener.address] = listener
         self._put(("listener", proxy, listener.address), listener)
+        self.listener_maps()[proxy][listener.address] = listener
 
     def _update_listener(self, proxy: ListenerType, patch: rq._ListenerPatch) -> Outcome:
         listener = self._existing_listener(proxy, patch.address)
@@ -415,8 +437,8 @@ class ConfigState:
             raise AlreadyExists(
                 f"{family} frontend {key!r} already exists", identical=existing == frontend
             )
-        fronts[key] = frontend
         self._put((f"{family}_front", key), frontend)
+        fronts[key] = frontend
         return "changed"
 
     def _remove_http_front(
@@ -440,8 +462,8 @@ class ConfigState:
         updated = list(current)
         updated.append(frontend)
         updated.sort(key=_stream_front_order)
-        fronts[frontend.cluster_id] = updated
         self._put(_stream_front_key(family, frontend), frontend)
+        fronts[frontend.cluster_id] = updated
         return "changed"
 
     def _remove_stream_front(self, family: str, fronts: dict[str, list[F]], frontend: F) -> Outcome:
@@ -468,16 +490,16 @@ class ConfigState:
     def _add_backend(self, backend: Backend) -> Outcome:
         current = self.backends.get(backend.cluster_id, [])
         identity = (backend.backend_id, backend.address)
-        for index, existing in enumerate(current):
-            if (existing.backend_id, existing.address) == identity:
-                if existing == backend:
-                    return "unchanged"
-                current[index] = backend
-                break
-        else:
-            current = sorted([*current, backend], key=_backend_order)
-            self.backends[backend.cluster_id] = current
+        position = next(
+            (i for i, b in enumerate(current) if (b.backend_id, b.address) == identity), None
+        )
+        if position is not None and current[position] == backend:
+            return "unchanged"
         self._put(_backend_key(backend), backend)
+        if position is not None:
+            current[position] = backend
+        else:
+            self.backends[backend.cluster_id] = sorted([*current, backend], key=_backend_order)
         return "changed"
 
     def _remove_backend(self, cluster_id: str, backend_id: str, address: str) -> Outcome:
@@ -504,9 +526,12 @@ class ConfigState:
         try:
             facts = inspect_certificate(certificate.certificate)
             check_private_key(certificate.key)
+            check_key_matches(certificate.certificate, certificate.key)
         except CertificateError as error:
             raise InvalidValue(str(error)) from None
         if not certificate.names:
+            if not facts.names:
+                raise InvalidValue("certificate has no DNS name (no SAN and no CN) to serve")
             certificate = msgspec.structs.replace(certificate, names=facts.names)
         return facts.fingerprint, StoredCertificate(certificate=certificate, expired_at=expired_at)
 
@@ -520,8 +545,8 @@ class ConfigState:
         return "changed"
 
     def _store_certificate(self, address: str, fingerprint: str, stored: StoredCertificate) -> None:
-        self.certificates.setdefault(address, {})[fingerprint] = stored
         self._put(("certificate", address, fingerprint), stored)
+        self.certificates.setdefault(address, {})[fingerprint] = stored
 
     def _remove_certificate(self, address: str, fingerprint: str) -> Outcome:
         if not is_fingerprint(fingerprint):

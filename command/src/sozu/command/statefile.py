@@ -81,7 +81,7 @@ def parse_state(data: bytes, source: str = "state file") -> list[Request]:
         raise StateFileError(f"{source}: empty file (no header line)")
     try:
         header = _header_decoder.decode(lines[0])
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, ValueError) as error:
         raise StateFileError(f"{source}:1: not a sozu state file header: {error}") from None
     if header.sozu_state > STATE_FILE_VERSION:
         raise StateFileError(
@@ -99,7 +99,7 @@ def parse_state(data: bytes, source: str = "state file") -> list[Request]:
             raise StateFileError(f"{source}:{number}: record longer than {MAX_RECORD_BYTES} bytes")
         try:
             requests.append(_record_decoder.decode(line).request)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, ValueError) as error:
             raise StateFileError(f"{source}:{number}: {error}") from None
     if len(requests) != header.records:
         raise StateFileError(

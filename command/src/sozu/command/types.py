@@ -7,11 +7,14 @@ and on decode, so an address is one key whatever its spelling.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 from sozu.command.addresses import AddressError, canonical_address
+
+_METHOD: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
@@ -167,6 +170,8 @@ class Backend(Record, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         canonicalize_addresses(self, "address")
+        if self.backup is False:  # one spelling of "not a backup", so equal backends compare equal
+            msgspec.structs.force_setattr(self, "backup", None)
 
     @property
     def weight(self) -> int:
@@ -335,6 +340,10 @@ class RequestHttpFrontend(Record, frozen=True, kw_only=True):
         canonicalize_addresses(self, "address")
         if not self.hostname:
             raise ValueError("hostname must not be empty")
+        if ";" in self.hostname or any(c.isspace() for c in self.hostname):
+            raise ValueError(f"hostname {self.hostname!r} contains ';' or white space")
+        if self.method is not None and not _METHOD.match(self.method):
+            raise ValueError(f"method {self.method!r} is not an HTTP method token")
         lowered = self.hostname.lower()
         if lowered != self.hostname:
             msgspec.structs.force_setattr(self, "hostname", lowered)
@@ -342,7 +351,9 @@ class RequestHttpFrontend(Record, frozen=True, kw_only=True):
     def route_key(self) -> str:
         """The state key: `<address>;<hostname>;<P|R|=><path>[;<method>]`."""
         marker = {"PREFIX": "P", "REGEX": "R", "EQUALS": "="}[self.path.kind]
-        key = f"{self.address};{self.hostname};{marker}{self.path.value}"
+        # Escaped so that a ';' inside a path can never read as the method separator.
+        path = self.path.value.replace("\\", "\\\\").replace(";", "\\;")
+        key = f"{self.address};{self.hostname};{marker}{path}"
         if self.method is not None:
             key += f";{self.method}"
         return key

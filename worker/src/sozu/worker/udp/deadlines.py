@@ -73,6 +73,11 @@ class DeadlineHeap:
         fid = heapq.heappop(self._heap)[1]
         return self._flows[fid]
 
+    def forget(self) -> None:
+        """A flow left the table: its entry is now stale; compact once stale ones dominate."""
+        if len(self._heap) > 2 * len(self._flows) + _COMPACT_SLACK:
+            self.rebuild()
+
     def clear(self) -> None:
         self._heap.clear()
 

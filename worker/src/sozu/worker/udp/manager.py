@@ -445,6 +445,7 @@ class FlowManager:
         assert self._flows.get(flow.id) is flow, "closing a flow that is not stored"
         flow.set_phase(FlowPhase.CLOSING)
         del self._flows[flow.id]
+        self._deadlines.forget()
         self._unmap(flow)
         self.counters.flows_evicted += 1
         self._out.append(FLOW_EVICTED)
