@@ -1,0 +1,198 @@
+"""The UDP trio shell over real loopback sockets (udp.md §10 end-to-end scenarios, in process)."""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from sozu.worker.balancing import Backend, BackendSelector, LoadBalancingPolicy
+from sozu.worker.proxy_protocol import parse_v2
+from sozu.worker.udp.config import ClusterConfig
+from sozu.worker.udp.manager import FlowManager
+from sozu.worker.udp.shell import UdpListenerProxy
+
+Address = tuple[str, int]
+
+
+class EchoBackend:
+    """Answers `<name>:<payload>` and remembers what it received."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.received: list[bytes] = []
+        self.address: Address = ("127.0.0.1", 0)
+
+    async def bind(self) -> None:
+        await self.sock.bind(("127.0.0.1", 0))
+        host, port = self.sock.getsockname()
+        self.address = (host, port)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            data, peer = await self.sock.recvfrom(65535)
+            self.received.append(data)
+            header = parse_v2(data) if data.startswith(b"\r\n\r\n") else None
+            payload = data[header.length :] if header is not None else data
+            await self.sock.sendto(self.name.encode() + b":" + payload, peer)
+
+
+@asynccontextmanager
+async def running(
+    backends: list[EchoBackend],
+    *,
+    policy: LoadBalancingPolicy = LoadBalancingPolicy.HRW,
+    max_rx: int = 1500,
+    max_flows: int = 1000,
+    **knobs: object,
+) -> AsyncIterator[tuple[Address, UdpListenerProxy]]:
+    """Backends and a proxy in their own nursery, cancelled before any socket is closed."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    try:
+        async with trio.open_nursery() as nursery:
+            for backend in backends:
+                await backend.bind()
+                await nursery.start(backend.serve)
+            selector = BackendSelector(
+                policy, [Backend(b.name, b.address) for b in backends], rng=random.Random(1)
+            )
+            core = FlowManager(
+                ClusterConfig(cluster="dns", **knobs),  # type: ignore[arg-type]
+                max_flows=max_flows,
+                max_rx_datagram_size=max_rx,
+            )
+            proxy = UdpListenerProxy(listener, core, lambda _: selector if backends else None)
+            await nursery.start(proxy.serve)
+            try:
+                yield listener.getsockname(), proxy
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        listener.close()
+        for backend in backends:
+            backend.sock.close()
+
+
+async def ask(
+    address: Address, payload: bytes, client: trio.socket.SocketType | None = None
+) -> bytes | None:
+    own = client is None
+    sock = client or trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        await sock.sendto(payload, address)
+        with trio.move_on_after(1.0):
+            data, _ = await sock.recvfrom(65535)
+            return bytes(data)
+        return None
+    finally:
+        if own:
+            sock.close()
+
+
+async def test_query_reaches_a_backend_and_the_answer_comes_back() -> None:
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")]) as (address, proxy):
+            assert await ask(address, b"ping") == b"BK0:ping"
+            assert proxy.core.counters.datagrams_in == 1
+            assert proxy.core.counters.datagrams_out == 1
+
+
+async def test_responses_one_closes_each_flow_after_its_answer() -> None:
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")], responses=1) as (address, proxy):
+            for index in range(3):
+                assert await ask(address, b"q%d" % index) == b"BK0:q%d" % index
+            assert proxy.flow_count == 0
+            assert proxy.core.counters.flows_created == 3
+
+
+async def test_port_affinity_sticks_per_client_and_spreads_over_clients() -> None:
+    backends = [EchoBackend("BK0"), EchoBackend("BK1")]
+    with trio.fail_after(20):
+        async with running(backends, affinity_with_port=True) as (address, _):
+            seen: set[bytes] = set()
+            for _ in range(12):
+                client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                answers = {await ask(address, b"x", client) for _ in range(3)}
+                client.close()
+                assert len(answers) == 1, "one client must stick to one backend"
+                (answer,) = answers
+                assert answer is not None
+                seen.add(answer.split(b":")[0])
+            assert seen == {b"BK0", b"BK1"}
+
+
+async def test_oversized_datagram_is_dropped_and_small_ones_pass() -> None:
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")], max_rx=64) as (address, proxy):
+            assert await ask(address, b"x" * 200) is None
+            assert await ask(address, b"small") == b"BK0:small"
+            assert proxy.core.counters.dropped == 1
+
+
+async def test_proxy_protocol_header_carries_the_client_address() -> None:
+    backend = EchoBackend("BK0")
+    with trio.fail_after(10):
+        async with running([backend], send_proxy_protocol=True) as (address, _):
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            await client.bind(("127.0.0.1", 0))
+            assert await ask(address, b"one", client) == b"BK0:one"
+            assert await ask(address, b"two", client) == b"BK0:two"
+            client_address = client.getsockname()
+            client.close()
+    header = parse_v2(backend.received[0])
+    assert header is not None
+    assert header.source == (client_address[0], client_address[1])
+    assert backend.received[0][header.length :] == b"one"
+    assert backend.received[1] == b"two"  # first datagram only, by default
+
+
+async def test_idle_flow_closes_after_its_timeout() -> None:
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")], front_timeout=0.3, back_timeout=0.3) as (
+            address,
+            proxy,
+        ):
+            assert await ask(address, b"x") == b"BK0:x"
+            assert proxy.flow_count == 1
+            with trio.fail_after(3):
+                while proxy.flow_count:  # noqa: ASYNC110 - polling the core's count
+                    await trio.sleep(0.05)
+
+
+async def test_drain_refuses_new_sources_and_lets_live_flows_answer() -> None:
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")]) as (address, proxy):
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            assert await ask(address, b"before", client) == b"BK0:before"
+            proxy.drain()
+            # the listener is no longer read: a new client gets nothing
+            assert await ask(address, b"new") is None
+            assert proxy.flow_count == 1
+            client.close()
+
+
+@pytest.mark.parametrize("policy", [LoadBalancingPolicy.MAGLEV, LoadBalancingPolicy.ROUND_ROBIN])
+async def test_other_policies_answer(policy: LoadBalancingPolicy) -> None:
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0"), EchoBackend("BK1")], policy=policy) as (
+            address,
+            _,
+        ):
+            answer = await ask(address, b"q")
+            assert answer in (b"BK0:q", b"BK1:q")
+
+
+async def test_no_backend_aborts_the_flow() -> None:
+    with trio.fail_after(10):
+        async with running([]) as (address, proxy):
+            assert await ask(address, b"q") is None
+            assert proxy.counters.no_backend == 1
+            assert proxy.flow_count == 0
