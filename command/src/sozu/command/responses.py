@@ -7,6 +7,7 @@ from typing import Literal
 
 import msgspec
 
+from sozu.command.metrics import MetricsSnapshot
 from sozu.command.types import (
     Backend,
     Cluster,
@@ -194,12 +195,17 @@ class MetricValue(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 
 
 class MetricsReport(Content, tag="Metrics", frozen=True, kw_only=True):
-    """Aggregated metrics: process-wide, per worker, per cluster and per backend."""
+    """Aggregated metrics: process-wide, per worker, per cluster and per backend.
+
+    A worker answers the supervisor's QueryMetrics with its raw `snapshot` only; the
+    supervisor aggregates the snapshots and answers clients with the other fields.
+    """
 
     main: dict[str, MetricValue] = {}
     workers: dict[str, dict[str, MetricValue]] = {}
     clusters: dict[str, dict[str, MetricValue]] = {}
     backends: dict[str, dict[str, MetricValue]] = {}
+    snapshot: MetricsSnapshot | None = None
 
 
 class AvailableMetrics(Content, tag="AvailableMetrics", frozen=True, kw_only=True):

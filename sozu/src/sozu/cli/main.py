@@ -7,6 +7,7 @@ import click
 from sozu.cli.config_commands import config_group
 from sozu.cli.context import SozuGroup
 from sozu.cli.daemon_commands import events, shutdown, status
+from sozu.cli.metrics_commands import metrics_group
 from sozu.cli.routing_commands import backend_group, cluster_group, frontend_group, listener_group
 from sozu.cli.start import start
 from sozu.cli.state_commands import state_group
@@ -30,6 +31,7 @@ sozu.add_command(cluster_group)
 sozu.add_command(backend_group)
 sozu.add_command(listener_group)
 sozu.add_command(frontend_group)
+sozu.add_command(metrics_group)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ class EventHub:
         self,
         kind: EventKind,
         *,
+        source: str = "main",
         cluster_id: str | None = None,
         backend_id: str | None = None,
         address: str | None = None,
@@ -34,6 +35,7 @@ class EventHub:
     ) -> None:
         event = Event(
             kind=kind,
+            source=source,
             cluster_id=cluster_id,
             backend_id=backend_id,
             address=address,

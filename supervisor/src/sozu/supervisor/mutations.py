@@ -107,9 +107,22 @@ class Mutations:
     async def apply(self, request_id: str, request: Request, reply: Reply) -> None:
         """Validate on the supervisor's state, fan out, answer Ok; or Failure, nothing sent."""
         kind = request_kind(request)
+        bound: rq.ActivateListener | None = None
+        if isinstance(request, rq.ActivateListener):
+            config = self.state.listener(request.proxy, request.address)
+            if config is not None and not config.active:
+                try:
+                    self.pool.sockets.bind(request.proxy, request.address)
+                except OSError as error:
+                    message = f"cannot bind {request.proxy} listener {request.address}: {error}"
+                    await reply(failure(request_id, message))
+                    return
+                bound = request
         try:
             outcome = self.state.apply(request)
         except StateError as error:
+            if bound is not None:
+                self.pool.sockets.close(bound.proxy, bound.address)
             await reply(failure(request_id, str(error)))
             return
         if outcome == "unchanged":
@@ -159,17 +172,39 @@ class Mutations:
             "replaced by workers launched with the full state"
         )
 
+    def _bind_activations(self, requests: list[Request]) -> list[str]:
+        """Bind the sockets of listeners `requests` activate; the bind errors."""
+        errors = []
+        for request in requests:
+            if isinstance(request, rq.ActivateListener):
+                try:
+                    self.pool.sockets.bind(request.proxy, request.address)
+                except OSError as error:
+                    errors.append(
+                        f"cannot bind {request.proxy} listener {request.address}: {error}"
+                    )
+        return errors
+
     async def fan_out(self, requests: list[Request], workers: list[Worker]) -> list[str]:
         """Send `requests` in order to each worker; the problems, one per worker that failed.
 
-        A worker that refuses one or stays silent past `worker_timeout` is replaced.
+        A listener's sockets go to each worker before its activation, and the supervisor's
+        duplicates are closed after every worker has deactivated or removed it. A worker that
+        refuses one or stays silent past `worker_timeout` is replaced.
         """
-        problems: list[str] = []
+        problems: list[str] = self._bind_activations(requests)
         timeout = self.worker_timeout
 
         async def one(worker: Worker) -> None:
             for request in requests:
                 problem: str | None = None
+                if isinstance(request, rq.ActivateListener):
+                    try:
+                        await self.pool.send_sockets(worker, [(request.proxy, request.address)])
+                    except (OSError, trio.TooSlowError, trio.ClosedResourceError) as error:
+                        problems.append(f"worker {worker.id} did not get the sockets ({error})")
+                        self.pool.replace(worker, "listener sockets not delivered")
+                        return
                 with trio.move_on_after(timeout) as scope:
                     try:
                         response = await worker.mux.call(request)
@@ -190,6 +225,12 @@ class Mutations:
         async with trio.open_nursery() as nursery:
             for worker in workers:
                 nursery.start_soon(one, worker)
+        for request in requests:
+            if isinstance(request, rq.DeactivateListener | rq.RemoveListener):
+                # A batch may remove then re-add and activate it (a changed listener).
+                listener = self.state.listener(request.proxy, request.address)
+                if listener is None or not listener.active:
+                    self.pool.sockets.close(request.proxy, request.address)
         return sorted(problems)
 
 

@@ -31,6 +31,7 @@ from sozu.command.state_errors import StateError
 from sozu.command.statefile import save_state
 from sozu.supervisor.daemon_io import StartupError, sd_notify
 from sozu.supervisor.events import EventHub
+from sozu.supervisor.metrics_poll import MetricsCollector
 from sozu.supervisor.mutations import Mutations, Reply, is_sequenced
 from sozu.supervisor.prometheus_endpoint import (
     SnapshotCollector,
@@ -79,7 +80,6 @@ class Supervisor:
         self.state = state
         self.command_socket = command_socket
         self.metrics_socket = metrics_socket
-        # Worker snapshots are folded in here once workers report metrics.
         self.metrics = MetricsAggregator()
         self.on_ready = on_ready
         self.build_id = build_id()
@@ -92,13 +92,29 @@ class Supervisor:
         self.mutations = Mutations(
             state, self.state_lock, self.pool, self.events, config.worker_timeout
         )
+        self.collector = MetricsCollector(
+            self.pool, self.metrics, min(STATUS_PATIENCE, config.worker_timeout)
+        )
         self.stopping = False
         self.done = trio.Event()
         self._root: trio.Nursery | None = None
 
+    def bind_active_listeners(self) -> None:
+        """Bind the sockets of the listeners the configuration activates."""
+        for proxy, listeners in self.state.listener_maps().items():
+            for address in sorted(listeners):
+                if listeners[address].active:
+                    try:
+                        self.pool.sockets.bind(proxy, address)
+                    except OSError as error:
+                        raise StartupError(
+                            f"cannot bind {proxy} listener {address}: {error}"
+                        ) from None
+
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             try:
+                self.bind_active_listeners()
                 async with trio.open_nursery() as root:
                     self._root = root
                     root.start_soon(self._watch_signals, signals)
@@ -124,6 +140,7 @@ class Supervisor:
                         self.config.worker_count,
                         self.command_socket.path,
                     )
+                    root.start_soon(self.collector.run)
                     sd_notify("READY=1")
                     if self.on_ready is not None:
                         self.on_ready()
@@ -131,6 +148,7 @@ class Supervisor:
                     root.cancel_scope.cancel()
             finally:
                 self.pool.kill_all()
+                self.pool.sockets.close_all()
 
     def _registry(self) -> CollectorRegistry:
         def gauges() -> dict[str, float]:
@@ -181,6 +199,12 @@ class Supervisor:
             return ok(request_id, content=WorkerInfos(workers=infos))
         if isinstance(request, rq.SaveState):
             return self.save(request_id, request.path)
+        if isinstance(request, rq.QueryMetrics):
+            await self.collector.poll_once()
+            return ok(request_id, content=self.collector.report(request))
+        if isinstance(request, rq.ConfigureMetrics):
+            main = ok(request_id, f"metrics {request.config.lower()}")
+            return await self.query_everyone(request_id, request, main)
         if isinstance(request, QUERY_TYPES):
             if request.ROUTING == "query":
                 return await self.query_everyone(request_id, request)
@@ -216,9 +240,13 @@ class Supervisor:
         self.events.publish("STATE_SAVED", message=path)
         return ok(request_id, f"saved {count} records to {path}")
 
-    async def query_everyone(self, request_id: str, request: Request) -> Response:
+    async def query_everyone(
+        self, request_id: str, request: Request, main_answer: Response | None = None
+    ) -> Response:
         """The supervisor's answer and every running worker's, keyed "main" and worker id."""
-        answers = {"main": _answer_of(answer_query(self.state, request_id, request))}
+        if main_answer is None:
+            main_answer = answer_query(self.state, request_id, request)
+        answers = {"main": _answer_of(main_answer)}
 
         async def ask(worker: Worker) -> None:
             with trio.move_on_after(self.config.worker_timeout):

@@ -22,11 +22,13 @@ from sozu.command import requests as rq
 from sozu.command.channel import ConnectionLost, FramedConnection, RequestMux
 from sozu.command.config_schema import Config
 from sozu.command.envelope import PROTOCOL_VERSION, ProtocolError, Response
+from sozu.command.fdpass import send_listeners
 from sozu.command.requests import Request, request_kind
-from sozu.command.responses import WorkerHello, WorkerInfo, WorkerInfos, WorkerRunState
+from sozu.command.responses import Event, WorkerHello, WorkerInfo, WorkerInfos, WorkerRunState
 from sozu.command.state import ConfigState
 from sozu.command.state_replay import generate_activate_requests
 from sozu.supervisor.events import EventHub
+from sozu.supervisor.listener_sockets import ListenerKey, ListenerSockets
 
 log = logging.getLogger("sozu.supervisor")
 
@@ -50,7 +52,7 @@ class Worker:
     slot: int
     process: trio.Process
     mux: RequestMux
-    scm: socket.socket
+    scm: trio.socket.SocketType
     state: WorkerRunState = "starting"
     build_id: str = ""
     state_hash: str = ""
@@ -98,8 +100,11 @@ class WorkerPool:
         self.debug = debug
         self.build_id = build_id
         self.slots = [Slot(index) for index in range(config.worker_count)]
+        self.sockets = ListenerSockets(config.worker_count)
         self.stopping = False
         self._next_id = 0
+        # Called with each worker whose process has exited (metrics retire it).
+        self.on_worker_exit: Callable[[Worker], None] | None = None
 
     # -- queries
 
@@ -162,7 +167,9 @@ class WorkerPool:
         command += ["--max-command-buffer-size", str(self.config.max_command_buffer_size)]
         return command
 
-    async def _spawn(self, slot: int) -> tuple[trio.Process, FramedConnection, socket.socket, int]:
+    async def _spawn(
+        self, slot: int
+    ) -> tuple[trio.Process, FramedConnection, trio.socket.SocketType, int]:
         worker_id = self._next_id
         self._next_id += 1
         channel, channel_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -185,7 +192,7 @@ class WorkerPool:
         connection = FramedConnection.from_socket(
             channel, max_frame_size=self.config.max_command_buffer_size
         )
-        return process, connection, scm, worker_id
+        return process, connection, trio.socket.from_stdlib_socket(scm), worker_id
 
     def _server_config(self, worker: Worker) -> rq.ServerConfig:
         config = self.config
@@ -211,10 +218,15 @@ class WorkerPool:
         return response
 
     async def hand_over_listeners(self, worker: Worker) -> None:
-        """Send the slot's listener sockets over the SCM channel, before any activation.
+        """Send the slot's listener sockets over the SCM channel, before any activation."""
+        await self.send_sockets(worker)
 
-        Listener sockets are not bound by the supervisor yet, so there is nothing to send.
-        """
+    async def send_sockets(self, worker: Worker, keys: list[ListenerKey] | None = None) -> None:
+        """Send the worker's copies of the slot's sockets (of `keys`, default all)."""
+        listeners = self.sockets.for_slot(worker.slot, keys)
+        if listeners:
+            with trio.fail_after(self.config.worker_timeout):
+                await send_listeners(worker.scm, listeners)
 
     async def _hello(self, worker: Worker, connection: FramedConnection) -> None:
         hello = await connection.receive_response()
@@ -259,8 +271,12 @@ class WorkerPool:
         `on_started` is called once the worker is ready or has failed to start.
         """
         process, connection, scm, worker_id = await self._spawn(slot.index)
-        mux = RequestMux(connection, on_unsolicited=self._unsolicited)
+        worker_ref: list[Worker] = []
+        mux = RequestMux(
+            connection, on_unsolicited=lambda response: self._unsolicited(worker_ref, response)
+        )
         worker = Worker(id=worker_id, slot=slot.index, process=process, mux=mux, scm=scm)
+        worker_ref.append(worker)
         slot.worker = worker
         log.info("launched %s", worker.name())
         try:
@@ -304,9 +320,22 @@ class WorkerPool:
             worker.state = "stopped"
             if slot.worker is worker:
                 slot.worker = None
+            if self.on_worker_exit is not None:
+                self.on_worker_exit(worker)
         return worker
 
-    def _unsolicited(self, response: Response) -> None:
+    def _unsolicited(self, worker: list[Worker], response: Response) -> None:
+        event = response.content
+        if isinstance(event, Event) and worker:
+            self.events.publish(
+                event.kind,
+                source=str(worker[0].id),
+                cluster_id=event.cluster_id,
+                backend_id=event.backend_id,
+                address=event.address,
+                message=event.message,
+            )
+            return
         log.debug("unsolicited worker answer %s %s", response.id, response.status)
 
     def _backoff(self, slot: Slot) -> float | None:
@@ -364,6 +393,8 @@ class WorkerPool:
                 slot.restarts += 1
         finally:
             on_started()
+            # No replacement is coming: clients must not wait in a queue nobody serves.
+            self.sockets.close_slot(index)
 
     async def stop_all(self, hard: bool) -> tuple[int, int]:
         """Send SoftStop/HardStop to every live worker and wait for them to exit.

@@ -1,13 +1,15 @@
 """The worker's side of its channel: Hello, then one answer per request, in order.
 
 The worker keeps its own `ConfigState` copy, changed by the same requests as the
-supervisor's, and reports its hash in its Status answers. No proxying yet: listener
-activations only change that state.
+supervisor's, and reports its hash in its Status answers. The channel loop runs next to the
+proxy tasks (`Proxies`): listener activations start serving the sockets the supervisor sent,
+deactivations stop them, and backend events go to the supervisor as unsolicited answers.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -20,13 +22,15 @@ from sozu.command.channel import FramedConnection, Rejected
 from sozu.command.envelope import PROTOCOL_VERSION, Response, failure, ok
 from sozu.command.framing import DEFAULT_MAX_FRAME_SIZE
 from sozu.command.requests import Request, request_kind
-from sozu.command.responses import WorkerHello, WorkerInfo, WorkerInfos
+from sozu.command.responses import Event, MetricsReport, WorkerHello, WorkerInfo, WorkerInfos
 from sozu.command.state import ConfigState
 from sozu.command.state_errors import StateError
 from sozu.worker.build import build_id
+from sozu.worker.proxies import Proxies
 from sozu.worker.state_queries import QUERY_TYPES, answer_query
 
 HELLO_ID = "HELLO"
+EVENT_ID = "EVENT"
 log = logging.getLogger("sozu.worker")
 
 
@@ -83,30 +87,117 @@ class WorkerCore:
         return failure(request_id, f"{request_kind(request)} is not handled by workers")
 
 
-async def serve_channel(
-    core: WorkerCore, channel: socket.socket, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-) -> int:
-    """Run the channel until a stop request or the supervisor goes away; the exit status."""
-    async with FramedConnection.from_socket(channel, max_frame_size=max_frame_size) as conn:
-        hello = WorkerHello(protocol_version=PROTOCOL_VERSION, build_id=build_id(), pid=os.getpid())
-        await conn.send_response(ok(HELLO_ID, content=hello))
-        while True:
+_CLUSTER_REQUESTS = (
+    rq.AddCluster,
+    rq.RemoveCluster,
+    rq.AddBackend,
+    rq.RemoveBackend,
+    rq.AddTcpFrontend,
+    rq.RemoveTcpFrontend,
+)
+
+
+async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: Request) -> Response:
+    """`core.handle` plus what it means for the listeners, clusters and metrics."""
+    if isinstance(request, rq.ActivateListener) and core.server_config is not None:
+        key = (request.proxy, request.address)
+        config = core.state.listener(*key)
+        if config is not None and not config.active:
             try:
-                item = await conn.receive_request()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                item = None
-            if item is None:
-                log.info("channel closed by the supervisor, exiting")
-                return 0
-            if isinstance(item, Rejected):
-                await conn.send_response(item.failure())
-                continue
-            response = core.handle(item.id, item.request)
-            if response.status == "failure":
-                log.warning(
-                    "%s %s refused: %s", request_kind(item.request), item.id, response.message
-                )
-            await conn.send_response(response)
-            if core.stopping:
-                log.info("stopping on %s", request_kind(item.request))
-                return 0
+                sock = await proxies.take_socket(key)
+            except OSError as error:
+                return failure(request_id, str(error))
+            response = core.handle(request_id, request)
+            if response.status == "ok":
+                await proxies.start_listener(request.proxy, request.address, sock)
+            else:
+                sock.close()
+            return response
+    if isinstance(request, rq.QueryMetrics):
+        return ok(request_id, content=MetricsReport(snapshot=proxies.snapshot()))
+    if isinstance(request, rq.ConfigureMetrics):
+        if request.config == "CLEAR":
+            proxies.clear_metrics()
+        return ok(request_id)
+    response = core.handle(request_id, request)
+    if isinstance(request, rq.ServerConfig) and response.status == "ok":
+        proxies.configure(request.max_connections)
+    if response.status == "ok" and request.ROUTING == "state":
+        if isinstance(request, rq.DeactivateListener | rq.RemoveListener):
+            await proxies.stop_listener(request.proxy, request.address)
+        if isinstance(request, _CLUSTER_REQUESTS):
+            proxies.refresh_clusters()
+        if isinstance(request, rq.UpdateTcpListener):
+            proxies.refresh_listener(request.address)
+    return response
+
+
+async def _forward_events(conn: FramedConnection, events: trio.MemoryReceiveChannel[Event]) -> None:
+    async for event in events:
+        try:
+            await conn.send_response(ok(EVENT_ID, content=event))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
+async def serve_channel(
+    core: WorkerCore,
+    channel: socket.socket,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    scm: socket.socket | None = None,
+) -> int:
+    """Run the channel and the proxies until a stop request or the supervisor goes away.
+
+    Returns the exit status. Sessions run in their own nursery: a soft stop stops the accept
+    loops, waits for sessions (at most `drain_timeout`), then answers; a hard stop answers
+    and cancels them.
+    """
+    events_in, events_out = trio.open_memory_channel[Event](math.inf)
+    proxies = Proxies(core.state, events_in.send_nowait)
+    try:
+        async with FramedConnection.from_socket(channel, max_frame_size=max_frame_size) as conn:
+            hello = WorkerHello(
+                protocol_version=PROTOCOL_VERSION, build_id=build_id(), pid=os.getpid()
+            )
+            await conn.send_response(ok(HELLO_ID, content=hello))
+            async with trio.open_nursery() as handlers:
+                async with trio.open_nursery() as tasks:
+                    proxies.start(tasks, handlers)
+                    if scm is not None:
+                        tasks.start_soon(
+                            proxies.receive_sockets, trio.socket.from_stdlib_socket(scm)
+                        )
+                    tasks.start_soon(_forward_events, conn, events_out)
+                    status = await _serve_requests(core, proxies, conn)
+                    tasks.cancel_scope.cancel()
+                handlers.cancel_scope.cancel()
+            return status
+    finally:
+        proxies.close()
+
+
+async def _serve_requests(core: WorkerCore, proxies: Proxies, conn: FramedConnection) -> int:
+    while True:
+        try:
+            item = await conn.receive_request()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            item = None
+        if item is None:
+            log.info("channel closed by the supervisor, exiting")
+            return 0
+        if isinstance(item, Rejected):
+            await conn.send_response(item.failure())
+            continue
+        request = item.request
+        if isinstance(request, rq.SoftStop):
+            proxies.stop_accepting()
+            drain_timeout = core.server_config.drain_timeout if core.server_config else 0
+            if not await proxies.drain(drain_timeout):
+                log.info("drain timeout: closing %d sessions", proxies.limit.active)
+        response = await handle(core, proxies, item.id, request)
+        if response.status == "failure":
+            log.warning("%s %s refused: %s", request_kind(request), item.id, response.message)
+        await conn.send_response(response)
+        if core.stopping:
+            log.info("stopping on %s", request_kind(request))
+            return 0

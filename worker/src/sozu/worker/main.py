@@ -51,11 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     # group, and the supervisor then stops its workers over their channels.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = socket.socket(fileno=args.fd)
-    # Held for the listener hand-off; fds are not passed yet in this version.
     scm = socket.socket(fileno=args.scm) if args.scm is not None else None
     try:
         core = WorkerCore(worker_id=args.id)
-        return trio.run(serve_channel, core, channel, args.max_command_buffer_size)
+        return trio.run(serve_channel, core, channel, args.max_command_buffer_size, scm)
     finally:
         if scm is not None:
             scm.close()

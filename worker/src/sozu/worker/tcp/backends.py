@@ -38,6 +38,9 @@ class TcpCluster:
         self._rng = rng if rng is not None else random.Random()
         self.selector = BackendSelector(policy, backends, rng=self._rng)
         self.loads: dict[str, int] = {}
+        # Plain counters per backend id, folded into the metrics at snapshot time.
+        self.connections: dict[str, int] = {}
+        self.connect_errors: dict[str, int] = {}
         self._retries: dict[str, RetryPolicy] = {}
         self._backing_off: set[str] = set()
         self._on_event = on_event
@@ -66,6 +69,7 @@ class TcpCluster:
         return self.selector.select(loads=self.loads)
 
     def connection_failed(self, backend_id: str, now: float) -> None:
+        self.connect_errors[backend_id] = self.connect_errors.get(backend_id, 0) + 1
         policy = self._retries.get(backend_id)
         if policy is None:
             policy = self._retries[backend_id] = RetryPolicy(self._rng)
@@ -81,6 +85,7 @@ class TcpCluster:
             self._on_event("BACKEND_UP", self.cluster_id, backend_id)
 
     def opened(self, backend_id: str) -> None:
+        self.connections[backend_id] = self.connections.get(backend_id, 0) + 1
         self.loads[backend_id] = self.loads.get(backend_id, 0) + 1
 
     def closed(self, backend_id: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import msgspec
 import trio
 
+from sozu.command.metrics import Histogram
 from sozu.command.types import TcpListenerConfig
 from sozu.worker.proxy_protocol import ProxyProtocolError, build_v2, parse_v2
 from sozu.worker.tcp.backends import TcpCluster, connect_backend
@@ -39,10 +40,14 @@ class ConnectionLimit:
         self.active = 0
         self._room = trio.Event()
         self._room.set()
+        self._idle = trio.Event()
+        self._idle.set()
 
     def take(self) -> None:
         self.active += 1
         assert self.active <= self.limit
+        if self.active == 1:
+            self._idle = trio.Event()
         if self.active == self.limit:
             self._room = trio.Event()
 
@@ -50,10 +55,17 @@ class ConnectionLimit:
         self.active -= 1
         assert self.active >= 0
         self._room.set()
+        if not self.active:
+            self._idle.set()
 
     async def wait_for_room(self) -> None:
         while self.active >= self.limit:
             await self._room.wait()
+
+    async def wait_idle(self) -> None:
+        """Until no connection is open (a draining worker waits for this)."""
+        while self.active:
+            await self._idle.wait()
 
 
 class TcpCounters(msgspec.Struct):
@@ -87,6 +99,8 @@ class TcpListenerProxy:
         self._limit = limit
         self._use_splice = use_splice
         self.counters = TcpCounters()
+        # Connection durations in seconds, when the worker's metrics want them.
+        self.durations: Histogram | None = None
         self._accept_scope: trio.CancelScope | None = None
 
     def stop_accepting(self) -> None:
@@ -127,6 +141,7 @@ class TcpListenerProxy:
 
     async def _session(self, client: socket.socket, peer: tuple[str, int]) -> None:
         self.counters.active += 1
+        started = trio.current_time()
         try:
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -137,6 +152,8 @@ class TcpListenerProxy:
             client.close()
             self.counters.active -= 1
             self._limit.give()
+            if self.durations is not None:
+                self.durations.observe(trio.current_time() - started)
 
     async def _read_proxy_header(
         self, client: socket.socket

@@ -1,0 +1,101 @@
+"""The supervisor's listener sockets: one SO_REUSEPORT socket per active listener and slot.
+
+The supervisor binds them when a listener becomes active, hands each slot's copies to the
+worker of that slot (SCM_RIGHTS) and keeps its own duplicate, so a relaunched worker adopts
+the very same socket and nothing waiting in its backlog is reset. See LIFECYCLE.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from sozu.command.addresses import to_sockaddr
+from sozu.command.fdpass import PassedListener
+from sozu.command.types import ListenerType
+
+log = logging.getLogger("sozu.supervisor")
+
+BACKLOG = 1024
+
+ListenerKey = tuple[ListenerType, str]
+
+
+def bind_listener_socket(proxy: ListenerType, address: str) -> socket.socket:
+    """A non-blocking, close-on-exec socket bound to `address` (listening if stream-based)."""
+    host, port = to_sockaddr(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_DGRAM if proxy == "UDP" else socket.SOCK_STREAM
+    sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ListenerSockets:
+    """Sockets by listener and slot; a slot with no worker coming has none."""
+
+    def __init__(self, slot_count: int) -> None:
+        self.slot_count = slot_count
+        self._sockets: dict[ListenerKey, dict[int, socket.socket]] = {}
+        self._dead_slots: set[int] = set()
+
+    def __contains__(self, key: ListenerKey) -> bool:
+        return key in self._sockets
+
+    def bind(self, proxy: ListenerType, address: str) -> None:
+        """Bind the listener's socket of every live slot; OSError (nothing kept) on failure."""
+        key = (proxy, address)
+        if key in self._sockets:
+            return
+        bound: dict[int, socket.socket] = {}
+        try:
+            for slot in range(self.slot_count):
+                if slot not in self._dead_slots:
+                    bound[slot] = bind_listener_socket(proxy, address)
+        except BaseException:
+            for sock in bound.values():
+                sock.close()
+            raise
+        self._sockets[key] = bound
+        log.info("bound %s listener %s (%d sockets)", proxy, address, len(bound))
+
+    def for_slot(
+        self, slot: int, keys: list[ListenerKey] | None = None
+    ) -> list[tuple[PassedListener, socket.socket]]:
+        """The slot's sockets (of `keys`, default all), with their manifest entries."""
+        wanted = self._sockets.keys() if keys is None else keys
+        out: list[tuple[PassedListener, socket.socket]] = []
+        for proxy, address in wanted:
+            sock = self._sockets.get((proxy, address), {}).get(slot)
+            if sock is not None:
+                out.append((PassedListener(address=address, proxy=proxy), sock))
+        return out
+
+    def close(self, proxy: ListenerType, address: str) -> None:
+        """Close the listener's duplicates (after the workers closed their copies)."""
+        for sock in self._sockets.pop((proxy, address), {}).values():
+            sock.close()
+
+    def close_slot(self, slot: int) -> None:
+        """No worker is coming for `slot`: close its sockets so no client waits in them."""
+        self._dead_slots.add(slot)
+        for by_slot in self._sockets.values():
+            sock = by_slot.pop(slot, None)
+            if sock is not None:
+                sock.close()
+
+    def close_all(self) -> None:
+        for by_slot in self._sockets.values():
+            for sock in by_slot.values():
+                sock.close()
+        self._sockets.clear()

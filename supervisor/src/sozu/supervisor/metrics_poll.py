@@ -1,0 +1,97 @@
+"""Worker metrics in the supervisor: polling snapshots, retiring exited workers, reports."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from sozu.command import requests as rq
+from sozu.command.channel import ConnectionLost
+from sozu.command.metrics import Labels, MetricsAggregator, MetricsSnapshot
+from sozu.command.responses import MetricsReport, MetricValue
+from sozu.supervisor.workers import Worker, WorkerPool
+
+log = logging.getLogger("sozu.supervisor")
+
+POLL_INTERVAL = 1.0
+
+
+def metric_key(name: str, labels: Labels) -> str:
+    """`name{label="value",...}`, the Prometheus spelling of one series."""
+    if not labels:
+        return name
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
+
+
+def report_values(snapshot: MetricsSnapshot, names: tuple[str, ...] = ()) -> dict[str, MetricValue]:
+    """One snapshot as `MetricsReport` values, optionally only the metrics named."""
+    values: dict[str, MetricValue] = {}
+    for kind, samples in (("counter", snapshot.counters), ("gauge", snapshot.gauges)):
+        for sample in samples:
+            if not names or sample.name in names:
+                values[metric_key(sample.name, sample.labels)] = MetricValue(
+                    kind="counter" if kind == "counter" else "gauge", value=sample.value
+                )
+    for histogram in snapshot.histograms:
+        if names and histogram.name not in names:
+            continue
+        cumulative: list[tuple[float, int]] = []
+        running = 0
+        for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
+            running += count
+            cumulative.append((bound, running))
+        values[metric_key(histogram.name, histogram.labels)] = MetricValue(
+            kind="histogram",
+            buckets=tuple(cumulative),
+            count=sum(histogram.counts),
+            sum=histogram.sum,
+        )
+    return values
+
+
+class MetricsCollector:
+    """Polls every running worker about once a second and keeps the aggregated totals."""
+
+    def __init__(self, pool: WorkerPool, aggregator: MetricsAggregator, patience: float) -> None:
+        self.pool = pool
+        self.aggregator = aggregator
+        self.patience = patience
+        self._latest: dict[int, MetricsSnapshot] = {}
+        pool.on_worker_exit = self.retire
+
+    def retire(self, worker: Worker) -> None:
+        self._latest.pop(worker.id, None)
+        self.aggregator.retire(worker.id)
+
+    async def _poll(self, worker: Worker) -> None:
+        with trio.move_on_after(self.patience):
+            try:
+                response = await worker.mux.call(rq.QueryMetrics())
+            except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            # A worker that exited meanwhile is retired already: do not bring it back.
+            snapshot = getattr(response.content, "snapshot", None)
+            if isinstance(snapshot, MetricsSnapshot) and worker.state != "stopped":
+                self._latest[worker.id] = snapshot
+                self.aggregator.update(worker.id, snapshot)
+
+    async def poll_once(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for worker in self.pool.running_workers():
+                nursery.start_soon(self._poll, worker)
+
+    async def run(self) -> None:
+        while True:
+            await self.poll_once()
+            await trio.sleep(POLL_INTERVAL)
+
+    def report(self, request: rq.QueryMetrics) -> MetricsReport:
+        names = request.metric_names
+        workers: dict[str, dict[str, MetricValue]] = {}
+        if request.workers:
+            workers = {
+                str(worker_id): report_values(snapshot, names)
+                for worker_id, snapshot in sorted(self._latest.items())
+            }
+        return MetricsReport(main=report_values(self.aggregator.totals(), names), workers=workers)

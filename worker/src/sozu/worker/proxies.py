@@ -1,0 +1,247 @@
+"""A worker's listeners (trio shell): adopted sockets, TCP proxies, clusters and metrics.
+
+Listener sockets arrive from the supervisor over the SCM socket and wait, by (proxy,
+address), for their ActivateListener. A TCP listener is then served by a `TcpListenerProxy`
+whose accept loop runs in the task nursery and whose sessions run in the separate handler
+nursery, so that stopping the accept loops (deactivation, soft stop) leaves sessions running.
+HTTP, HTTPS and UDP sockets are adopted and kept, not served yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import trio
+
+from sozu.command.addresses import to_sockaddr
+from sozu.command.fdpass import FdPassingError, receive_listeners
+from sozu.command.metrics import MetricsRegistry, MetricsSnapshot
+from sozu.command.responses import Event, EventKind
+from sozu.command.state import ConfigState
+from sozu.command.types import ListenerType, TcpListenerConfig
+from sozu.worker.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.tcp.backends import TcpCluster
+from sozu.worker.tcp.listener import ConnectionLimit, TcpCounters, TcpListenerProxy
+
+log = logging.getLogger("sozu.worker")
+
+ListenerKey = tuple[ListenerType, str]
+SOCKET_WAIT = 5.0
+DEFAULT_MAX_CONNECTIONS = 10_000
+
+
+@dataclass(eq=False)
+class _Served:
+    proxy: TcpListenerProxy
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Proxies:
+    """Everything a worker serves; `start` gives it the nurseries to run in."""
+
+    def __init__(self, state: ConfigState, on_event: Callable[[Event], None]) -> None:
+        self.state = state
+        self.registry = MetricsRegistry()
+        self._on_event = on_event
+        self._received: dict[ListenerKey, socket.socket] = {}
+        self._arrived = trio.Event()
+        self._adopted: dict[ListenerKey, socket.socket] = {}
+        self._tcp: dict[str, _Served] = {}
+        self._counters: dict[str, TcpCounters] = {}
+        self._clusters: dict[str, TcpCluster] = {}
+        self._cluster_of_listener: dict[str, str] = {}
+        self._not_served_logged: set[ListenerType] = set()
+        self.limit = ConnectionLimit(DEFAULT_MAX_CONNECTIONS)
+        self._tasks: trio.Nursery | None = None
+        self._handlers: trio.Nursery | None = None
+
+    def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
+        self._tasks, self._handlers = tasks, handlers
+
+    def configure(self, max_connections: int) -> None:
+        self.limit = ConnectionLimit(max(1, max_connections))
+
+    # -- sockets from the supervisor
+
+    async def receive_sockets(self, scm: trio.socket.SocketType) -> None:
+        """Store every listener socket the supervisor sends, until it closes the channel."""
+        while True:
+            try:
+                batch = await receive_listeners(scm)
+            except FdPassingError as error:
+                log.info("listener socket channel: %s", error)
+                return
+            for received in batch:
+                key = (received.listener.proxy, received.listener.address)
+                old = self._received.pop(key, None)
+                if old is not None:
+                    old.close()
+                self._received[key] = received.sock
+            self._arrived.set()
+            self._arrived = trio.Event()
+
+    async def take_socket(self, key: ListenerKey, patience: float = SOCKET_WAIT) -> socket.socket:
+        """The listener's socket, waiting (bounded) if it has not arrived yet; OSError if not."""
+        with trio.move_on_after(patience):
+            while key not in self._received:
+                await self._arrived.wait()
+        sock = self._received.pop(key, None)
+        if sock is None:
+            raise OSError(f"no socket received for {key[0]} listener {key[1]} in {patience:g} s")
+        return sock
+
+    # -- listeners
+
+    async def start_listener(self, proxy: ListenerType, address: str, sock: socket.socket) -> None:
+        config = self.state.listener(proxy, address)
+        if not isinstance(config, TcpListenerConfig) or proxy != "TCP":
+            if proxy not in self._not_served_logged:
+                self._not_served_logged.add(proxy)
+                log.info("%s listener sockets are adopted but not served yet", proxy)
+            old = self._adopted.pop((proxy, address), None)
+            if old is not None:
+                old.close()
+            self._adopted[(proxy, address)] = sock
+            return
+        assert self._tasks is not None
+
+        def cluster_of() -> TcpCluster | None:
+            cluster_id = self._cluster_of_listener.get(address)
+            return None if cluster_id is None else self._clusters.get(cluster_id)
+
+        listener = TcpListenerProxy(sock, config, cluster_of, self.limit)
+        counters = self._counters.get(address)
+        if counters is None:
+            counters = self._counters[address] = listener.counters
+        listener.counters = counters
+        listener.durations = self.registry.histogram(
+            "sozu_tcp_connection_duration_seconds", listener=address
+        )
+        served = _Served(listener)
+        self._tcp[address] = served
+        await self._tasks.start(self._serve, served)
+        log.info("serving TCP listener %s", address)
+
+    async def _serve(
+        self, served: _Served, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            assert self._handlers is not None
+            await served.proxy.serve(self._handlers, task_status=task_status)
+        except OSError as error:
+            log.error("TCP listener %s stopped: %s", served.proxy.config.address, error)
+        finally:
+            served.done.set()
+
+    async def stop_listener(self, proxy: ListenerType, address: str) -> None:
+        """Stop accepting and close this worker's copy of the socket; sessions go on."""
+        served = self._tcp.pop(address, None) if proxy == "TCP" else None
+        if served is not None:
+            served.proxy.stop_accepting()
+            with trio.move_on_after(1.0):
+                await served.done.wait()
+            served.proxy.sock.close()
+        for pool in (self._adopted, self._received):
+            sock = pool.pop((proxy, address), None)
+            if sock is not None:
+                sock.close()
+
+    def refresh_listener(self, address: str) -> None:
+        """New timeouts or PROXY settings apply to new sessions."""
+        served = self._tcp.get(address)
+        config = self.state.tcp_listeners.get(address)
+        if served is not None and config is not None:
+            served.proxy.config = config
+
+    def stop_accepting(self) -> None:
+        for served in self._tcp.values():
+            served.proxy.stop_accepting()
+
+    async def drain(self, patience: float) -> bool:
+        """Wait until every session has ended, at most `patience` seconds; True if they did."""
+        with trio.move_on_after(patience):
+            await self.limit.wait_idle()
+            return True
+        return False
+
+    # -- clusters
+
+    def refresh_clusters(self) -> None:
+        """Bring each TCP listener's cluster in line with the state (back-off is kept)."""
+        state = self.state
+        self._cluster_of_listener = {
+            front.address: cluster_id
+            for cluster_id, fronts in state.tcp_fronts.items()
+            for front in fronts
+        }
+        for cluster_id in set(self._cluster_of_listener.values()):
+            cluster = state.clusters.get(cluster_id)
+            if cluster is None:
+                continue
+            policy = LoadBalancingPolicy(cluster.load_balancing or "ROUND_ROBIN")
+            backends = [
+                Backend(b.backend_id, to_sockaddr(b.address), b.weight, bool(b.backup))
+                for b in state.backends.get(cluster_id, ())
+            ]
+            send_proxy = cluster.proxy_protocol in ("SEND_HEADER", "RELAY_HEADER")
+            known = self._clusters.get(cluster_id)
+            if known is None:
+                self._clusters[cluster_id] = TcpCluster(
+                    cluster_id, policy, backends, send_proxy=send_proxy, on_event=self._event
+                )
+            else:
+                known.update(policy, backends, send_proxy=send_proxy)
+
+    def _event(self, kind: str, cluster_id: str, backend_id: str) -> None:
+        self._on_event(
+            Event(kind=cast(EventKind, kind), cluster_id=cluster_id, backend_id=backend_id)
+        )
+
+    # -- metrics
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The registry, with the listeners' and clusters' plain counters folded in."""
+        registry = self.registry
+        for address, c in self._counters.items():
+            registry.counter("sozu_tcp_connections_total", listener=address).value = c.accepted
+            registry.gauge("sozu_tcp_active_connections", listener=address).value = c.active
+            registry.counter("sozu_tcp_bytes_in_total", listener=address).value = c.bytes_in
+            registry.counter("sozu_tcp_bytes_out_total", listener=address).value = c.bytes_out
+            registry.counter("sozu_tcp_no_backend_total", listener=address).value = c.no_backend
+            registry.counter(
+                "sozu_tcp_proxy_protocol_errors_total", listener=address
+            ).value = c.proxy_protocol_errors
+        for cluster_id, cluster in self._clusters.items():
+            for backend_id, count in cluster.connections.items():
+                registry.counter(
+                    "sozu_backend_connections_total", cluster=cluster_id, backend=backend_id
+                ).value = count
+            for backend_id, count in cluster.connect_errors.items():
+                registry.counter(
+                    "sozu_backend_connect_errors_total", cluster=cluster_id, backend=backend_id
+                ).value = count
+        registry.gauge("sozu_worker_active_connections").value = self.limit.active
+        return registry.snapshot()
+
+    def clear_metrics(self) -> None:
+        self.registry.clear()
+        for c in self._counters.values():
+            c.accepted = c.bytes_in = c.bytes_out = c.no_backend = 0
+            c.backend_errors = c.proxy_protocol_errors = 0
+        for cluster in self._clusters.values():
+            cluster.connections.clear()
+            cluster.connect_errors.clear()
+
+    def close(self) -> None:
+        for served in self._tcp.values():
+            served.proxy.sock.close()
+        for pool in (self._adopted, self._received):
+            for sock in pool.values():
+                sock.close()
+        self._tcp.clear()
+        self._adopted.clear()
+        self._received.clear()
