@@ -166,6 +166,7 @@ def _probe_cli() -> click.Group:
     def show(ctx: click.Context) -> None:
         state = asdict(cli_state(ctx))
         state["config"] = str(state["config"]) if state["config"] else None
+        state["socket"] = str(state["socket"]) if state["socket"] else None
         click.echo(json.dumps(state))
 
     return root
@@ -174,20 +175,38 @@ def _probe_cli() -> click.Group:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["sub", "show"], {"config": None, "json": False, "timeout_ms": None}),
-        (["-t", "5", "-j", "sub", "show"], {"config": None, "json": True, "timeout_ms": 5}),
-        (["sub", "-t", "5", "show", "-j"], {"config": None, "json": True, "timeout_ms": 5}),
+        (["sub", "show"], {"config": None, "json": False, "timeout_ms": None, "socket": None}),
+        (
+            ["-t", "5", "-j", "sub", "show"],
+            {"config": None, "json": True, "timeout_ms": 5, "socket": None},
+        ),
+        (
+            ["sub", "-t", "5", "show", "-j"],
+            {"config": None, "json": True, "timeout_ms": 5, "socket": None},
+        ),
         (
             ["sub", "show", "-c", "a.toml", "-t", "7"],
-            {"config": "a.toml", "json": False, "timeout_ms": 7},
+            {"config": "a.toml", "json": False, "timeout_ms": 7, "socket": None},
         ),
         (
             ["-c", "a.toml", "sub", "-c", "b.toml", "show"],
-            {"config": "b.toml", "json": False, "timeout_ms": None},
+            {"config": "b.toml", "json": False, "timeout_ms": None, "socket": None},
         ),
         (
             ["-t", "1", "sub", "show", "--timeout", "2"],
-            {"config": None, "json": False, "timeout_ms": 2},
+            {"config": None, "json": False, "timeout_ms": 2, "socket": None},
+        ),
+        (
+            ["-s", "/a.sock", "sub", "show"],
+            {"config": None, "json": False, "timeout_ms": None, "socket": "/a.sock"},
+        ),
+        (
+            ["sub", "show", "--socket", "/b.sock"],
+            {"config": None, "json": False, "timeout_ms": None, "socket": "/b.sock"},
+        ),
+        (
+            ["-s", "/a.sock", "sub", "show", "-s", "/b.sock"],
+            {"config": None, "json": False, "timeout_ms": None, "socket": "/b.sock"},
         ),
     ],
 )
@@ -209,3 +228,15 @@ def test_python_dash_m(write_config: Callable[[str], Path], tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == SUMMARY
+
+
+def test_a_command_keeps_its_own_short_option() -> None:
+    """`cluster add -s` is --sticky-session; the global socket option is --socket there."""
+    command = sozu.commands["cluster"]
+    assert isinstance(command, click.Group)
+    add = command.commands["add"]
+    names = {name: param.name for param in add.params for name in param.opts}
+    assert names["-s"] == "sticky_session"
+    assert names["--socket"] == "socket"
+    status = sozu.commands["status"]
+    assert {name for param in status.params for name in param.opts} >= {"-s", "--socket"}

@@ -20,7 +20,7 @@ def test_default_config_loads_cleanly(tmp_path: Path, monkeypatch: pytest.Monkey
     loaded = load_config(None)
     assert loaded.warnings == ()
     assert loaded.source == "<default>"
-    assert loaded.config.command_socket == str(tmp_path / "sozu" / "sozu.sock")
+    assert loaded.config.command_socket == str(Path.cwd() / "sozu.sock")
     assert loaded.config.metrics.prometheus_address == "127.0.0.1:9191"
     activations = [r for r in loaded.requests if isinstance(r, ActivateListener)]
     assert [(r.proxy, r.address) for r in activations] == [
@@ -34,10 +34,14 @@ def test_default_config_loads_cleanly(tmp_path: Path, monkeypatch: pytest.Monkey
     assert ConfigSummary.of(loaded).clusters == 3
 
 
-def test_default_socket_without_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_socket_is_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
     loaded = load_config(None)
-    assert loaded.config.command_socket == f"/tmp/sozu-{os.getuid()}/sozu.sock"
+    assert loaded.config.command_socket == str(tmp_path / "sozu.sock")
+    assert os.path.isabs(loaded.config.command_socket)
 
 
 def test_default_text_parses_on_its_own(tmp_path: Path) -> None:

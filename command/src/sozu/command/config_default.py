@@ -3,6 +3,8 @@
 It serves something useful on loopback: http://localhost:8080/ and tcp 127.0.0.1:8081 relay
 to 127.0.0.1:8000 (`python -m http.server`'s port), udp 127.0.0.1:8053 relays DNS queries to
 the local stub resolver at 127.0.0.53:53, and Prometheus metrics are on 127.0.0.1:9191.
+Its command socket is `./sozu.sock`, relative to the current directory, so that `sozu status`
+run without `-c` finds a daemon started without `-c` in the same directory.
 """
 
 from __future__ import annotations
@@ -62,5 +64,5 @@ def runtime_dir() -> Path:
 
 
 def default_command_socket() -> Path:
-    """The command socket of the embedded default configuration."""
-    return runtime_dir() / "sozu.sock"
+    """The command socket of the embedded default configuration: `./sozu.sock`, made absolute."""
+    return Path.cwd() / "sozu.sock"

@@ -1,9 +1,11 @@
 """Global options of the `sozu` CLI, accepted before or after any subcommand.
 
-click has no global options, so `SozuGroup` and `SozuCommand` add `-c/--config`, `-j/--json`
-and `-t/--timeout` to every group and command; each occurrence updates the one `CliState`
-kept on the root context, the last one on the command line winning. `SOZU_CONFIG` is read by
-the root group only, so any `-c` on the command line overrides it.
+click has no global options, so `SozuGroup` and `SozuCommand` add `-c/--config`, `-j/--json`,
+`-t/--timeout` and `-s/--socket` to every group and command (a command whose own option takes
+one of these short names, like `cluster add -s`, keeps it: there only the long form is
+global); each occurrence updates the one `CliState` kept on the root context, the last one on
+the command line winning. `SOZU_CONFIG` is read by the root group only, so any `-c` on the
+command line overrides it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class CliState:
     config: Path | None = None
     json: bool = False
     timeout_ms: int | None = None
+    socket: Path | None = None
 
     @property
     def source(self) -> str:
@@ -72,7 +75,26 @@ def _global_options(*, root: bool) -> list[click.Parameter]:
             callback=_store("timeout_ms"),
             help="Command timeout in milliseconds (default: ctl_command_timeout).",
         ),
+        click.Option(
+            ["-s", "--socket"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            metavar="PATH",
+            expose_value=False,
+            callback=_store("socket"),
+            help="Command socket (default: the configuration's command_socket).",
+        ),
     ]
+
+
+def _add_global_options(params: list[click.Parameter], *, root: bool) -> None:
+    """Append the global options, minus any option name a command already uses."""
+    taken = {name for param in params for name in (*param.opts, *param.secondary_opts)}
+    for option in _global_options(root=root):
+        names = [name for name in option.opts if name not in taken]
+        if len(names) != len(option.opts):
+            assert isinstance(option, click.Option)
+            option.opts = names
+        params.append(option)
 
 
 class SozuCommand(click.Command):
@@ -80,7 +102,7 @@ class SozuCommand(click.Command):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.params.extend(_global_options(root=False))
+        _add_global_options(self.params, root=False)
 
 
 class SozuGroup(click.Group):
@@ -91,7 +113,7 @@ class SozuGroup(click.Group):
 
     def __init__(self, *args: Any, root: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.params.extend(_global_options(root=root))
+        _add_global_options(self.params, root=root)
 
 
 class ConfigFailure(click.ClickException):
@@ -113,6 +135,11 @@ def load_or_fail(state: CliState) -> LoadedConfig:
         return load_config(state.config)
     except ConfigError as error:
         raise ConfigFailure(state.source, error) from None
+
+
+def command_socket(state: CliState, loaded: LoadedConfig) -> str:
+    """The socket to talk to: `-s/--socket`, else the configuration's `command_socket`."""
+    return str(state.socket) if state.socket is not None else loaded.config.command_socket
 
 
 def echo_warnings(state: CliState, loaded: LoadedConfig) -> None:

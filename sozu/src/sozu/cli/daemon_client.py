@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import click
 import msgspec
 
-from sozu.cli.context import CliState, cli_state, load_or_fail
+from sozu.cli.context import CliState, cli_state, command_socket, load_or_fail
 from sozu.command.client import CommandClient, CommandTimeout, DaemonUnavailable
 from sozu.command.envelope import ProtocolError, Response
 from sozu.command.requests import AnyRequest, Request
@@ -69,11 +69,12 @@ def call(
 ) -> Response:
     """Send `request` to the daemon and return its Ok answer; exit on anything else."""
     state = cli_state(ctx)
-    config = load_or_fail(state).config
+    loaded = load_or_fail(state)
+    config = loaded.config
     timeout_ms = state.timeout_ms or default_timeout_ms or config.ctl_command_timeout
     try:
         with CommandClient.connect(
-            config.command_socket, max_frame_size=config.max_command_buffer_size
+            command_socket(state, loaded), max_frame_size=config.max_command_buffer_size
         ) as client:
             response = client.call(
                 request,
@@ -118,10 +119,10 @@ def run(
 def follow(ctx: click.Context, request: Request, on_answer: Callable[[Response], None]) -> None:
     """Send a subscription and hand every answer to `on_answer` until the daemon stops."""
     state = cli_state(ctx)
-    config = load_or_fail(state).config
+    loaded = load_or_fail(state)
     subscribed = False
     try:
-        with CommandClient.connect(config.command_socket) as client:
+        with CommandClient.connect(command_socket(state, loaded)) as client:
             for response in client.subscribe(request):
                 if response.status == "failure":
                     raise DaemonFailure(response.message)

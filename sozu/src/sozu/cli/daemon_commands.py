@@ -1,8 +1,9 @@
-"""`sozu shutdown`, `sozu status` and `sozu events`: the daemon itself."""
+"""`sozu shutdown|status|events|reload|logging`: the daemon itself."""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import click
 import msgspec
@@ -87,3 +88,29 @@ def events(ctx: click.Context) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         follow(ctx, rq.SubscribeEvents(), show)
+
+
+@click.command("reload", cls=SozuCommand)
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration file (default: the one the daemon started with).",
+)
+@click.pass_context
+def reload(ctx: click.Context, path: Path | None) -> None:
+    """Converge the routing state onto a configuration file (removals included)."""
+    request = rq.ReloadConfiguration(path=str(path.absolute()) if path is not None else None)
+    run(ctx, request, default_timeout_ms=60_000)
+
+
+@click.command("logging", cls=SozuCommand)
+@click.argument("level", metavar="LEVEL")
+@click.pass_context
+def logging_level(ctx: click.Context, level: str) -> None:
+    """Set the log level of the supervisor and its workers, current and future.
+
+    LEVEL: error, warn (warning), info, debug or trace (same as debug); case-insensitive.
+    """
+    run(ctx, rq.Logging(filter=level))

@@ -6,7 +6,7 @@ import click
 
 from sozu.cli.config_commands import config_group
 from sozu.cli.context import SozuGroup
-from sozu.cli.daemon_commands import events, shutdown, status
+from sozu.cli.daemon_commands import events, logging_level, reload, shutdown, status
 from sozu.cli.metrics_commands import metrics_group
 from sozu.cli.routing_commands import backend_group, cluster_group, frontend_group, listener_group
 from sozu.cli.start import start
@@ -17,7 +17,8 @@ from sozu.cli.state_commands import state_group
 def sozu() -> None:
     """sozu: a hot-reconfigurable reverse proxy and load balancer.
 
-    -c/--config, -j/--json and -t/--timeout are accepted before or after any subcommand.
+    -c/--config, -j/--json, -t/--timeout and -s/--socket are accepted before or after any
+    subcommand.
     """
 
 
@@ -26,6 +27,8 @@ sozu.add_command(start)
 sozu.add_command(shutdown)
 sozu.add_command(status)
 sozu.add_command(events)
+sozu.add_command(reload)
+sozu.add_command(logging_level)
 sozu.add_command(state_group)
 sozu.add_command(cluster_group)
 sozu.add_command(backend_group)

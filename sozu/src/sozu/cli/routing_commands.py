@@ -16,6 +16,7 @@ from sozu.command.requests import Request
 from sozu.command.responses import (
     ClusterHashes,
     ClusterInformations,
+    FrontendList,
     ListenersList,
     WorkerResponses,
 )
@@ -369,7 +370,7 @@ def listener_list(ctx: click.Context) -> None:
 
 @click.group("frontend", cls=SozuGroup)
 def frontend_group() -> None:
-    """Frontends: TCP and UDP add, remove."""
+    """Frontends: TCP and UDP add, remove; list all of them."""
 
 
 def _stream_frontend_group(proxy: str) -> click.Group:
@@ -403,3 +404,41 @@ def _frontend_command(
 
 frontend_group.add_command(_stream_frontend_group("TCP"))
 frontend_group.add_command(_stream_frontend_group("UDP"))
+
+
+def _render_frontends(response: Response) -> str:
+    content = response.content
+    if not isinstance(content, FrontendList):
+        return response.message
+    lines = []
+    for proxy, http_fronts in (("http", content.http), ("https", content.https)):
+        for front in http_fronts:
+            path = front.path.value or "/"
+            method = front.method or "*"
+            target = front.cluster_id if front.cluster_id is not None else "(deny)"
+            lines.append(
+                f"{proxy:<5} {front.address:<24} {front.hostname:<28} {method:<6} "
+                f"{path:<16} {target}"
+            )
+    for proxy, stream_fronts in (("tcp", content.tcp), ("udp", content.udp)):
+        for stream_front in stream_fronts:
+            lines.append(f"{proxy:<5} {stream_front.address:<24} {stream_front.cluster_id}")
+    if not lines:
+        return "no frontends"
+    header = f"{'PROTO':<5} {'ADDRESS':<24} {'HOSTNAME / CLUSTER':<28} {'METHOD':<6} {'PATH':<16}"
+    return "\n".join([f"{header} CLUSTER", *lines])
+
+
+@frontend_group.command("list")
+@click.option("--http", is_flag=True, help="HTTP frontends.")
+@click.option("--https", is_flag=True, help="HTTPS frontends.")
+@click.option("--tcp", is_flag=True, help="TCP frontends.")
+@click.option("--udp", is_flag=True, help="UDP frontends.")
+@click.option("-d", "--domain", help="HTTP(S) frontends whose hostname contains DOMAIN.")
+@click.pass_context
+def frontend_list(
+    ctx: click.Context, http: bool, https: bool, tcp: bool, udp: bool, domain: str | None
+) -> None:
+    """Frontends, from the supervisor's state (no protocol flag: all of them)."""
+    request = rq.ListFrontends(http=http, https=https, tcp=tcp, udp=udp, domain=domain)
+    send(ctx, request, _render_frontends)

@@ -54,7 +54,7 @@ def run(loaded: LoadedConfig, *, announce: bool = False) -> int:
             if announce:
                 assert command_socket is not None
                 print(f"sozu is running (embedded default configuration), pid {os.getpid()}")
-                print(f"  command socket: {command_socket.path}")
+                print(f"  command socket: {command_socket.path.absolute()}")
                 if address is not None:
                     print(f"  metrics: http://{address}/metrics")
                 sys.stdout.flush()

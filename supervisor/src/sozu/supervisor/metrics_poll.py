@@ -51,7 +51,7 @@ def report_values(snapshot: MetricsSnapshot, names: tuple[str, ...] = ()) -> dic
 
 
 class MetricsCollector:
-    """Polls every running worker about once a second and keeps the aggregated totals."""
+    """Polls every running worker about once a second: metrics (aggregated) and state hash."""
 
     def __init__(self, pool: WorkerPool, aggregator: MetricsAggregator, patience: float) -> None:
         self.pool = pool
@@ -81,9 +81,16 @@ class MetricsCollector:
             for worker in self.pool.running_workers():
                 nursery.start_soon(self._poll, worker)
 
+    async def refresh_hashes(self) -> None:
+        """Ask each running worker for its state hash (for `sozu_worker_state_hash_ok`)."""
+        async with trio.open_nursery() as nursery:
+            for worker in self.pool.running_workers():
+                nursery.start_soon(self.pool.refresh, worker, self.patience)
+
     async def run(self) -> None:
         while True:
             await self.poll_once()
+            await self.refresh_hashes()
             await trio.sleep(POLL_INTERVAL)
 
     def report(self, request: rq.QueryMetrics) -> MetricsReport:

@@ -17,7 +17,9 @@ import trio
 
 from sozu.command import requests as rq
 from sozu.command.channel import ConnectionLost
+from sozu.command.config import ConfigError, LoadedConfig, load_config
 from sozu.command.envelope import Response, failure, ok, processing
+from sozu.command.log_levels import parse_log_level
 from sozu.command.requests import Request, request_kind
 from sozu.command.responses import EventKind
 from sozu.command.state import ConfigState
@@ -163,6 +165,82 @@ class Mutations:
         )
         await reply(ok(request_id, message, content=report))
 
+    async def reload(self, request_id: str, path: Path | None, reply: Reply) -> None:
+        """Converge onto a configuration file: parse it, build its state, apply the diff.
+
+        Nothing changes unless the file is a valid configuration whose state can be reached
+        (and whose new listeners can be bound). Only the routing state is reloaded: settings
+        such as worker_count keep the values the daemon started with.
+        """
+        source = str(path) if path is not None else DEFAULT_SOURCE_NAME
+        try:
+            loaded = load_config(path)
+        except ConfigError as error:
+            where = f"{source}: {error.path}" if error.path else source
+            await reply(failure(request_id, f"{where}: {error.message}"))
+            return
+        try:
+            target = target_state(loaded)
+            requests = self.state.diff(target)
+            check = ConfigState()
+            for request in (*self.state.generate_requests(), *requests):
+                check.apply(request)
+        except StateError as error:
+            await reply(failure(request_id, f"{source}: {error}"))
+            return
+        assert check.hash() == target.hash(), "diff does not converge"
+        bound: list[rq.ActivateListener] = []
+        for request in requests:
+            if isinstance(request, rq.ActivateListener):
+                key = (request.proxy, request.address)
+                if key in self.pool.sockets:
+                    continue
+                try:
+                    self.pool.sockets.bind(*key)
+                except OSError as error:
+                    for done in bound:
+                        self.pool.sockets.close(done.proxy, done.address)
+                    message = f"cannot bind {request.proxy} listener {request.address}: {error}"
+                    await reply(failure(request_id, f"{source}: {message}"))
+                    return
+                bound.append(request)
+        for request in requests:
+            self.state.apply(request)
+        workers = self.pool.started_workers()
+        problems: list[str] = []
+        if requests:
+            await reply(
+                processing(
+                    request_id, f"sending {len(requests)} requests to {len(workers)} workers"
+                )
+            )
+            problems = await self.fan_out(requests, workers)
+        self.events.publish("CONFIGURATION_RELOADED", message=source)
+        message = (
+            f"reloaded {source}: {len(requests)} requests applied; "
+            f"{self.summary('ReloadConfiguration', len(workers), problems)}"
+        )
+        await reply(ok(request_id, message))
+
+    async def set_logging(self, request_id: str, level_filter: str, reply: Reply) -> None:
+        """Set the log level of the supervisor, every worker and the workers launched later."""
+        level = parse_log_level(level_filter)
+        if level is None:
+            await reply(
+                failure(
+                    request_id,
+                    f"invalid log level {level_filter!r} "
+                    "(expected error, warn, info, debug or trace)",
+                )
+            )
+            return
+        logging.getLogger().setLevel(level)
+        self.pool.log_level = level.lower()
+        workers = self.pool.started_workers()
+        problems = await self.fan_out([rq.Logging(filter=level_filter)], workers)
+        self.events.publish("LOGGING_LEVEL_CHANGED", message=level.lower())
+        await reply(ok(request_id, self.summary(f"Logging {level}", len(workers), problems)))
+
     @staticmethod
     def summary(kind: str, count: int, problems: list[str]) -> str:
         if not problems:
@@ -232,6 +310,22 @@ class Mutations:
                 if listener is None or not listener.active:
                     self.pool.sockets.close(request.proxy, request.address)
         return sorted(problems)
+
+
+DEFAULT_SOURCE_NAME = "<default>"
+
+
+def target_state(loaded: LoadedConfig) -> ConfigState:
+    """The state a configuration describes; StateError naming the request if refused."""
+    state = ConfigState()
+    for index, request in enumerate(loaded.requests):
+        try:
+            state.apply(request)
+        except StateError as error:
+            raise StateError(
+                f"configuration request #{index + 1} ({request_kind(request)}) refused: {error}"
+            ) from None
+    return state
 
 
 def is_sequenced(request: Request) -> bool:

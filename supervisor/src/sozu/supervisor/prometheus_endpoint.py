@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import accumulate
 
 import trio
@@ -40,10 +40,13 @@ class SnapshotCollector(Collector):
         totals: Callable[[], MetricsSnapshot],
         build_info: dict[str, str],
         supervisor_gauges: Callable[[], dict[str, float]] | None = None,
+        *,
+        supervisor_families: Callable[[], Iterable[Metric]] | None = None,
     ) -> None:
         self._totals = totals
         self._build_info = build_info
         self._supervisor_gauges = supervisor_gauges
+        self._supervisor_families = supervisor_families
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._totals()
@@ -76,6 +79,8 @@ class SnapshotCollector(Collector):
                 gauge = _family(name, "gauge")
                 gauge.add_sample(name, {}, value)
                 yield gauge
+        if self._supervisor_families is not None:
+            yield from self._supervisor_families()
         info = Metric("sozu_build_info", "sozu build information", "gauge")
         info.add_sample("sozu_build_info", dict(self._build_info), 1.0)
         yield info

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
 import socket
+import typing
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 
 import trio
+from prometheus_client.core import Metric
 from prometheus_client.registry import CollectorRegistry
 
 from sozu.command import requests as rq
@@ -25,6 +28,7 @@ from sozu.command.responses import (
     WorkerAnswer,
     WorkerInfos,
     WorkerResponses,
+    WorkerRunState,
 )
 from sozu.command.state import ConfigState
 from sozu.command.state_errors import StateError
@@ -77,7 +81,10 @@ class Supervisor:
     ) -> None:
         config = loaded.config
         self.config = config
+        self.config_path = loaded.path
         self.state = state
+        # Answers sent per request kind and result (ok | failure), for Prometheus.
+        self.command_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.command_socket = command_socket
         self.metrics_socket = metrics_socket
         self.metrics = MetricsAggregator()
@@ -157,10 +164,44 @@ class Supervisor:
                 for kind, count in self.state.counts().items()
             }
             values["sozu_workers_running"] = float(len(self.pool.running_workers()))
+            state_hash = self.state.hash()
+            values["sozu_worker_state_hash_ok"] = float(
+                sum(w.state_hash == state_hash for w in self.pool.live_workers())
+            )
             return values
 
-        collector = SnapshotCollector(self.metrics.totals, {"build_id": self.build_id}, gauges)
+        collector = SnapshotCollector(
+            self.metrics.totals,
+            {"build_id": self.build_id},
+            gauges,
+            supervisor_families=self._supervisor_families,
+        )
         return make_registry(collector)
+
+    def _supervisor_families(self) -> list[Metric]:
+        """Labelled supervisor metrics: workers by state, restarts, commands answered."""
+        workers = Metric("sozu_workers", "sozu workers by state", "gauge")
+        by_state = collections.Counter(w.state for w in self.pool.live_workers())
+        for state in typing.get_args(WorkerRunState):
+            workers.add_sample("sozu_workers", {"state": state}, float(by_state[state]))
+        restarts = Metric("sozu_worker_restarts", "sozu worker relaunches", "counter")
+        restarts.add_sample(
+            "sozu_worker_restarts_total", {}, float(sum(s.restarts for s in self.pool.slots))
+        )
+        commands = Metric("sozu_commands", "sozu commands answered", "counter")
+        for (kind, result), count in sorted(self.command_counts.items()):
+            commands.add_sample("sozu_commands_total", {"kind": kind, "result": result}, count)
+        return [workers, restarts, commands]
+
+    def _counted(self, kind: str, reply: Reply) -> Reply:
+        """`reply` that counts final answers (ok or failure) in `command_counts`."""
+
+        async def send(response: Response) -> bool:
+            if response.status != "processing":
+                self.command_counts[(kind, response.status)] += 1
+            return await reply(response)
+
+        return send
 
     # -- routing
 
@@ -169,6 +210,7 @@ class Supervisor:
         request_id, request = envelope.id, envelope.request
         root = self._root
         assert root is not None
+        reply = self._counted(request_kind(request), reply)
         if self.stopping and not isinstance(request, rq.Status | rq.ListWorkers):
             nursery.start_soon(reply, failure(request_id, "the daemon is stopping"))
         elif isinstance(request, rq.HardStop):
@@ -178,6 +220,13 @@ class Supervisor:
         elif isinstance(request, rq.LoadState):
             self.mutations.submit(
                 partial(self.mutations.load_state, request_id, request.path, reply)
+            )
+        elif isinstance(request, rq.ReloadConfiguration):
+            path = Path(request.path) if request.path else self.config_path
+            self.mutations.submit(partial(self.mutations.reload, request_id, path, reply))
+        elif isinstance(request, rq.Logging):
+            self.mutations.submit(
+                partial(self.mutations.set_logging, request_id, request.filter, reply)
             )
         elif is_sequenced(request):
             self.mutations.submit(partial(self.mutations.apply, request_id, request, reply))

@@ -100,6 +100,8 @@ class WorkerPool:
         self.debug = debug
         self.build_id = build_id
         self.slots = [Slot(index) for index in range(config.worker_count)]
+        # Given to each worker in its ServerConfig; `sozu logging` changes it.
+        self.log_level = config.log_level
         self.sockets = ListenerSockets(config.worker_count)
         self.stopping = False
         self._next_id = 0
@@ -205,7 +207,7 @@ class WorkerPool:
             min_buffers=config.min_buffers,
             max_buffers=config.max_buffers,
             drain_timeout=config.drain_timeout,
-            log_level=config.log_level,
+            log_level=self.log_level,
             access_logs=config.access_logs_target is not None,
             debug=self.debug,
         )

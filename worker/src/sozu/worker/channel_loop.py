@@ -21,6 +21,7 @@ from sozu.command import state as state_module
 from sozu.command.channel import FramedConnection, Rejected
 from sozu.command.envelope import PROTOCOL_VERSION, Response, failure, ok
 from sozu.command.framing import DEFAULT_MAX_FRAME_SIZE
+from sozu.command.log_levels import parse_log_level
 from sozu.command.requests import Request, request_kind
 from sozu.command.responses import Event, MetricsReport, WorkerHello, WorkerInfo, WorkerInfos
 from sozu.command.state import ConfigState
@@ -65,9 +66,9 @@ class WorkerCore:
             self.slot = request.slot
             if request.debug:
                 state_module.FULL_INVARIANT_CHECKS = True
-            level = logging.getLevelName(request.log_level.upper())
-            if isinstance(level, int):
-                logging.getLogger().setLevel(level)
+            server_level = parse_log_level(request.log_level)
+            if server_level is not None:
+                logging.getLogger().setLevel(server_level)
             return ok(request_id)
         if isinstance(request, rq.SoftStop | rq.HardStop):
             self.stopping = True
@@ -82,6 +83,12 @@ class WorkerCore:
             return ok(request_id)
         if isinstance(request, rq.Status):
             return ok(request_id, content=WorkerInfos(workers=(self.info(),)))
+        if isinstance(request, rq.Logging):
+            level = parse_log_level(request.filter)
+            if level is None:
+                return failure(request_id, f"invalid log level {request.filter!r}")
+            logging.getLogger().setLevel(level)
+            return ok(request_id, f"worker {self.worker_id} logs at {level}")
         if isinstance(request, QUERY_TYPES):
             return answer_query(self.state, request_id, request)
         return failure(request_id, f"{request_kind(request)} is not handled by workers")
