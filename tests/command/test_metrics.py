@@ -84,3 +84,16 @@ def test_mismatched_buckets_are_refused() -> None:
     )
     with pytest.raises(ValueError, match="two bucket layouts"):
         aggregator.totals()
+
+
+def test_backend_up_is_the_minimum_over_workers() -> None:
+    one, two = MetricsRegistry(), MetricsRegistry()
+    one.gauge("sozu_backend_up", cluster="c", backend="b").set(1)
+    two.gauge("sozu_backend_up", cluster="c", backend="b").set(1)
+    one.gauge("sozu_backend_up", cluster="c", backend="d").set(1)
+    two.gauge("sozu_backend_up", cluster="c", backend="d").set(0)
+    aggregator = MetricsAggregator()
+    aggregator.update(1, one.snapshot())
+    aggregator.update(2, two.snapshot())
+    gauges = {dict(s.labels)["backend"]: s.value for s in aggregator.totals().gauges}
+    assert gauges == {"b": 1, "d": 0}

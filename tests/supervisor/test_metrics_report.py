@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sozu.command.metrics import MetricsAggregator, MetricsRegistry
-from sozu.supervisor.metrics_poll import metric_key, report_values
+from sozu.supervisor.metrics_poll import metric_key, report_sections, report_values
 
 
 def test_series_keys_use_prometheus_spelling() -> None:
@@ -32,3 +32,22 @@ def test_report_values_of_aggregated_snapshots() -> None:
     assert histogram.count == 2
     assert histogram.sum == 2.0
     assert set(report_values(aggregator.totals(), ("d",))) == {"d"}
+
+
+def test_report_sections_split_by_cluster_and_backend_labels() -> None:
+    registry = MetricsRegistry()
+    registry.counter("sozu_tcp_bytes_in_total", listener="l").inc(5)
+    registry.counter("sozu_cluster_connections_total", cluster="c").inc(3)
+    registry.histogram("sozu_backend_connect_seconds", (1.0,), cluster="c").observe(0.5)
+    registry.counter("sozu_backend_connect_errors_total", cluster="c", backend="b").inc(2)
+    registry.gauge("sozu_backend_up", cluster="c", backend="b").set(1)
+    report = report_sections(registry.snapshot())
+    assert set(report.main) == {'sozu_tcp_bytes_in_total{listener="l"}'}
+    assert report.clusters["c"]["sozu_cluster_connections_total"].value == 3
+    assert report.clusters["c"]["sozu_backend_connect_seconds"].count == 1
+    assert report.backends["c/b"]["sozu_backend_connect_errors_total"].value == 2
+    assert report.backends["c/b"]["sozu_backend_up"].kind == "gauge"
+    only = report_sections(registry.snapshot(), ("sozu_backend_up",))
+    assert not only.main
+    assert not only.clusters
+    assert set(only.backends["c/b"]) == {"sozu_backend_up"}

@@ -142,6 +142,19 @@ async def test_worker_serves_reports_and_drains_a_tcp_listener() -> None:
                 ]
                 >= 1
             )
+            assert counters[("sozu_cluster_connections_total", (("cluster", "c"),))] == 4
+            assert counters[("sozu_tcp_retries_total", (("listener", address),))] >= 1
+            assert counters[("sozu_tcp_refused_total", (("listener", address),))] == 0
+            live = (("backend", "live"), ("cluster", "c"))
+            assert counters[("sozu_backend_bytes_in_total", live)] == 20
+            assert counters[("sozu_backend_bytes_out_total", live)] == 20
+            assert gauges[("sozu_backend_up", live)] == 1
+            assert gauges[("sozu_backend_active_connections", live)] == 0
+            assert gauges[("sozu_cluster_active_connections", (("cluster", "c"),))] == 0
+            connect = {(h.name, h.labels): h for h in report.snapshot.histograms}[
+                ("sozu_backend_connect_seconds", (("cluster", "c"),))
+            ]
+            assert sum(connect.counts) == 4
             await sup.ok(rq.ConfigureMetrics(config="CLEAR"))
             report = (await sup.ok(rq.QueryMetrics())).content
             assert isinstance(report, MetricsReport)

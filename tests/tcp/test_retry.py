@@ -36,3 +36,29 @@ def test_failures_during_a_back_off_count_once() -> None:
     until = policy.until
     policy.fail(0.5)
     assert (policy.tries, policy.until) == (1, until)
+
+
+def test_cluster_reports_a_backend_down_once_its_back_off_is_exhausted() -> None:
+    from sozu.worker.balancing import Backend, LoadBalancingPolicy
+    from sozu.worker.tcp.backends import TcpCluster
+
+    events: list[tuple[str, str, str]] = []
+    cluster = TcpCluster(
+        "c",
+        LoadBalancingPolicy.ROUND_ROBIN,
+        [Backend("b", ("127.0.0.1", 1))],
+        rng=random.Random(3),
+        on_event=lambda *event: events.append(event),
+    )
+    now = 0.0
+    for _ in range(MAX_TRIES):
+        assert not cluster.is_down("b")
+        cluster.connection_failed("b", now)
+        now += 2.0**MAX_TRIES
+    assert cluster.is_down("b")
+    assert cluster.connect_errors == {"b": MAX_TRIES}
+    assert events == [("BACKEND_DOWN", "c", "b")]
+    cluster.connection_succeeded("b")
+    assert not cluster.is_down("b")
+    cluster.clear_counters()
+    assert cluster.connect_errors == {}

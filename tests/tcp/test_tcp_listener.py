@@ -164,6 +164,13 @@ async def test_refused_backend_is_retried_on_another_and_backed_off() -> None:
                     await stream.aclose()
                 assert listener.counters.backend_errors == 1  # b0 backed off after one failure
                 assert "b0" not in {b.id for b in cluster.selector.candidates()[0]}
+                assert listener.counters.retries == 1
+                assert cluster.connect_errors == {"b0": 1}
+                await eventually(lambda: cluster.active == 0)
+                assert cluster.connections_total == 3
+                assert cluster.connections == {"b1": 3}
+                assert cluster.bytes_in == cluster.bytes_out == {"b1": 12}
+                assert not cluster.is_down("b0")  # one failure: backing off, not down
             nursery.cancel_scope.cancel()
 
 

@@ -5,6 +5,7 @@ plain Python objects (an increment is an attribute update, no lock, no label loo
 sends a `MetricsSnapshot` when asked. The supervisor's `MetricsAggregator` keeps the latest
 snapshot of every live worker and folds a worker that exits into retired totals, so counters
 and histograms never go backwards across crashes and upgrades; gauges of a dead worker go.
+Gauges add up across workers, except the verdicts of `MIN_GAUGES` (their minimum).
 Every worker uses the same histogram buckets, so bucket counts add up.
 """
 
@@ -23,6 +24,10 @@ DURATION_BUCKETS: Final = (
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     10.0, 30.0, 60.0,
 )  # fmt: skip
+
+# Gauges that are a verdict per worker, not an amount: the total is the minimum over workers
+# (a backend is reported down as soon as one worker has given up on it).
+MIN_GAUGES: Final = frozenset({"sozu_backend_up"})
 
 
 class Sample(msgspec.Struct, array_like=True, frozen=True):
@@ -179,7 +184,8 @@ class MetricsAggregator:
         return sorted(self._live)
 
     def totals(self) -> MetricsSnapshot:
-        """Counters and histograms summed over live and retired workers, gauges over live."""
+        """Counters and histograms summed over live and retired workers, gauges over live
+        (summed, except `MIN_GAUGES`: their minimum)."""
         counters = dict(self._retired_counters)
         gauges: dict[tuple[str, Labels], float] = {}
         histograms = {
@@ -192,7 +198,10 @@ class MetricsAggregator:
                 counters[key] = counters.get(key, 0) + sample.value
             for sample in snapshot.gauges:
                 key = (sample.name, sample.labels)
-                gauges[key] = gauges.get(key, 0) + sample.value
+                if sample.name in MIN_GAUGES and key in gauges:
+                    gauges[key] = min(gauges[key], sample.value)
+                else:
+                    gauges[key] = gauges.get(key, 0) + sample.value
             for histogram in snapshot.histograms:
                 _add_histogram(histograms, histogram)
         return MetricsSnapshot(

@@ -27,9 +27,14 @@ def metrics_text(response: Response) -> str:
     if not isinstance(report, MetricsReport):
         return response.message
     lines = [f"{name} {_value(value)}" for name, value in sorted(report.main.items())]
-    for worker_id, values in sorted(report.workers.items()):
-        lines.append(f"worker {worker_id}:")
-        lines += [f"  {name} {_value(value)}" for name, value in sorted(values.items())]
+    for title, section in (
+        ("cluster", report.clusters),
+        ("backend", report.backends),
+        ("worker", report.workers),
+    ):
+        for key, values in sorted(section.items()):
+            lines.append(f"{title} {key}:")
+            lines += [f"  {name} {_value(value)}" for name, value in sorted(values.items())]
     return "\n".join(lines) if lines else "no metrics yet"
 
 

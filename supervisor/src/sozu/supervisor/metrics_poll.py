@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
+import msgspec
 import trio
 
 from sozu.command import requests as rq
@@ -24,14 +26,19 @@ def metric_key(name: str, labels: Labels) -> str:
     return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
 
 
-def report_values(snapshot: MetricsSnapshot, names: tuple[str, ...] = ()) -> dict[str, MetricValue]:
-    """One snapshot as `MetricsReport` values, optionally only the metrics named."""
-    values: dict[str, MetricValue] = {}
+def _series(
+    snapshot: MetricsSnapshot, names: tuple[str, ...]
+) -> Iterator[tuple[str, Labels, MetricValue]]:
+    """Every series of a snapshot as (name, labels, report value), optionally only those named."""
     for kind, samples in (("counter", snapshot.counters), ("gauge", snapshot.gauges)):
         for sample in samples:
             if not names or sample.name in names:
-                values[metric_key(sample.name, sample.labels)] = MetricValue(
-                    kind="counter" if kind == "counter" else "gauge", value=sample.value
+                yield (
+                    sample.name,
+                    sample.labels,
+                    MetricValue(
+                        kind="counter" if kind == "counter" else "gauge", value=sample.value
+                    ),
                 )
     for histogram in snapshot.histograms:
         if names and histogram.name not in names:
@@ -41,13 +48,46 @@ def report_values(snapshot: MetricsSnapshot, names: tuple[str, ...] = ()) -> dic
         for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
             running += count
             cumulative.append((bound, running))
-        values[metric_key(histogram.name, histogram.labels)] = MetricValue(
+        value = MetricValue(
             kind="histogram",
             buckets=tuple(cumulative),
             count=sum(histogram.counts),
             sum=histogram.sum,
         )
-    return values
+        yield histogram.name, histogram.labels, value
+
+
+def report_values(snapshot: MetricsSnapshot, names: tuple[str, ...] = ()) -> dict[str, MetricValue]:
+    """One snapshot as `MetricsReport` values, optionally only the metrics named."""
+    return {metric_key(name, labels): value for name, labels, value in _series(snapshot, names)}
+
+
+def backend_key(cluster_id: str, backend_id: str) -> str:
+    """The key of a backend in `MetricsReport.backends`."""
+    return f"{cluster_id}/{backend_id}"
+
+
+def report_sections(snapshot: MetricsSnapshot, names: tuple[str, ...] = ()) -> MetricsReport:
+    """A snapshot split by labels: series with a `cluster` label go to `clusters[cluster]`,
+    with `cluster` and `backend` labels to `backends["cluster/backend"]` (keyed without those
+    labels), the others to `main`."""
+    main: dict[str, MetricValue] = {}
+    clusters: dict[str, dict[str, MetricValue]] = {}
+    backends: dict[str, dict[str, MetricValue]] = {}
+    for name, labels, value in _series(snapshot, names):
+        by_name = dict(labels)
+        cluster_id = by_name.pop("cluster", None)
+        backend_id = by_name.pop("backend", None) if cluster_id is not None else None
+        rest = tuple(sorted(by_name.items()))
+        if cluster_id is None:
+            main[metric_key(name, labels)] = value
+        elif backend_id is None:
+            clusters.setdefault(cluster_id, {})[metric_key(name, rest)] = value
+        else:
+            backends.setdefault(backend_key(cluster_id, backend_id), {})[metric_key(name, rest)] = (
+                value
+            )
+    return MetricsReport(main=main, clusters=clusters, backends=backends)
 
 
 class MetricsCollector:
@@ -101,4 +141,5 @@ class MetricsCollector:
                 str(worker_id): report_values(snapshot, names)
                 for worker_id, snapshot in sorted(self._latest.items())
             }
-        return MetricsReport(main=report_values(self.aggregator.totals(), names), workers=workers)
+        sections = report_sections(self.aggregator.totals(), names)
+        return msgspec.structs.replace(sections, workers=workers)

@@ -54,6 +54,8 @@ class Proxies:
         self._counters: dict[str, TcpCounters] = {}
         self._clusters: dict[str, TcpCluster] = {}
         self._cluster_of_listener: dict[str, str] = {}
+        # Backend gauges set by the last snapshot, to drop those of backends gone since.
+        self._backend_gauges: set[tuple[str, str]] = set()
         self._not_served_logged: set[ListenerType] = set()
         self.limit = ConnectionLimit(DEFAULT_MAX_CONNECTIONS)
         self._tasks: trio.Nursery | None = None
@@ -190,9 +192,13 @@ class Proxies:
             send_proxy = cluster.proxy_protocol in ("SEND_HEADER", "RELAY_HEADER")
             known = self._clusters.get(cluster_id)
             if known is None:
-                self._clusters[cluster_id] = TcpCluster(
+                created = TcpCluster(
                     cluster_id, policy, backends, send_proxy=send_proxy, on_event=self._event
                 )
+                created.connect_seconds = self.registry.histogram(
+                    "sozu_backend_connect_seconds", cluster=cluster_id
+                )
+                self._clusters[cluster_id] = created
             else:
                 known.update(policy, backends, send_proxy=send_proxy)
 
@@ -211,30 +217,51 @@ class Proxies:
             registry.gauge("sozu_tcp_active_connections", listener=address).value = c.active
             registry.counter("sozu_tcp_bytes_in_total", listener=address).value = c.bytes_in
             registry.counter("sozu_tcp_bytes_out_total", listener=address).value = c.bytes_out
-            registry.counter("sozu_tcp_no_backend_total", listener=address).value = c.no_backend
+            registry.counter("sozu_tcp_retries_total", listener=address).value = c.retries
+            registry.counter("sozu_tcp_refused_total", listener=address).value = c.no_backend
             registry.counter(
                 "sozu_tcp_proxy_protocol_errors_total", listener=address
             ).value = c.proxy_protocol_errors
+        gauged: set[tuple[str, str]] = set()
         for cluster_id, cluster in self._clusters.items():
-            for backend_id, count in cluster.connections.items():
-                registry.counter(
-                    "sozu_backend_connections_total", cluster=cluster_id, backend=backend_id
-                ).value = count
-            for backend_id, count in cluster.connect_errors.items():
-                registry.counter(
-                    "sozu_backend_connect_errors_total", cluster=cluster_id, backend=backend_id
-                ).value = count
+            registry.counter(
+                "sozu_cluster_connections_total", cluster=cluster_id
+            ).value = cluster.connections_total
+            registry.gauge(
+                "sozu_cluster_active_connections", cluster=cluster_id
+            ).value = cluster.active
+            for name, counts in (
+                ("sozu_backend_connections_total", cluster.connections),
+                ("sozu_backend_connect_errors_total", cluster.connect_errors),
+                ("sozu_backend_bytes_in_total", cluster.bytes_in),
+                ("sozu_backend_bytes_out_total", cluster.bytes_out),
+            ):
+                for backend_id, count in counts.items():
+                    registry.counter(name, cluster=cluster_id, backend=backend_id).value = count
+            # Gauges for the configured backends, and for removed ones still carrying sessions.
+            current = {b.id for b in cluster.selector.backends()} | set(cluster.loads)
+            for backend_id in current:
+                gauged.add((cluster_id, backend_id))
+                registry.gauge(
+                    "sozu_backend_active_connections", cluster=cluster_id, backend=backend_id
+                ).value = cluster.loads.get(backend_id, 0)
+                registry.gauge("sozu_backend_up", cluster=cluster_id, backend=backend_id).value = (
+                    0 if cluster.is_down(backend_id) else 1
+                )
+        for cluster_id, backend_id in self._backend_gauges - gauged:
+            for name in ("sozu_backend_active_connections", "sozu_backend_up"):
+                registry.forget(name, cluster=cluster_id, backend=backend_id)
+        self._backend_gauges = gauged
         registry.gauge("sozu_worker_active_connections").value = self.limit.active
         return registry.snapshot()
 
     def clear_metrics(self) -> None:
         self.registry.clear()
         for c in self._counters.values():
-            c.accepted = c.bytes_in = c.bytes_out = c.no_backend = 0
+            c.accepted = c.bytes_in = c.bytes_out = c.no_backend = c.retries = 0
             c.backend_errors = c.proxy_protocol_errors = 0
         for cluster in self._clusters.values():
-            cluster.connections.clear()
-            cluster.connect_errors.clear()
+            cluster.clear_counters()
 
     def close(self) -> None:
         for served in self._tcp.values():

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 import trio
 
+from sozu.command.metrics import Histogram
 from sozu.worker.balancing import Backend, BackendSelector, LoadBalancingPolicy
 from sozu.worker.tcp.retry import RetryPolicy
 
@@ -37,10 +38,17 @@ class TcpCluster:
         self.send_proxy = send_proxy
         self._rng = rng if rng is not None else random.Random()
         self.selector = BackendSelector(policy, backends, rng=self._rng)
+        # Active connections per backend id (what LEAST_LOADED reads, and a gauge).
         self.loads: dict[str, int] = {}
-        # Plain counters per backend id, folded into the metrics at snapshot time.
+        # Plain counters, folded into the metrics at snapshot time.
+        self.connections_total = 0
+        self.active = 0
         self.connections: dict[str, int] = {}
         self.connect_errors: dict[str, int] = {}
+        self.bytes_in: dict[str, int] = {}
+        self.bytes_out: dict[str, int] = {}
+        # Backend connect times in seconds, when the worker's metrics want them.
+        self.connect_seconds: Histogram | None = None
         self._retries: dict[str, RetryPolicy] = {}
         self._backing_off: set[str] = set()
         self._on_event = on_event
@@ -79,16 +87,35 @@ class TcpCluster:
             self._backing_off.add(backend_id)
             self.selector.set_retry_ok(backend_id, False)
 
+    def is_down(self, backend_id: str) -> bool:
+        """True once the back-off of this backend is exhausted (until a connect succeeds)."""
+        policy = self._retries.get(backend_id)
+        return policy is not None and policy.is_down
+
+    def clear_counters(self) -> None:
+        """`sozu metrics clear`: counters back to zero (gauges and loads stay)."""
+        self.connections_total = 0
+        for counts in (self.connections, self.connect_errors, self.bytes_in, self.bytes_out):
+            counts.clear()
+
     def connection_succeeded(self, backend_id: str) -> None:
         policy = self._retries.pop(backend_id, None)
         if policy is not None and policy.succeed() and self._on_event is not None:
             self._on_event("BACKEND_UP", self.cluster_id, backend_id)
 
     def opened(self, backend_id: str) -> None:
+        self.connections_total += 1
+        self.active += 1
         self.connections[backend_id] = self.connections.get(backend_id, 0) + 1
         self.loads[backend_id] = self.loads.get(backend_id, 0) + 1
 
+    def transferred(self, backend_id: str, bytes_in: int, bytes_out: int) -> None:
+        """Bytes of one finished session: `bytes_in` from the client, `bytes_out` to it."""
+        self.bytes_in[backend_id] = self.bytes_in.get(backend_id, 0) + bytes_in
+        self.bytes_out[backend_id] = self.bytes_out.get(backend_id, 0) + bytes_out
+
     def closed(self, backend_id: str) -> None:
+        self.active -= 1
         remaining = self.loads.get(backend_id, 0) - 1
         assert remaining >= 0, f"load of {backend_id} below zero"
         if remaining:

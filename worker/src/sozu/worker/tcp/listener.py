@@ -74,7 +74,8 @@ class TcpCounters(msgspec.Struct):
     accepted: int = 0
     active: int = 0
     backend_errors: int = 0
-    no_backend: int = 0
+    retries: int = 0  # connect attempts after the first
+    no_backend: int = 0  # sessions closed without a backend
     proxy_protocol_errors: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
@@ -198,10 +199,13 @@ class TcpListenerProxy:
             return
         backend_sock = None
         backend_id = ""
-        for _ in range(CONNECT_ATTEMPTS):
+        for attempt in range(CONNECT_ATTEMPTS):
             backend = cluster.choose(trio.current_time())
             if backend is None:
                 break
+            if attempt:
+                self.counters.retries += 1
+            connect_started = trio.current_time()
             try:
                 backend_sock = await connect_backend(backend.address, self.config.connect_timeout)
             except OSError as error:
@@ -209,6 +213,8 @@ class TcpListenerProxy:
                 log.info("backend %s of %s: %s", backend.id, cluster.cluster_id, error)
                 cluster.connection_failed(backend.id, trio.current_time())
                 continue
+            if cluster.connect_seconds is not None:
+                cluster.connect_seconds.observe(trio.current_time() - connect_started)
             cluster.connection_succeeded(backend.id)
             backend_id = backend.id
             break
@@ -216,6 +222,7 @@ class TcpListenerProxy:
             self.counters.no_backend += 1
             return
         cluster.opened(backend_id)
+        bytes_in = bytes_out = 0
         try:
             preamble = early
             if cluster.send_proxy:
@@ -233,10 +240,12 @@ class TcpListenerProxy:
                 back_timeout=self.config.back_timeout,
                 use_splice=self._use_splice,
             )
-            self.counters.bytes_in += stats.to_backend + len(early)
-            self.counters.bytes_out += stats.to_client
+            bytes_in, bytes_out = stats.to_backend + len(early), stats.to_client
         finally:
             backend_sock.close()
+            self.counters.bytes_in += bytes_in
+            self.counters.bytes_out += bytes_out
+            cluster.transferred(backend_id, bytes_in, bytes_out)
             cluster.closed(backend_id)
 
 
