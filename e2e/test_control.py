@@ -16,26 +16,11 @@ import pytest
 
 from e2e.support.backends import NamedEcho, exchange
 from e2e.support.daemon import Daemon, DaemonFactory, sozu_cli, wait_for
+from e2e.support.net import free_port, scrape
 
 pytestmark = pytest.mark.e2e
 
 MAX_FRAME = 2_000_000
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _scrape(port: int) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data.decode()
 
 
 def _tcp_cluster(name: str, listen: int, backend: NamedEcho) -> str:
@@ -69,7 +54,7 @@ def test_reload_logging_frontends_socket_metrics_and_hard_stop(
     start_daemon: DaemonFactory, echoes: tuple[NamedEcho, NamedEcho], tmp_path: Path
 ) -> None:
     old_echo, new_echo = echoes
-    old_port, new_port, metrics_port = _free_port(), _free_port(), _free_port()
+    old_port, new_port, metrics_port = free_port(), free_port(), free_port()
     metrics = f'[metrics]\nprometheus_address = "127.0.0.1:{metrics_port}"\n'
     daemon = start_daemon(extra=metrics + _tcp_cluster("old", old_port, old_echo))
     assert exchange(old_port) == "old"
@@ -130,7 +115,7 @@ def test_reload_logging_frontends_socket_metrics_and_hard_stop(
     assert _synced(daemon)["supervisor"]["state_hash"] == state_hash
 
     # Supervisor metrics.
-    text = _scrape(metrics_port)
+    text = scrape(metrics_port)
     assert 'sozu_workers{state="running"} 2.0' in text
     assert 'sozu_commands_total{kind="ReloadConfiguration",result="ok"} 1.0' in text
     assert 'sozu_commands_total{kind="ReloadConfiguration",result="failure"} 1.0' in text

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from e2e.support.daemon import Daemon, DaemonFactory, sozu_cli, wait_for
+from e2e.support.net import free_port, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -23,26 +24,10 @@ def _hashes(status: dict[str, Any]) -> tuple[str, list[str]]:
     return status["supervisor"]["state_hash"], [w["state_hash"] for w in status["workers"]]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _scrape(port: int) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data.decode()
-
-
 def test_start_shows_running_workers_metrics_and_survives_malformed_frames(
     start_daemon: DaemonFactory,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     daemon = start_daemon(extra=f'[metrics]\nprometheus_address = "127.0.0.1:{port}"')
     status = daemon.status()
     assert status is not None
@@ -74,7 +59,7 @@ def test_start_shows_running_workers_metrics_and_survives_malformed_frames(
 
     _send_malformed_frames(daemon)
     assert daemon.running_status() is not None
-    scraped = _scrape(port)
+    scraped = scrape(port)
     assert scraped.startswith("HTTP/1.1 200")
     assert "sozu_workers_running 2.0" in scraped
 

@@ -18,24 +18,9 @@ import pytest
 
 from e2e.support.backends import NamedEcho, exchange
 from e2e.support.daemon import Daemon, DaemonFactory, wait_for
+from e2e.support.net import free_port, scrape
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _scrape(port: int) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data.decode()
 
 
 def _config(listen: int, backends: list[NamedEcho], metrics_port: int | None = None) -> str:
@@ -79,7 +64,7 @@ def test_tcp_proxying_balancing_live_backends_and_metrics(
     start_daemon: DaemonFactory, echoes: list[NamedEcho]
 ) -> None:
     alpha, beta, gamma = echoes
-    listen, metrics_port = _free_port(), _free_port()
+    listen, metrics_port = free_port(), free_port()
     listener = f"127.0.0.1:{listen}"
     daemon = start_daemon(extra=_config(listen, [alpha, beta], metrics_port))
     made = 0
@@ -117,7 +102,7 @@ def test_tcp_proxying_balancing_live_backends_and_metrics(
 
     # The Prometheus endpoint and `sozu -j metrics get` count every connection.
     def scraped() -> str | None:
-        text = _scrape(metrics_port)
+        text = scrape(metrics_port)
         return text if _counter(text, "sozu_tcp_connections_total", listener) == made else None
 
     text = wait_for(scraped, timeout=5, what=f"sozu_tcp_connections_total == {made}")
@@ -155,7 +140,7 @@ def _slot_worker(daemon: Daemon, slot: int) -> dict[str, Any] | None:
 def test_killed_worker_backlog_is_served_by_its_replacement(
     start_daemon: DaemonFactory, echoes: list[NamedEcho]
 ) -> None:
-    listen = _free_port()
+    listen = free_port()
     daemon = start_daemon(extra=_config(listen, echoes[:2]))
     victim = _slot_worker(daemon, 0)
     assert victim is not None
@@ -187,7 +172,7 @@ def test_killed_worker_backlog_is_served_by_its_replacement(
 def test_bind_failure_is_refused_and_soft_stop_drains_tcp_sessions(
     start_daemon: DaemonFactory, echoes: list[NamedEcho]
 ) -> None:
-    listen = _free_port()
+    listen = free_port()
     daemon = start_daemon(extra=_config(listen, echoes[:1]))
 
     # A port held by a socket outside the SO_REUSEPORT group: the activation is a Failure.

@@ -13,29 +13,18 @@ import pytest
 
 from e2e.support.backends import NamedEcho, exchange
 from e2e.support.daemon import DaemonFactory, wait_for
+from e2e.support.net import free_port, scrape
 
 pytestmark = pytest.mark.e2e
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _scrape(port: int) -> Series:
     """Every sample of the Prometheus endpoint, by (name, labels)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
     series: Series = {}
-    _, _, body = data.partition(b"\r\n\r\n")
-    for line in body.decode().splitlines():
+    _, _, body = scrape(port).partition("\r\n\r\n")
+    for line in body.splitlines():
         match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
         if match is None:
             continue
@@ -96,7 +85,7 @@ def _echoed(sock: socket.socket, payload: bytes) -> bytes:
 def test_removed_backend_keeps_its_live_connection_and_gets_no_new_one(
     start_daemon: DaemonFactory, echoes: list[NamedEcho]
 ) -> None:
-    listen = _free_port()
+    listen = free_port()
     by_name = {echo.name: echo for echo in echoes}
     daemon = start_daemon(extra=_config(listen, [(e.name, e.address) for e in echoes]))
 
@@ -131,7 +120,7 @@ def test_dead_backend_is_retried_and_byte_counters_are_exact(
     start_daemon: DaemonFactory, echoes: list[NamedEcho]
 ) -> None:
     alpha = echoes[0]
-    listen, metrics_port, dead_port = _free_port(), _free_port(), _free_port()
+    listen, metrics_port, dead_port = free_port(), free_port(), free_port()
     listener = f"127.0.0.1:{listen}"
     backends = [("dead", f"127.0.0.1:{dead_port}"), ("alpha", alpha.address)]
     daemon = start_daemon(extra=_config(listen, backends, metrics_port))
