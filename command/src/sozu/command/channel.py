@@ -205,6 +205,17 @@ class FramedConnection:
             reader.feed(data)
         return frame
 
+    async def _oversize(self, what: str, frame: OversizeFrame) -> tuple[str, str]:
+        """The id and message answering an oversize frame; closes the connection and raises
+        `ProtocolError` when the frame's head has no readable id."""
+        message = f"{what} of {frame.length} bytes exceeds the maximum of {self._max} bytes"
+        request_id = peek_id(frame.head)
+        if request_id is None:
+            message += ", and no request id can be read from it"
+            await self._close_broken(message)
+            raise ProtocolError(message)
+        return request_id, message
+
     async def receive_request(self) -> RequestEnvelope | Rejected | None:
         """The next request, or a `Rejected` to answer with a Failure; None at EOF.
 
@@ -214,12 +225,7 @@ class FramedConnection:
         if frame is None:
             return None
         if isinstance(frame, OversizeFrame):
-            message = f"frame of {frame.length} bytes exceeds the maximum of {self._max} bytes"
-            request_id = peek_id(frame.head)
-            if request_id is None:
-                message += ", and no request id can be read from it"
-                await self._close_broken(message)
-                raise ProtocolError(message)
+            request_id, message = await self._oversize("frame", frame)
             return Rejected(request_id, message)
         try:
             return decode_request(frame)
@@ -239,12 +245,7 @@ class FramedConnection:
         if frame is None:
             return None
         if isinstance(frame, OversizeFrame):
-            message = f"response of {frame.length} bytes exceeds the maximum of {self._max} bytes"
-            request_id = peek_id(frame.head)
-            if request_id is None:
-                message += ", and no request id can be read from it"
-                await self._close_broken(message)
-                raise ProtocolError(message)
+            request_id, message = await self._oversize("response", frame)
             return failure(request_id, message)
         try:
             return decode_response(frame)
