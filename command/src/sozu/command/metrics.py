@@ -27,7 +27,7 @@ DURATION_BUCKETS: Final = (
 
 # Gauges that are a verdict per worker, not an amount: the total is the minimum over workers
 # (a backend is reported down as soon as one worker has given up on it).
-MIN_GAUGES: Final = frozenset({"sozu_backend_up"})
+MIN_GAUGES: Final = frozenset({"sozu_backend_up", "sozu_udp_backend_healthy"})
 
 
 class Sample(msgspec.Struct, array_like=True, frozen=True):

@@ -102,6 +102,15 @@ _CLUSTER_REQUESTS = (
     rq.AddTcpFrontend,
     rq.RemoveTcpFrontend,
 )
+_UDP_REQUESTS = (
+    rq.AddCluster,
+    rq.RemoveCluster,
+    rq.AddBackend,
+    rq.RemoveBackend,
+    rq.AddUdpFrontend,
+    rq.RemoveUdpFrontend,
+    rq.UpdateUdpListener,
+)
 
 
 async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: Request) -> Response:
@@ -128,7 +137,7 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
         return ok(request_id)
     response = core.handle(request_id, request)
     if isinstance(request, rq.ServerConfig) and response.status == "ok":
-        proxies.configure(request.max_connections)
+        proxies.configure(request.max_connections, request.buffer_size)
     if response.status == "ok" and request.ROUTING == "state":
         if isinstance(request, rq.DeactivateListener | rq.RemoveListener):
             await proxies.stop_listener(request.proxy, request.address)
@@ -136,6 +145,8 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
             proxies.refresh_clusters()
         if isinstance(request, rq.UpdateTcpListener):
             proxies.refresh_listener(request.address)
+        if isinstance(request, _UDP_REQUESTS):
+            proxies.udp.refresh_clusters()
     return response
 
 

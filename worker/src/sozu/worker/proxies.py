@@ -4,7 +4,8 @@ Listener sockets arrive from the supervisor over the SCM socket and wait, by (pr
 address), for their ActivateListener. A TCP listener is then served by a `TcpListenerProxy`
 whose accept loop runs in the task nursery and whose sessions run in the separate handler
 nursery, so that stopping the accept loops (deactivation, soft stop) leaves sessions running.
-HTTP, HTTPS and UDP sockets are adopted and kept, not served yet.
+UDP listeners are served by `UdpListeners` (flows run in the handler nursery too). HTTP and
+HTTPS sockets are adopted and kept, not served yet.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from sozu.command.fdpass import FdPassingError, receive_listeners
 from sozu.command.metrics import MetricsRegistry, MetricsSnapshot
 from sozu.command.responses import Event, EventKind
 from sozu.command.state import ConfigState
-from sozu.command.types import ListenerType, TcpListenerConfig
+from sozu.command.types import ListenerType, TcpListenerConfig, UdpListenerConfig
 from sozu.worker.balancing import Backend, LoadBalancingPolicy
 from sozu.worker.tcp.backends import TcpCluster
 from sozu.worker.tcp.listener import ConnectionLimit, TcpCounters, TcpListenerProxy
+from sozu.worker.udp.health import HealthEvent
+from sozu.worker.udp_listeners import UdpListeners
 
 log = logging.getLogger("sozu.worker")
 
@@ -60,12 +63,16 @@ class Proxies:
         self.limit = ConnectionLimit(DEFAULT_MAX_CONNECTIONS)
         self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
+        self.udp = UdpListeners(state, self.registry, self._health_event)
 
     def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
         self._tasks, self._handlers = tasks, handlers
+        self.udp.start(tasks, handlers)
 
-    def configure(self, max_connections: int) -> None:
+    def configure(self, max_connections: int, buffer_size: int = 0) -> None:
         self.limit = ConnectionLimit(max(1, max_connections))
+        self.udp.max_connections = max_connections
+        self.udp.buffer_size = buffer_size
 
     # -- sockets from the supervisor
 
@@ -100,6 +107,9 @@ class Proxies:
 
     async def start_listener(self, proxy: ListenerType, address: str, sock: socket.socket) -> None:
         config = self.state.listener(proxy, address)
+        if isinstance(config, UdpListenerConfig) and proxy == "UDP":
+            await self.udp.start_listener(address, config, sock)
+            return
         if not isinstance(config, TcpListenerConfig) or proxy != "TCP":
             if proxy not in self._not_served_logged:
                 self._not_served_logged.add(proxy)
@@ -147,6 +157,8 @@ class Proxies:
             with trio.move_on_after(1.0):
                 await served.done.wait()
             served.proxy.sock.close()
+        if proxy == "UDP":
+            await self.udp.stop_listener(address)
         for pool in (self._adopted, self._received):
             sock = pool.pop((proxy, address), None)
             if sock is not None:
@@ -162,11 +174,14 @@ class Proxies:
     def stop_accepting(self) -> None:
         for served in self._tcp.values():
             served.proxy.stop_accepting()
+        self.udp.drain()
 
     async def drain(self, patience: float) -> bool:
-        """Wait until every session has ended, at most `patience` seconds; True if they did."""
+        """Wait until every session and UDP flow has ended, at most `patience` seconds; True
+        if they did."""
         with trio.move_on_after(patience):
             await self.limit.wait_idle()
+            await self.udp.wait_drained()
             return True
         return False
 
@@ -201,6 +216,11 @@ class Proxies:
                 self._clusters[cluster_id] = created
             else:
                 known.update(policy, backends, send_proxy=send_proxy)
+
+    def _health_event(self, event: HealthEvent) -> None:
+        self._on_event(
+            Event(kind=event.kind, cluster_id=event.cluster_id, backend_id=event.backend_id)
+        )
 
     def _event(self, kind: str, cluster_id: str, backend_id: str) -> None:
         self._on_event(
@@ -253,6 +273,7 @@ class Proxies:
                 registry.forget(name, cluster=cluster_id, backend=backend_id)
         self._backend_gauges = gauged
         registry.gauge("sozu_worker_active_connections").value = self.limit.active
+        self.udp.fold_metrics()
         return registry.snapshot()
 
     def clear_metrics(self) -> None:
@@ -262,8 +283,10 @@ class Proxies:
             c.backend_errors = c.proxy_protocol_errors = 0
         for cluster in self._clusters.values():
             cluster.clear_counters()
+        self.udp.clear_metrics()
 
     def close(self) -> None:
+        self.udp.close()
         for served in self._tcp.values():
             served.proxy.sock.close()
         for pool in (self._adopted, self._received):
