@@ -154,3 +154,46 @@ def test_udp_queries_affinity_flows_health_and_metrics(
         what=f"{sent} datagrams in",
     )
     assert alpha.datagrams > 0
+
+
+def test_udp_routing_built_live_from_the_cli(
+    start_daemon: DaemonFactory, echoes: list[NamedUdpEcho]
+) -> None:
+    daemon = start_daemon()
+    listen = free_port()
+    address = f"127.0.0.1:{listen}"
+    for command in (
+        ("listener", "udp", "add", "-a", address, "--max-rx-datagram-size", "2048"),
+        ("listener", "udp", "update", "-a", address, "--max-rx-datagram-size", "1024"),
+        (
+            "cluster",
+            "add",
+            "-i",
+            "live",
+            "--load-balancing-policy",
+            "hrw",
+            "--udp-affinity",
+            "source_ip_port",
+            "--udp-responses",
+            "1",
+            "--udp-health-mode",
+            "health_off",
+        ),
+        ("frontend", "udp", "add", "--id", "live", "-a", address),
+        *(
+            ("backend", "add", "-i", "live", "--backend-id", echo.name, "-a", echo.address)
+            for echo in echoes
+        ),
+        ("listener", "udp", "activate", "-a", address),
+    ):
+        result = daemon.sozu(*command)
+        assert result.returncode == 0, (command, result.stderr)
+    assert "1024" in daemon.sozu("-j", "listener", "list").stdout
+    assert '"SOURCE_IP_PORT"' in daemon.sozu("-j", "cluster", "list", "-i", "live").stdout
+    served = []
+    for index in range(20):
+        with client() as sock:
+            served.append(query(sock, listen, f"c{index}".encode()))
+    assert set(served) == {"alpha", "beta"}, served
+    refused = daemon.sozu("listener", "udp", "update", "-a", "127.0.0.1:1", "--max-flows", "3")
+    assert refused.returncode != 0

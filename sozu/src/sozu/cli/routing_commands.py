@@ -31,6 +31,8 @@ from sozu.command.types import (
     RequestTcpFrontend,
     RequestUdpFrontend,
     TcpListenerConfig,
+    UdpClusterConfig,
+    UdpHealthConfig,
     UdpListenerConfig,
 )
 
@@ -82,9 +84,31 @@ def cluster_group() -> None:
 @click.option("--send-proxy", is_flag=True, help="Send a PROXY protocol header (TCP).")
 @click.option("--expect-proxy", is_flag=True, help="Expect a PROXY protocol header (TCP).")
 @click.option("--http2", is_flag=True, help="Talk HTTP/2 to the backends.")
+@click.option(
+    "--udp-affinity", type=click.Choice(["source_ip", "source_ip_port"]), help="UDP flow key."
+)
+@click.option("--udp-responses", type=click.IntRange(0), help="UDP: answers per flow (0: any).")
+@click.option("--udp-requests", type=click.IntRange(0), help="UDP: queries per flow (0: any).")
+@click.option("--udp-send-proxy-protocol", is_flag=True, help="UDP: send PROXY protocol v2.")
+@click.option(
+    "--udp-proxy-protocol-every-datagram", is_flag=True, help="UDP: PROXY header on each datagram."
+)
+@click.option(
+    "--udp-health-mode",
+    type=click.Choice(["tcp_probe", "udp_probe", "health_off"]),
+    help="UDP backend health probing.",
+)
+@click.option("--udp-health-tcp-port", type=click.IntRange(1, 65535), help="TCP probe port.")
+@click.option("--udp-health-rise", type=click.IntRange(1, 1000), help="Successes to go up.")
+@click.option("--udp-health-fall", type=click.IntRange(1, 1000), help="Failures to go down.")
+@click.option("--udp-health-no-fail-open", is_flag=True, help="No backend when all are unhealthy.")
+@click.option("--udp-health-payload", help="UDP probe payload (sent UTF-8 encoded).")
+@click.option("--udp-health-interval", type=click.IntRange(1, 86400), help="Seconds.")
+@click.option("--udp-health-timeout", type=click.IntRange(1, 86400), help="Seconds.")
 @click.pass_context
 def cluster_add(
     ctx: click.Context,
+    /,
     cluster_id: str,
     load_balancing_policy: str | None,
     sticky_session: bool,
@@ -92,6 +116,7 @@ def cluster_add(
     send_proxy: bool,
     expect_proxy: bool,
     http2: bool,
+    **udp_options: Any,
 ) -> None:
     """Add a cluster (or replace it with new settings)."""
     if send_proxy and expect_proxy:
@@ -105,7 +130,44 @@ def cluster_add(
         "http2": http2,
         "load_balancing": load_balancing_policy.upper() if load_balancing_policy else None,
     }
-    send(ctx, _build(lambda: rq.AddCluster(cluster=Cluster(**fields))))
+    send(ctx, _build(lambda: rq.AddCluster(cluster=Cluster(**fields, udp=_udp(udp_options)))))
+
+
+_UDP_HEALTH_FIELDS = {
+    "udp_health_tcp_port": "tcp_port",
+    "udp_health_rise": "rise",
+    "udp_health_fall": "fall",
+    "udp_health_payload": "udp_probe_payload",
+    "udp_health_interval": "probe_interval_seconds",
+    "udp_health_timeout": "probe_timeout_seconds",
+}
+
+
+def _udp(options: dict[str, Any]) -> UdpClusterConfig | None:
+    """`Cluster.udp` from the `--udp-*` options; None when none is given."""
+    if not any(value not in (None, False) for value in options.values()):
+        return None
+    health: dict[str, Any] = {
+        field: options[name]
+        for name, field in _UDP_HEALTH_FIELDS.items()
+        if options[name] is not None
+    }
+    if options["udp_health_mode"] is not None:
+        health["mode"] = options["udp_health_mode"].upper()
+    if options["udp_health_no_fail_open"]:
+        health["fail_open"] = False
+    fields: dict[str, Any] = {
+        "send_proxy_protocol": options["udp_send_proxy_protocol"],
+        "proxy_protocol_every_datagram": options["udp_proxy_protocol_every_datagram"],
+    }
+    if options["udp_affinity"] is not None:
+        fields["affinity_key"] = options["udp_affinity"].upper()
+    for name in ("responses", "requests"):
+        if options[f"udp_{name}"] is not None:
+            fields[name] = options[f"udp_{name}"]
+    if health:
+        fields["health"] = UdpHealthConfig(**health)
+    return UdpClusterConfig(**fields)
 
 
 @cluster_group.command("remove")
@@ -280,6 +342,9 @@ def _listener_group(proxy: ListenerType) -> click.Group:
     @click.option("--certificate", type=click.Path(dir_okay=False, path_type=Path))
     @click.option("--key", type=click.Path(dir_okay=False, path_type=Path))
     @click.option("--max-flows", type=click.IntRange(0), help="UDP: flow cap (0: none).")
+    @click.option(
+        "--max-rx-datagram-size", type=click.IntRange(1, 65535), help="UDP: bytes per datagram."
+    )
     @click.pass_context
     def add(ctx: click.Context, /, address: str, **options: Any) -> None:
         """Add a listener (inactive until activated)."""
@@ -294,7 +359,9 @@ def _listener_group(proxy: ListenerType) -> click.Group:
         if http:
             names += ["request_timeout", "sticky_name"]
         if proxy == "UDP":
-            names += ["max_flows"]
+            names += ["max_flows", "max_rx_datagram_size"]
+        elif options["max_flows"] is not None or options["max_rx_datagram_size"] is not None:
+            raise click.UsageError("--max-flows and --max-rx-datagram-size are for UDP listeners")
         fields.update({n: options[n] for n in names if options[n] is not None})
         if proxy == "HTTPS":
             certificate, key = _read_pem(options["certificate"]), _read_pem(options["key"])
@@ -310,7 +377,23 @@ def _listener_group(proxy: ListenerType) -> click.Group:
         ("deactivate", rq.DeactivateListener),
     ):
         _address_command(group, verb, cls, proxy)
+    if proxy == "UDP":
+        group.add_command(_udp_listener_update)
     return group
+
+
+@click.command("update")
+@_address
+@click.option("--public-address", help="Address announced to backends.")
+@click.option("--front-timeout", type=click.IntRange(0), help="Seconds.")
+@click.option("--back-timeout", type=click.IntRange(0), help="Seconds.")
+@click.option("--max-flows", type=click.IntRange(0), help="Flow cap (0: none).")
+@click.option("--max-rx-datagram-size", type=click.IntRange(1, 65535), help="Bytes per datagram.")
+@click.pass_context
+def _udp_listener_update(ctx: click.Context, /, address: str, **options: Any) -> None:
+    """Update a UDP listener; options not given keep their value."""
+    fields = {name: value for name, value in options.items() if value is not None}
+    send(ctx, _build(lambda: rq.UpdateUdpListener(address=address, **fields)))
 
 
 def _add_listener(proxy: ListenerType, fields: dict[str, Any]) -> Request:
