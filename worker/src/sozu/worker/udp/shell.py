@@ -303,13 +303,17 @@ class UdpListenerProxy:
     def _send_to_client(self, destination: Address, payload: bytes) -> None:
         queue = self._client_queues.get(destination)
         if queue is None:
-            send = _send_to(self.sock, destination)
-            result = send(payload)
-            if result is SendResult.SENT:
+            # The common case sends at once and allocates nothing; a sender closure is built
+            # only when this client's replies have to wait for the socket.
+            try:
+                self.sock.sendto(payload, destination)
                 return
-            if result is SendResult.ERROR:
+            except BlockingIOError:
+                pass
+            except OSError:
                 self.counters.send_error += 1
                 return
+            send = _send_to(self.sock, destination)
             if self._client_backlog >= CLIENT_QUEUE_CAP:
                 self.counters.wq_full += 1
                 return
