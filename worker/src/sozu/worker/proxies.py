@@ -18,13 +18,12 @@ from typing import cast
 
 import trio
 
-from sozu.command.addresses import to_sockaddr
 from sozu.command.fdpass import FdPassingError, receive_listeners
 from sozu.command.metrics import MetricsRegistry, MetricsSnapshot
 from sozu.command.responses import Event, EventKind
 from sozu.command.state import ConfigState
 from sozu.command.types import ListenerType, TcpListenerConfig, UdpListenerConfig
-from sozu.worker.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.cluster_view import backends_of, policy_of
 from sozu.worker.tcp.backends import TcpCluster
 from sozu.worker.tcp.listener import ConnectionLimit, TcpCounters, TcpListenerProxy
 from sozu.worker.udp.health import HealthEvent
@@ -199,11 +198,8 @@ class Proxies:
             cluster = state.clusters.get(cluster_id)
             if cluster is None:
                 continue
-            policy = LoadBalancingPolicy(cluster.load_balancing or "ROUND_ROBIN")
-            backends = [
-                Backend(b.backend_id, to_sockaddr(b.address), b.weight, bool(b.backup))
-                for b in state.backends.get(cluster_id, ())
-            ]
+            policy = policy_of(cluster, udp=False)
+            backends = backends_of(state, cluster_id)
             send_proxy = cluster.proxy_protocol in ("SEND_HEADER", "RELAY_HEADER")
             known = self._clusters.get(cluster_id)
             if known is None:

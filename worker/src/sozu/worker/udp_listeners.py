@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from sozu.command.addresses import to_sockaddr
 from sozu.command.metrics import MetricsRegistry
 from sozu.command.state import ConfigState
 from sozu.command.types import Cluster, UdpHealthConfig, UdpListenerConfig
-from sozu.worker.balancing import Backend, BackendSelector, LoadBalancingPolicy
+from sozu.worker.balancing import BackendSelector
+from sozu.worker.cluster_view import backends_of, policy_of
 from sozu.worker.udp.config import ClusterConfig, HealthMode, UdpHealthSettings
 from sozu.worker.udp.health import ClusterHealth, HealthEvent
 from sozu.worker.udp.health_prober import HealthProber
@@ -263,11 +263,8 @@ class UdpListeners:
 
     def _refresh_cluster(self, cluster: Cluster) -> None:
         cluster_id = cluster.cluster_id
-        policy = LoadBalancingPolicy(cluster.load_balancing or "HRW")
-        backends = [
-            Backend(b.backend_id, to_sockaddr(b.address), b.weight, bool(b.backup))
-            for b in self.state.backends.get(cluster_id, ())
-        ]
+        policy = policy_of(cluster, udp=True)
+        backends = backends_of(self.state, cluster_id)
         settings = health_settings(cluster.udp.health if cluster.udp is not None else None)
         fail_open = settings.fail_open if settings is not None else True
         selector = self._selectors.get(cluster_id)
