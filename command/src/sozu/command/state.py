@@ -50,6 +50,7 @@ from sozu.command.types import (
     RequestUdpFrontend,
     TcpListenerConfig,
     UdpListenerConfig,
+    listener_type,
 )
 
 Outcome = Literal["changed", "unchanged"]
@@ -343,7 +344,7 @@ class ConfigState:
     # -- listeners --------------------------------------------------------------------------------
 
     def _add_listener(self, listener: ListenerConfig) -> Outcome:
-        proxy = _listener_type(listener)
+        proxy = listener_type(listener)
         address = listener.address
         existing = self._stream_listener_at(address) if proxy != "UDP" else None
         if existing is None:
@@ -353,7 +354,7 @@ class ConfigState:
                 listener, active=False
             )
             raise AlreadyExists(
-                f"a {_listener_type(existing)} listener already exists on {address}",
+                f"a {listener_type(existing)} listener already exists on {address}",
                 identical=same,
             )
         problems = listener_problems(listener)
@@ -615,7 +616,7 @@ class ConfigState:
         for proxy, listeners in self.listener_maps().items():
             for address, listener in listeners.items():
                 _require(listener.address == address, f"listener key {address} mismatch")
-                _require(_listener_type(listener) == proxy, f"{address} in the {proxy} map")
+                _require(listener_type(listener) == proxy, f"{address} in the {proxy} map")
                 _require(not listener_problems(listener), f"invalid listener {address}")
                 if proxy != "UDP":
                     _require(address not in stream_addresses, f"two listeners on {address}")
@@ -645,17 +646,6 @@ class ConfigState:
 def _require(condition: bool, what: str) -> None:
     if not condition:
         raise AssertionError(f"state invariant broken: {what}")
-
-
-def _listener_type(listener: ListenerConfig) -> ListenerType:
-    if isinstance(listener, HttpsListenerConfig):
-        return "HTTPS"
-    if isinstance(listener, HttpListenerConfig):
-        return "HTTP"
-    if isinstance(listener, TcpListenerConfig):
-        return "TCP"
-    assert isinstance(listener, UdpListenerConfig)
-    return "UDP"
 
 
 def _backend_order(backend: Backend) -> tuple[str, str]:

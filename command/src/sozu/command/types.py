@@ -294,6 +294,7 @@ def listener_type(listener: ListenerConfig) -> ListenerType:
         return "HTTP"
     if isinstance(listener, TcpListenerConfig):
         return "TCP"
+    assert isinstance(listener, UdpListenerConfig)
     return "UDP"
 
 
