@@ -14,9 +14,10 @@ import trio
 
 from sozu.command.types import TcpListenerConfig
 from sozu.worker.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.connection_limit import ConnectionLimit
 from sozu.worker.proxy_protocol import ProxyHeader, parse_v2
 from sozu.worker.tcp.backends import TcpCluster
-from sozu.worker.tcp.listener import ConnectionLimit, TcpListenerProxy
+from sozu.worker.tcp.listener import TcpListenerProxy
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

@@ -102,6 +102,13 @@ _CLUSTER_REQUESTS = (
     rq.AddTcpFrontend,
     rq.RemoveTcpFrontend,
 )
+_HTTP_FRONT_REQUESTS = (
+    rq.AddHttpFrontend,
+    rq.RemoveHttpFrontend,
+    rq.AddHttpsFrontend,
+    rq.RemoveHttpsFrontend,
+)
+_CERTIFICATE_REQUESTS = (rq.AddCertificate, rq.ReplaceCertificate, rq.RemoveCertificate)
 _UDP_REQUESTS = (
     rq.AddCluster,
     rq.RemoveCluster,
@@ -145,6 +152,13 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
             proxies.refresh_clusters()
         if isinstance(request, rq.UpdateTcpListener):
             proxies.refresh_listener(request.address)
+        if isinstance(request, _HTTP_FRONT_REQUESTS):
+            proxies.http.refresh_routes(request.frontend.address)
+            proxies.refresh_clusters()
+        if isinstance(request, rq.UpdateHttpListener):  # UpdateHttpsListener too
+            proxies.http.refresh_listener(request.address)
+        if isinstance(request, _CERTIFICATE_REQUESTS):
+            proxies.http.refresh_certificates(request.address)
         if isinstance(request, _UDP_REQUESTS):
             proxies.udp.refresh_clusters()
     return response

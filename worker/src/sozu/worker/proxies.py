@@ -4,8 +4,8 @@ Listener sockets arrive from the supervisor over the SCM socket and wait, by (pr
 address), for their ActivateListener. A TCP listener is then served by a `TcpListenerProxy`
 whose accept loop runs in the task nursery and whose sessions run in the separate handler
 nursery, so that stopping the accept loops (deactivation, soft stop) leaves sessions running.
-UDP listeners are served by `UdpListeners` (flows run in the handler nursery too). HTTP and
-HTTPS sockets are adopted and kept, not served yet.
+UDP listeners are served by `UdpListeners` (flows run in the handler nursery too), HTTP and
+HTTPS listeners by `HttpListeners` (sessions in the handler nursery).
 """
 
 from __future__ import annotations
@@ -22,10 +22,17 @@ from sozu.command.fdpass import FdPassingError, receive_listeners
 from sozu.command.metrics import MetricsRegistry, MetricsSnapshot
 from sozu.command.responses import Event, EventKind
 from sozu.command.state import ConfigState
-from sozu.command.types import ListenerType, TcpListenerConfig, UdpListenerConfig
+from sozu.command.types import (
+    HttpListenerConfig,
+    ListenerType,
+    TcpListenerConfig,
+    UdpListenerConfig,
+)
 from sozu.worker.cluster_view import backends_of, policy_of
+from sozu.worker.connection_limit import ConnectionLimit
+from sozu.worker.http_listeners import HttpListeners
 from sozu.worker.tcp.backends import TcpCluster
-from sozu.worker.tcp.listener import ConnectionLimit, TcpCounters, TcpListenerProxy
+from sozu.worker.tcp.listener import TcpCounters, TcpListenerProxy
 from sozu.worker.udp.health import HealthEvent
 from sozu.worker.udp_listeners import UdpListeners
 
@@ -63,10 +70,12 @@ class Proxies:
         self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
         self.udp = UdpListeners(state, self.registry, self._health_event)
+        self.http = HttpListeners(state, self.registry, lambda: self.limit, self._clusters)
 
     def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
         self._tasks, self._handlers = tasks, handlers
         self.udp.start(tasks, handlers)
+        self.http.start(tasks, handlers)
 
     def configure(self, max_connections: int, buffer_size: int = 0) -> None:
         self.limit = ConnectionLimit(max(1, max_connections))
@@ -108,6 +117,9 @@ class Proxies:
         config = self.state.listener(proxy, address)
         if isinstance(config, UdpListenerConfig) and proxy == "UDP":
             await self.udp.start_listener(address, config, sock)
+            return
+        if isinstance(config, HttpListenerConfig) and proxy in ("HTTP", "HTTPS"):
+            await self.http.start_listener(address, config, sock)
             return
         if not isinstance(config, TcpListenerConfig) or proxy != "TCP":
             if proxy not in self._not_served_logged:
@@ -158,6 +170,8 @@ class Proxies:
             served.proxy.sock.close()
         if proxy == "UDP":
             await self.udp.stop_listener(address)
+        if proxy in ("HTTP", "HTTPS"):
+            await self.http.stop_listener(address)
         for pool in (self._adopted, self._received):
             sock = pool.pop((proxy, address), None)
             if sock is not None:
@@ -174,6 +188,7 @@ class Proxies:
         for served in self._tcp.values():
             served.proxy.stop_accepting()
         self.udp.drain()
+        self.http.stop_accepting()
 
     async def drain(self, patience: float) -> bool:
         """Wait until every session and UDP flow has ended, at most `patience` seconds; True
@@ -194,7 +209,7 @@ class Proxies:
             for cluster_id, fronts in state.tcp_fronts.items()
             for front in fronts
         }
-        for cluster_id in set(self._cluster_of_listener.values()):
+        for cluster_id in set(self._cluster_of_listener.values()) | self.http.fronted_clusters():
             cluster = state.clusters.get(cluster_id)
             if cluster is None:
                 continue
@@ -212,6 +227,7 @@ class Proxies:
                 self._clusters[cluster_id] = created
             else:
                 known.update(policy, backends, send_proxy=send_proxy)
+        self.http.refresh_clusters()
 
     def _health_event(self, event: HealthEvent) -> None:
         self._on_event(
@@ -270,6 +286,7 @@ class Proxies:
         self._backend_gauges = gauged
         registry.gauge("sozu_worker_active_connections").value = self.limit.active
         self.udp.fold_metrics()
+        self.http.fold_metrics()
         return registry.snapshot()
 
     def clear_metrics(self) -> None:
@@ -280,9 +297,11 @@ class Proxies:
         for cluster in self._clusters.values():
             cluster.clear_counters()
         self.udp.clear_metrics()
+        self.http.clear_metrics()
 
     def close(self) -> None:
         self.udp.close()
+        self.http.close()
         for served in self._tcp.values():
             served.proxy.sock.close()
         for pool in (self._adopted, self._received):

@@ -76,6 +76,14 @@ class TcpCluster:
             self._refresh(now)
         return self.selector.select(loads=self.loads)
 
+    def usable(self, backend_id: str, now: float) -> Backend | None:
+        """The backend if it is configured and not backing off (a sticky request's choice)."""
+        if self._backing_off:
+            self._refresh(now)
+        if backend_id in self._backing_off:
+            return None
+        return self.selector.backend(backend_id)
+
     def connection_failed(self, backend_id: str, now: float) -> None:
         self.connect_errors[backend_id] = self.connect_errors.get(backend_id, 0) + 1
         policy = self._retries.get(backend_id)

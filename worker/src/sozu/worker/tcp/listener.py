@@ -10,7 +10,6 @@ loop leaves them running: that is how a draining worker lets connections finish.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -20,6 +19,8 @@ import trio
 
 from sozu.command.metrics import Histogram
 from sozu.command.types import TcpListenerConfig
+from sozu.worker.accept import accept_loop
+from sozu.worker.connection_limit import ConnectionLimit
 from sozu.worker.proxy_protocol import ProxyProtocolError, build_v2, parse_v2
 from sozu.worker.tcp.backends import TcpCluster, connect_backend
 from sozu.worker.tcp.relay import relay
@@ -27,45 +28,6 @@ from sozu.worker.tcp.relay import relay
 log = logging.getLogger("sozu.worker.tcp")
 
 CONNECT_ATTEMPTS = 3
-ACCEPT_BATCH = 64
-_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-
-class ConnectionLimit:
-    """The worker-wide cap on client connections; accepting pauses at the cap."""
-
-    def __init__(self, limit: int) -> None:
-        assert limit >= 1
-        self.limit = limit
-        self.active = 0
-        self._room = trio.Event()
-        self._room.set()
-        self._idle = trio.Event()
-        self._idle.set()
-
-    def take(self) -> None:
-        self.active += 1
-        assert self.active <= self.limit
-        if self.active == 1:
-            self._idle = trio.Event()
-        if self.active == self.limit:
-            self._room = trio.Event()
-
-    def give(self) -> None:
-        self.active -= 1
-        assert self.active >= 0
-        self._room.set()
-        if not self.active:
-            self._idle.set()
-
-    async def wait_for_room(self) -> None:
-        while self.active >= self.limit:
-            await self._room.wait()
-
-    async def wait_idle(self) -> None:
-        """Until no connection is open (a draining worker waits for this)."""
-        while self.active:
-            await self._idle.wait()
 
 
 class TcpCounters(msgspec.Struct):
@@ -118,27 +80,12 @@ class TcpListenerProxy:
         """Accept until `stop_accepting()`; sessions are started in `handlers`."""
         with trio.CancelScope() as self._accept_scope:
             task_status.started()
-            while True:
-                await self._limit.wait_for_room()
-                for _ in range(ACCEPT_BATCH):
-                    if self._limit.active >= self._limit.limit:
-                        break
-                    try:
-                        client, peer = self.sock.accept()
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_readable(self.sock)
-                        break
-                    except OSError as error:
-                        if error.errno in _RESOURCE_ERRORS:
-                            log.warning("accept on %s: %s; retrying", self.config.address, error)
-                            await trio.sleep(0.1)
-                            break
-                        raise
-                    self._limit.take()
-                    self.counters.accepted += 1
-                    handlers.start_soon(self._session, client, peer)
-                else:
-                    await trio.lowlevel.checkpoint()
+
+            def on_client(client: socket.socket, peer: tuple[str, int]) -> None:
+                self.counters.accepted += 1
+                handlers.start_soon(self._session, client, peer)
+
+            await accept_loop(self.sock, self._limit, self.config.address, on_client)
 
     async def _session(self, client: socket.socket, peer: tuple[str, int]) -> None:
         self.counters.active += 1

@@ -1,0 +1,207 @@
+"""Request and response heads, smuggling defences and chunked framing of the HTTP codec."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sozu.worker.http.codec import (
+    ChunkedScanner,
+    Framing,
+    HeadError,
+    find_head_end,
+    has_token,
+    header_value,
+    parse_request_head,
+    parse_response_head,
+)
+
+
+def _request(raw: bytes) -> object:
+    end = find_head_end(raw, 16384)
+    assert end > 0
+    return parse_request_head(raw[:end])
+
+
+def test_simple_get() -> None:
+    raw = b"GET /a?b=1 HTTP/1.1\r\nHost: Example.com:8080\r\nX-A: 1\r\n\r\nnext"
+    end = find_head_end(raw, 1024)
+    assert raw[end:] == b"next"
+    head = parse_request_head(raw[:end])
+    assert head.method == b"GET"
+    assert head.path == b"/a?b=1"
+    assert head.authority == b"Example.com:8080"
+    assert head.version == b"1.1"
+    assert head.framing is Framing.NONE
+    assert head.keep_alive
+    assert not head.upgrade
+    assert head.headers == [(b"Host", b"Example.com:8080"), (b"X-A", b"1")]
+    assert head.length == end
+
+
+def test_bodies() -> None:
+    head = parse_request_head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n")
+    assert (head.framing, head.content_length) == (Framing.LENGTH, 12)
+    head = parse_request_head(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert head.framing is Framing.CHUNKED
+    head = parse_request_head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    assert head.framing is Framing.NONE
+
+
+def test_http10_and_close() -> None:
+    head = parse_request_head(b"GET / HTTP/1.0\r\n\r\n")
+    assert head.authority is None
+    assert not head.keep_alive
+    head = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert not head.keep_alive
+
+
+def test_absolute_target_gives_authority() -> None:
+    head = parse_request_head(b"GET http://b.example:81/x?y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.authority == b"b.example:81"
+    assert head.path == b"/x?y"
+    head = parse_request_head(b"GET http://b.example HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (head.authority, head.path) == (b"b.example", b"/")
+
+
+def test_upgrade_and_expect() -> None:
+    head = parse_request_head(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    assert head.upgrade
+    head = parse_request_head(
+        b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
+    )
+    assert head.expect_continue
+    assert not head.upgrade
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -3\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX Y: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX : a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n",
+    ],
+)
+def test_smuggling_and_malformed_requests_are_refused(raw: bytes) -> None:
+    with pytest.raises(HeadError) as caught:
+        parse_request_head(raw)
+    assert caught.value.status == 400
+
+
+def test_bare_lf_never_makes_a_head() -> None:
+    with pytest.raises(HeadError):
+        parse_request_head(b"GET / HTTP/1.1\nHost: a\n\n")
+
+
+def test_oversize_head() -> None:
+    assert find_head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 100) == -1
+    with pytest.raises(HeadError) as caught:
+        find_head_end(b"GET / HTTP/1.1\r\nX: " + b"a" * 200, 100)
+    assert caught.value.status == 431
+
+
+def test_response_framing() -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    head = parse_response_head(ok, b"GET")
+    assert (head.status, head.reason, head.framing, head.content_length) == (
+        200,
+        b"OK",
+        Framing.LENGTH,
+        5,
+    )
+    assert head.keep_alive
+    assert parse_response_head(ok, b"HEAD").framing is Framing.NONE
+    for status in (b"204 No Content", b"304 Not Modified", b"100 Continue", b"103 Early Hints"):
+        raw = b"HTTP/1.1 " + status + b"\r\nContent-Length: 5\r\n\r\n"
+        assert parse_response_head(raw, b"GET").framing is Framing.NONE
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert parse_response_head(chunked, b"GET").framing is Framing.CHUNKED
+    close = parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n", b"GET")
+    assert close.framing is Framing.CLOSE
+    assert not close.keep_alive
+    assert not parse_response_head(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"GET"
+    ).keep_alive
+
+
+def test_invalid_response_is_502() -> None:
+    with pytest.raises(HeadError) as caught:
+        parse_response_head(b"HTTP/1.1 abc OK\r\n\r\n", b"GET")
+    assert caught.value.status == 502
+
+
+def _scan_whole(body: bytes, pieces: list[int]) -> tuple[int, ChunkedScanner]:
+    scanner = ChunkedScanner()
+    consumed = 0
+    position = 0
+    for size in [*pieces, len(body)]:
+        piece = body[position : position + size]
+        used = scanner.feed(piece)
+        scanner.check_invariants()
+        consumed += used
+        position += used
+        if scanner.done or position >= len(body):
+            break
+        assert used == len(piece)
+    return consumed, scanner
+
+
+CHUNKED = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
+
+
+def test_chunked_end_found_with_following_bytes() -> None:
+    consumed, scanner = _scan_whole(CHUNKED + b"GET / HTTP/1.1\r\n", [])
+    assert scanner.done
+    assert consumed == len(CHUNKED)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=9), max_size=20))
+def test_chunked_any_split(pieces: list[int]) -> None:
+    consumed, scanner = _scan_whole(CHUNKED + b"XYZ", pieces)
+    assert scanner.done
+    assert consumed == len(CHUNKED)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b"+5\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhelloXX\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"\r\n",
+        b"fffffffffffffffff\r\n",
+        b"0\r\n bad\r\n\r\n",
+    ],
+)
+def test_invalid_chunks(body: bytes) -> None:
+    scanner = ChunkedScanner()
+    with pytest.raises(HeadError) as caught:
+        scanner.feed(body)
+    assert caught.value.status == 400
+    assert not scanner.done
+
+
+def test_header_helpers() -> None:
+    headers = [(b"Connection", b"keep-alive, Upgrade"), (b"upgrade", b"websocket")]
+    assert header_value(headers, b"upgrade") == b"websocket"
+    assert header_value(headers, b"host") is None
+    assert has_token(header_value(headers, b"connection"), b"upgrade")
+    assert not has_token(None, b"close")

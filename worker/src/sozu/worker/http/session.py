@@ -1,0 +1,628 @@
+"""One HTTP/1.1 client connection of a listener (trio shell); see LIFECYCLE.md beside it.
+
+Requests are served one after the other (pipelined bytes wait in the buffer). For each one:
+read and validate the head, route it, apply the frontend policy (redirect, deny, basic auth),
+take a pooled keep-alive connection to a backend of the cluster or open one (3 attempts),
+send the edited head and stream the body, read the response head (relaying 1xx), send the
+edited head and stream the body, then keep or drop both connections. Bodies are relayed as
+raw bytes: Content-Length by count, chunked by `ChunkedScanner`. After a 101 the connection
+becomes a tunnel. Any decision that is not I/O lives in the sans-io modules beside this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from sozu.worker.http.answers import AnswerContext, AnswerSet
+from sozu.worker.http.certificate_resolver import authority_matches
+from sozu.worker.http.codec import (
+    ChunkedScanner,
+    Framing,
+    HeadError,
+    RequestHead,
+    ResponseHead,
+    find_head_end,
+    header_value,
+    parse_request_head,
+    parse_response_head,
+)
+from sozu.worker.http.header_edits import (
+    compile_frontend_edits,
+    edit_request,
+    edit_response,
+    serialize_head,
+)
+from sozu.worker.http.policy import Redirect, Unauthorized, evaluate, rewrite_for
+from sozu.worker.http.router import parse_authority
+from sozu.worker.http.streams import PlainStream, Stream, TlsStream, tunnel
+from sozu.worker.tcp.backends import TcpCluster, connect_backend
+
+if TYPE_CHECKING:
+    from sozu.worker.http.listener import HttpListenerProxy
+
+log = logging.getLogger("sozu.worker.http")
+
+CONNECT_ATTEMPTS = 3
+
+
+class _ClientGone(Exception):
+    """The client closed or reset while a request was being relayed."""
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """What one request/response exchange leaves behind."""
+
+    status: int = 0
+    keep_client: bool = False
+    keep_backend: bool = False
+    upgraded: bool = False
+
+
+class HttpSession:
+    """Serves the requests of one client connection."""
+
+    __slots__ = ("buf", "default_cert", "front", "listener", "peer", "served_names", "sni")
+
+    def __init__(self, listener: HttpListenerProxy, front: Stream, peer: tuple[str, int]) -> None:
+        self.listener = listener
+        self.front = front
+        self.peer = peer
+        self.buf = bytearray()
+        self.served_names: tuple[str, ...] = ()
+        self.sni: str | None = None
+        self.default_cert = False
+
+    async def run(self) -> None:
+        listener = self.listener
+        while True:
+            head = await self._read_request_head()
+            if head is None:
+                return
+            keep = await self._serve(head)
+            if not keep or listener.draining:
+                return
+
+    # -- request heads
+
+    async def _read_request_head(self) -> RequestHead | None:
+        config = self.listener.config
+        buf = self.buf
+        deadline = trio.current_time() + config.request_timeout if buf else None
+        while True:
+            try:
+                end = find_head_end(buf, self.listener.max_head)
+                if end > 0:
+                    head = parse_request_head(bytes(buf[:end]))
+                    del buf[:end]
+                    return head
+            except HeadError as error:
+                self.listener.counters.parse_errors += 1
+                log.debug("request from %s refused: %s", self.peer[0], error.reason)
+                await self._answer(error.status, message=error.reason)
+                return None
+            if deadline is None:
+                wait_until = trio.current_time() + config.front_timeout
+            else:
+                wait_until = deadline
+            with trio.move_on_at(wait_until) as scope:
+                data = await self.front.receive()
+            if scope.cancelled_caught:
+                if buf:
+                    await self._answer(408, message="request head not received in time")
+                return None
+            if not data:
+                return None
+            if deadline is None:
+                deadline = trio.current_time() + config.request_timeout
+            buf += data
+
+    # -- one request
+
+    async def _serve(self, head: RequestHead) -> bool:
+        listener = self.listener
+        counters = listener.counters
+        counters.requests += 1
+        started = trio.current_time()
+        request_id = listener.ids.generate()
+        authority_bytes = head.authority
+        parsed = None
+        if authority_bytes is not None:
+            parsed = parse_authority(authority_bytes.decode("latin-1"))
+        if parsed is None:
+            return await self._answer(400, request_id=request_id, message="invalid authority")
+        host, _ = parsed
+        authority = authority_bytes.decode("latin-1") if authority_bytes else host
+        if (
+            isinstance(self.front, TlsStream)
+            and listener.strict_sni
+            and not authority_matches(self.served_names, self.sni, authority, self.default_cert)
+        ):
+            counters.sni_mismatches += 1
+            return await self._answer(421, request_id=request_id, message="authority not served")
+        path = head.path.decode("latin-1")
+        method = head.method.decode("latin-1")
+        match = listener.router.lookup(host, path, method)
+        if match is None:
+            return await self._answer(404, request_id=request_id, message="no frontend")
+        frontend = match.frontend
+        route = f"{method} {authority} {path}"
+        known = listener.cluster(frontend.cluster_id) if frontend.cluster_id else None
+        cluster_config = known[0] if known is not None else None
+        answers = listener.answers.for_cluster(cluster_config)
+        verdict = evaluate(
+            frontend,
+            cluster_config,
+            listener_scheme=listener.scheme,
+            authority=authority,
+            target=path,
+            authorization=header_value(head.headers, b"authorization"),
+            host_captures=match.host_captures,
+            path_captures=match.path_captures,
+        )
+        if isinstance(verdict, Redirect):
+            return await self._answer(
+                verdict.status,
+                answers=answers,
+                request_id=request_id,
+                route=route,
+                redirect_location=verdict.location,
+                inline_template=verdict.template,
+            )
+        if isinstance(verdict, Unauthorized):
+            return await self._answer(
+                401,
+                answers=answers,
+                request_id=request_id,
+                route=route,
+                www_authenticate=verdict.www_authenticate or "",
+            )
+        if known is None:
+            return await self._answer(
+                503, answers=answers, request_id=request_id, route=route, message="no cluster"
+            )
+        cluster_config, cluster = known
+        rewrite = rewrite_for(frontend, match.host_captures, match.path_captures)
+        sticky_name = listener.config.sticky_name.encode()
+        edits = edit_request(
+            head.headers,
+            request_id=request_id.encode(),
+            https=listener.scheme == "https",
+            public_ip=listener.public_ip,
+            public_port=listener.public_port,
+            peer=self.peer,
+            closing=listener.draining,
+            sticky_name=sticky_name if cluster_config.sticky_session else None,
+            sozu_id_header=listener.sozu_id_header,
+            elide_x_real_ip=listener.config.elide_x_real_ip,
+            send_x_real_ip=listener.config.send_x_real_ip,
+            rewrite_host=rewrite.host.encode() if rewrite.host is not None else None,
+            edits=compile_frontend_edits(frontend.headers).request if frontend.headers else (),
+        )
+        target = rewrite.path.encode("latin-1") if rewrite.path is not None else head.target
+        request_bytes = serialize_head(head.method + b" " + target + b" HTTP/1.1", edits.headers)
+        sticky_value = edits.sticky_value.decode("latin-1") if edits.sticky_value else None
+        connected = await self._connect(
+            cluster, sticky_value if cluster_config.sticky_session else None
+        )
+        if connected is None:
+            counters.no_backend += 1
+            return await self._answer(
+                503,
+                answers=answers,
+                request_id=request_id,
+                route=route,
+                cluster_id=cluster.cluster_id,
+                message="no backend available",
+            )
+        backend_id, address, back_sock, reused = connected
+        cluster.opened(backend_id)
+        counters.cluster_requests[cluster.cluster_id] = (
+            counters.cluster_requests.get(cluster.cluster_id, 0) + 1
+        )
+        exchange = _Exchange()
+        backend_started = trio.current_time()
+        try:
+            exchange = await self._exchange(
+                head,
+                request_bytes,
+                back_sock,
+                reused=reused,
+                cluster=cluster,
+                backend_id=backend_id,
+                address=address,
+                answers=answers,
+                request_id=request_id,
+                route=route,
+                keep_alive=edits.keep_alive and head.keep_alive,
+                sticky_found=edits.sticky_value,
+                hsts=frontend.hsts,
+                response_edits=(
+                    compile_frontend_edits(frontend.headers).response if frontend.headers else ()
+                ),
+            )
+        except _ClientGone:
+            exchange = _Exchange()
+        finally:
+            cluster.closed(backend_id)
+            if exchange.keep_backend and not listener.draining:
+                listener.pool.give(address, back_sock)
+            else:
+                back_sock.close()
+            if exchange.status:
+                counters.count_status(exchange.status)
+                listener.observe(
+                    cluster.cluster_id,
+                    trio.current_time() - started,
+                    trio.current_time() - backend_started,
+                )
+        return exchange.keep_client
+
+    async def _connect(
+        self, cluster: TcpCluster, sticky: str | None
+    ) -> tuple[str, tuple[str, int], socket.socket, bool] | None:
+        """(backend id, address, socket, reused) of a backend connection, None if none opens."""
+        listener = self.listener
+        for attempt in range(CONNECT_ATTEMPTS):
+            now = trio.current_time()
+            backend = None
+            if sticky is not None and attempt == 0:
+                backend = listener.sticky_backend(cluster, sticky, now)
+            if backend is None:
+                backend = cluster.choose(now)
+            if backend is None:
+                return None
+            pooled = listener.pool.take(backend.address)
+            if pooled is not None:
+                return backend.id, backend.address, pooled, True
+            if attempt:
+                listener.counters.retries += 1
+            connect_started = trio.current_time()
+            try:
+                sock = await connect_backend(backend.address, listener.config.connect_timeout)
+            except OSError as error:
+                listener.counters.backend_errors += 1
+                log.info("backend %s of %s: %s", backend.id, cluster.cluster_id, error)
+                cluster.connection_failed(backend.id, trio.current_time())
+                continue
+            if cluster.connect_seconds is not None:
+                cluster.connect_seconds.observe(trio.current_time() - connect_started)
+            cluster.connection_succeeded(backend.id)
+            return backend.id, backend.address, sock, False
+        return None
+
+    # -- the exchange with a backend
+
+    async def _exchange(
+        self,
+        head: RequestHead,
+        request_bytes: bytes,
+        back_sock: socket.socket,
+        *,
+        reused: bool,
+        cluster: TcpCluster,
+        backend_id: str,
+        address: tuple[str, int],
+        answers: AnswerSet,
+        request_id: str,
+        route: str,
+        keep_alive: bool,
+        sticky_found: bytes | None,
+        hsts: object,
+        response_edits: tuple[object, ...] | tuple[()],
+    ) -> _Exchange:
+        listener = self.listener
+        back = PlainStream(back_sock)
+        config = listener.config
+        upload_done = head.framing is Framing.NONE
+        upload_failed = False
+        result = _Exchange()
+
+        async def upload() -> None:
+            nonlocal upload_done, upload_failed
+            try:
+                await self._upload_body(head, back)
+                upload_done = True
+            except (HeadError, _ClientGone, OSError) as error:
+                upload_failed = True
+                log.debug("request body from %s: %s", self.peer[0], error)
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            try:
+                await back.send_all(request_bytes)
+            except OSError:
+                if not reused:
+                    raise
+                # A pooled connection the backend had closed: one fresh attempt.
+                back_sock.close()
+                back_sock = await connect_backend(address, config.connect_timeout)
+                back = PlainStream(back_sock)
+                await back.send_all(request_bytes)
+            listener.counters.bytes_in += len(request_bytes)
+            if not upload_done:
+                nursery.start_soon(upload)
+            response = await self._read_response(back, head.method)
+            if isinstance(response, int):
+                nursery.cancel_scope.cancel()
+                if response == 502:
+                    listener.counters.backend_parse_errors += 1
+                answered = await self._answer(
+                    response,
+                    answers=answers,
+                    request_id=request_id,
+                    route=route,
+                    cluster_id=cluster.cluster_id,
+                    backend_id=backend_id,
+                )
+                result.status = response
+                result.keep_client = answered
+                return result
+            response_head, leftover = response
+            if response_head.status == 101 and head.upgrade:
+                return await self._upgrade(response_head, leftover, back, request_id, result)
+            closing = (
+                not keep_alive
+                or listener.draining
+                or response_head.framing is Framing.CLOSE
+                or not upload_done
+            )
+            sticky_value = None
+            if sticky_found is not None or listener.is_sticky(cluster.cluster_id):
+                sticky_value = listener.sticky_id(cluster.cluster_id, backend_id)
+            hsts_bytes = listener.hsts_for(hsts) if listener.scheme == "https" else None
+            edited = edit_response(
+                response_head.headers,
+                request_id=request_id.encode(),
+                closing=closing,
+                sozu_id_header=listener.sozu_id_header,
+                sticky_name=config.sticky_name.encode(),
+                sticky_value=sticky_value.encode() if sticky_value is not None else None,
+                sticky_found=sticky_found,
+                edits=response_edits,  # type: ignore[arg-type]
+                hsts=hsts_bytes,
+            )
+            status_line = (
+                b"HTTP/1.1 " + str(response_head.status).encode() + b" " + response_head.reason
+            )
+            out = serialize_head(status_line, edited.headers)
+            body_complete = await self._download_body(response_head, out, leftover, back)
+            result.status = response_head.status
+            if not upload_done and not upload_failed:
+                nursery.cancel_scope.cancel()
+            result.keep_backend = (
+                body_complete and upload_done and edited.keep_alive and response_head.keep_alive
+            )
+            result.keep_client = body_complete and not closing and not upload_failed
+        if upload_failed:
+            result.keep_client = result.keep_backend = False
+        return result
+
+    async def _read_response(
+        self, back: PlainStream, method: bytes
+    ) -> tuple[ResponseHead, bytes] | int:
+        """The final response head and the bytes read after it; or the status to answer."""
+        listener = self.listener
+        rbuf = bytearray()
+        deadline = trio.current_time() + listener.config.back_timeout
+        while True:
+            try:
+                end = find_head_end(rbuf, listener.max_head)
+                if end > 0:
+                    response = parse_response_head(bytes(rbuf[:end]), method)
+                    del rbuf[:end]
+                    if 100 <= response.status < 200 and response.status != 101:
+                        await self._send_front(_raw_head(response))
+                        deadline = trio.current_time() + listener.config.back_timeout
+                        continue
+                    return response, bytes(rbuf)
+            except HeadError as error:
+                log.info("backend response refused: %s", error.reason)
+                return 502
+            with trio.move_on_at(deadline) as scope:
+                try:
+                    data = await back.receive()
+                except OSError:
+                    return 502
+            if scope.cancelled_caught:
+                return 504
+            if not data:
+                return 502
+            rbuf += data
+
+    async def _upgrade(
+        self,
+        response: ResponseHead,
+        leftover: bytes,
+        back: PlainStream,
+        request_id: str,
+        result: _Exchange,
+    ) -> _Exchange:
+        listener = self.listener
+        headers = [*response.headers, (listener.sozu_id_header, request_id.encode())]
+        status_line = b"HTTP/1.1 101 " + response.reason
+        await self._send_front(serialize_head(status_line, headers) + leftover)
+        if self.buf:
+            await back.send_all(bytes(self.buf))
+            self.buf.clear()
+        listener.counters.websockets += 1
+        listener.counters.websockets_active += 1
+        try:
+            await tunnel(
+                self.front,
+                back.sock,
+                front_timeout=listener.config.front_timeout,
+                back_timeout=listener.config.back_timeout,
+            )
+        finally:
+            listener.counters.websockets_active -= 1
+        result.status = 101
+        result.upgraded = True
+        return result
+
+    async def _send_front(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.front.send_all(data)
+        except OSError as error:
+            raise _ClientGone(str(error)) from None
+        self.listener.counters.bytes_out += len(data)
+
+    async def _receive_front(self) -> bytes:
+        with trio.move_on_after(self.listener.config.front_timeout) as scope:
+            try:
+                data = await self.front.receive()
+            except OSError as error:
+                raise _ClientGone(str(error)) from None
+        if scope.cancelled_caught or not data:
+            raise _ClientGone("client closed or timed out during the request body")
+        self.listener.counters.bytes_in += len(data)
+        return data
+
+    async def _upload_body(self, head: RequestHead, back: PlainStream) -> None:
+        """Relay the request body (raw) to the backend; bytes after it stay in `buf`."""
+        buf = self.buf
+        if head.framing is Framing.LENGTH:
+            remaining = head.content_length
+            if buf:
+                piece = bytes(buf[:remaining])
+                del buf[: len(piece)]
+                remaining -= len(piece)
+                await back.send_all(piece)
+            while remaining:
+                data = await self._receive_front()
+                if len(data) > remaining:
+                    buf += data[remaining:]
+                    data = data[:remaining]
+                remaining -= len(data)
+                await back.send_all(data)
+            return
+        scanner = ChunkedScanner()
+        if buf:
+            used = scanner.feed(buf)
+            piece = bytes(buf[:used])
+            del buf[:used]
+            await back.send_all(piece)
+        while not scanner.done:
+            data = await self._receive_front()
+            used = scanner.feed(data)
+            if used < len(data):
+                buf += data[used:]
+            await back.send_all(data[:used] if used < len(data) else data)
+
+    async def _download_body(
+        self, response: ResponseHead, head_bytes: bytes, leftover: bytes, back: PlainStream
+    ) -> bool:
+        """Send the response head and relay its body; True if the body ended as framed."""
+        listener = self.listener
+        back_timeout = listener.config.back_timeout
+        framing = response.framing
+        if framing is Framing.NONE:
+            await self._send_front(head_bytes)
+            return not leftover
+        if framing is Framing.LENGTH:
+            remaining = response.content_length
+            first = leftover[:remaining]
+            remaining -= len(first)
+            await self._send_front(head_bytes + first)
+            if len(leftover) > len(first):
+                return False  # bytes past the body: this backend connection is unusable
+            while remaining:
+                data = await _receive_back(back, back_timeout)
+                if not data:
+                    return False
+                if len(data) > remaining:
+                    await self._send_front(data[:remaining])
+                    return False
+                remaining -= len(data)
+                await self._send_front(data)
+            return True
+        if framing is Framing.CHUNKED:
+            scanner = ChunkedScanner(status=502)
+            try:
+                used = scanner.feed(leftover)
+                await self._send_front(head_bytes + leftover[:used])
+                if scanner.done:
+                    return used == len(leftover)
+                while not scanner.done:
+                    data = await _receive_back(back, back_timeout)
+                    if not data:
+                        return False
+                    used = scanner.feed(data)
+                    await self._send_front(data[:used] if used < len(data) else data)
+                    if used < len(data):
+                        return False
+            except HeadError as error:
+                log.info("backend chunked body refused: %s", error.reason)
+                return False
+            return True
+        # Close-delimited: relay until the backend closes; the client connection closes after.
+        await self._send_front(head_bytes + leftover)
+        while True:
+            data = await _receive_back(back, back_timeout)
+            if not data:
+                return True
+            await self._send_front(data)
+
+    # -- generated answers
+
+    async def _answer(
+        self,
+        code: int,
+        *,
+        answers: AnswerSet | None = None,
+        request_id: str = "",
+        route: str = "",
+        cluster_id: str = "",
+        backend_id: str = "",
+        message: str = "",
+        redirect_location: str = "",
+        www_authenticate: str = "",
+        inline_template: str | None = None,
+    ) -> bool:
+        """Send a default or custom answer; True if the connection may serve another request."""
+        listener = self.listener
+        if not request_id:
+            request_id = listener.ids.generate()
+        context = AnswerContext(
+            request_id=request_id,
+            cluster_id=cluster_id,
+            backend_id=backend_id,
+            route=route,
+            redirect_location=redirect_location,
+            www_authenticate=www_authenticate,
+            message=message,
+        )
+        extra: list[tuple[bytes, bytes]] = []
+        if listener.scheme == "https":
+            value = listener.hsts_for(None)
+            if value is not None:
+                extra.append((b"Strict-Transport-Security", value))
+        rendered = (answers or listener.answers).render(
+            code, context, inline_template=inline_template, extra_headers=extra
+        )
+        listener.counters.count_answer(code)
+        try:
+            await self._send_front(rendered.data)
+        except _ClientGone:
+            return False
+        return not rendered.close and not listener.draining
+
+
+async def _receive_back(back: PlainStream, idle: float) -> bytes:
+    with trio.move_on_after(idle) as scope:
+        try:
+            return await back.receive()
+        except OSError:
+            return b""
+    assert scope.cancelled_caught
+    return b""
+
+
+def _raw_head(response: ResponseHead) -> bytes:
+    status_line = b"HTTP/1.1 " + str(response.status).encode() + b" " + response.reason
+    return serialize_head(status_line, response.headers)

@@ -1,0 +1,253 @@
+"""A worker's HTTP and HTTPS listeners: routers, TLS contexts, shared pool, metrics.
+
+Each active listener is an `HttpListenerProxy` with the router of its frontends (rebuilt from
+the state when a frontend of its address changes) and, for HTTPS, its `ListenerTls` (reloaded
+from the state when a certificate of its address changes: new handshakes see it at once, open
+connections keep theirs). Clusters are the worker's `TcpCluster`s, looked up per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from sozu.command.metrics import MetricsRegistry
+from sozu.command.state import ConfigState
+from sozu.command.types import Cluster, HttpListenerConfig, HttpsListenerConfig
+from sozu.worker.connection_limit import ConnectionLimit
+from sozu.worker.http.listener import HttpCounters, HttpListenerProxy, HttpShared
+from sozu.worker.http.router import Router
+from sozu.worker.http.tls_contexts import ListenerTls
+from sozu.worker.tcp.backends import TcpCluster
+
+log = logging.getLogger("sozu.worker")
+
+
+@dataclass(eq=False)
+class _Served:
+    proxy: HttpListenerProxy
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+class HttpListeners:
+    """The HTTP and HTTPS listeners a worker serves."""
+
+    def __init__(
+        self,
+        state: ConfigState,
+        registry: MetricsRegistry,
+        limit: Callable[[], ConnectionLimit],
+        clusters: dict[str, TcpCluster],
+    ) -> None:
+        self.state = state
+        self.registry = registry
+        self._limit = limit
+        self._clusters = clusters
+        self._served: dict[str, _Served] = {}
+        # Counters outlive a deactivation so that totals never go back.
+        self._counters: dict[str, HttpCounters] = {}
+        self.shared: HttpShared | None = None
+        self._tasks: trio.Nursery | None = None
+        self._handlers: trio.Nursery | None = None
+
+    def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
+        self._tasks, self._handlers = tasks, handlers
+
+    def _shared(self) -> HttpShared:
+        if self.shared is None:
+            self.shared = HttpShared(self._limit(), self._cluster_lookup)
+
+            def histogram(name: str, cluster_id: str) -> object:
+                return self.registry.histogram(name, cluster=cluster_id)
+
+            self.shared.histogram = histogram  # type: ignore[assignment]
+            self.refresh_clusters()
+        return self.shared
+
+    def _cluster_lookup(self, cluster_id: str) -> tuple[Cluster, TcpCluster] | None:
+        config = self.state.clusters.get(cluster_id)
+        cluster = self._clusters.get(cluster_id)
+        if config is None or cluster is None:
+            return None
+        return config, cluster
+
+    def fronted_clusters(self) -> set[str]:
+        """Clusters that HTTP or HTTPS frontends point at."""
+        state = self.state
+        return {
+            front.cluster_id
+            for fronts in (state.http_fronts, state.https_fronts)
+            for front in fronts.values()
+            if front.cluster_id is not None
+        }
+
+    def _router(self, address: str, https: bool) -> Router:
+        fronts = self.state.https_fronts if https else self.state.http_fronts
+        return Router.build(f for f in fronts.values() if f.address == address)
+
+    # -- listeners
+
+    async def start_listener(
+        self, address: str, config: HttpListenerConfig, sock: socket.socket
+    ) -> None:
+        assert self._tasks is not None
+        https = isinstance(config, HttpsListenerConfig)
+        tls = None
+        if isinstance(config, HttpsListenerConfig):
+            tls = ListenerTls.from_state(config, self.state)
+            for warning in tls.warnings:
+                log.warning("HTTPS listener %s: %s", address, warning)
+        listener = HttpListenerProxy(
+            sock, config, self._shared(), self._router(address, https), tls
+        )
+        counters = self._counters.setdefault(address, listener.counters)
+        listener.counters = counters
+        served = _Served(listener)
+        self._served[address] = served
+        await self._tasks.start(self._serve, served)
+        log.info("serving %s listener %s", "HTTPS" if https else "HTTP", address)
+
+    async def _serve(
+        self, served: _Served, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            assert self._handlers is not None
+            await served.proxy.serve(self._handlers, task_status=task_status)
+        except OSError as error:
+            log.error("HTTP listener %s stopped: %s", served.proxy.config.address, error)
+        finally:
+            served.done.set()
+
+    async def stop_listener(self, address: str) -> bool:
+        served = self._served.pop(address, None)
+        if served is None:
+            return False
+        served.proxy.stop_accepting()
+        with trio.move_on_after(1.0):
+            await served.done.wait()
+        served.proxy.sock.close()
+        return True
+
+    def stop_accepting(self) -> None:
+        if self.shared is not None:
+            self.shared.draining = True
+        for served in self._served.values():
+            served.proxy.stop_accepting()
+
+    # -- configuration changes
+
+    def refresh_routes(self, address: str) -> None:
+        served = self._served.get(address)
+        if served is not None:
+            served.proxy.router = self._router(address, served.proxy.tls is not None)
+
+    def refresh_listener(self, address: str) -> None:
+        served = self._served.get(address)
+        if served is None:
+            return
+        config = self.state.https_listeners.get(address) or self.state.http_listeners.get(address)
+        if config is not None:
+            served.proxy.configure(config)
+
+    def refresh_certificates(self, address: str) -> None:
+        served = self._served.get(address)
+        if served is not None and served.proxy.tls is not None:
+            served.proxy.tls.load_state(self.state)
+
+    def refresh_clusters(self) -> None:
+        """Sticky ids from the state; idle connections to removed backends closed."""
+        shared = self.shared
+        if shared is None:
+            return
+        shared.sticky_to_backend.clear()
+        shared.backend_to_sticky.clear()
+        addresses = set()
+        for cluster_id, backends in self.state.backends.items():
+            by_value = shared.sticky_to_backend.setdefault(cluster_id, {})
+            for backend in backends:
+                value = backend.sticky_id or backend.backend_id
+                by_value.setdefault(value, backend.backend_id)
+                shared.backend_to_sticky[(cluster_id, backend.backend_id)] = value
+                host, _, port = backend.address.rpartition(":")
+                addresses.add((host.strip("[]"), int(port)))
+        for address in shared.pool.addresses():
+            if address not in addresses:
+                shared.pool.forget(address)
+
+    # -- metrics
+
+    def fold_metrics(self) -> None:
+        registry = self.registry
+        for address, c in self._counters.items():
+            labels = {"listener": address}
+            registry.counter("sozu_http_connections_total", **labels).value = c.accepted
+            registry.gauge("sozu_http_active_connections", **labels).value = c.active
+            registry.counter("sozu_http_requests_total", **labels).value = c.requests
+            registry.counter("sozu_http_bytes_in_total", **labels).value = c.bytes_in
+            registry.counter("sozu_http_bytes_out_total", **labels).value = c.bytes_out
+            registry.counter(
+                "sozu_http_frontend_parse_errors_total", **labels
+            ).value = c.parse_errors
+            registry.counter(
+                "sozu_http_backend_parse_errors_total", **labels
+            ).value = c.backend_parse_errors
+            registry.counter("sozu_http_retries_total", **labels).value = c.retries
+            registry.counter(
+                "sozu_http_backend_connect_errors_total", **labels
+            ).value = c.backend_errors
+            registry.counter("sozu_http_websocket_upgrades_total", **labels).value = c.websockets
+            registry.gauge("sozu_http_websocket_active", **labels).value = c.websockets_active
+            registry.counter(
+                "sozu_http_sni_authority_mismatch_total", **labels
+            ).value = c.sni_mismatches
+            registry.counter("sozu_https_handshakes_total", **labels).value = c.tls_handshakes
+            by_class: dict[str, int] = {}
+            for status, count in c.statuses.items():
+                key = _status_class(status)
+                by_class[key] = by_class.get(key, 0) + count
+            for key, count in by_class.items():
+                registry.counter(
+                    "sozu_http_status_total", listener=address, status=key
+                ).value = count
+            for status, count in c.answers.items():
+                registry.counter(
+                    "sozu_http_generated_answers_total", listener=address, status=str(status)
+                ).value = count
+            for cluster_id, count in c.cluster_requests.items():
+                registry.counter(
+                    "sozu_http_cluster_requests_total", listener=address, cluster=cluster_id
+                ).value = count
+        for address, served in self._served.items():
+            tls = served.proxy.tls
+            if tls is None:
+                continue
+            for reason, count in tls.handshake_failures.items():
+                if count:
+                    registry.counter(
+                        "sozu_https_handshake_failures_total", listener=address, reason=reason
+                    ).value = count
+            registry.counter(
+                "sozu_https_default_cert_used_total", listener=address
+            ).value = tls.default_cert_used
+        if self.shared is not None:
+            registry.counter("sozu_http_backend_pool_reused_total").value = self.shared.pool.reused
+            registry.gauge("sozu_http_backend_pool_idle").value = len(self.shared.pool)
+
+    def clear_metrics(self) -> None:
+        for counters in self._counters.values():
+            counters.clear()
+
+    def close(self) -> None:
+        for served in self._served.values():
+            served.proxy.sock.close()
+        self._served.clear()
+        if self.shared is not None:
+            self.shared.pool.close()
