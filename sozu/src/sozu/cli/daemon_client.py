@@ -105,9 +105,16 @@ def run(
     *,
     render: Render | None = None,
     default_timeout_ms: int | None = None,
+    transform: Callable[[Response], Response] | None = None,
 ) -> None:
-    """`call`, then print the answer: its JSON document, or `render(response)` / its message."""
+    """`call`, then print the answer: its JSON document, or `render(response)` / its message.
+
+    `transform` narrows the answer first (a filter the request itself cannot express), so the
+    JSON document and the text show the same thing.
+    """
     response = call(ctx, request, default_timeout_ms=default_timeout_ms)
+    if transform is not None:
+        response = transform(response)
     if cli_state(ctx).json:
         print_json(response_document(response))
     elif render is not None:

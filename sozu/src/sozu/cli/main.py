@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import click
 
+from sozu.cli.certificate_commands import certificate_group
 from sozu.cli.config_commands import config_group
 from sozu.cli.context import SozuGroup
 from sozu.cli.daemon_commands import events, logging_level, reload, shutdown, status
+from sozu.cli.health_check_commands import health_check_group
+from sozu.cli.http_commands import (
+    add_listener_commands,
+    http_frontend_group,
+    https_frontend_group,
+)
 from sozu.cli.metrics_commands import metrics_group
 from sozu.cli.routing_commands import backend_group, cluster_group, frontend_group, listener_group
 from sozu.cli.start import start
@@ -34,7 +41,13 @@ sozu.add_command(cluster_group)
 sozu.add_command(backend_group)
 sozu.add_command(listener_group)
 sozu.add_command(frontend_group)
+sozu.add_command(certificate_group)
 sozu.add_command(metrics_group)
+
+cluster_group.add_command(health_check_group)
+frontend_group.add_command(http_frontend_group)
+frontend_group.add_command(https_frontend_group)
+add_listener_commands(listener_group)
 
 
 def main() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from sozu.cli.context import SozuGroup
+from sozu.cli.context import SozuCommand, SozuGroup
 from sozu.cli.daemon_client import checked, run
+from sozu.cli.pem_files import answers as read_answers
+from sozu.cli.pem_files import read_text
 from sozu.command import requests as rq
 from sozu.command.envelope import Response
 from sozu.command.requests import Request
@@ -39,10 +42,17 @@ from sozu.command.types import (
 _address = click.option("-a", "--address", required=True, help="Socket address, e.g. 127.0.0.1:80.")
 
 
+Transform = Callable[[Response], Response]
+
+
 def send(
-    ctx: click.Context, request: Request, render: Callable[[Response], str] | None = None
+    ctx: click.Context,
+    request: Request,
+    render: Callable[[Response], str] | None = None,
+    *,
+    transform: Transform | None = None,
 ) -> None:
-    run(ctx, checked(request), render=render)
+    run(ctx, checked(request), render=render, transform=transform)
 
 
 def _build(factory: Callable[[], Request]) -> Request:
@@ -69,7 +79,7 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
 
 @click.group("cluster", cls=SozuGroup)
 def cluster_group() -> None:
-    """Clusters: add, remove, list."""
+    """Clusters: add, remove, list; their health checks."""
 
 
 @cluster_group.command("add")
@@ -84,6 +94,41 @@ def cluster_group() -> None:
 @click.option("--send-proxy", is_flag=True, help="Send a PROXY protocol header (TCP).")
 @click.option("--expect-proxy", is_flag=True, help="Expect a PROXY protocol header (TCP).")
 @click.option("--http2", is_flag=True, help="Talk HTTP/2 to the backends.")
+@click.option(
+    "--https-redirect-port", type=click.IntRange(1, 65535), help="Port of the HTTPS redirect."
+)
+@click.option(
+    "--load-metric",
+    type=click.Choice(["connections", "requests", "connection_time"]),
+    help="What least_loaded and power_of_two compare.",
+)
+@click.option(
+    "--answer-503",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File: the 503 answer template (same as --answer 503=FILE).",
+)
+@click.option(
+    "--answer",
+    "answers",
+    multiple=True,
+    help="CODE=FILE: custom answer template for that status (repeatable).",
+)
+@click.option(
+    "--authorized-hash",
+    "--authorized-hashes",
+    "authorized_hashes",
+    multiple=True,
+    help="USER:HEX, HEX the SHA-256 of the password, for basic auth (repeatable).",
+)
+@click.option("--www-authenticate", help="Realm of the basic auth challenge.")
+@click.option(
+    "--max-connections-per-ip",
+    type=click.IntRange(0, 2**63 - 1),
+    help="Per client IP connection cap for this cluster (0: none).",
+)
+@click.option(
+    "--retry-after", type=click.IntRange(0, 2**32 - 1), help="Retry-After seconds of a 429."
+)
 @click.option(
     "--udp-affinity", type=click.Choice(["source_ip", "source_ip_port"]), help="UDP flow key."
 )
@@ -116,12 +161,31 @@ def cluster_add(
     send_proxy: bool,
     expect_proxy: bool,
     http2: bool,
+    https_redirect_port: int | None,
+    load_metric: str | None,
+    answer_503: Path | None,
+    answers: tuple[str, ...],
+    authorized_hashes: tuple[str, ...],
+    www_authenticate: str | None,
+    max_connections_per_ip: int | None,
+    retry_after: int | None,
     **udp_options: Any,
 ) -> None:
     """Add a cluster (or replace it with new settings)."""
     if send_proxy and expect_proxy:
         raise click.UsageError("--send-proxy and --expect-proxy are exclusive")
     proxy = "SEND_HEADER" if send_proxy else "EXPECT_HEADER" if expect_proxy else None
+    templates = read_answers(answers)
+    if answer_503 is not None:
+        if "503" in templates:
+            raise click.UsageError("--answer-503 and --answer 503=... are exclusive")
+        # Stored in `answers`, as the configuration loader does with `answer_503`.
+        templates["503"] = read_text(answer_503, "--answer-503")
+    for entry in authorized_hashes:
+        if not _AUTHORIZED_HASH.fullmatch(entry):
+            raise click.BadParameter(
+                f"{entry!r} is not USER:<64 hex digits>", param_hint="--authorized-hash"
+            )
     fields: dict[str, Any] = {
         "cluster_id": cluster_id,
         "sticky_session": sticky_session,
@@ -129,8 +193,18 @@ def cluster_add(
         "proxy_protocol": proxy,
         "http2": http2,
         "load_balancing": load_balancing_policy.upper() if load_balancing_policy else None,
+        "https_redirect_port": https_redirect_port,
+        "load_metric": load_metric.upper() if load_metric else None,
+        "answers": templates,
+        "authorized_hashes": authorized_hashes,
+        "www_authenticate": www_authenticate,
+        "max_connections_per_ip": max_connections_per_ip,
+        "retry_after": retry_after,
     }
     send(ctx, _build(lambda: rq.AddCluster(cluster=Cluster(**fields, udp=_udp(udp_options)))))
+
+
+_AUTHORIZED_HASH = re.compile(r"[^:]+:[0-9a-fA-F]{64}")
 
 
 _UDP_HEALTH_FIELDS = {
@@ -307,19 +381,14 @@ def backend_remove(ctx: click.Context, cluster_id: str, backend_id: str, address
 
 @click.group("listener", cls=SozuGroup)
 def listener_group() -> None:
-    """Listeners: add, remove, activate, deactivate, list."""
-
-
-def _read_pem(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text()
-    except OSError as error:
-        raise click.BadParameter(f"{path}: {error.strerror}") from None
+    """Listeners: add, update, remove, activate, deactivate, list."""
 
 
 def _listener_group(proxy: ListenerType) -> click.Group:
+    """`listener <proxy>`: remove, activate, deactivate; TCP and UDP `add` and `update`.
+
+    HTTP and HTTPS `add` and `update` come from `http_commands`.
+    """
     name = proxy.lower()
 
     @click.group(name, cls=SozuGroup)
@@ -327,66 +396,75 @@ def _listener_group(proxy: ListenerType) -> click.Group:
         pass
 
     group.help = f"{proxy} listeners."
-    stream = proxy != "UDP"
-    http = proxy in ("HTTP", "HTTPS")
-
-    @group.command("add")
-    @_address
-    @click.option("--public-address", help="Address announced to backends.")
-    @click.option("--front-timeout", type=click.IntRange(0), help="Seconds.")
-    @click.option("--back-timeout", type=click.IntRange(0), help="Seconds.")
-    @click.option("--connect-timeout", type=click.IntRange(0), help="Seconds (not UDP).")
-    @click.option("--request-timeout", type=click.IntRange(0), help="Seconds (HTTP, HTTPS).")
-    @click.option("--expect-proxy", is_flag=True, help="Expect PROXY protocol (not UDP).")
-    @click.option("--sticky-name", help="Sticky session cookie name (HTTP, HTTPS).")
-    @click.option("--certificate", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--key", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--max-flows", type=click.IntRange(0), help="UDP: flow cap (0: none).")
-    @click.option(
-        "--max-rx-datagram-size", type=click.IntRange(1, 65535), help="UDP: bytes per datagram."
-    )
-    @click.pass_context
-    def add(ctx: click.Context, /, address: str, **options: Any) -> None:
-        """Add a listener (inactive until activated)."""
-        fields: dict[str, Any] = {"address": address}
-        names = ["public_address", "front_timeout", "back_timeout"]
-        if stream:
-            names += ["connect_timeout"]
-            if options["expect_proxy"]:
-                fields["expect_proxy"] = True
-        elif options["expect_proxy"] or options["connect_timeout"] is not None:
-            raise click.UsageError("--expect-proxy and --connect-timeout are not for UDP")
-        if http:
-            names += ["request_timeout", "sticky_name"]
-        if proxy == "UDP":
-            names += ["max_flows", "max_rx_datagram_size"]
-        elif options["max_flows"] is not None or options["max_rx_datagram_size"] is not None:
-            raise click.UsageError("--max-flows and --max-rx-datagram-size are for UDP listeners")
-        fields.update({n: options[n] for n in names if options[n] is not None})
-        if proxy == "HTTPS":
-            certificate, key = _read_pem(options["certificate"]), _read_pem(options["key"])
-            fields.update({k: v for k, v in (("certificate", certificate), ("key", key)) if v})
-        elif options["certificate"] or options["key"]:
-            raise click.UsageError("--certificate and --key are for HTTPS listeners")
-        request: Request = _build(lambda: _add_listener(proxy, fields))
-        send(ctx, request)
-
     for verb, cls in (
         ("remove", rq.RemoveListener),
         ("activate", rq.ActivateListener),
         ("deactivate", rq.DeactivateListener),
     ):
         _address_command(group, verb, cls, proxy)
-    if proxy == "UDP":
+    if proxy == "TCP":
+        group.add_command(_tcp_listener_add)
+        group.add_command(_tcp_listener_update)
+    elif proxy == "UDP":
+        group.add_command(_udp_listener_add)
         group.add_command(_udp_listener_update)
     return group
 
 
-@click.command("update")
+_seconds = click.IntRange(0, 2**32 - 1)
+
+
+@click.command("add", cls=SozuCommand)
 @_address
 @click.option("--public-address", help="Address announced to backends.")
-@click.option("--front-timeout", type=click.IntRange(0), help="Seconds.")
-@click.option("--back-timeout", type=click.IntRange(0), help="Seconds.")
+@click.option("--front-timeout", type=_seconds, help="Seconds.")
+@click.option("--back-timeout", type=_seconds, help="Seconds.")
+@click.option("--connect-timeout", type=_seconds, help="Seconds.")
+@click.option("--expect-proxy", is_flag=True, help="Expect a PROXY protocol header.")
+@click.pass_context
+def _tcp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> None:
+    """Add a TCP listener (inactive until activated)."""
+    if options["public_address"] and options["expect_proxy"]:
+        raise click.UsageError("--public-address and --expect-proxy are exclusive")
+    fields = {name: value for name, value in options.items() if value not in (None, False)}
+    send(ctx, _build(lambda: _add_listener("TCP", {"address": address, **fields})))
+
+
+@click.command("update", cls=SozuCommand)
+@_address
+@click.option("--public-address", help="Address announced to backends.")
+@click.option("--front-timeout", type=_seconds, help="Seconds.")
+@click.option("--back-timeout", type=_seconds, help="Seconds.")
+@click.option("--connect-timeout", type=_seconds, help="Seconds.")
+@click.option(
+    "--expect-proxy/--no-expect-proxy", default=None, help="Expect a PROXY protocol header."
+)
+@click.pass_context
+def _tcp_listener_update(ctx: click.Context, /, address: str, **options: Any) -> None:
+    """Update a TCP listener; options not given keep their value."""
+    fields = {name: value for name, value in options.items() if value is not None}
+    send(ctx, _build(lambda: rq.UpdateTcpListener(address=address, **fields)))
+
+
+@click.command("add", cls=SozuCommand)
+@_address
+@click.option("--public-address", help="Address announced to backends.")
+@click.option("--front-timeout", type=_seconds, help="Seconds.")
+@click.option("--back-timeout", type=_seconds, help="Seconds.")
+@click.option("--max-flows", type=click.IntRange(0), help="Flow cap (0: none).")
+@click.option("--max-rx-datagram-size", type=click.IntRange(1, 65535), help="Bytes per datagram.")
+@click.pass_context
+def _udp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> None:
+    """Add a UDP listener (inactive until activated)."""
+    fields = {name: value for name, value in options.items() if value is not None}
+    send(ctx, _build(lambda: _add_listener("UDP", {"address": address, **fields})))
+
+
+@click.command("update", cls=SozuCommand)
+@_address
+@click.option("--public-address", help="Address announced to backends.")
+@click.option("--front-timeout", type=_seconds, help="Seconds.")
+@click.option("--back-timeout", type=_seconds, help="Seconds.")
 @click.option("--max-flows", type=click.IntRange(0), help="Flow cap (0: none).")
 @click.option("--max-rx-datagram-size", type=click.IntRange(1, 65535), help="Bytes per datagram.")
 @click.pass_context
@@ -453,7 +531,7 @@ def listener_list(ctx: click.Context) -> None:
 
 @click.group("frontend", cls=SozuGroup)
 def frontend_group() -> None:
-    """Frontends: TCP and UDP add, remove; list all of them."""
+    """Frontends: HTTP, HTTPS, TCP and UDP add, remove; list all of them."""
 
 
 def _stream_frontend_group(proxy: str) -> click.Group:
@@ -478,7 +556,7 @@ def _frontend_command(
     @group.command(verb, help=f"{verb.capitalize()} a {proxy} frontend of a cluster.")
     @click.option("--id", "cluster_id", required=True, help="Cluster id.")
     @_address
-    @click.option("--tag", "tags", multiple=True, help="KEY=VALUE (repeatable).")
+    @click.option("--tags", "--tag", "tags", multiple=True, help="KEY=VALUE (repeatable).")
     @click.pass_context
     def command(ctx: click.Context, cluster_id: str, address: str, tags: tuple[str, ...]) -> None:
         cls = rq.REQUEST_KINDS[kind]

@@ -6,10 +6,13 @@ from sozu.command import requests as rq
 from sozu.command.envelope import Response, failure, ok
 from sozu.command.requests import Request
 from sozu.command.responses import (
+    CertificatesList,
+    CertificateSummary,
     ClusterHashes,
     ClusterInformation,
     ClusterInformations,
     FrontendList,
+    HealthChecksList,
     ListenersList,
 )
 from sozu.command.state import ConfigState
@@ -20,6 +23,8 @@ QUERY_TYPES: tuple[type[Request], ...] = (
     rq.QueryClustersHashes,
     rq.ListListeners,
     rq.ListFrontends,
+    rq.QueryCertificatesFromTheState,
+    rq.QueryHealthChecks,
 )
 
 
@@ -96,5 +101,40 @@ def answer_query(state: ConfigState, request_id: str, request: Request) -> Respo
                     else (),
                 ),
             )
+        case rq.QueryCertificatesFromTheState(domain=domain, fingerprint=fingerprint):
+            summaries = tuple(
+                CertificateSummary(
+                    address=address,
+                    fingerprint=fp,
+                    names=stored.certificate.names,
+                    expired_at=stored.expired_at,
+                )
+                for address, by_fingerprint in sorted(state.certificates.items())
+                for fp, stored in sorted(by_fingerprint.items())
+                if (fingerprint is None or fp == fingerprint)
+                and (domain is None or _any_covers(stored.certificate.names, domain))
+            )
+            return ok(request_id, content=CertificatesList(certificates=summaries))
+        case rq.QueryHealthChecks(cluster_id=cluster_id):
+            if cluster_id is not None and cluster_id not in state.clusters:
+                return failure(request_id, f"NotFound: cluster {cluster_id} does not exist")
+            checks = {
+                cid: cluster.health_check
+                for cid, cluster in sorted(state.clusters.items())
+                if cluster.health_check is not None and cluster_id in (None, cid)
+            }
+            return ok(request_id, content=HealthChecksList(map=checks))
         case _:
             return failure(request_id, f"not a query: {rq.request_kind(request)}")
+
+
+def _any_covers(names: tuple[str, ...], domain: str) -> bool:
+    return any(_name_covers(name, domain) for name in names)
+
+
+def _name_covers(name: str, domain: str) -> bool:
+    """A certificate name equal to the domain, or a wildcard covering it (one label)."""
+    domain = domain.lower().rstrip(".")
+    if name == domain:
+        return True
+    return name.startswith("*.") and domain.partition(".")[2] == name[2:] and "." in domain
