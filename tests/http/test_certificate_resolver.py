@@ -106,7 +106,8 @@ def test_helpers() -> None:
         (["a.com", "b.com"], "a.com", "b.com:80", False, True),
         (["default.test"], "unknown.com", "unknown.com:443", True, True),
         (["default.test"], "unknown.com", "default.test", True, False),
-        (["default.test"], None, "default.test", True, False),
+        (["default.test"], None, "default.test", True, True),
+        (["default.test"], None, "other.test", True, False),
         (["example.com"], "example.com", "", False, False),
     ],
 )

@@ -195,8 +195,21 @@ def test_default_certificate_stays_fallback_after_removal() -> None:
     assert served.default_used
 
 
-def test_no_sni_fails_the_handshake() -> None:
+def test_no_sni_gets_the_default_certificate() -> None:
     tls = ListenerTls(listener())
+    add(tls, certificate("one.test"))
+    result = handshake(tls, None)
+    assert result.peer_names() == {"default.test"}
+    served = served_certificate(result.server)
+    assert served is not None
+    assert served.default_used
+    assert served.server_name is None
+    assert tls.default_cert_used == 1
+
+
+def test_no_sni_without_default_fails_the_handshake() -> None:
+    tls = ListenerTls(HttpsListenerConfig(address=ADDRESS))
+    add(tls, certificate("one.test"))
     error = server_failure(tls, None)
     assert tls.record_handshake_failure(error) == "other"
     assert tls.handshake_failures["other"] == 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from sozu.command.metrics import MetricsRegistry
+from sozu.command.metrics import Histogram, MetricsRegistry
 from sozu.command.state import ConfigState
 from sozu.command.types import Cluster, HttpListenerConfig, HttpsListenerConfig
 from sozu.worker.connection_limit import ConnectionLimit
@@ -65,10 +65,10 @@ class HttpListeners:
         if self.shared is None:
             self.shared = HttpShared(self._limit(), self._cluster_lookup)
 
-            def histogram(name: str, cluster_id: str) -> object:
+            def histogram(name: str, cluster_id: str) -> Histogram:
                 return self.registry.histogram(name, cluster=cluster_id)
 
-            self.shared.histogram = histogram  # type: ignore[assignment]
+            self.shared.histogram = histogram
             self.refresh_clusters()
         return self.shared
 
@@ -138,7 +138,7 @@ class HttpListeners:
 
     def stop_accepting(self) -> None:
         if self.shared is not None:
-            self.shared.draining = True
+            self.shared.drain()
         for served in self._served.values():
             served.proxy.stop_accepting()
 

@@ -49,13 +49,14 @@ def authority_matches(
 ) -> bool:
     """A request authority is allowed on a connection whose handshake served these names.
 
-    With the listener's default certificate served (unknown SNI), only the SNI itself is.
+    With the listener's default certificate served for an unknown SNI, only the SNI itself
+    is; served without SNI, the names of the default certificate are.
     """
     host = normalize_name(strip_port(authority.strip()))
     if not host:
         return False
-    if default_used:
-        return sni is not None and host == normalize_name(sni)
+    if default_used and sni is not None:
+        return host == normalize_name(sni)
     return any(name_matches(normalize_name(name), host) for name in cert_names)
 
 

@@ -91,9 +91,17 @@ class HttpShared:
         self.sticky_to_backend: dict[str, dict[str, str]] = {}
         self.backend_to_sticky: dict[tuple[str, str], str] = {}
         self.draining = False
+        # Cancel scopes of sessions waiting for their next request (closed by a drain).
+        self.idle_sessions: set[trio.CancelScope] = set()
         self.response_seconds: dict[str, Histogram] = {}
         self.backend_response_seconds: dict[str, Histogram] = {}
         self.histogram: Callable[[str, str], Histogram] | None = None
+
+    def drain(self) -> None:
+        """Stop keep-alive: requests in flight end with `Connection: close`, idle ones close."""
+        self.draining = True
+        for scope in list(self.idle_sessions):
+            scope.cancel()
 
 
 def _clock_ms() -> int:

@@ -58,10 +58,24 @@ class _ClientGone(Exception):
 class _Exchange:
     """What one request/response exchange leaves behind."""
 
+    back_sock: socket.socket
     status: int = 0
     keep_client: bool = False
     keep_backend: bool = False
     upgraded: bool = False
+
+
+@dataclass(slots=True)
+class _Upload:
+    """The request body relay running beside the response."""
+
+    done: bool
+    failed: bool = False
+    scope: trio.CancelScope | None = None
+
+
+# `_read_response`: the backend closed before sending a byte (a stale pooled connection).
+_STALE = -1
 
 
 class HttpSession:
@@ -110,8 +124,17 @@ class HttpSession:
                 wait_until = trio.current_time() + config.front_timeout
             else:
                 wait_until = deadline
+            idle = self.listener.shared.idle_sessions
             with trio.move_on_at(wait_until) as scope:
-                data = await self.front.receive()
+                if buf:
+                    data = await self.front.receive()
+                else:
+                    # Between requests: a drain closes this connection at once.
+                    idle.add(scope)
+                    try:
+                        data = await self.front.receive()
+                    finally:
+                        idle.discard(scope)
             if scope.cancelled_caught:
                 if buf:
                     await self._answer(408, message="request head not received in time")
@@ -225,7 +248,7 @@ class HttpSession:
         counters.cluster_requests[cluster.cluster_id] = (
             counters.cluster_requests.get(cluster.cluster_id, 0) + 1
         )
-        exchange = _Exchange()
+        exchange = _Exchange(back_sock=back_sock)
         backend_started = trio.current_time()
         try:
             exchange = await self._exchange(
@@ -247,13 +270,13 @@ class HttpSession:
                 ),
             )
         except _ClientGone:
-            exchange = _Exchange()
+            exchange.keep_client = exchange.keep_backend = False
         finally:
             cluster.closed(backend_id)
             if exchange.keep_backend and not listener.draining:
-                listener.pool.give(address, back_sock)
+                listener.pool.give(address, exchange.back_sock)
             else:
-                back_sock.close()
+                exchange.back_sock.close()
             if exchange.status:
                 counters.count_status(exchange.status)
                 listener.observe(
@@ -316,91 +339,154 @@ class HttpSession:
         hsts: object,
         response_edits: tuple[object, ...] | tuple[()],
     ) -> _Exchange:
-        listener = self.listener
-        back = PlainStream(back_sock)
-        config = listener.config
-        upload_done = head.framing is Framing.NONE
-        upload_failed = False
-        result = _Exchange()
-
-        async def upload() -> None:
-            nonlocal upload_done, upload_failed
-            try:
-                await self._upload_body(head, back)
-                upload_done = True
-            except (HeadError, _ClientGone, OSError) as error:
-                upload_failed = True
-                log.debug("request body from %s: %s", self.peer[0], error)
-                nursery.cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            try:
-                await back.send_all(request_bytes)
-            except OSError:
-                if not reused:
-                    raise
-                # A pooled connection the backend had closed: one fresh attempt.
-                back_sock.close()
-                back_sock = await connect_backend(address, config.connect_timeout)
-                back = PlainStream(back_sock)
-                await back.send_all(request_bytes)
-            listener.counters.bytes_in += len(request_bytes)
-            if not upload_done:
-                nursery.start_soon(upload)
+        result = _Exchange(back_sock=back_sock)
+        await self._send_request(result, request_bytes, address, reused=reused)
+        back = PlainStream(result.back_sock)
+        upload = _Upload(head.framing is Framing.NONE)
+        if upload.done:
             response = await self._read_response(back, head.method)
-            if isinstance(response, int):
-                nursery.cancel_scope.cancel()
-                if response == 502:
-                    listener.counters.backend_parse_errors += 1
-                answered = await self._answer(
+            if response == _STALE and reused:
+                # The pooled connection was closed by the backend as the request went out.
+                result.back_sock.close()
+                await self._send_request(result, request_bytes, address, reused=False)
+                back = PlainStream(result.back_sock)
+                response = await self._read_response(back, head.method)
+            return await self._respond(
+                head,
+                response,
+                back,
+                result,
+                upload,
+                cluster,
+                backend_id,
+                answers,
+                request_id,
+                route,
+                keep_alive,
+                sticky_found,
+                hsts,
+                response_edits,
+            )
+        async with trio.open_nursery() as nursery:
+            upload.scope = nursery.cancel_scope
+            nursery.start_soon(self._upload, head, back, upload)
+            try:
+                response = await self._read_response(back, head.method)
+                await self._respond(
+                    head,
                     response,
-                    answers=answers,
-                    request_id=request_id,
-                    route=route,
-                    cluster_id=cluster.cluster_id,
-                    backend_id=backend_id,
+                    back,
+                    result,
+                    upload,
+                    cluster,
+                    backend_id,
+                    answers,
+                    request_id,
+                    route,
+                    keep_alive,
+                    sticky_found,
+                    hsts,
+                    response_edits,
                 )
-                result.status = response
-                result.keep_client = answered
-                return result
-            response_head, leftover = response
-            if response_head.status == 101 and head.upgrade:
-                return await self._upgrade(response_head, leftover, back, request_id, result)
-            closing = (
-                not keep_alive
-                or listener.draining
-                or response_head.framing is Framing.CLOSE
-                or not upload_done
-            )
-            sticky_value = None
-            if sticky_found is not None or listener.is_sticky(cluster.cluster_id):
-                sticky_value = listener.sticky_id(cluster.cluster_id, backend_id)
-            hsts_bytes = listener.hsts_for(hsts) if listener.scheme == "https" else None
-            edited = edit_response(
-                response_head.headers,
-                request_id=request_id.encode(),
-                closing=closing,
-                sozu_id_header=listener.sozu_id_header,
-                sticky_name=config.sticky_name.encode(),
-                sticky_value=sticky_value.encode() if sticky_value is not None else None,
-                sticky_found=sticky_found,
-                edits=response_edits,  # type: ignore[arg-type]
-                hsts=hsts_bytes,
-            )
-            status_line = (
-                b"HTTP/1.1 " + str(response_head.status).encode() + b" " + response_head.reason
-            )
-            out = serialize_head(status_line, edited.headers)
-            body_complete = await self._download_body(response_head, out, leftover, back)
-            result.status = response_head.status
-            if not upload_done and not upload_failed:
-                nursery.cancel_scope.cancel()
-            result.keep_backend = (
-                body_complete and upload_done and edited.keep_alive and response_head.keep_alive
-            )
-            result.keep_client = body_complete and not closing and not upload_failed
-        if upload_failed:
+            except _ClientGone:
+                result.keep_client = result.keep_backend = False
+            nursery.cancel_scope.cancel()
+        if upload.failed:
             result.keep_client = result.keep_backend = False
+        return result
+
+    async def _send_request(
+        self, result: _Exchange, request_bytes: bytes, address: tuple[str, int], *, reused: bool
+    ) -> None:
+        listener = self.listener
+        try:
+            await PlainStream(result.back_sock).send_all(request_bytes)
+        except OSError:
+            if not reused:
+                raise
+            # A pooled connection the backend had closed: one fresh attempt.
+            result.back_sock.close()
+            result.back_sock = await connect_backend(address, listener.config.connect_timeout)
+            await PlainStream(result.back_sock).send_all(request_bytes)
+        listener.counters.bytes_in += len(request_bytes)
+
+    async def _upload(self, head: RequestHead, back: PlainStream, upload: _Upload) -> None:
+        try:
+            await self._upload_body(head, back)
+            upload.done = True
+        except (HeadError, _ClientGone, OSError) as error:
+            upload.failed = True
+            log.debug("request body from %s: %s", self.peer[0], error)
+            if upload.scope is not None:
+                upload.scope.cancel()
+
+    async def _respond(
+        self,
+        head: RequestHead,
+        response: tuple[ResponseHead, bytes] | int,
+        back: PlainStream,
+        result: _Exchange,
+        upload: _Upload,
+        cluster: TcpCluster,
+        backend_id: str,
+        answers: AnswerSet,
+        request_id: str,
+        route: str,
+        keep_alive: bool,
+        sticky_found: bytes | None,
+        hsts: object,
+        response_edits: tuple[object, ...] | tuple[()],
+    ) -> _Exchange:
+        listener = self.listener
+        config = listener.config
+        if isinstance(response, int):
+            status = 502 if response == _STALE else response
+            if status == 502:
+                listener.counters.backend_parse_errors += 1
+            result.keep_client = await self._answer(
+                status,
+                answers=answers,
+                request_id=request_id,
+                route=route,
+                cluster_id=cluster.cluster_id,
+                backend_id=backend_id,
+            )
+            result.status = status
+            return result
+        response_head, leftover = response
+        if response_head.status == 101 and head.upgrade:
+            return await self._upgrade(response_head, leftover, back, request_id, result)
+        closing = (
+            not keep_alive
+            or listener.draining
+            or response_head.framing is Framing.CLOSE
+            or not upload.done
+        )
+        sticky_value = None
+        if sticky_found is not None or listener.is_sticky(cluster.cluster_id):
+            sticky_value = listener.sticky_id(cluster.cluster_id, backend_id)
+        hsts_bytes = listener.hsts_for(hsts) if listener.scheme == "https" else None
+        edited = edit_response(
+            response_head.headers,
+            request_id=request_id.encode(),
+            closing=closing,
+            sozu_id_header=listener.sozu_id_header,
+            sticky_name=config.sticky_name.encode(),
+            sticky_value=sticky_value.encode() if sticky_value is not None else None,
+            sticky_found=sticky_found,
+            edits=response_edits,  # type: ignore[arg-type]
+            hsts=hsts_bytes,
+        )
+        status_line = (
+            b"HTTP/1.1 " + str(response_head.status).encode() + b" " + response_head.reason
+        )
+        out = serialize_head(status_line, edited.headers)
+        body_complete = await self._download_body(response_head, out, leftover, back)
+        result.status = response_head.status
+        result.keep_backend = (
+            body_complete and upload.done and edited.keep_alive and response_head.keep_alive
+        )
+        result.keep_client = body_complete and not closing and not upload.failed
         return result
 
     async def _read_response(
@@ -432,7 +518,7 @@ class HttpSession:
             if scope.cancelled_caught:
                 return 504
             if not data:
-                return 502
+                return _STALE if not rbuf else 502
             rbuf += data
 
     async def _upgrade(

@@ -339,9 +339,11 @@ class ListenerTls:
     def _on_server_name(
         self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: object
     ) -> int | None:
-        if server_name is None:
-            return ssl.ALERT_DESCRIPTION_ACCESS_DENIED  # upstream: no SNI, no certificate
-        fingerprint = self.resolver.resolve(server_name)
+        # Without SNI the listener's default certificate answers (a clear failure when there
+        # is none, as upstream): clients that connect by IP address still get a handshake.
+        if server_name is None and self._default is None:
+            return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
+        fingerprint = None if server_name is None else self.resolver.resolve(server_name)
         default_used = fingerprint is None
         if fingerprint is None:
             fingerprint = self._default
@@ -350,9 +352,8 @@ class ListenerTls:
             self.default_cert_used += 1
         loaded = self._contexts[fingerprint]
         ssl_object.context = loaded.context
-        _SERVED[ssl_object] = ServedCertificate(
-            fingerprint, loaded.names, normalize_name(server_name), default_used
-        )
+        sni = None if server_name is None else normalize_name(server_name)
+        _SERVED[ssl_object] = ServedCertificate(fingerprint, loaded.names, sni, default_used)
         return None
 
 
