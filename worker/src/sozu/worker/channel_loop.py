@@ -101,6 +101,8 @@ _CLUSTER_REQUESTS = (
     rq.RemoveBackend,
     rq.AddTcpFrontend,
     rq.RemoveTcpFrontend,
+    rq.SetHealthCheck,
+    rq.RemoveHealthCheck,
 )
 _HTTP_FRONT_REQUESTS = (
     rq.AddHttpFrontend,

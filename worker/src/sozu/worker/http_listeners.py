@@ -19,6 +19,7 @@ from sozu.command.metrics import Histogram, MetricsRegistry
 from sozu.command.state import ConfigState
 from sozu.command.types import Cluster, HttpListenerConfig, HttpsListenerConfig
 from sozu.worker.connection_limit import ConnectionLimit
+from sozu.worker.http.health_prober import HttpHealthChecks
 from sozu.worker.http.listener import HttpCounters, HttpListenerProxy, HttpShared
 from sozu.worker.http.router import Router
 from sozu.worker.http.tls_contexts import ListenerTls
@@ -46,6 +47,7 @@ class HttpListeners:
         registry: MetricsRegistry,
         limit: Callable[[], ConnectionLimit],
         clusters: dict[str, TcpCluster],
+        on_event: Callable[[str, str, str | None], None],
     ) -> None:
         self.state = state
         self.registry = registry
@@ -57,9 +59,11 @@ class HttpListeners:
         self.shared: HttpShared | None = None
         self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
+        self.health = HttpHealthChecks(state, clusters, on_event)
 
     def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
         self._tasks, self._handlers = tasks, handlers
+        self.health.start(tasks)
 
     def _shared(self) -> HttpShared:
         if self.shared is None:
@@ -163,7 +167,9 @@ class HttpListeners:
             served.proxy.tls.load_state(self.state)
 
     def refresh_clusters(self) -> None:
-        """Sticky ids from the state; idle connections to removed backends closed."""
+        """Health checks, sticky ids from the state; idle connections to removed backends
+        closed."""
+        self.health.refresh()
         shared = self.shared
         if shared is None:
             return
@@ -209,6 +215,7 @@ class HttpListeners:
                 "sozu_http_sni_authority_mismatch_total", **labels
             ).value = c.sni_mismatches
             registry.counter("sozu_https_handshakes_total", **labels).value = c.tls_handshakes
+            registry.counter("sozu_http_rejected_per_ip_total", **labels).value = c.rejected_per_ip
             by_class: dict[str, int] = {}
             for status, count in c.statuses.items():
                 key = _status_class(status)
@@ -237,6 +244,16 @@ class HttpListeners:
             registry.counter(
                 "sozu_https_default_cert_used_total", listener=address
             ).value = tls.default_cert_used
+        for cluster_id, backends in self.health.statuses().items():
+            for backend_id, healthy in backends.items():
+                registry.gauge(
+                    "sozu_http_health_check_healthy", cluster=cluster_id, backend=backend_id
+                ).value = int(healthy)
+        for cluster_id, counts in self.health.counters().items():
+            for outcome, count in counts.items():
+                registry.counter(
+                    "sozu_http_health_checks_total", cluster=cluster_id, outcome=outcome
+                ).value = count
         if self.shared is not None:
             registry.counter("sozu_http_backend_pool_reused_total").value = self.shared.pool.reused
             registry.gauge("sozu_http_backend_pool_idle").value = len(self.shared.pool)
@@ -246,6 +263,7 @@ class HttpListeners:
             counters.clear()
 
     def close(self) -> None:
+        self.health.close()
         for served in self._served.values():
             served.proxy.sock.close()
         self._served.clear()

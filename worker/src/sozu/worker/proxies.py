@@ -70,7 +70,9 @@ class Proxies:
         self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
         self.udp = UdpListeners(state, self.registry, self._health_event)
-        self.http = HttpListeners(state, self.registry, lambda: self.limit, self._clusters)
+        self.http = HttpListeners(
+            state, self.registry, lambda: self.limit, self._clusters, self._health_check_event
+        )
 
     def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
         self._tasks, self._handlers = tasks, handlers
@@ -232,6 +234,11 @@ class Proxies:
     def _health_event(self, event: HealthEvent) -> None:
         self._on_event(
             Event(kind=event.kind, cluster_id=event.cluster_id, backend_id=event.backend_id)
+        )
+
+    def _health_check_event(self, kind: str, cluster_id: str, backend_id: str | None) -> None:
+        self._on_event(
+            Event(kind=cast(EventKind, kind), cluster_id=cluster_id, backend_id=backend_id)
         )
 
     def _event(self, kind: str, cluster_id: str, backend_id: str) -> None:

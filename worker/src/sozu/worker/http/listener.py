@@ -55,6 +55,7 @@ class HttpCounters:
     websockets: int = 0
     websockets_active: int = 0
     sni_mismatches: int = 0
+    rejected_per_ip: int = 0
     tls_handshakes: int = 0
     # final status of every response sent (proxied or generated) -> count
     statuses: dict[int, int] = field(default_factory=dict)
@@ -91,6 +92,8 @@ class HttpShared:
         self.sticky_to_backend: dict[str, dict[str, str]] = {}
         self.backend_to_sticky: dict[tuple[str, str], str] = {}
         self.draining = False
+        # (cluster id, client ip) -> requests in flight, for clusters with max_connections_per_ip
+        self.per_ip: dict[tuple[str, str], int] = {}
         # Cancel scopes of sessions waiting for their next request (closed by a drain).
         self.idle_sessions: set[trio.CancelScope] = set()
         self.response_seconds: dict[str, Histogram] = {}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from sozu.command.types import Cluster, RequestHttpFrontend
 from sozu.worker.http.answers import AnswerContext, AnswerSet
 from sozu.worker.http.certificate_resolver import authority_matches
 from sozu.worker.http.codec import (
@@ -38,7 +39,7 @@ from sozu.worker.http.header_edits import (
     serialize_head,
 )
 from sozu.worker.http.policy import Redirect, Unauthorized, evaluate, rewrite_for
-from sozu.worker.http.router import parse_authority
+from sozu.worker.http.router import RouteMatch, parse_authority
 from sozu.worker.http.streams import PlainStream, Stream, TlsStream, tunnel
 from sozu.worker.tcp.backends import TcpCluster, connect_backend
 
@@ -151,7 +152,6 @@ class HttpSession:
         listener = self.listener
         counters = listener.counters
         counters.requests += 1
-        started = trio.current_time()
         request_id = listener.ids.generate()
         authority_bytes = head.authority
         parsed = None
@@ -210,6 +210,49 @@ class HttpSession:
                 503, answers=answers, request_id=request_id, route=route, message="no cluster"
             )
         cluster_config, cluster = known
+        per_ip_key = None
+        if cluster_config.max_connections_per_ip:
+            per_ip = listener.shared.per_ip
+            per_ip_key = (cluster.cluster_id, self.peer[0])
+            if per_ip.get(per_ip_key, 0) >= cluster_config.max_connections_per_ip:
+                counters.rejected_per_ip += 1
+                return await self._answer(
+                    429,
+                    answers=answers,
+                    request_id=request_id,
+                    route=route,
+                    cluster_id=cluster.cluster_id,
+                    retry_after=cluster_config.retry_after,
+                    message="too many connections from this address",
+                )
+            per_ip[per_ip_key] = per_ip.get(per_ip_key, 0) + 1
+        try:
+            return await self._forward(
+                head, frontend, match, cluster_config, cluster, answers, request_id, route
+            )
+        finally:
+            if per_ip_key is not None:
+                remaining = listener.shared.per_ip[per_ip_key] - 1
+                if remaining:
+                    listener.shared.per_ip[per_ip_key] = remaining
+                else:
+                    del listener.shared.per_ip[per_ip_key]
+
+    async def _forward(
+        self,
+        head: RequestHead,
+        frontend: RequestHttpFrontend,
+        match: RouteMatch,
+        cluster_config: Cluster,
+        cluster: TcpCluster,
+        answers: AnswerSet,
+        request_id: str,
+        route: str,
+    ) -> bool:
+        """Forward a routed request to a backend of its cluster and relay the response."""
+        listener = self.listener
+        counters = listener.counters
+        started = trio.current_time()
         rewrite = rewrite_for(frontend, match.host_captures, match.path_captures)
         sticky_name = listener.config.sticky_name.encode()
         edits = edit_request(
@@ -669,6 +712,7 @@ class HttpSession:
         redirect_location: str = "",
         www_authenticate: str = "",
         inline_template: str | None = None,
+        retry_after: int | None = None,
     ) -> bool:
         """Send a default or custom answer; True if the connection may serve another request."""
         listener = self.listener
@@ -681,6 +725,7 @@ class HttpSession:
             route=route,
             redirect_location=redirect_location,
             www_authenticate=www_authenticate,
+            retry_after=retry_after,
             message=message,
         )
         extra: list[tuple[bytes, bytes]] = []
