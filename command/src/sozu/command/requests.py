@@ -437,6 +437,8 @@ class ServerConfig(Request, tag="ServerConfig", frozen=True, kw_only=True):
     log_level: str = "info"
     access_logs: bool = True
     debug: bool = False
+    # stdout | stderr | file:///path | udp://host:port; None: no access log
+    access_logs_target: str | None = None
 
 
 AnyRequest = (

@@ -210,6 +210,7 @@ class WorkerPool:
             log_level=self.log_level,
             access_logs=config.access_logs_target is not None,
             debug=self.debug,
+            access_logs_target=config.access_logs_target,
         )
 
     async def _expect_ok(self, worker: Worker, request: Request) -> Response:

@@ -147,6 +147,7 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
     response = core.handle(request_id, request)
     if isinstance(request, rq.ServerConfig) and response.status == "ok":
         proxies.configure(request.max_connections, request.buffer_size)
+        proxies.http.configure_access_logs(request.access_logs_target, core.worker_id)
     if response.status == "ok" and request.ROUTING == "state":
         if isinstance(request, rq.DeactivateListener | rq.RemoveListener):
             await proxies.stop_listener(request.proxy, request.address)

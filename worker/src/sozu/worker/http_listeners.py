@@ -23,6 +23,7 @@ from sozu.worker.http.health_prober import HttpHealthChecks
 from sozu.worker.http.listener import HttpCounters, HttpListenerProxy, HttpShared
 from sozu.worker.http.router import Router
 from sozu.worker.http.tls_contexts import ListenerTls
+from sozu.worker.log_targets import LineSink, open_line_sink
 from sozu.worker.tcp.backends import TcpCluster
 
 log = logging.getLogger("sozu.worker")
@@ -60,10 +61,19 @@ class HttpListeners:
         self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
         self.health = HttpHealthChecks(state, clusters, on_event)
+        self._access_sink: LineSink | None = None
+        self._access_tag = "WRK"
 
     def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
         self._tasks, self._handlers = tasks, handlers
         self.health.start(tasks)
+
+    def configure_access_logs(self, target: str | None, worker_id: int) -> None:
+        self._access_sink = None if target is None else open_line_sink(target)
+        self._access_tag = f"WRK-{worker_id:02d}"
+        if self.shared is not None:
+            self.shared.access_log = self._access_sink
+            self.shared.tag = self._access_tag
 
     def _shared(self) -> HttpShared:
         if self.shared is None:
@@ -73,6 +83,8 @@ class HttpListeners:
                 return self.registry.histogram(name, cluster=cluster_id)
 
             self.shared.histogram = histogram
+            self.shared.access_log = self._access_sink
+            self.shared.tag = self._access_tag
             self.refresh_clusters()
         return self.shared
 

@@ -8,8 +8,10 @@ backend pool, request ids) lives in `HttpShared`, owned by the worker's `HttpLis
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -99,6 +101,10 @@ class HttpShared:
         self.response_seconds: dict[str, Histogram] = {}
         self.backend_response_seconds: dict[str, Histogram] = {}
         self.histogram: Callable[[str, str], Histogram] | None = None
+        # One access log line per request when set (`access_logs_target`).
+        self.access_log: Callable[[str], None] | None = None
+        self.tag = "WRK"
+        self.pid = os.getpid()
 
     def drain(self) -> None:
         """Stop keep-alive: requests in flight end with `Connection: close`, idle ones close."""
@@ -108,14 +114,10 @@ class HttpShared:
 
 
 def _clock_ms() -> int:
-    import time
-
     return time.time_ns() // 1_000_000
 
 
 def _random_bytes(count: int) -> bytes:
-    import os
-
     return os.urandom(count)
 
 

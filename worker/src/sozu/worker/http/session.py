@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
 from sozu.command.types import Cluster, RequestHttpFrontend
+from sozu.worker.http.access_log import AccessRecord, format_line
 from sozu.worker.http.answers import AnswerContext, AnswerSet
 from sozu.worker.http.certificate_resolver import authority_matches
 from sozu.worker.http.codec import (
@@ -67,6 +69,24 @@ class _Exchange:
 
 
 @dataclass(slots=True)
+class _RequestLog:
+    """What the access log line of one request needs, filled in as the request goes."""
+
+    started: float
+    request_id: str
+    head: RequestHead | None
+    bytes_in_start: int
+    bytes_out_start: int
+    cluster_id: str | None = None
+    backend_id: str | None = None
+    backend_address: str | None = None
+    backend_started: float | None = None
+    status: int | None = None
+    message: str | None = None
+    frontend_tags: dict[str, str] | None = None
+
+
+@dataclass(slots=True)
 class _Upload:
     """The request body relay running beside the response."""
 
@@ -82,7 +102,19 @@ _STALE = -1
 class HttpSession:
     """Serves the requests of one client connection."""
 
-    __slots__ = ("buf", "default_cert", "front", "listener", "peer", "served_names", "sni")
+    __slots__ = (
+        "buf",
+        "bytes_in",
+        "bytes_out",
+        "default_cert",
+        "front",
+        "listener",
+        "log",
+        "peer",
+        "served_names",
+        "session_id",
+        "sni",
+    )
 
     def __init__(self, listener: HttpListenerProxy, front: Stream, peer: tuple[str, int]) -> None:
         self.listener = listener
@@ -92,6 +124,11 @@ class HttpSession:
         self.served_names: tuple[str, ...] = ()
         self.sni: str | None = None
         self.default_cert = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # What the access log reports about the request in progress (only when logging).
+        self.log: _RequestLog | None = None
+        self.session_id = ""
 
     async def run(self) -> None:
         listener = self.listener
@@ -150,9 +187,23 @@ class HttpSession:
 
     async def _serve(self, head: RequestHead) -> bool:
         listener = self.listener
+        request_id = listener.ids.generate()
+        self.bytes_in += head.length
+        if listener.shared.access_log is None:
+            return await self._route(head, request_id)
+        self.log = _RequestLog(
+            trio.current_time(), request_id, head, self.bytes_in - head.length, self.bytes_out
+        )
+        try:
+            return await self._route(head, request_id)
+        finally:
+            self._write_access_log()
+            self.log = None
+
+    async def _route(self, head: RequestHead, request_id: str) -> bool:
+        listener = self.listener
         counters = listener.counters
         counters.requests += 1
-        request_id = listener.ids.generate()
         authority_bytes = head.authority
         parsed = None
         if authority_bytes is not None:
@@ -174,6 +225,8 @@ class HttpSession:
         if match is None:
             return await self._answer(404, request_id=request_id, message="no frontend")
         frontend = match.frontend
+        if self.log is not None and frontend.tags:
+            self.log.frontend_tags = frontend.tags
         route = f"{method} {authority} {path}"
         known = listener.cluster(frontend.cluster_id) if frontend.cluster_id else None
         cluster_config = known[0] if known is not None else None
@@ -287,6 +340,11 @@ class HttpSession:
                 message="no backend available",
             )
         backend_id, address, back_sock, reused = connected
+        if self.log is not None:
+            self.log.cluster_id = cluster.cluster_id
+            self.log.backend_id = backend_id
+            self.log.backend_address = f"{address[0]}:{address[1]}"
+            self.log.backend_started = trio.current_time()
         cluster.opened(backend_id)
         counters.cluster_requests[cluster.cluster_id] = (
             counters.cluster_requests.get(cluster.cluster_id, 0) + 1
@@ -320,6 +378,8 @@ class HttpSession:
                 listener.pool.give(address, exchange.back_sock)
             else:
                 exchange.back_sock.close()
+            if self.log is not None:
+                self.log.status = exchange.status or None
             if exchange.status:
                 counters.count_status(exchange.status)
                 listener.observe(
@@ -600,6 +660,7 @@ class HttpSession:
         except OSError as error:
             raise _ClientGone(str(error)) from None
         self.listener.counters.bytes_out += len(data)
+        self.bytes_out += len(data)
 
     async def _receive_front(self) -> bytes:
         with trio.move_on_after(self.listener.config.front_timeout) as scope:
@@ -610,6 +671,7 @@ class HttpSession:
         if scope.cancelled_caught or not data:
             raise _ClientGone("client closed or timed out during the request body")
         self.listener.counters.bytes_in += len(data)
+        self.bytes_in += len(data)
         return data
 
     async def _upload_body(self, head: RequestHead, back: PlainStream) -> None:
@@ -737,11 +799,67 @@ class HttpSession:
             code, context, inline_template=inline_template, extra_headers=extra
         )
         listener.counters.count_answer(code)
+        log_entry = self.log
+        if log_entry is not None:
+            log_entry.status = code
+            log_entry.message = message or None
+            log_entry.cluster_id = log_entry.cluster_id or cluster_id or None
+        elif listener.shared.access_log is not None:
+            # An answer before any head was parsed (400, 408): logged on its own.
+            self.log = _RequestLog(
+                trio.current_time(), request_id, None, self.bytes_in, self.bytes_out
+            )
+            self.log.status, self.log.message = code, message or None
         try:
             await self._send_front(rendered.data)
         except _ClientGone:
             return False
+        finally:
+            if log_entry is None and self.log is not None:
+                self._write_access_log()
+                self.log = None
         return not rendered.close and not listener.draining
+
+    def _write_access_log(self) -> None:
+        entry = self.log
+        sink = self.listener.shared.access_log
+        if entry is None or sink is None:
+            return
+        listener = self.listener
+        if not self.session_id:
+            self.session_id = listener.ids.generate()
+        now = trio.current_time()
+        head = entry.head
+        user_agent = header_value(head.headers, b"user-agent") if head is not None else None
+        backend_started = entry.backend_started
+        record = AccessRecord(
+            time_ns=time.time_ns(),
+            pid=listener.shared.pid,
+            tag=listener.shared.tag,
+            session_id=self.session_id,
+            request_id=entry.request_id,
+            cluster_id=entry.cluster_id,
+            backend_id=entry.backend_id,
+            client=f"{self.peer[0]}:{self.peer[1]}",
+            backend_address=entry.backend_address,
+            request_time=now - entry.started,
+            service_time=None if backend_started is None else backend_started - entry.started,
+            response_time=None if backend_started is None else now - backend_started,
+            bytes_in=self.bytes_in - entry.bytes_in_start,
+            bytes_out=self.bytes_out - entry.bytes_out_start,
+            tags=entry.frontend_tags or {},
+            user_agent=user_agent.decode("latin-1") if user_agent else None,
+            protocol=listener.scheme,
+            authority=head.authority.decode("latin-1") if head and head.authority else "",
+            method=head.method.decode("latin-1") if head else "",
+            path=head.path.decode("latin-1") if head else "",
+            status=entry.status,
+            message=entry.message,
+        )
+        try:
+            sink(format_line(record))
+        except (OSError, ValueError) as error:
+            log.debug("access log: %s", error)
 
 
 async def _receive_back(back: PlainStream, idle: float) -> bytes:
