@@ -25,6 +25,32 @@ def shutdown(ctx: click.Context, hard: bool) -> None:
     run(ctx, rq.HardStop() if hard else rq.SoftStop(), default_timeout_ms=patience * 1000)
 
 
+@click.command("upgrade", cls=SozuCommand)
+@click.option(
+    "--worker",
+    "worker_id",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Upgrade this worker (its id in `sozu -j status`); without it, the supervisor and then"
+    " every worker.",
+)
+@click.option("--wait", is_flag=True, help="Also wait for the old worker to finish draining.")
+@click.pass_context
+def upgrade(ctx: click.Context, worker_id: int | None, wait: bool) -> None:
+    """Replace workers (or the supervisor) by new processes running the code on disk.
+
+    A new worker adopts its slot's listener sockets and replays the state before the old one
+    stops accepting and drains: no connection is refused or reset. -t limits the whole wait.
+    """
+    config = load_or_fail(cli_state(ctx)).config
+    patience = config.worker_timeout * 3 + (config.drain_timeout if wait else 0) + 10
+    if worker_id is None:
+        patience = patience * max(1, config.worker_count) + config.worker_timeout
+        run(ctx, rq.UpgradeMain(), default_timeout_ms=patience * 1000)
+        return
+    run(ctx, rq.UpgradeWorker(worker_id=worker_id, wait=wait), default_timeout_ms=patience * 1000)
+
+
 def status_document(report: StatusReport) -> dict[str, object]:
     """`sozu -j status`: exactly the supervisor object and the live workers."""
     return {

@@ -43,7 +43,7 @@ from sozu.supervisor.prometheus_endpoint import (
     serve_prometheus,
 )
 from sozu.supervisor.server import CommandServer, CommandSocket
-from sozu.supervisor.workers import Worker, WorkerPool
+from sozu.supervisor.workers import UpgradeError, Worker, WorkerPool
 from sozu.worker.build import build_id
 from sozu.worker.state_queries import QUERY_TYPES, answer_query
 
@@ -254,6 +254,8 @@ class Supervisor:
         if isinstance(request, rq.ConfigureMetrics):
             main = ok(request_id, f"metrics {request.config.lower()}")
             return await self.query_everyone(request_id, request, main)
+        if isinstance(request, rq.UpgradeWorker):
+            return await self.upgrade_worker(request_id, request.worker_id, wait=request.wait)
         if isinstance(request, QUERY_TYPES):
             if request.ROUTING == "query":
                 return await self.query_everyone(request_id, request)
@@ -262,6 +264,22 @@ class Supervisor:
         if request.ROUTING == "worker":
             return failure(request_id, f"{kind} is only for the supervisor-to-worker channel")
         return failure(request_id, f"{kind} is not implemented yet")
+
+    async def upgrade_worker(self, request_id: str, worker_id: int, *, wait: bool) -> Response:
+        if self.stopping:
+            return failure(request_id, "the daemon is stopping")
+        try:
+            new = await self.pool.upgrade_worker(worker_id, wait=wait)
+        except UpgradeError as error:
+            return failure(request_id, f"upgrade of worker {worker_id} failed: {error}")
+        state_hash = self.state.hash()
+        drained = "has exited" if wait else "is draining"
+        return ok(
+            request_id,
+            f"worker {worker_id} upgraded: worker {new.id} (pid {new.pid}) serves slot"
+            f" {new.slot}; worker {worker_id} {drained}",
+            content=WorkerInfos(workers=(self.pool.info(new, state_hash),)),
+        )
 
     async def status(self) -> StatusReport:
         async with trio.open_nursery() as nursery:

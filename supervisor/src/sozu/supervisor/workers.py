@@ -1,13 +1,17 @@
-"""Worker processes: launch into a slot, start-up handshake, crash detection and relaunch.
+"""Worker processes: launch into a slot, start-up handshake, crash detection, relaunch and
+upgrade.
 
 Each slot (0..worker_count-1) runs one `run_slot` task for the daemon's lifetime: launch a
-worker, wait for its process to exit, then relaunch it with the full state, with backoff and
-at most `worker_max_restarts_per_minute` relaunches in any minute. See LIFECYCLE.md.
+worker, wait for the slot's current worker to exit, then relaunch it with the full state, with
+backoff and at most `worker_max_restarts_per_minute` relaunches in any minute. An upgrade
+starts a successor in the slot, makes it the slot's current worker once Ready, and retires the
+old one (stop accepting, drain, exit) beside it. See LIFECYCLE.md.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -57,6 +61,8 @@ class Worker:
     build_id: str = ""
     state_hash: str = ""
     replace_reason: str | None = None
+    # Set once the process has exited and the supervisor has let go of it.
+    exited: trio.Event = field(default_factory=trio.Event)
 
     @property
     def pid(self) -> int:
@@ -72,6 +78,16 @@ class Slot:
     worker: Worker | None = None
     restarts: int = 0
     restart_times: collections.deque[float] = field(default_factory=collections.deque)
+    # Old workers of the slot still draining after an upgrade.
+    retiring: list[Worker] = field(default_factory=list)
+    upgrading: bool = False
+    # Set when the current worker exits or is replaced by an upgrade.
+    wakeup: trio.Event = field(default_factory=trio.Event)
+    nursery: trio.Nursery | None = None
+
+
+class UpgradeError(Exception):
+    """An upgrade that could not be done; the old worker keeps serving."""
 
 
 def describe_exit(returncode: int) -> str:
@@ -111,7 +127,9 @@ class WorkerPool:
     # -- queries
 
     def live_workers(self) -> list[Worker]:
-        return [slot.worker for slot in self.slots if slot.worker is not None]
+        """Current workers of the slots, and old ones still draining after an upgrade."""
+        current = [slot.worker for slot in self.slots if slot.worker is not None]
+        return current + [w for slot in self.slots for w in slot.retiring]
 
     def running_workers(self) -> list[Worker]:
         return [w for w in self.live_workers() if w.state == "running"]
@@ -259,20 +277,21 @@ class WorkerPool:
 
     async def _watch_channel(self, worker: Worker) -> None:
         await worker.mux.run()
-        if worker.process.returncode is None and not self.stopping:
+        if worker.process.returncode is None and not self.stopping and worker.state != "draining":
             log.warning("%s: channel closed (%s)", worker.name(), worker.mux.closed_reason)
         with trio.move_on_after(EXIT_GRACE):
             await worker.process.wait()
         if worker.process.returncode is None:
             worker.process.kill()
 
-    async def _run_worker(
-        self, slot: Slot, relaunch_of: Worker | None, on_started: Callable[[], object]
-    ) -> Worker:
-        """Launch a worker into `slot` and return it once its process has exited.
+    async def _start_worker(self, slot: Slot, *, successor: bool = False) -> Worker:
+        """Launch a worker for `slot` and run its start-up; its process is watched by a task
+        of the slot's nursery until it exits (then `worker.exited` is set).
 
-        `on_started` is called once the worker is ready or has failed to start.
+        A successor (upgrade) does not become the slot's current worker here. The returned
+        worker is "running" when it is ready; otherwise it has been killed.
         """
+        assert slot.nursery is not None
         process, connection, scm, worker_id = await self._spawn(slot.index)
         worker_ref: list[Worker] = []
         mux = RequestMux(
@@ -280,52 +299,143 @@ class WorkerPool:
         )
         worker = Worker(id=worker_id, slot=slot.index, process=process, mux=mux, scm=scm)
         worker_ref.append(worker)
-        slot.worker = worker
-        log.info("launched %s", worker.name())
+        if not successor:
+            slot.worker = worker
+        log.info("launched %s%s", worker.name(), " (upgrade)" if successor else "")
+        slot.nursery.start_soon(self._lifetime, slot, worker)
         try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    # Interpreter start-up and imports come before the Hello.
-                    with trio.fail_after(max(self.config.worker_timeout, HELLO_TIMEOUT)):
-                        await self._hello(worker, connection)
-                    nursery.start_soon(self._watch_channel, worker)
-                    async with self.state_lock:
-                        await self._start_up(worker)
-                except trio.TooSlowError:
-                    log.error("%s did not become ready in time", worker.name())
-                except (
-                    WorkerStartError,
-                    ConnectionLost,
-                    ProtocolError,
-                    trio.BrokenResourceError,
-                    trio.ClosedResourceError,
-                ) as error:
-                    log.error("%s failed to start: %s", worker.name(), error)
-                on_started()
-                if worker.state == "running":
-                    log.info("%s is ready", worker.name())
-                    if relaunch_of is not None:
-                        self.events.publish(
-                            "WORKER_RELAUNCHED",
-                            message=f"{worker.name()} replaces worker {relaunch_of.id}",
-                        )
-                elif process.returncode is None:
-                    process.kill()
-                await process.wait()
-                nursery.cancel_scope.cancel()
+            # Interpreter start-up and imports come before the Hello.
+            with trio.fail_after(max(self.config.worker_timeout, HELLO_TIMEOUT)):
+                await self._hello(worker, connection)
+            slot.nursery.start_soon(self._watch_channel, worker)
+            async with self.state_lock:
+                await self._start_up(worker)
+        except trio.TooSlowError:
+            log.error("%s did not become ready in time", worker.name())
+        except (
+            WorkerStartError,
+            ConnectionLost,
+            ProtocolError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ) as error:
+            log.error("%s failed to start: %s", worker.name(), error)
+        if worker.state == "running":
+            log.info("%s is ready", worker.name())
+        elif process.returncode is None:
+            process.kill()
+        return worker
+
+    async def _lifetime(self, slot: Slot, worker: Worker) -> None:
+        """Wait for the worker's process to exit, then let go of it."""
+        try:
+            await worker.process.wait()
         finally:
             with trio.CancelScope(shield=True):
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-                await mux.aclose()
-                scm.close()
+                if worker.process.returncode is None:
+                    worker.process.kill()
+                    await worker.process.wait()
+                await worker.mux.aclose()
+                worker.scm.close()
             worker.state = "stopped"
-            if slot.worker is worker:
-                slot.worker = None
+            if worker in slot.retiring:
+                slot.retiring.remove(worker)
             if self.on_worker_exit is not None:
                 self.on_worker_exit(worker)
-        return worker
+            worker.exited.set()
+            slot.wakeup.set()
+
+    async def _current_exit(self, slot: Slot) -> Worker:
+        """Wait until the slot's current worker exits (following upgrades); return it."""
+        while True:
+            current = slot.worker
+            assert current is not None
+            if current.exited.is_set():
+                slot.worker = None
+                return current
+            slot.wakeup = trio.Event()
+            await slot.wakeup.wait()
+
+    # -- upgrades
+
+    def find(self, worker_id: int) -> Worker | None:
+        for worker in self.live_workers():
+            if worker.id == worker_id:
+                return worker
+        return None
+
+    async def upgrade_worker(self, worker_id: int, *, wait: bool = False) -> Worker:
+        """Replace a running worker by a new one in its slot; returns the new worker.
+
+        The new worker adopts the slot's listener sockets and replays the state; once it is
+        Ready it becomes the slot's worker and the old one stops accepting and drains (it
+        exits by itself, at most `drain_timeout` later). UpgradeError leaves the old one
+        serving.
+        """
+        old = self.find(worker_id)
+        if old is None:
+            raise UpgradeError(f"no live worker with id {worker_id}")
+        slot = self.slots[old.slot]
+        if old is not slot.worker or old.state != "running":
+            raise UpgradeError(
+                f"worker {worker_id} is {old.state}, not the running worker of its slot"
+            )
+        if slot.upgrading:
+            raise UpgradeError(f"slot {slot.index} is already being upgraded")
+        if self.stopping:
+            raise UpgradeError("the daemon is stopping")
+        slot.upgrading = True
+        try:
+            try:
+                new = await self._start_worker(slot, successor=True)
+            except OSError as error:
+                raise UpgradeError(f"cannot launch a new worker: {error}") from None
+            if new.state != "running":
+                raise UpgradeError(
+                    f"the new worker {new.id} failed to start; worker {old.id} keeps serving"
+                )
+            if old.exited.is_set() or slot.worker is not old:
+                # The old worker died while its successor started: the successor takes over.
+                log.warning("%s exited during its upgrade", old.name())
+            slot.worker = new
+            slot.retiring.append(old)
+            slot.wakeup.set()
+            old.state = "draining"
+            await self._retire_begin(old)
+            assert slot.nursery is not None
+            slot.nursery.start_soon(self._retire, old)
+            self.events.publish("WORKER_UPGRADED", message=f"{new.name()} replaces {old.name()}")
+        finally:
+            slot.upgrading = False
+        if wait:
+            await old.exited.wait()
+        return new
+
+    async def _retire_begin(self, worker: Worker) -> None:
+        """Make an old worker stop accepting (it keeps its sessions)."""
+        with trio.move_on_after(self.config.worker_timeout):
+            try:
+                response = await worker.mux.call(rq.ReturnListenSockets())
+            except ConnectionLost:
+                return
+            if response.status == "ok":
+                return
+        log.warning("%s did not stop accepting; killing it", worker.name())
+        worker.process.kill()
+
+    async def _retire(self, worker: Worker) -> None:
+        """Drain an old worker: SoftStop, then its exit (killed past its drain time)."""
+        patience = self.config.worker_timeout + self.config.drain_timeout
+        with trio.move_on_after(patience):
+            with contextlib.suppress(ConnectionLost):
+                await worker.mux.call(rq.SoftStop())
+            with trio.move_on_after(EXIT_GRACE):
+                await worker.exited.wait()
+        if not worker.exited.is_set() and worker.process.returncode is None:
+            log.warning("%s did not finish draining; killing it", worker.name())
+            worker.process.kill()
+        await worker.exited.wait()
+        log.info("%s retired", worker.name())
 
     def _unsolicited(self, worker: list[Worker], response: Response) -> None:
         event = response.content
@@ -358,46 +468,62 @@ class WorkerPool:
         Sets `started` once the first worker is ready or has failed to start.
         """
         slot = self.slots[index]
-        on_started = started.set
-
-        previous: Worker | None = None
         try:
-            while not self.stopping:
-                try:
-                    previous = await self._run_worker(slot, previous, on_started)
-                except OSError as error:
-                    log.error("slot %d: cannot launch a worker: %s", index, error)
-                    on_started()
-                    launch_delay = self._backoff(slot)
-                    if launch_delay is None:
-                        log.error("slot %d stays empty: too many failed launches", index)
-                        break
-                    await trio.sleep(launch_delay)
-                    continue
-                if self.stopping:
-                    break
-                reason = describe_exit(previous.process.returncode or 0)
-                if previous.replace_reason is not None:
-                    reason = f"replaced: {previous.replace_reason}"
-                self.events.publish("WORKER_KILLED", message=f"{previous.name()} {reason}")
-                if not self.config.worker_automatic_restart:
-                    log.error("slot %d stays empty: worker_automatic_restart is off", index)
-                    break
-                delay = 0.0 if previous.replace_reason is not None else self._backoff(slot)
-                if delay is None:
-                    log.error(
-                        "slot %d stays empty: %d relaunches in the last minute already"
-                        " (worker_max_restarts_per_minute)",
-                        index,
-                        len(slot.restart_times),
-                    )
-                    break
-                await trio.sleep(delay)
-                slot.restarts += 1
+            async with trio.open_nursery() as nursery:
+                slot.nursery = nursery
+                await self._keep_slot(slot, started)
+                # Old workers still draining are waited for; the daemon is stopping.
+                nursery.cancel_scope.deadline = (
+                    trio.current_time()
+                    + EXIT_GRACE
+                    + (self.config.worker_timeout + self.config.drain_timeout)
+                )
         finally:
-            on_started()
+            started.set()
             # No replacement is coming: clients must not wait in a queue nobody serves.
             self.sockets.close_slot(index)
+
+    async def _keep_slot(self, slot: Slot, started: trio.Event) -> None:
+        previous: Worker | None = None
+        while not self.stopping:
+            try:
+                worker = await self._start_worker(slot)
+            except OSError as error:
+                log.error("slot %d: cannot launch a worker: %s", slot.index, error)
+                started.set()
+                launch_delay = self._backoff(slot)
+                if launch_delay is None:
+                    log.error("slot %d stays empty: too many failed launches", slot.index)
+                    return
+                await trio.sleep(launch_delay)
+                continue
+            started.set()
+            if worker.state == "running" and previous is not None:
+                self.events.publish(
+                    "WORKER_RELAUNCHED",
+                    message=f"{worker.name()} replaces worker {previous.id}",
+                )
+            previous = await self._current_exit(slot)
+            if self.stopping:
+                return
+            reason = describe_exit(previous.process.returncode or 0)
+            if previous.replace_reason is not None:
+                reason = f"replaced: {previous.replace_reason}"
+            self.events.publish("WORKER_KILLED", message=f"{previous.name()} {reason}")
+            if not self.config.worker_automatic_restart:
+                log.error("slot %d stays empty: worker_automatic_restart is off", slot.index)
+                return
+            delay = 0.0 if previous.replace_reason is not None else self._backoff(slot)
+            if delay is None:
+                log.error(
+                    "slot %d stays empty: %d relaunches in the last minute already"
+                    " (worker_max_restarts_per_minute)",
+                    slot.index,
+                    len(slot.restart_times),
+                )
+                return
+            await trio.sleep(delay)
+            slot.restarts += 1
 
     async def stop_all(self, hard: bool) -> tuple[int, int]:
         """Send SoftStop/HardStop to every live worker and wait for them to exit.
@@ -412,6 +538,16 @@ class WorkerPool:
         outcomes: list[bool] = []
 
         async def stop_one(worker: Worker) -> None:
+            if worker.state == "draining":
+                # An old worker of an upgrade is soft-stopping already.
+                if not hard:
+                    with trio.move_on_after(timeout + EXIT_GRACE):
+                        await worker.exited.wait()
+                clean = worker.process.returncode == 0
+                if worker.process.returncode is None:
+                    worker.process.kill()
+                outcomes.append(clean)
+                return
             answered = False
             with trio.move_on_after(timeout):
                 try:

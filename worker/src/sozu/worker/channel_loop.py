@@ -224,6 +224,11 @@ async def _serve_requests(core: WorkerCore, proxies: Proxies, conn: FramedConnec
             await conn.send_response(item.failure())
             continue
         request = item.request
+        if isinstance(request, rq.ReturnListenSockets):
+            # An upgrade: the successor serves the slot's sockets; sessions go on here.
+            proxies.stop_accepting()
+            await conn.send_response(ok(item.id, "stopped accepting"))
+            continue
         if isinstance(request, rq.SoftStop):
             proxies.stop_accepting()
             drain_timeout = core.server_config.drain_timeout if core.server_config else 0

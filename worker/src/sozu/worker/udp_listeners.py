@@ -325,6 +325,9 @@ class UdpListeners:
             for reason in SHELL_DROP_REASONS:
                 key = f"drop:{reason}"
                 values[key] = values.get(key, 0) + getattr(shell, reason)
+            # A flow aborted because its upstream socket could not be opened was shed too.
+            shed = "sozu_udp_flows_shed_total"
+            values[shed] = values.get(shed, 0) + shell.upstream_open_failed
         for key, offset in self._offsets.get(address, {}).items():
             values[key] = values.get(key, 0) + offset
         return values

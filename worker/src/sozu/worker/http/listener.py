@@ -96,8 +96,6 @@ class HttpShared:
         self.draining = False
         # (cluster id, client ip) -> requests in flight, for clusters with max_connections_per_ip
         self.per_ip: dict[tuple[str, str], int] = {}
-        # Cancel scopes of sessions waiting for their next request (closed by a drain).
-        self.idle_sessions: set[trio.CancelScope] = set()
         self.response_seconds: dict[str, Histogram] = {}
         self.backend_response_seconds: dict[str, Histogram] = {}
         self.histogram: Callable[[str, str], Histogram] | None = None
@@ -107,10 +105,10 @@ class HttpShared:
         self.pid = os.getpid()
 
     def drain(self) -> None:
-        """Stop keep-alive: requests in flight end with `Connection: close`, idle ones close."""
+        """Stop keep-alive: each connection's next response says `Connection: close`, and the
+        connection closes after it (idle ones wait for their next request, at most until the
+        drain ends)."""
         self.draining = True
-        for scope in list(self.idle_sessions):
-            scope.cancel()
 
 
 def _clock_ms() -> int:

@@ -162,17 +162,8 @@ class HttpSession:
                 wait_until = trio.current_time() + config.front_timeout
             else:
                 wait_until = deadline
-            idle = self.listener.shared.idle_sessions
             with trio.move_on_at(wait_until) as scope:
-                if buf:
-                    data = await self.front.receive()
-                else:
-                    # Between requests: a drain closes this connection at once.
-                    idle.add(scope)
-                    try:
-                        data = await self.front.receive()
-                    finally:
-                        idle.discard(scope)
+                data = await self.front.receive()
             if scope.cancelled_caught:
                 if buf:
                     await self._answer(408, message="request head not received in time")

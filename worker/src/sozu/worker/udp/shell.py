@@ -204,6 +204,11 @@ class UdpListenerProxy:
         spins = 0
         with upstream.scope:
             while True:
+                if len(buffer) != len(self._buffer):
+                    # max_rx changed live: read whole replies of the new size, or one cut to
+                    # the old buffer would pass the core's size check and reach the client cut.
+                    buffer = bytearray(len(self._buffer))
+                    view = memoryview(buffer)
                 try:
                     size = sock.recv_into(buffer)
                 except BlockingIOError:
