@@ -63,6 +63,8 @@ class _Exchange:
 
     back_sock: socket.socket
     status: int = 0
+    # Response bytes have been (or are being) sent to the client.
+    responding: bool = False
     keep_client: bool = False
     keep_backend: bool = False
     upgraded: bool = False
@@ -93,6 +95,8 @@ class _Upload:
     done: bool
     failed: bool = False
     scope: trio.CancelScope | None = None
+    # The answer owed to the client for a malformed body (400), if nothing was sent yet.
+    refused: HeadError | None = None
 
 
 # `_read_response`: the backend closed before sending a byte (a stale pooled connection).
@@ -487,6 +491,16 @@ class HttpSession:
             nursery.cancel_scope.cancel()
         if upload.failed:
             result.keep_client = result.keep_backend = False
+            if upload.refused is not None and not result.responding:
+                self.listener.counters.parse_errors += 1
+                await self._answer(
+                    upload.refused.status,
+                    answers=answers,
+                    request_id=request_id,
+                    route=route,
+                    message=upload.refused.reason,
+                )
+                result.status = upload.refused.status
         return result
 
     async def _send_request(
@@ -510,6 +524,8 @@ class HttpSession:
             upload.done = True
         except (HeadError, _ClientGone, OSError) as error:
             upload.failed = True
+            if isinstance(error, HeadError):
+                upload.refused = error
             log.debug("request body from %s: %s", self.peer[0], error)
             if upload.scope is not None:
                 upload.scope.cancel()
@@ -537,6 +553,7 @@ class HttpSession:
             status = 502 if response == _STALE else response
             if status == 502:
                 listener.counters.backend_parse_errors += 1
+            result.responding = True
             result.keep_client = await self._answer(
                 status,
                 answers=answers,
@@ -549,6 +566,7 @@ class HttpSession:
             return result
         response_head, leftover = response
         if response_head.status == 101 and head.upgrade:
+            result.responding = True
             return await self._upgrade(response_head, leftover, back, request_id, result)
         closing = (
             not keep_alive
@@ -575,6 +593,7 @@ class HttpSession:
             b"HTTP/1.1 " + str(response_head.status).encode() + b" " + response_head.reason
         )
         out = serialize_head(status_line, edited.headers)
+        result.responding = True
         body_complete = await self._download_body(response_head, out, leftover, back)
         result.status = response_head.status
         result.keep_backend = (
