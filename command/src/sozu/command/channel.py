@@ -136,6 +136,14 @@ class FramedConnection:
     async def aclose(self) -> None:
         await self._stream.aclose()
 
+    def take_buffered(self) -> bytes:
+        """Bytes received but not yet returned as a frame (for a supervisor upgrade)."""
+        return self._reader.take_buffered()
+
+    def prefill(self, data: bytes) -> None:
+        """Bytes the previous owner of this stream had received but not framed yet."""
+        self._reader.feed(data)
+
     async def __aenter__(self) -> Self:
         return self
 

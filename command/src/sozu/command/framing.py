@@ -64,6 +64,15 @@ class FrameReader:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer += data
 
+    def take_buffered(self) -> bytes:
+        """The bytes read but not yet framed (handed to a process that takes over the stream);
+        the reader forgets them."""
+        assert not self._skip, "inside an oversize frame"
+        data = bytes(self._head) + bytes(self._buffer)
+        self._head.clear()
+        self._buffer.clear()
+        return data
+
     def next_frame(self) -> bytes | OversizeFrame | None:
         buffer = self._buffer
         if self._skip:

@@ -183,6 +183,24 @@ class MetricsAggregator:
     def live_workers(self) -> list[int]:
         return sorted(self._live)
 
+    def retired(self) -> MetricsSnapshot:
+        """The totals of exited workers only (what a supervisor upgrade carries over)."""
+        return MetricsSnapshot(
+            counters=_samples(self._retired_counters.items()),
+            histograms=tuple(
+                HistogramSample(name, labels, total.bounds, tuple(total.counts), total.sum)
+                for (name, labels), total in sorted(self._retired_histograms.items())
+            ),
+        )
+
+    def restore_retired(self, snapshot: MetricsSnapshot) -> None:
+        """Start from the totals of exited workers a previous supervisor kept."""
+        for sample in snapshot.counters:
+            key = (sample.name, sample.labels)
+            self._retired_counters[key] = self._retired_counters.get(key, 0) + sample.value
+        for histogram in snapshot.histograms:
+            _add_histogram(self._retired_histograms, histogram)
+
     def totals(self) -> MetricsSnapshot:
         """Counters and histograms summed over live and retired workers, gauges over live
         (summed, except `MIN_GAUGES`: their minimum)."""

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import click
 import msgspec
 
-from sozu.cli.context import SozuCommand, cli_state, load_or_fail
-from sozu.cli.daemon_client import call, follow, print_json, run
+from sozu.cli.context import SozuCommand, cli_state, command_socket, load_or_fail
+from sozu.cli.daemon_client import DaemonFailure, call, follow, print_json, run
 from sozu.command import requests as rq
-from sozu.command.envelope import Response
+from sozu.command.client import CommandClient, CommandTimeout, DaemonUnavailable
+from sozu.command.envelope import ProtocolError, Response
 from sozu.command.responses import Event, StatusReport
 
 
@@ -42,13 +44,67 @@ def upgrade(ctx: click.Context, worker_id: int | None, wait: bool) -> None:
     A new worker adopts its slot's listener sockets and replays the state before the old one
     stops accepting and drains: no connection is refused or reset. -t limits the whole wait.
     """
-    config = load_or_fail(cli_state(ctx)).config
+    state = cli_state(ctx)
+    config = load_or_fail(state).config
     patience = config.worker_timeout * 3 + (config.drain_timeout if wait else 0) + 10
-    if worker_id is None:
-        patience = patience * max(1, config.worker_count) + config.worker_timeout
-        run(ctx, rq.UpgradeMain(), default_timeout_ms=patience * 1000)
+    if worker_id is not None:
+        run(
+            ctx,
+            rq.UpgradeWorker(worker_id=worker_id, wait=wait),
+            default_timeout_ms=patience * 1000,
+        )
         return
-    run(ctx, rq.UpgradeWorker(worker_id=worker_id, wait=wait), default_timeout_ms=patience * 1000)
+    patience = patience * max(1, config.worker_count) + config.worker_timeout
+    timeout_ms = state.timeout_ms or patience * 1000
+    deadline = time.monotonic() + timeout_ms / 1000
+    answer = call(ctx, rq.UpgradeMain(), default_timeout_ms=timeout_ms)
+    before = answer.content
+    if not isinstance(before, StatusReport):
+        raise DaemonFailure("unexpected answer to UpgradeMain")
+    if not state.json:
+        click.echo(answer.message or "upgrading", err=True)
+    after = _wait_for_upgrade(ctx, before, deadline, config.worker_count)
+    if state.json:
+        print_json({"status": "ok", "message": "upgraded", "content": status_document(after)})
+    else:
+        click.echo(
+            f"supervisor upgraded (boot generation {after.supervisor.boot_generation}); "
+            f"workers {', '.join(str(w.id) for w in after.workers if w.state == 'running')}"
+        )
+
+
+def _wait_for_upgrade(
+    ctx: click.Context, before: StatusReport, deadline: float, worker_count: int
+) -> StatusReport:
+    """Poll the status until the re-executed supervisor has upgraded every worker."""
+    generation = before.supervisor.boot_generation
+    old_ids = {w.id for w in before.workers}
+    while True:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            raise DaemonFailure("the upgrade did not complete in time (see `sozu status`)")
+        report = _status_or_none(ctx, min(remaining_ms, 5000))
+        if report is not None and report.supervisor.boot_generation > generation:
+            running = [w for w in report.workers if w.state == "running"]
+            if len(running) == worker_count and all(
+                w.hash_ok and w.id not in old_ids for w in running
+            ):
+                return report
+        time.sleep(0.2)
+
+
+def _status_or_none(ctx: click.Context, timeout_ms: int) -> StatusReport | None:
+    """The status, or None while the supervisor is re-executing (socket not answering)."""
+    state = cli_state(ctx)
+    loaded = load_or_fail(state)
+    try:
+        with CommandClient.connect(
+            command_socket(state, loaded), max_frame_size=loaded.config.max_command_buffer_size
+        ) as client:
+            response = client.call(rq.Status(), timeout_ms=timeout_ms)
+    except (DaemonUnavailable, CommandTimeout, ProtocolError, OSError):
+        return None
+    return response.content if isinstance(response.content, StatusReport) else None
 
 
 def status_document(report: StatusReport) -> dict[str, object]:

@@ -8,13 +8,21 @@ from sozu.cli.context import SozuCommand, cli_state, load_or_fail
 
 
 @click.command("start", cls=SozuCommand)
+@click.option("--handoff", type=click.Path(dir_okay=False), hidden=True)
 @click.pass_context
-def start(ctx: click.Context) -> None:
+def start(ctx: click.Context, handoff: str | None) -> None:
     """Run the proxy (supervisor and workers) in the foreground.
 
     SIGTERM stops it softly, SIGINT hard. Without -c it runs the embedded default
     configuration and prints where its command socket is.
     """
+    if handoff is not None:
+        # The supervisor re-executing itself for `sozu upgrade`.
+        from pathlib import Path
+
+        from sozu.supervisor.main import run_from_handoff
+
+        ctx.exit(run_from_handoff(Path(handoff)))
     state = cli_state(ctx)
     loaded = load_or_fail(state)
     # Imported here so that the other commands do not pay for trio.

@@ -52,6 +52,21 @@ class ListenerSockets:
     def __contains__(self, key: ListenerKey) -> bool:
         return key in self._sockets
 
+    def items(self) -> list[tuple[ListenerKey, dict[int, socket.socket]]]:
+        return list(self._sockets.items())
+
+    @property
+    def dead_slots(self) -> set[int]:
+        return set(self._dead_slots)
+
+    def adopt(
+        self, sockets: list[tuple[ListenerKey, int, socket.socket]], dead_slots: set[int]
+    ) -> None:
+        """Take over the sockets a previous supervisor held (upgrade): (key, slot, socket)."""
+        for key, slot, sock in sockets:
+            self._sockets.setdefault(key, {})[slot] = sock
+        self._dead_slots |= dead_slots
+
     def bind(self, proxy: ListenerType, address: str) -> None:
         """Bind the listener's socket of every live slot; OSError (nothing kept) on failure."""
         key = (proxy, address)

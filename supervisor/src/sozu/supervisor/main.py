@@ -11,7 +11,8 @@ from pathlib import Path
 import trio
 
 from sozu.command import state as state_module
-from sozu.command.config import LoadedConfig
+from sozu.command.config import LoadedConfig, load_config
+from sozu.command.state import ConfigState
 from sozu.supervisor.daemon_io import (
     StartupError,
     bind_metrics_socket,
@@ -19,6 +20,7 @@ from sozu.supervisor.daemon_io import (
     setup_logging,
     write_pid_file,
 )
+from sozu.supervisor.handoff import Handoff, read_handoff
 from sozu.supervisor.server import CommandSocket
 from sozu.supervisor.supervisor import Supervisor, initial_state
 from sozu.supervisor.workers import default_debug
@@ -26,7 +28,40 @@ from sozu.supervisor.workers import default_debug
 log = logging.getLogger("sozu.supervisor")
 
 
-def run(loaded: LoadedConfig, *, announce: bool = False) -> int:
+def run_from_handoff(path: Path) -> int:
+    """The new supervisor image of an in-place upgrade: adopt everything the old one held."""
+    handoff = read_handoff(path)
+    loaded = load_config(Path(handoff.config_path) if handoff.config_path else None)
+    state = ConfigState()
+    for request in handoff.state:
+        state.apply(request)
+    command_socket = CommandSocket.adopt(
+        handoff.command_socket_fd,
+        Path(handoff.command_socket_path),
+        handoff.command_socket_inode,
+    )
+    metrics_socket = None
+    if handoff.metrics_socket_fd is not None:
+        os.set_inheritable(handoff.metrics_socket_fd, False)
+        metrics_socket = socket.socket(fileno=handoff.metrics_socket_fd)
+    return run(
+        loaded,
+        state=state,
+        command_socket=command_socket,
+        metrics_socket=metrics_socket,
+        handoff=handoff,
+    )
+
+
+def run(
+    loaded: LoadedConfig,
+    *,
+    announce: bool = False,
+    state: ConfigState | None = None,
+    command_socket: CommandSocket | None = None,
+    metrics_socket: socket.socket | None = None,
+    handoff: Handoff | None = None,
+) -> int:
     """Run the daemon; the process exit status (0 after a stop, 1 if it cannot start).
 
     `announce` prints where the command socket and metrics are once the daemon is ready (for
@@ -37,18 +72,19 @@ def run(loaded: LoadedConfig, *, announce: bool = False) -> int:
     for warning in loaded.warnings:
         log.warning("%s: %s", loaded.source, warning)
     pid_file = Path(config.pid_file_path) if config.pid_file_path is not None else None
-    command_socket: CommandSocket | None = None
-    metrics_socket: socket.socket | None = None
     debug = default_debug(config)
     if debug:
         state_module.FULL_INVARIANT_CHECKS = True
+    address = config.metrics.prometheus_address
     try:
-        state = initial_state(loaded)
-        if pid_file is not None:
-            write_pid_file(pid_file)
-        command_socket = CommandSocket(Path(config.command_socket))
-        address = config.metrics.prometheus_address
-        metrics_socket = bind_metrics_socket(address) if address is not None else None
+        if handoff is None:
+            state = initial_state(loaded)
+            if pid_file is not None:
+                write_pid_file(pid_file)
+            command_socket = CommandSocket(Path(config.command_socket))
+            metrics_socket = bind_metrics_socket(address) if address is not None else None
+        assert state is not None
+        assert command_socket is not None
 
         def on_ready() -> None:
             if announce:
@@ -66,6 +102,7 @@ def run(loaded: LoadedConfig, *, announce: bool = False) -> int:
             metrics_socket=metrics_socket,
             debug=debug,
             on_ready=on_ready,
+            handoff=handoff,
         )
         trio.run(supervisor.run)
     except StartupError as error:

@@ -98,6 +98,8 @@ class MetricsCollector:
         self.aggregator = aggregator
         self.patience = patience
         self._latest: dict[int, MetricsSnapshot] = {}
+        # Set while a supervisor upgrade quiesces the worker channels.
+        self.paused = False
         pool.on_worker_exit = self.retire
 
     def retire(self, worker: Worker) -> None:
@@ -129,8 +131,9 @@ class MetricsCollector:
 
     async def run(self) -> None:
         while True:
-            await self.poll_once()
-            await self.refresh_hashes()
+            if not self.paused:
+                await self.poll_once()
+                await self.refresh_hashes()
             await trio.sleep(POLL_INTERVAL)
 
     def report(self, request: rq.QueryMetrics) -> MetricsReport:

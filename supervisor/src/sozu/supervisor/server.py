@@ -69,6 +69,16 @@ class CommandSocket:
         self.sock = sock
         self.inode = path.stat().st_ino
 
+    @classmethod
+    def adopt(cls, fd: int, path: Path, inode: int) -> CommandSocket:
+        """The command socket a previous supervisor image was serving (upgrade)."""
+        os.set_inheritable(fd, False)
+        adopted = cls.__new__(cls)
+        adopted.path = path
+        adopted.sock = socket.socket(fileno=fd)
+        adopted.inode = inode
+        return adopted
+
     def remove(self) -> None:
         """Unlink the socket file if it is still ours."""
         with contextlib.suppress(OSError):

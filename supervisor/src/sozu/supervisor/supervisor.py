@@ -35,6 +35,8 @@ from sozu.command.state_errors import StateError
 from sozu.command.statefile import save_state
 from sozu.supervisor.daemon_io import StartupError, sd_notify
 from sozu.supervisor.events import EventHub
+from sozu.supervisor.handoff import Handoff
+from sozu.supervisor.main_upgrade import build_handoff, exec_with_handoff, preflight, quiesce
 from sozu.supervisor.metrics_poll import MetricsCollector
 from sozu.supervisor.mutations import Mutations, Reply, is_sequenced
 from sozu.supervisor.prometheus_endpoint import (
@@ -78,6 +80,7 @@ class Supervisor:
         metrics_socket: socket.socket | None = None,
         debug: bool,
         on_ready: Callable[[], None] | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         config = loaded.config
         self.config = config
@@ -103,6 +106,14 @@ class Supervisor:
             self.pool, self.metrics, min(STATUS_PATIENCE, config.worker_timeout)
         )
         self.stopping = False
+        self.handoff = handoff
+        self.main_upgrading = False
+        if handoff is not None:
+            self.boot_generation = handoff.boot_generation
+            self.pool.adopt(handoff)
+            self.metrics.restore_retired(handoff.retired_metrics)
+            for kind, result, count in handoff.command_counts:
+                self.command_counts[(kind, result)] = count
         self.done = trio.Event()
         self._root: trio.Nursery | None = None
 
@@ -121,7 +132,8 @@ class Supervisor:
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             try:
-                self.bind_active_listeners()
+                if self.handoff is None:
+                    self.bind_active_listeners()
                 async with trio.open_nursery() as root:
                     self._root = root
                     root.start_soon(self._watch_signals, signals)
@@ -148,6 +160,13 @@ class Supervisor:
                         self.command_socket.path,
                     )
                     root.start_soon(self.collector.run)
+                    if self.handoff is not None:
+                        self.events.publish(
+                            "MAIN_UPGRADED",
+                            message=f"supervisor boot generation {self.boot_generation}",
+                        )
+                        if self.handoff.upgrade_workers:
+                            root.start_soon(self._upgrade_every_worker)
                     sd_notify("READY=1")
                     if self.on_ready is not None:
                         self.on_ready()
@@ -230,6 +249,8 @@ class Supervisor:
             )
         elif is_sequenced(request):
             self.mutations.submit(partial(self.mutations.apply, request_id, request, reply))
+        elif isinstance(request, rq.UpgradeMain):
+            root.start_soon(self.upgrade_main, request_id, reply)
         elif isinstance(request, rq.SubscribeEvents):
             nursery.start_soon(self.events.follow, request_id, reply)
         else:
@@ -265,6 +286,80 @@ class Supervisor:
             return failure(request_id, f"{kind} is only for the supervisor-to-worker channel")
         return failure(request_id, f"{kind} is not implemented yet")
 
+    async def upgrade_main(self, request_id: str, reply: Reply) -> None:
+        """Re-execute the supervisor in place with the code on disk (see main_upgrade.py)."""
+        if self.main_upgrading or self.pool.upgrading:
+            await reply(failure(request_id, "an upgrade is already running"))
+            return
+        self.main_upgrading = True
+        try:
+            problem = await preflight()
+            if problem is not None:
+                await reply(
+                    failure(
+                        request_id,
+                        f"pre-flight of the new code failed, the supervisor keeps running: "
+                        f"{problem}",
+                    )
+                )
+                return
+            async with self.state_lock:
+                self.collector.paused = True
+                try:
+                    if not await quiesce(self.pool, self.config.worker_timeout):
+                        await reply(
+                            failure(request_id, "workers kept requests in flight; try again")
+                        )
+                        return
+                    report = await self._status_now()
+                    handoff, fds = build_handoff(
+                        self.pool,
+                        boot_generation=self.boot_generation,
+                        config_path=self.config_path,
+                        state_requests=tuple(self.state.generate_requests()),
+                        command_socket_fd=self.command_socket.sock.fileno(),
+                        command_socket_path=str(self.command_socket.path),
+                        command_socket_inode=self.command_socket.inode,
+                        metrics_socket_fd=(
+                            self.metrics_socket.fileno() if self.metrics_socket else None
+                        ),
+                        command_counts=tuple(
+                            (kind, result, count)
+                            for (kind, result), count in self.command_counts.items()
+                        ),
+                        retired_metrics=self.metrics.retired(),
+                    )
+                    await reply(
+                        ok(
+                            request_id,
+                            f"supervisor pid {os.getpid()} re-executing as boot generation "
+                            f"{handoff.boot_generation}; then every worker is upgraded",
+                            content=report,
+                        )
+                    )
+                    try:
+                        exec_with_handoff(handoff, fds)
+                    except OSError:
+                        for worker, handed in zip(
+                            self.pool.live_workers(), handoff.workers, strict=True
+                        ):
+                            worker.mux.connection.prefill(handed.buffered)
+                finally:
+                    self.collector.paused = False
+        finally:
+            self.main_upgrading = False
+
+    async def _upgrade_every_worker(self) -> None:
+        """After an in-place re-exec: each adopted worker is replaced, one at a time."""
+        for slot in self.pool.slots:
+            worker = slot.worker
+            if worker is None or self.stopping:
+                continue
+            try:
+                await self.pool.upgrade_worker(worker.id)
+            except UpgradeError as error:
+                log.error("upgrade of %s after the supervisor upgrade: %s", worker.name(), error)
+
     async def upgrade_worker(self, request_id: str, worker_id: int, *, wait: bool) -> Response:
         if self.stopping:
             return failure(request_id, "the daemon is stopping")
@@ -287,6 +382,10 @@ class Supervisor:
                 nursery.start_soon(
                     self.pool.refresh, worker, min(STATUS_PATIENCE, self.config.worker_timeout)
                 )
+        return await self._status_now()
+
+    async def _status_now(self) -> StatusReport:
+        """The status as last known (no worker is asked)."""
         state_hash = self.state.hash()
         workers = sorted(self.pool.live_workers(), key=lambda w: w.slot)
         return StatusReport(

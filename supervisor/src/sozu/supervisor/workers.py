@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -31,7 +32,9 @@ from sozu.command.requests import Request, request_kind
 from sozu.command.responses import Event, WorkerHello, WorkerInfo, WorkerInfos, WorkerRunState
 from sozu.command.state import ConfigState
 from sozu.command.state_replay import generate_activate_requests
+from sozu.supervisor.adopted_process import AdoptedProcess
 from sozu.supervisor.events import EventHub
+from sozu.supervisor.handoff import Handoff
 from sozu.supervisor.listener_sockets import ListenerKey, ListenerSockets
 
 log = logging.getLogger("sozu.supervisor")
@@ -54,7 +57,7 @@ class Worker:
 
     id: int
     slot: int
-    process: trio.Process
+    process: trio.Process | AdoptedProcess
     mux: RequestMux
     scm: trio.socket.SocketType
     state: WorkerRunState = "starting"
@@ -121,8 +124,64 @@ class WorkerPool:
         self.sockets = ListenerSockets(config.worker_count)
         self.stopping = False
         self._next_id = 0
+        # Workers of a previous supervisor image, by slot, taken over instead of launched.
+        self._adopted: dict[int, Worker] = {}
         # Called with each worker whose process has exited (metrics retire it).
         self.on_worker_exit: Callable[[Worker], None] | None = None
+
+    @property
+    def next_worker_id(self) -> int:
+        return self._next_id
+
+    @property
+    def upgrading(self) -> bool:
+        return any(slot.upgrading for slot in self.slots)
+
+    def adopt(self, handoff: Handoff) -> None:
+        """Take over what a previous supervisor image ran: ids, listener sockets, workers."""
+        self._next_id = handoff.next_worker_id
+        self.log_level = handoff.log_level
+        for handed_slot in handoff.slots:
+            if handed_slot.index < len(self.slots):
+                self.slots[handed_slot.index].restarts = handed_slot.restarts
+        sockets = []
+        for listener in handoff.listeners:
+            os.set_inheritable(listener.fd, False)
+            sockets.append(
+                (
+                    (listener.proxy, listener.address),
+                    listener.slot,
+                    socket.socket(fileno=listener.fd),
+                )
+            )
+        self.sockets.adopt(sockets, set(handoff.dead_slots))
+        for handed in handoff.workers:
+            os.set_inheritable(handed.channel_fd, False)
+            os.set_inheritable(handed.scm_fd, False)
+            connection = FramedConnection.from_socket(
+                socket.socket(fileno=handed.channel_fd),
+                max_frame_size=self.config.max_command_buffer_size,
+            )
+            connection.prefill(handed.buffered)
+            worker_ref: list[Worker] = []
+            mux = RequestMux(connection, on_unsolicited=partial(self._unsolicited, worker_ref))
+            worker = Worker(
+                id=handed.id,
+                slot=handed.slot,
+                process=AdoptedProcess(handed.pid),
+                mux=mux,
+                scm=trio.socket.from_stdlib_socket(socket.socket(fileno=handed.scm_fd)),
+                state="draining" if handed.draining else "running",
+                build_id=handed.build_id,
+                state_hash=handed.state_hash,
+            )
+            worker_ref.append(worker)
+            slot = self.slots[handed.slot]
+            if handed.draining:
+                slot.retiring.append(worker)
+            else:
+                self._adopted[handed.slot] = worker
+            log.info("adopted %s%s", worker.name(), " (draining)" if handed.draining else "")
 
     # -- queries
 
@@ -485,9 +544,21 @@ class WorkerPool:
 
     async def _keep_slot(self, slot: Slot, started: trio.Event) -> None:
         previous: Worker | None = None
+        assert slot.nursery is not None
+        for old in slot.retiring:
+            slot.nursery.start_soon(self._lifetime, slot, old)
+            slot.nursery.start_soon(self._watch_channel, old)
+            slot.nursery.start_soon(self._retire, old)
+        adopted = self._adopted.pop(slot.index, None)
         while not self.stopping:
             try:
-                worker = await self._start_worker(slot)
+                if adopted is not None:
+                    worker, adopted = adopted, None
+                    slot.worker = worker
+                    slot.nursery.start_soon(self._lifetime, slot, worker)
+                    slot.nursery.start_soon(self._watch_channel, worker)
+                else:
+                    worker = await self._start_worker(slot)
             except OSError as error:
                 log.error("slot %d: cannot launch a worker: %s", slot.index, error)
                 started.set()

@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.id)
+    fault = os.environ.get("SOZU_FAULT_INJECTION")
+    if fault and os.path.exists(fault):
+        # Tests simulate code that cannot start (a bad upgrade) with this file.
+        logging.getLogger("sozu.worker").error("refusing to start: %s exists", fault)
+        return 3
     # The supervisor decides when workers stop: a terminal's ^C reaches the whole process
     # group, and the supervisor then stops its workers over their channels.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
