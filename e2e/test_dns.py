@@ -5,16 +5,16 @@ sticks to one server (`SOURCE_IP_PORT`), clients on different loopback addresses
 both servers and each sticks (`SOURCE_IP`); a stopped server is marked unhealthy by the UDP
 probe (a raw SOA query) and the other one answers everything; with both stopped, fail-open
 still forwards (datagrams keep arriving at the listener, nothing answers); one restarted
-answers again. Skipped when `nsd` is missing, unless `CI=true`.
+answers again. `sozu events` reports each backend going down and up (HEALTH_CHECK_UNHEALTHY /
+HEALTHY) and the cluster losing its last backend and getting one back (NO_AVAILABLE_BACKENDS /
+CLUSTER_RECOVERED), from every worker. Skipped when `nsd` is missing, unless `CI=true`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
-import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,116 +24,13 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from e2e.support.daemon import DaemonFactory, wait_for
+from e2e.support.daemon import DaemonFactory, EventFollower, wait_for
 from e2e.support.net import free_port, scrape
+from e2e.support.nsd import ZONE, Nsd, ask, txt
 
 pytestmark = pytest.mark.e2e
 
-# Debian installs nsd in /usr/sbin, often missing from a user PATH.
-NSD = shutil.which("nsd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-ZONE = "bench.test"
 NAMES = ["www.bench.test", "ns1.bench.test", "h1.bench.test", "h7.bench.test"]
-
-if NSD is None:
-    if os.environ.get("CI") == "true":
-        pytest.fail("nsd is required under CI=true (apt-get install nsd)", pytrace=False)
-    pytest.skip("nsd is not installed (Debian package `nsd`)", allow_module_level=True)
-
-
-def _zone(who: str) -> str:
-    hosts = "\n".join(f"h{i} IN A 127.0.1.{i}" for i in range(1, 11))
-    return (
-        f"$ORIGIN {ZONE}.\n$TTL 3600\n"
-        f"@ IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 900 604800 300\n"
-        "@ IN NS ns1\nns1 IN A 127.0.0.1\nwww IN A 127.0.0.10\n"
-        f'who IN TXT "{who}"\n{hosts}\n'
-    )
-
-
-class Nsd:
-    """One NSD server in the foreground on 127.0.0.1:port (UDP and TCP)."""
-
-    def __init__(self, directory: Path, who: str) -> None:
-        self.who = who
-        self.port = free_port()
-        self.dir = directory / who
-        self.dir.mkdir()
-        (self.dir / f"{ZONE}.zone").write_text(_zone(who))
-        self.conf = self.dir / "nsd.conf"
-        self.conf.write_text(
-            "server:\n"
-            f"    ip-address: 127.0.0.1@{self.port}\n"
-            "    do-ip6: no\n    server-count: 1\n"
-            '    username: ""\n    chroot: ""\n    database: ""\n'
-            f'    zonesdir: "{self.dir}"\n'
-            f'    pidfile: "{self.dir}/nsd.pid"\n'
-            f'    xfrdfile: "{self.dir}/xfrd.state"\n'
-            f'    zonelistfile: "{self.dir}/zone.list"\n'
-            f'    logfile: "{self.dir}/nsd.log"\n'
-            "    verbosity: 0\n    rrl-ratelimit: 0\n    rrl-whitelist-ratelimit: 0\n"
-            "remote-control:\n    control-enable: no\n"
-            f'zone:\n    name: {ZONE}\n    zonefile: "{ZONE}.zone"\n'
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        assert NSD is not None
-        self.process = subprocess.Popen(
-            [NSD, "-d", "-c", str(self.conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-        def ready() -> bool | None:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                log = self.dir / "nsd.log"
-                raise RuntimeError(f"nsd exited: {log.read_text() if log.exists() else ''}")
-            try:
-                return True if txt(self.port, timeout=0.3) == self.who else None
-            except dns.exception.Timeout:
-                return None
-
-        wait_for(ready, timeout=10, what=f"nsd {self.who} answering")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-            self.process = None
-
-
-def ask(
-    port: int,
-    name: str,
-    rdtype: str,
-    *,
-    source: str = "127.0.0.1",
-    source_port: int = 0,
-    timeout: float = 1.0,
-) -> dns.message.Message:
-    request = dns.message.make_query(name, rdtype)
-    return dns.query.udp(
-        request, "127.0.0.1", port=port, timeout=timeout, source=source, source_port=source_port
-    )
-
-
-def txt(port: int, *, source: str = "127.0.0.1", source_port: int = 0, timeout: float = 1.0) -> str:
-    answer = ask(
-        port, f"who.{ZONE}", "TXT", source=source, source_port=source_port, timeout=timeout
-    )
-    return b"".join(answer.answer[0][0].strings).decode()
 
 
 def _records(message: dns.message.Message) -> list[str]:
@@ -295,3 +192,76 @@ def test_dns_through_sozu_with_nsd(start_daemon: DaemonFactory, servers: list[Ns
             return None
 
     assert wait_for(answered, timeout=10, what="answer after ns1 restart") == "ns1"
+
+
+Seen = tuple[str, str | None, str]  # kind, backend id, worker (event source)
+
+
+def _health_events(
+    events: EventFollower, wanted: set[Seen], seen: list[Seen], timeout: float = 10.0
+) -> None:
+    """Read events until every one of `wanted` has come (within `timeout`); keep all in `seen`."""
+    deadline = time.monotonic() + timeout
+    while not wanted <= set(seen):
+        left = deadline - time.monotonic()
+        event = events.next_event(left) if left > 0 else None
+        if event is None:
+            missing = sorted(wanted - set(seen), key=str)
+            raise AssertionError(f"events {missing} not seen within {timeout} s; saw {seen}")
+        if event.get("cluster_id") == "dns":
+            seen.append((event["kind"], event.get("backend_id"), event["source"]))
+
+
+def test_dns_health_events(start_daemon: DaemonFactory, servers: list[Nsd]) -> None:
+    ns1, ns2 = servers
+    listen = free_port()
+    daemon = start_daemon(extra=_cluster("dns", listen, "SOURCE_IP_PORT", servers))
+    workers = [str(worker["id"]) for worker in daemon.wait_running()["workers"]]
+    assert len(workers) == 2
+    events = daemon.follow_events()
+    try:
+
+        def each(kind: str, backend: str | None) -> set[Seen]:
+            return {(kind, backend, worker) for worker in workers}
+
+        # Healthy NSD servers give no health event.
+        assert [e for e in events.drain(quiet=2.5) if e.get("cluster_id") == "dns"] == []
+
+        seen: list[Seen] = []
+        ns2.stop()
+        _health_events(events, each("HEALTH_CHECK_UNHEALTHY", "ns2"), seen)
+        ns1.stop()
+        _health_events(
+            events,
+            each("HEALTH_CHECK_UNHEALTHY", "ns1") | each("NO_AVAILABLE_BACKENDS", None),
+            seen,
+        )
+        ns1.start()
+        _health_events(
+            events,
+            each("HEALTH_CHECK_HEALTHY", "ns1") | each("CLUSTER_RECOVERED", None),
+            seen,
+        )
+        ns2.start()
+        _health_events(events, each("HEALTH_CHECK_HEALTHY", "ns2"), seen)
+        seen += [
+            (e["kind"], e.get("backend_id"), e["source"])
+            for e in events.drain(quiet=1.5)
+            if e.get("cluster_id") == "dns"
+        ]
+    finally:
+        events.close()
+
+    # Exactly one of each transition per worker, in a consistent order on each worker.
+    expected = [
+        ("HEALTH_CHECK_UNHEALTHY", "ns2"),
+        ("HEALTH_CHECK_UNHEALTHY", "ns1"),
+        ("NO_AVAILABLE_BACKENDS", None),
+        ("HEALTH_CHECK_HEALTHY", "ns1"),
+        ("CLUSTER_RECOVERED", None),
+        ("HEALTH_CHECK_HEALTHY", "ns2"),
+    ]
+    for worker in workers:
+        assert [(kind, backend) for kind, backend, source in seen if source == worker] == (
+            expected
+        ), (worker, seen)

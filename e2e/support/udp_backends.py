@@ -2,32 +2,57 @@
 
 A `NamedUdpEcho` answers every datagram with `<name>:<payload>`, so a test can tell which
 backend served a query. It also listens on TCP on the same port number (accepting and closing),
-so the TCP companion health probe sees it alive until `close()`.
+so the TCP companion health probe sees it alive until `close()`. With `proxy_v2=True` it also
+strips and records a leading PROXY protocol v2 header (parsed strictly: a datagram that starts
+like one but is not a valid DGRAM header is recorded as an error and not answered).
+`udp_series(port)` reads the Prometheus endpoint into `{(name, labels): value}`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 
+from e2e.support.net import scrape
+from sozu.worker.proxy_protocol import SIGNATURE, ProxyHeader, ProxyProtocolError, parse_v2
+
 IO_TIMEOUT = 5.0
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# Byte 13 of a PROXY v2 header: address family (high nibble) and transport (low nibble).
+DGRAM_FAMILIES = (0x12, 0x22, 0x00)
+
+
+class Received:
+    """One datagram as a backend saw it: its PROXY header (if any) and the payload after it."""
+
+    __slots__ = ("header", "payload", "peer")
+
+    def __init__(self, header: ProxyHeader | None, payload: bytes, peer: tuple[str, int]) -> None:
+        self.header = header
+        self.payload = payload
+        self.peer = peer
 
 
 class NamedUdpEcho:
     """A threaded UDP responder on 127.0.0.1, with a TCP listener on the same port."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, proxy_v2: bool = False, host: str = "127.0.0.1") -> None:
         self.name = name
         self.datagrams = 0
+        self.proxy_v2 = proxy_v2
+        self.received: list[Received] = []
+        self.errors: list[str] = []
         self._lock = threading.Lock()
+        family = _family(host)
         for _ in range(20):
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind(("127.0.0.1", 0))
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            udp.bind((host, 0))
             port: int = udp.getsockname()[1]
-            tcp = socket.socket()
+            tcp = socket.socket(family)
             try:
-                tcp.bind(("127.0.0.1", port))
+                tcp.bind((host, port))
             except OSError:
                 udp.close()
                 tcp.close()
@@ -37,8 +62,9 @@ class NamedUdpEcho:
             raise OSError("no port free for both UDP and TCP")
         tcp.listen(16)
         self._udp, self._tcp = udp, tcp
+        self.host = host
         self.port = port
-        self.address = f"127.0.0.1:{port}"
+        self.address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         threading.Thread(target=self._answer, daemon=True).start()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -48,8 +74,18 @@ class NamedUdpEcho:
                 payload, peer = self._udp.recvfrom(65535)
                 if peer is None:  # shut down by close()
                     return
+                header = None
+                if self.proxy_v2 and payload.startswith(SIGNATURE[:1]):
+                    try:
+                        header = _strict_dgram_header(payload)
+                    except ProxyProtocolError as error:
+                        with self._lock:
+                            self.errors.append(f"{error}: {payload!r}")
+                        continue
+                    payload = payload[header.length :]
                 with self._lock:
                     self.datagrams += 1
+                    self.received.append(Received(header, payload, (peer[0], peer[1])))
                 self._udp.sendto(self.name.encode() + b":" + payload, peer)
             except OSError:
                 return
@@ -68,20 +104,59 @@ class NamedUdpEcho:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def snapshot(self) -> list[Received]:
+        with self._lock:
+            return list(self.received)
 
-def client() -> socket.socket:
-    """A UDP client socket on loopback, with a receive timeout."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+
+def _strict_dgram_header(payload: bytes) -> ProxyHeader:
+    """The whole PROXY v2 header at the start of `payload`: a complete PROXY command over a
+    datagram transport, or ProxyProtocolError."""
+    header = parse_v2(payload)
+    if header is None:
+        raise ProxyProtocolError("truncated PROXY v2 header")
+    if header.command != "PROXY" or payload[13] not in DGRAM_FAMILIES:
+        raise ProxyProtocolError(f"not a PROXY/DGRAM header (0x{payload[12]:02x}{payload[13]:02x})")
+    return header
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def client(host: str = "127.0.0.1") -> socket.socket:
+    """A UDP client socket on loopback (bound to `host`: IPv4 or ::1), with a receive timeout."""
+    sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+    sock.bind((host, 0))
     sock.settimeout(IO_TIMEOUT)
     return sock
 
 
 def query(sock: socket.socket, port: int, payload: bytes) -> str:
-    """Send `payload` to the proxy on `port`; the name of the backend that answered."""
-    sock.sendto(payload, ("127.0.0.1", port))
+    """Send `payload` to the proxy on `port` (127.0.0.1, or ::1 for an IPv6 socket); the name
+    of the backend that answered."""
+    sock.sendto(payload, ("::1" if sock.family == socket.AF_INET6 else "127.0.0.1", port))
     answer, _ = sock.recvfrom(65535)
     name, _, echoed = answer.partition(b":")
     if echoed != payload:
         raise AssertionError(f"{payload!r} came back as {answer!r}")
     return name.decode()
+
+
+def udp_series(port: int) -> Series:
+    """Every series of the Prometheus endpoint on `port`, by name and label set."""
+    series: Series = {}
+    _, _, body = scrape(port).partition("\r\n\r\n")
+    for line in body.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if match is None:
+            continue
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        series[(match.group(1), labels)] = float(match.group(3))
+    return series
+
+
+def listener_value(port: int, name: str, listener: str, **labels: str) -> float:
+    """One listener-scoped series (0 when absent)."""
+    key = frozenset({("listener", listener), *labels.items()})
+    return udp_series(port).get((name, key), 0.0)

@@ -1,0 +1,289 @@
+"""UDP latency at a fixed query rate: a direct echo backend, then the same through sozu.
+
+The client schedules query i at `start + i / rate` on socket `i % sockets` (each socket is
+connected to the target, so it is one flow). A socket has at most one query outstanding: a
+query whose answer is late delays that socket's next one (closed loop), and one unanswered
+after `--timeout` seconds is counted lost. Latency is measured from the actual send; the
+number of sends more than 2 ms behind schedule is printed too, so a rate that was not held is
+visible.
+
+Without `--target`, the script starts an echo backend (a separate process: this script with
+`--serve-echo`), measures it directly, then starts `sozu start` (one production worker, a UDP
+listener with `SOURCE_IP_PORT` affinity in front of that backend) and measures through it,
+with the worker's CPU time (utime + stime from /proc/<pid>/stat, pid from `Status`) per 10,000
+datagrams it proxied (client->backend plus backend->client, from its own counters).
+
+Run: `uv run python bench/udp_latency.py [--rate 2000] [--duration 10] [--sockets 32]`
+(asserts nothing about time; Linux only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sozu.command import requests as rq
+from sozu.command.client import CommandClient
+from sozu.command.responses import MetricsReport, StatusReport
+
+PAYLOAD_SIZE = 64
+SEQ = struct.Struct("!Q")
+LATE = 0.002  # epoll sleeps in whole milliseconds: a send up to 1 ms late is on time
+Address = tuple[str, int]
+
+
+def serve_echo() -> None:
+    """Echo every datagram back to its sender; print the port first."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    while True:
+        data, peer = sock.recvfrom(65535)
+        sock.sendto(data, peer)
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    sent: int = 0
+    lost: int = 0
+    behind: int = 0
+    elapsed: float = 0.0
+
+
+@dataclass
+class _Pending:
+    seq: int
+    sent_at: float
+
+
+def run_load(target: Address, rate: float, duration: float, sockets: int, timeout: float) -> Result:
+    """Send `rate * duration` queries to `target` on `sockets` connected sockets."""
+    total = int(rate * duration)
+    selector = selectors.DefaultSelector()
+    socks: list[socket.socket] = []
+    for index in range(sockets):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        sock.connect(target)
+        selector.register(sock, selectors.EVENT_READ, index)
+        socks.append(sock)
+    pending: list[_Pending | None] = [None] * sockets
+    result = Result()
+    pad = b"\0" * (PAYLOAD_SIZE - SEQ.size)
+    start = time.perf_counter()
+    next_seq = 0
+    try:
+        while next_seq < total or any(p is not None for p in pending):
+            now = time.perf_counter()
+            # Expire, then send every query that is due on a free socket.
+            for index, waiting in enumerate(pending):
+                if waiting is not None and now - waiting.sent_at > timeout:
+                    result.lost += 1
+                    pending[index] = None
+            while next_seq < total:
+                due = start + next_seq / rate
+                index = next_seq % sockets
+                if due > now or pending[index] is not None:
+                    break
+                if now - due > LATE:
+                    result.behind += 1
+                try:
+                    socks[index].send(SEQ.pack(next_seq) + pad)
+                except OSError:
+                    result.lost += 1
+                else:
+                    pending[index] = _Pending(next_seq, time.perf_counter())
+                result.sent += 1
+                next_seq += 1
+            wait = timeout
+            if next_seq < total:
+                blocking = pending[next_seq % sockets]
+                # The next query waits for its time, or for its socket's answer (or loss).
+                wake = start + next_seq / rate if blocking is None else blocking.sent_at + timeout
+                wait = max(0.0, wake - time.perf_counter())
+            for key, _ in selector.select(wait):
+                index = key.data
+                sock = socks[index]
+                while True:
+                    try:
+                        data = sock.recv(65535)
+                    except (BlockingIOError, ConnectionRefusedError):
+                        break
+                    arrived = time.perf_counter()
+                    waiting = pending[index]
+                    if (
+                        waiting is not None
+                        and len(data) >= SEQ.size
+                        and SEQ.unpack_from(data)[0] == waiting.seq
+                    ):
+                        result.latencies.append(arrived - waiting.sent_at)
+                        pending[index] = None
+    finally:
+        result.elapsed = time.perf_counter() - start
+        selector.close()
+        for sock in socks:
+            sock.close()
+    return result
+
+
+def report(label: str, result: Result) -> None:
+    ordered = sorted(result.latencies)
+
+    def pct(q: float) -> float:
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+
+    print(
+        f"{label}: {result.sent} queries in {result.elapsed:.2f} s "
+        f"({result.sent / result.elapsed:,.0f}/s), lost {result.lost}, "
+        f"{result.behind} sent >{LATE * 1e3:g} ms late; latency p50 {pct(0.50):.3f} ms  "
+        f"p99 {pct(0.99):.3f} ms  p100 {ordered[-1] * 1e3 if ordered else float('nan'):.3f} ms"
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def proxied_datagrams(client: CommandClient) -> int:
+    response = client.call(rq.QueryMetrics(), timeout_ms=5000)
+    assert isinstance(response.content, MetricsReport), response
+    return int(
+        sum(
+            value.value
+            for name, value in response.content.main.items()
+            if name.startswith(("sozu_udp_datagrams_in_total", "sozu_udp_datagrams_out_total"))
+        )
+    )
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def wait_answered(target: Address, deadline: float) -> None:
+    """Until one query to `target` is answered (a sozu listener takes a moment to appear)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.3)
+        while True:
+            sock.sendto(b"warm-up", target)
+            try:
+                sock.recvfrom(65535)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+
+def through_sozu(backend_port: int, args: argparse.Namespace) -> None:
+    listen = free_udp_port()
+    with tempfile.TemporaryDirectory(prefix="sozu-udp-bench-") as directory:
+        socket_path = Path(directory) / "sozu.sock"
+        config = Path(directory) / "sozu.toml"
+        config.write_text(
+            f'command_socket = "{socket_path}"\nworker_count = 1\nlog_level = "error"\n'
+            f'[[listeners]]\nprotocol = "udp"\naddress = "127.0.0.1:{listen}"\n'
+            "front_timeout = 30\nback_timeout = 30\n"
+            f'[clusters.echo]\nprotocol = "tcp"\n'
+            f'frontends = [{{ address = "127.0.0.1:{listen}" }}]\n'
+            f'backends = [{{ address = "127.0.0.1:{backend_port}", backend_id = "echo" }}]\n'
+            '[clusters.echo.udp]\naffinity_key = "SOURCE_IP_PORT"\n'
+        )
+        sozu = Path(sys.executable).with_name("sozu")
+        daemon = subprocess.Popen([str(sozu), "start", "-c", str(config)], stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while not socket_path.exists():
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("sozu did not start")
+                time.sleep(0.1)
+            client = CommandClient.connect(str(socket_path), timeout_ms=5000)
+            wait_answered(("127.0.0.1", listen), deadline)
+            status = client.call(rq.Status(), timeout_ms=5000)
+            assert isinstance(status.content, StatusReport), status
+            worker_pid = status.content.workers[0].pid
+            datagrams_before = proxied_datagrams(client)
+            cpu_before = cpu_seconds(worker_pid)
+            result = run_load(
+                ("127.0.0.1", listen), args.rate, args.duration, args.sockets, args.timeout
+            )
+            cpu = cpu_seconds(worker_pid) - cpu_before
+            datagrams = proxied_datagrams(client) - datagrams_before
+            client.close()
+            report("through sozu", result)
+            per = cpu / datagrams * 10_000 if datagrams else float("nan")
+            print(
+                f"sozu worker (pid {worker_pid}): {cpu:.2f} s CPU for {datagrams:,} proxied "
+                f"datagrams = {per * 1e3:.1f} ms per 10,000 datagrams"
+            )
+        finally:
+            daemon.send_signal(signal.SIGINT)  # hard stop: the 32 flows would hold a soft one
+            try:
+                daemon.wait(timeout=15)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(daemon.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=2000.0, help="queries per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds")
+    parser.add_argument("--sockets", type=int, default=32, help="client sockets (flows)")
+    parser.add_argument("--timeout", type=float, default=1.0, help="seconds before a loss")
+    parser.add_argument("--target", help="HOST:PORT of an echo service: measure only that")
+    parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_echo:
+        serve_echo()
+        return
+    print(
+        f"{args.rate:,.0f} queries/s for {args.duration:g} s over {args.sockets} sockets, "
+        f"{PAYLOAD_SIZE}-byte payloads, loss after {args.timeout:g} s"
+    )
+    if args.target:
+        host, _, port = args.target.rpartition(":")
+        target = (host, int(port))
+        report(args.target, run_load(target, args.rate, args.duration, args.sockets, args.timeout))
+        return
+    echo = subprocess.Popen(
+        [sys.executable, __file__, "--serve-echo"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert echo.stdout is not None
+        backend_port = int(echo.stdout.readline())
+        wait_answered(("127.0.0.1", backend_port), time.monotonic() + 10)
+        direct = ("127.0.0.1", backend_port)
+        report(
+            "direct echo", run_load(direct, args.rate, args.duration, args.sockets, args.timeout)
+        )
+        through_sozu(backend_port, args)
+    finally:
+        echo.terminate()
+        echo.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

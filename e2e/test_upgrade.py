@@ -1,0 +1,364 @@
+"""Zero-downtime upgrades under load: five worker upgrades and one supervisor upgrade while
+real clients run, then upgrades that fail and change nothing.
+
+Load during the upgrades: wrk keep-alive and wrk with a new connection per request against
+an HTTP listener (nginx behind), one long-lived TCP stream through a TCP listener (echo
+backend, checked byte for byte), and a DNS query loop through a UDP listener (NSD behind).
+Asserted: no failed HTTP request and no socket error, the TCP stream byte-exact, DNS queries
+unanswered within `DNS_LOSS_BOUND`, a new pid in the slot after each worker upgrade and the
+old one gone once drained, every worker's state hash equal to the supervisor's, the command
+socket answering throughout, the supervisor's pid kept and `boot_generation` up by one.
+Failures: with the fault-injection file present (code that cannot start), a worker upgrade
+and a supervisor upgrade both answer Failure and the old processes keep serving; two
+concurrent upgrades of one worker: exactly one is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import pytest
+
+from e2e.support.backends import NamedEcho
+from e2e.support.daemon import Daemon, DaemonFactory, wait_for
+from e2e.support.net import free_port
+from e2e.support.nginx import nginx_backends
+from e2e.support.nsd import Nsd, txt
+from e2e.support.programs import require_program
+
+pytestmark = pytest.mark.e2e
+
+WORKER_UPGRADES = 5
+# Long enough for the TCP stream to outlive every drain: an old worker keeps its sessions.
+DRAIN_TIMEOUT = 120
+# Datagrams in flight when a flow's worker stops reading can be lost; a handful at most.
+DNS_LOSS_BOUND = 5
+DNS_TIMEOUT = 2.0
+TCP_CHUNK = 64 * 1024
+
+
+@dataclass
+class TcpStream:
+    """One long-lived connection through the TCP listener, echoed back by the backend."""
+
+    port: int
+    sent: hashlib._Hash = field(default_factory=hashlib.sha256)
+    received: hashlib._Hash = field(default_factory=hashlib.sha256)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    longest_gap: float = 0.0
+    error: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+                greeting = b""
+                while not greeting.endswith(b"\n"):
+                    greeting += sock.recv(1)
+                reader = threading.Thread(target=self._read, args=(sock,), daemon=True)
+                reader.start()
+                counter = 0
+                while not self.stop.is_set():
+                    chunk = (counter.to_bytes(8, "big") * (TCP_CHUNK // 8))[:TCP_CHUNK]
+                    sock.sendall(chunk)
+                    self.sent.update(chunk)
+                    self.bytes_sent += len(chunk)
+                    counter += 1
+                    time.sleep(0.05)
+                sock.shutdown(socket.SHUT_WR)
+                reader.join(30)
+        except OSError as error:
+            self.error = f"{type(error).__name__}: {error}"
+
+    def _read(self, sock: socket.socket) -> None:
+        last = time.monotonic()
+        try:
+            while data := sock.recv(65536):
+                now = time.monotonic()
+                self.longest_gap = max(self.longest_gap, now - last)
+                last = now
+                self.received.update(data)
+                self.bytes_received += len(data)
+        except OSError as error:
+            self.error = f"read: {type(error).__name__}: {error}"
+
+
+@dataclass
+class DnsLoop:
+    """Queries in a closed loop through the UDP listener."""
+
+    port: int
+    sent: int = 0
+    answered: int = 0
+    slowest: float = 0.0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sent += 1
+            started = time.monotonic()
+            try:
+                if txt(self.port, timeout=DNS_TIMEOUT) == "dns":
+                    self.answered += 1
+                    self.slowest = max(self.slowest, time.monotonic() - started)
+            except dns.exception.Timeout:
+                pass
+            time.sleep(0.01)
+
+
+@dataclass
+class Wrk:
+    """A wrk run stopped by SIGINT (wrk then prints its summary)."""
+
+    process: subprocess.Popen[str]
+
+    @classmethod
+    def start(cls, port: int, *, close: bool) -> Wrk:
+        wrk = require_program("wrk")
+        # A stall is not a failure: wrk's timeout (default 2 s) would count slow requests on
+        # this loaded 2-core machine as errors, so it is raised; the longest stall is reported.
+        command = [wrk, "-t1", "-c4", "-d300s", "--timeout", "10s", "--latency"]
+        command += ["-H", "Host: web.test"]
+        if close:
+            command += ["-H", "Connection: close"]
+        command.append(f"http://127.0.0.1:{port}/")
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        return cls(process)
+
+    def finish(self) -> str:
+        assert self.process.poll() is None, "wrk stopped before the upgrades were done"
+        self.process.send_signal(signal.SIGINT)
+        output, _ = self.process.communicate(timeout=30)
+        return output
+
+
+def _requests(output: str) -> int:
+    match = re.search(r"(\d+) requests in", output)
+    assert match is not None, output
+    return int(match.group(1))
+
+
+def _status(daemon: Daemon) -> dict[str, Any]:
+    status: dict[str, Any] = daemon.sozu_json("status")
+    return status
+
+
+def _hashes_agree(status: dict[str, Any]) -> None:
+    supervisor_hash = status["supervisor"]["state_hash"]
+    for worker in status["workers"]:
+        assert worker["state_hash"] == supervisor_hash, worker
+        assert worker["hash_ok"], worker
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _running_in_slot(status: dict[str, Any], slot: int) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        w for w in status["workers"] if w["slot"] == slot and w["state"] == "running"
+    ]
+    assert len(found) == 1, status
+    return found[0]
+
+
+def _config(http: int, tcp: int, udp: int, web: str, echo: str, dns_backend: str) -> str:
+    return f"""
+drain_timeout = {DRAIN_TIMEOUT}
+
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:{http}"
+
+[[listeners]]
+protocol = "tcp"
+address = "127.0.0.1:{tcp}"
+
+[[listeners]]
+protocol = "udp"
+address = "127.0.0.1:{udp}"
+
+[clusters.web]
+protocol = "http"
+frontends = [{{ address = "127.0.0.1:{http}", hostname = "web.test" }}]
+backends = [{{ address = "{web}", backend_id = "nginx" }}]
+
+[clusters.stream]
+protocol = "tcp"
+frontends = [{{ address = "127.0.0.1:{tcp}" }}]
+backends = [{{ address = "{echo}", backend_id = "echo" }}]
+
+[clusters.dns]
+protocol = "tcp"
+frontends = [{{ address = "127.0.0.1:{udp}" }}]
+backends = [{{ address = "{dns_backend}", backend_id = "nsd" }}]
+
+[clusters.dns.udp]
+responses = 1
+"""
+
+
+def test_upgrades_under_load_lose_nothing(
+    start_daemon: DaemonFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault = tmp_path / "bad-code"
+    monkeypatch.setenv("SOZU_FAULT_INJECTION", str(fault))
+    http, tcp, udp = free_port(), free_port(), free_port()
+    nsd = Nsd(tmp_path, "dns")
+    try:
+        with nginx_backends(tmp_path / "nginx", "web") as nginx, NamedEcho("echo") as echo:
+            daemon = start_daemon(
+                extra=_config(http, tcp, udp, nginx.address("web"), echo.address, nsd.address)
+            )
+            _run_scenario(daemon, http, tcp, udp, fault)
+    finally:
+        nsd.stop()
+
+
+def _run_scenario(daemon: Daemon, http: int, tcp: int, udp: int, fault: Path) -> None:
+    before = _status(daemon)
+    supervisor_pid = before["supervisor"]["pid"]
+    generation = before["supervisor"]["boot_generation"]
+    _hashes_agree(before)
+
+    stream = TcpStream(tcp)
+    dns_loop = DnsLoop(udp)
+    threads = [threading.Thread(target=t.run, daemon=True) for t in (stream, dns_loop)]
+    for thread in threads:
+        thread.start()
+    keep_alive = Wrk.start(http, close=False)
+    per_request = Wrk.start(http, close=True)
+    durations: list[float] = []
+    old_pids: list[int] = []
+    try:
+        # Some traffic before the first upgrade.
+        wait_for(lambda: dns_loop.answered > 20 or None, timeout=10, what="DNS answers")
+        for round_ in range(WORKER_UPGRADES):
+            slot = round_ % 2
+            old = _running_in_slot(_status(daemon), slot)
+            started = time.monotonic()
+            result = daemon.sozu("-j", "upgrade", "--worker", str(old["id"]))
+            durations.append(time.monotonic() - started)
+            assert result.returncode == 0, result.stderr + result.stdout
+            status = _status(daemon)
+            new = _running_in_slot(status, slot)
+            assert new["pid"] != old["pid"]
+            assert new["id"] > old["id"]
+            _hashes_agree(status)
+            # The old worker drains: gone, or listed as draining (the TCP stream it carries
+            # keeps it until the stream ends).
+            listed = {w["pid"]: w["state"] for w in status["workers"]}
+            assert listed.get(old["pid"], "draining") == "draining"
+            old_pids.append(old["pid"])
+
+        old_ids = {w["id"] for w in _status(daemon)["workers"]}
+        started = time.monotonic()
+        result = daemon.sozu("-j", "upgrade", timeout=120)
+        main_duration = time.monotonic() - started
+        assert result.returncode == 0, result.stderr + result.stdout
+        after = _status(daemon)
+        assert after["supervisor"]["pid"] == supervisor_pid
+        assert after["supervisor"]["boot_generation"] == generation + 1
+        running = [w for w in after["workers"] if w["state"] == "running"]
+        assert len(running) == 2
+        assert not {w["id"] for w in running} & old_ids
+        _hashes_agree(after)
+        # Traffic after the last upgrade, through the new processes.
+        answered = dns_loop.answered
+        wait_for(lambda: dns_loop.answered > answered + 20 or None, timeout=10, what="DNS")
+    finally:
+        stream.stop.set()
+        dns_loop.stop.set()
+        outputs = [wrk.finish() for wrk in (keep_alive, per_request)]
+        for thread in threads:
+            thread.join(30)
+
+    for output in outputs:
+        assert _requests(output) > 0, output
+        assert "Socket errors" not in output, output
+        assert "Non-2xx" not in output, output
+    assert stream.error is None, stream.error
+    assert stream.bytes_sent > 0
+    assert stream.bytes_received == stream.bytes_sent
+    assert stream.received.hexdigest() == stream.sent.hexdigest()
+
+    def old_workers_gone() -> bool | None:
+        return all(_pid_gone(pid) for pid in old_pids) or None
+
+    # With the stream closed and wrk stopped, every old worker finishes draining.
+    wait_for(old_workers_gone, timeout=30, what="old workers gone")
+    still_listed = {w["pid"] for w in _status(daemon)["workers"]}
+    assert not still_listed & set(old_pids)
+    lost = dns_loop.sent - dns_loop.answered
+    assert lost <= DNS_LOSS_BOUND, f"{lost} of {dns_loop.sent} DNS queries unanswered"
+    print(
+        f"\nupgrade figures: worker upgrades {', '.join(f'{d:.2f}' for d in durations)} s, "
+        f"supervisor upgrade {main_duration:.2f} s; DNS {dns_loop.sent} sent, {lost} lost, "
+        f"slowest {dns_loop.slowest * 1000:.0f} ms; TCP {stream.bytes_sent} bytes, longest gap "
+        f"{stream.longest_gap * 1000:.0f} ms"
+    )
+    for name, output in zip(("keep-alive", "new connection"), outputs, strict=True):
+        maximum = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", output)
+        print(f"wrk {name}: {_requests(output)} requests, max latency {maximum and maximum[1]}")
+
+    _failed_upgrades(daemon, fault, generation + 1)
+
+
+def _failed_upgrades(daemon: Daemon, fault: Path, generation: int) -> None:
+    status = _status(daemon)
+    target = _running_in_slot(status, 0)
+    fault.write_text("simulated bad code on disk\n")
+    try:
+        result = daemon.sozu("upgrade", "--worker", str(target["id"]))
+        assert result.returncode == 1
+        assert "failed to start" in result.stderr
+        result = daemon.sozu("upgrade", timeout=60)
+        assert result.returncode == 1
+        assert "pre-flight" in result.stderr
+        after = _status(daemon)
+        assert _running_in_slot(after, 0)["pid"] == target["pid"]
+        assert after["supervisor"]["boot_generation"] == generation
+        assert after["supervisor"]["pid"] == status["supervisor"]["pid"]
+        _hashes_agree(after)
+    finally:
+        fault.unlink()
+    # Two upgrades of the same worker at once: one goes through, the other is refused.
+    target = _running_in_slot(_status(daemon), 1)
+    command = [
+        sys.executable,
+        "-m",
+        "sozu.cli",
+        "-c",
+        str(daemon.config_path),
+        "upgrade",
+        "--worker",
+        str(target["id"]),
+    ]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outcomes = [(*p.communicate(timeout=60), p.returncode) for p in (first, second)]
+    codes = sorted(code for _, _, code in outcomes)
+    assert codes == [0, 1], outcomes
+    refused = next(err for _, err, code in outcomes if code == 1)
+    assert "already being upgraded" in refused or "not the running worker" in refused, refused
+    _hashes_agree(_status(daemon))
+    assert os.path.exists(f"/proc/{_running_in_slot(_status(daemon), 1)['pid']}")
