@@ -362,3 +362,79 @@ def _failed_upgrades(daemon: Daemon, fault: Path, generation: int) -> None:
     assert "already being upgraded" in refused or "not the running worker" in refused, refused
     _hashes_agree(_status(daemon))
     assert os.path.exists(f"/proc/{_running_in_slot(_status(daemon), 1)['pid']}")
+
+
+def test_upgrades_racing_commands_and_a_crash_end_consistent(start_daemon: DaemonFactory) -> None:
+    """A worker upgrade while state changes are sent, and one whose old worker is killed
+    meanwhile: every worker ends in line with the supervisor, one running worker per slot."""
+    listen = free_port()
+    daemon = start_daemon(
+        extra=f"""
+[[listeners]]
+protocol = "tcp"
+address = "127.0.0.1:{listen}"
+
+[clusters.c]
+protocol = "tcp"
+frontends = [{{ address = "127.0.0.1:{listen}" }}]
+"""
+    )
+    target = _running_in_slot(_status(daemon), 0)
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    def add_backends() -> None:
+        for index in range(8):
+            results.append(
+                daemon.sozu(
+                    "backend",
+                    "add",
+                    "-i",
+                    "c",
+                    "--backend-id",
+                    f"b{index}",
+                    "-a",
+                    f"127.0.0.1:{20000 + index}",
+                )
+            )
+
+    adder = threading.Thread(target=add_backends)
+    adder.start()
+    upgrade = daemon.sozu("upgrade", "--worker", str(target["id"]), timeout=60)
+    adder.join(60)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+    status = _status(daemon)
+    _hashes_agree(status)
+    assert _running_in_slot(status, 0)["pid"] != target["pid"]
+
+    # The old worker dies while its successor starts: the upgrade is refused or done, and
+    # either way the slot ends with one running worker in line with the supervisor.
+    victim = _running_in_slot(_status(daemon), 1)
+    command = [sys.executable, "-m", "sozu.cli", "-c", str(daemon.config_path)]
+    racing = subprocess.Popen(
+        [*command, "upgrade", "--worker", str(victim["id"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    launched = daemon.log().count("(upgrade)")
+
+    def successor_launched() -> bool | None:
+        return daemon.log().count("(upgrade)") > launched or None
+
+    wait_for(successor_launched, timeout=30, what="the successor launched")
+    os.kill(victim["pid"], signal.SIGKILL)
+    racing.communicate(timeout=60)
+
+    def settled() -> dict[str, Any] | None:
+        current = daemon.status()
+        if current is None:
+            return None
+        running = [w for w in current["workers"] if w["state"] == "running"]
+        if len(running) != 2 or any(w["pid"] == victim["pid"] for w in current["workers"]):
+            return None
+        supervisor_hash = current["supervisor"]["state_hash"]
+        return current if all(w["state_hash"] == supervisor_hash for w in running) else None
+
+    final = wait_for(settled, timeout=30, what="one running worker per slot, in line")
+    assert {w["slot"] for w in final["workers"] if w["state"] == "running"} == {0, 1}

@@ -454,8 +454,12 @@ class WorkerPool:
                     f"the new worker {new.id} failed to start; worker {old.id} keeps serving"
                 )
             if old.exited.is_set() or slot.worker is not old:
-                # The old worker died while its successor started: the successor takes over.
-                log.warning("%s exited during its upgrade", old.name())
+                # The old worker died while its successor started: the slot relaunches as
+                # after any crash, and the successor is not needed.
+                new.process.kill()
+                raise UpgradeError(
+                    f"worker {old.id} exited during its upgrade; its slot is relaunched"
+                )
             slot.worker = new
             slot.retiring.append(old)
             slot.wakeup.set()
