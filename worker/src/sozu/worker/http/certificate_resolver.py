@@ -49,14 +49,16 @@ def authority_matches(
 ) -> bool:
     """A request authority is allowed on a connection whose handshake served these names.
 
-    With the listener's default certificate served for an unknown SNI, only the SNI itself
-    is; served without SNI, the names of the default certificate are.
+    The served certificate's names cover it; and when the listener's default certificate
+    answered an unknown SNI, the SNI itself is allowed too (upstream allows only the SNI
+    then: a client that connected by address, whose SNI names no certificate, could not
+    reach a host the default certificate does cover).
     """
     host = normalize_name(strip_port(authority.strip()))
     if not host:
         return False
-    if default_used and sni is not None:
-        return host == normalize_name(sni)
+    if default_used and sni is not None and host == normalize_name(sni):
+        return True
     return any(name_matches(normalize_name(name), host) for name in cert_names)
 
 
