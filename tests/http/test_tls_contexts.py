@@ -177,8 +177,8 @@ def test_unknown_sni_uses_the_default_certificate() -> None:
     assert served.fingerprint == tls.default_fingerprint
     assert tls.default_cert_used == 1
     assert authority_matches(served.names, served.server_name, "nobody.test", True)
-        assert authority_matches(served.names, served.server_name, "default.test", True)
-        assert not authority_matches(served.names, served.server_name, "other.test", True)
+    assert authority_matches(served.names, served.server_name, "default.test", True)
+    assert not authority_matches(served.names, served.server_name, "other.test", True)
     # the default certificate also serves its own names as an ordinary certificate
     served = served_certificate(handshake(tls, "default.test").server)
     assert served is not None
