@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from sozu.worker.http.backend_pool import BackendPool
+from sozu.worker.http.backend_pool import RECENT, BackendPool
 
 ADDRESS = ("127.0.0.1", 8000)
 
@@ -40,13 +40,15 @@ def test_reuse_most_recent_first() -> None:
 
 
 def test_closed_or_chatty_connections_are_dropped() -> None:
-    pool = BackendPool(Clock())
+    clock = Clock()
+    pool = BackendPool(clock)
     closed, closed_peer = _pair()
     chatty, chatty_peer = _pair()
     closed_peer.close()
     chatty_peer.send(b"unsolicited")
     pool.give(ADDRESS, closed)
     pool.give(ADDRESS, chatty)
+    clock.now = RECENT + 0.5  # old enough to be peeked at
     assert pool.take(ADDRESS) is None
     assert closed.fileno() == -1
     assert chatty.fileno() == -1
@@ -70,6 +72,18 @@ def test_cap_and_idle_expiry() -> None:
     pool.check_invariants()
     for _, theirs in pairs:
         theirs.close()
+
+
+def test_recently_released_connection_is_reused_without_a_peek() -> None:
+    clock = Clock()
+    pool = BackendPool(clock)
+    ours, theirs = _pair()
+    theirs.send(b"would be seen by a peek")
+    pool.give(ADDRESS, ours)
+    clock.now = RECENT / 2
+    assert pool.take(ADDRESS) is ours
+    ours.close()
+    theirs.close()
 
 
 def test_forget_and_close() -> None:

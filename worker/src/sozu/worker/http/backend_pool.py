@@ -1,8 +1,9 @@
 """Idle keep-alive connections to backends, reused by later requests of any client.
 
 A connection is pooled only after a complete response that did not ask to close. Before reuse
-it is checked with a non-blocking peek: a backend that closed it (EOF) or sent unsolicited
-bytes makes it unusable, and it is dropped. Each backend keeps at most `per_backend` idle
+it is checked with a non-blocking peek (unless it was released less than `RECENT` seconds
+ago): a backend that closed it (EOF) or sent unsolicited bytes makes it unusable, and it is
+dropped. Each backend keeps at most `per_backend` idle
 connections, the most recently used first; those idle longer than `max_idle` seconds are
 dropped when met.
 """
@@ -14,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 
 Address = tuple[str, int]
+# Seconds after its release during which a pooled connection is reused without a peek.
+RECENT = 1.0
 
 
 class BackendPool:
@@ -38,12 +41,20 @@ class BackendPool:
         queue = self._idle.get(address)
         if not queue:
             return None
-        oldest_allowed = self._clock() - self.max_idle
+        now = self._clock()
+        oldest_allowed = now - self.max_idle
         while queue:
             since, sock = queue.pop()
             if since < oldest_allowed:
                 sock.close()
                 continue
+            if now - since < RECENT:
+                # Released a moment ago: a backend closing it now is caught by the session's
+                # retry on a fresh connection, so the peek (a system call) is skipped.
+                self.reused += 1
+                if not queue:
+                    del self._idle[address]
+                return sock
             try:
                 peeked = sock.recv(1, socket.MSG_PEEK)
             except BlockingIOError:
