@@ -228,6 +228,9 @@ class HttpListeners:
             ).value = c.sni_mismatches
             registry.counter("sozu_https_handshakes_total", **labels).value = c.tls_handshakes
             registry.counter("sozu_http_rejected_per_ip_total", **labels).value = c.rejected_per_ip
+            registry.counter(
+                "sozu_http_backend_stale_connections_total", **labels
+            ).value = c.stale_connections
             by_class: dict[str, int] = {}
             for status, count in c.statuses.items():
                 key = _status_class(status)

@@ -58,6 +58,7 @@ class HttpCounters:
     websockets_active: int = 0
     sni_mismatches: int = 0
     rejected_per_ip: int = 0
+    stale_connections: int = 0  # pooled backend connections found closed at reuse
     tls_handshakes: int = 0
     # final status of every response sent (proxied or generated) -> count
     statuses: dict[int, int] = field(default_factory=dict)

@@ -35,6 +35,7 @@ from sozu.worker.http.codec import (
     parse_response_head,
 )
 from sozu.worker.http.header_edits import (
+    RequestEdits,
     compile_frontend_edits,
     edit_request,
     edit_response,
@@ -55,6 +56,10 @@ CONNECT_ATTEMPTS = 3
 
 class _ClientGone(Exception):
     """The client closed or reset while a request was being relayed."""
+
+
+class _Stale(Exception):
+    """A pooled backend connection turned out closed before anything was answered on it."""
 
 
 @dataclass(slots=True)
@@ -299,7 +304,6 @@ class HttpSession:
     ) -> bool:
         """Forward a routed request to a backend of its cluster and relay the response."""
         listener = self.listener
-        counters = listener.counters
         started = trio.current_time()
         rewrite = rewrite_for(frontend, match.host_captures, match.path_captures)
         sticky_name = listener.config.sticky_name.encode()
@@ -321,9 +325,45 @@ class HttpSession:
         target = rewrite.path.encode("latin-1") if rewrite.path is not None else head.target
         request_bytes = serialize_head(head.method + b" " + target + b" HTTP/1.1", edits.headers)
         sticky_value = edits.sticky_value.decode("latin-1") if edits.sticky_value else None
-        connected = await self._connect(
-            cluster, sticky_value if cluster_config.sticky_session else None
-        )
+        sticky = sticky_value if cluster_config.sticky_session else None
+        for attempt in range(2):
+            try:
+                return await self._forward_once(
+                    head,
+                    frontend,
+                    cluster,
+                    answers,
+                    request_id,
+                    route,
+                    request_bytes,
+                    edits,
+                    sticky,
+                    started,
+                    fresh=attempt > 0,
+                )
+            except _Stale:
+                listener.counters.stale_connections += 1
+        return False
+
+    async def _forward_once(
+        self,
+        head: RequestHead,
+        frontend: RequestHttpFrontend,
+        cluster: TcpCluster,
+        answers: AnswerSet,
+        request_id: str,
+        route: str,
+        request_bytes: bytes,
+        edits: RequestEdits,
+        sticky: str | None,
+        started: float,
+        *,
+        fresh: bool,
+    ) -> bool:
+        """One attempt at a backend exchange; `_Stale` if a pooled connection was dead."""
+        listener = self.listener
+        counters = listener.counters
+        connected = await self._connect(cluster, sticky, fresh=fresh)
         if connected is None:
             counters.no_backend += 1
             return await self._answer(
@@ -367,6 +407,9 @@ class HttpSession:
             )
         except _ClientGone:
             exchange.keep_client = exchange.keep_backend = False
+        except _Stale:
+            exchange.keep_backend = False
+            raise
         finally:
             cluster.closed(backend_id)
             if exchange.keep_backend and not listener.draining:
@@ -385,9 +428,10 @@ class HttpSession:
         return exchange.keep_client
 
     async def _connect(
-        self, cluster: TcpCluster, sticky: str | None
+        self, cluster: TcpCluster, sticky: str | None, *, fresh: bool = False
     ) -> tuple[str, tuple[str, int], socket.socket, bool] | None:
-        """(backend id, address, socket, reused) of a backend connection, None if none opens."""
+        """(backend id, address, socket, reused) of a backend connection, None if none opens;
+        `fresh` skips the pool."""
         listener = self.listener
         for attempt in range(CONNECT_ATTEMPTS):
             now = trio.current_time()
@@ -398,7 +442,7 @@ class HttpSession:
                 backend = cluster.choose(now)
             if backend is None:
                 return None
-            pooled = listener.pool.take(backend.address)
+            pooled = None if fresh else listener.pool.take(backend.address)
             if pooled is not None:
                 return backend.id, backend.address, pooled, True
             if attempt:
@@ -438,17 +482,20 @@ class HttpSession:
         response_edits: tuple[object, ...] | tuple[()],
     ) -> _Exchange:
         result = _Exchange(back_sock=back_sock)
-        await self._send_request(result, request_bytes, address, reused=reused)
-        back = PlainStream(result.back_sock)
+        back = PlainStream(back_sock)
+        try:
+            await back.send_all(request_bytes)
+        except OSError:
+            if reused:
+                raise _Stale from None  # a pooled connection the backend had closed
+            raise
+        self.listener.counters.bytes_in += len(request_bytes)
         upload = _Upload(head.framing is Framing.NONE)
         if upload.done:
             response = await self._read_response(back, head.method)
             if response == _STALE and reused:
                 # The pooled connection was closed by the backend as the request went out.
-                result.back_sock.close()
-                await self._send_request(result, request_bytes, address, reused=False)
-                back = PlainStream(result.back_sock)
-                response = await self._read_response(back, head.method)
+                raise _Stale
             return await self._respond(
                 head,
                 response,
@@ -502,21 +549,6 @@ class HttpSession:
                 )
                 result.status = upload.refused.status
         return result
-
-    async def _send_request(
-        self, result: _Exchange, request_bytes: bytes, address: tuple[str, int], *, reused: bool
-    ) -> None:
-        listener = self.listener
-        try:
-            await PlainStream(result.back_sock).send_all(request_bytes)
-        except OSError:
-            if not reused:
-                raise
-            # A pooled connection the backend had closed: one fresh attempt.
-            result.back_sock.close()
-            result.back_sock = await connect_backend(address, listener.config.connect_timeout)
-            await PlainStream(result.back_sock).send_all(request_bytes)
-        listener.counters.bytes_in += len(request_bytes)
 
     async def _upload(self, head: RequestHead, back: PlainStream, upload: _Upload) -> None:
         try:
