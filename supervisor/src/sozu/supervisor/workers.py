@@ -83,6 +83,8 @@ class Slot:
     restart_times: collections.deque[float] = field(default_factory=collections.deque)
     # Old workers of the slot still draining after an upgrade.
     retiring: list[Worker] = field(default_factory=list)
+    # The new worker of an upgrade while it starts (listed as "starting").
+    successor: Worker | None = None
     upgrading: bool = False
     # Set when the current worker exits or is replaced by an upgrade.
     wakeup: trio.Event = field(default_factory=trio.Event)
@@ -186,9 +188,11 @@ class WorkerPool:
     # -- queries
 
     def live_workers(self) -> list[Worker]:
-        """Current workers of the slots, and old ones still draining after an upgrade."""
+        """Current workers of the slots, upgrade successors still starting, and old workers
+        still draining after an upgrade."""
         current = [slot.worker for slot in self.slots if slot.worker is not None]
-        return current + [w for slot in self.slots for w in slot.retiring]
+        starting = [slot.successor for slot in self.slots if slot.successor is not None]
+        return current + starting + [w for slot in self.slots for w in slot.retiring]
 
     def running_workers(self) -> list[Worker]:
         return [w for w in self.live_workers() if w.state == "running"]
@@ -358,7 +362,9 @@ class WorkerPool:
         )
         worker = Worker(id=worker_id, slot=slot.index, process=process, mux=mux, scm=scm)
         worker_ref.append(worker)
-        if not successor:
+        if successor:
+            slot.successor = worker
+        else:
             slot.worker = worker
         log.info("launched %s%s", worker.name(), " (upgrade)" if successor else "")
         slot.nursery.start_soon(self._lifetime, slot, worker)
@@ -470,6 +476,7 @@ class WorkerPool:
             self.events.publish("WORKER_UPGRADED", message=f"{new.name()} replaces {old.name()}")
         finally:
             slot.upgrading = False
+            slot.successor = None
         if wait:
             await old.exited.wait()
         return new
