@@ -274,3 +274,60 @@ def test_client_without_sni_gets_a_handshake_failure(site: Site, ca: trustme.CA)
 
     # The listener still serves clients that send SNI.
     assert https_get(site.port, client_context(ca), "alpha.test").response.status == 200
+
+
+def test_default_certificate_and_disable_http11(
+    start_daemon: DaemonFactory, tmp_path: Path, ca: trustme.CA
+) -> None:
+    """A listener with a default certificate serves it to a client without SNI (and to an
+    unknown SNI); with `disable_http11` (h2 is not offered) every connection is dropped right
+    after its handshake."""
+    served, refused = free_port(), free_port()
+    default = issue(ca, tmp_path, "default", "default.test")
+    with nginx_backends(tmp_path / "nginx", "web") as nginx:
+        config = listener(
+            served, "https", certificate=str(default.certificate), key=str(default.key)
+        )
+        config += listener(
+            refused,
+            "https",
+            certificate=str(default.certificate),
+            key=str(default.key),
+            disable_http11=True,
+        )
+        config += 'alpn_protocols = ["h2"]\n'
+        config += cluster(
+            "web",
+            [
+                {"address": f"127.0.0.1:{port}", "hostname": "default.test"}
+                for port in (served, refused)
+            ],
+            [{"address": nginx.address("web"), "backend_id": "web"}],
+        )
+        start_daemon(extra=config)
+        context = client_context(ca)
+        context.check_hostname = False
+        with (
+            socket.create_connection(("127.0.0.1", served), timeout=IO_TIMEOUT) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            assert hashlib.sha256(der).hexdigest() == default.fingerprint
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: default.test\r\n\r\n")
+            response = read_response(Reader(tls))
+        assert response is not None
+        assert response.status == 200
+        unknown = https_get(served, client_context(ca), "default.test", path="/")
+        assert unknown.fingerprint == default.fingerprint
+
+        with (
+            socket.create_connection(("127.0.0.1", refused), timeout=IO_TIMEOUT) as raw,
+            client_context(ca).wrap_socket(raw, server_hostname="default.test") as tls,
+        ):
+            try:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: default.test\r\n\r\n")
+                data = tls.recv(1024)
+            except (ssl.SSLError, OSError):
+                data = b""
+            assert data == b"", "an http/1.1 connection must be dropped after its handshake"

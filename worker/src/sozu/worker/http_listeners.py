@@ -231,6 +231,9 @@ class HttpListeners:
             registry.counter(
                 "sozu_http_backend_stale_connections_total", **labels
             ).value = c.stale_connections
+            registry.counter(
+                "sozu_https_alpn_rejected_http11_disabled_total", **labels
+            ).value = c.alpn_rejected
             by_class: dict[str, int] = {}
             for status, count in c.statuses.items():
                 key = _status_class(status)

@@ -59,6 +59,7 @@ class HttpCounters:
     sni_mismatches: int = 0
     rejected_per_ip: int = 0
     stale_connections: int = 0  # pooled backend connections found closed at reuse
+    alpn_rejected: int = 0  # TLS connections dropped by disable_http11
     tls_handshakes: int = 0
     # final status of every response sent (proxied or generated) -> count
     statuses: dict[int, int] = field(default_factory=dict)
@@ -153,8 +154,15 @@ class HttpListenerProxy:
         self.public_ip, self.public_port = public[0], public[1]
         self.strict_sni = isinstance(config, HttpsListenerConfig) and config.strict_sni_binding
         self._hsts_default: bytes | None = None
+        self.disable_http11 = False
         if isinstance(config, HttpsListenerConfig):
             self._hsts_default = hsts_value(config.hsts)
+            self.disable_http11 = config.disable_http11
+            if self.disable_http11:
+                log.warning(
+                    "listener %s: disable_http11 with h2 not offered refuses every connection",
+                    config.address,
+                )
 
     # -- what sessions read
 
@@ -243,6 +251,10 @@ class HttpListenerProxy:
                 if tls_front is None:
                     return
                 front = tls_front
+                if self.disable_http11 and tls_front.sock.selected_alpn_protocol() != "h2":
+                    # An h2-only listener: HTTP/1.1 (or no ALPN) is dropped after the handshake.
+                    counters.alpn_rejected += 1
+                    return
                 session = HttpSession(self, front, peer)
                 served = served_certificate(tls_front.sock)
                 if served is not None:
