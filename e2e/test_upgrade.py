@@ -45,7 +45,7 @@ WORKER_UPGRADES = 5
 DRAIN_TIMEOUT = 120
 # Datagrams in flight when a flow's worker stops reading can be lost; a handful at most.
 DNS_LOSS_BOUND = 5
-DNS_TIMEOUT = 2.0
+DNS_TIMEOUT = 3.0
 TCP_CHUNK = 64 * 1024
 
 

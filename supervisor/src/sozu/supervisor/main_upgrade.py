@@ -33,9 +33,10 @@ PREFLIGHT_TIMEOUT = 30.0
 QUIESCE_POLL = 0.01
 
 
-async def preflight(patience: float = PREFLIGHT_TIMEOUT) -> str | None:
+async def preflight(config_path: Path | None, patience: float = PREFLIGHT_TIMEOUT) -> str | None:
     """Run the new code's pre-flight check; None if it passed, else what went wrong."""
     command = [sys.executable, "-m", "sozu.supervisor.preflight", str(HANDOFF_VERSION)]
+    command.append(str(config_path) if config_path is not None else "")
     try:
         with trio.fail_after(patience):
             result = await trio.run_process(

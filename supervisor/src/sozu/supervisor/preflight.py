@@ -8,8 +8,10 @@ fail, as code that cannot start would (tests use it to prove a failed upgrade ch
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from pathlib import Path
 
 
 def fault_injected() -> str | None:
@@ -18,13 +20,35 @@ def fault_injected() -> str | None:
     return path if path and os.path.exists(path) else None
 
 
+# Everything a new supervisor image and its workers import.
+MODULES = (
+    "sozu.cli.main",
+    "sozu.supervisor.main",
+    "sozu.supervisor.supervisor",
+    "sozu.worker.main",
+    "sozu.worker.channel_loop",
+)
+
+
 def main(argv: list[str]) -> int:
+    """`preflight [HANDOFF_VERSION [CONFIG]]`: exit 0 if this code can take over."""
     expected_version = int(argv[1]) if len(argv) > 1 else None
+    config_path = argv[2] if len(argv) > 2 and argv[2] else None
     fault = fault_injected()
     if fault is not None:
         print(f"refusing to start: fault injection file {fault} exists", file=sys.stderr)
         return 1
+    for module in MODULES:
+        importlib.import_module(module)
+    from sozu.command.config import load_config
+    from sozu.command.config_error import ConfigError
     from sozu.supervisor.handoff import HANDOFF_VERSION
+
+    try:
+        load_config(Path(config_path) if config_path else None)
+    except ConfigError as error:
+        print(f"the configuration does not load: {error}", file=sys.stderr)
+        return 1
 
     if expected_version is not None and expected_version != HANDOFF_VERSION:
         print(

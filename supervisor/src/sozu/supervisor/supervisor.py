@@ -251,6 +251,9 @@ class Supervisor:
             self.mutations.submit(partial(self.mutations.apply, request_id, request, reply))
         elif isinstance(request, rq.UpgradeMain):
             root.start_soon(self.upgrade_main, request_id, reply)
+        elif isinstance(request, rq.UpgradeWorker):
+            # In the daemon's nursery: a client that goes away does not cut an upgrade short.
+            root.start_soon(self._answer, request_id, request, reply)
         elif isinstance(request, rq.SubscribeEvents):
             nursery.start_soon(self.events.follow, request_id, reply)
         else:
@@ -293,7 +296,13 @@ class Supervisor:
             return
         self.main_upgrading = True
         try:
-            problem = await preflight()
+            unsettled = [
+                w.name() for w in self.pool.live_workers() if w.state not in ("running", "draining")
+            ]
+            if unsettled:
+                await reply(failure(request_id, f"workers are not settled: {', '.join(unsettled)}"))
+                return
+            problem = await preflight(self.config_path)
             if problem is not None:
                 await reply(
                     failure(
@@ -312,6 +321,16 @@ class Supervisor:
                         )
                         return
                     report = await self._status_now()
+                    await reply(
+                        ok(
+                            request_id,
+                            f"supervisor pid {os.getpid()} re-executing as boot generation "
+                            f"{self.boot_generation + 1}; then every worker is upgraded",
+                            content=report,
+                        )
+                    )
+                    # From here to the exec there is no checkpoint: no byte can be read from a
+                    # worker channel after its buffered bytes are taken.
                     handoff, fds = build_handoff(
                         self.pool,
                         boot_generation=self.boot_generation,
@@ -329,20 +348,11 @@ class Supervisor:
                         ),
                         retired_metrics=self.metrics.retired(),
                     )
-                    await reply(
-                        ok(
-                            request_id,
-                            f"supervisor pid {os.getpid()} re-executing as boot generation "
-                            f"{handoff.boot_generation}; then every worker is upgraded",
-                            content=report,
-                        )
-                    )
                     try:
                         exec_with_handoff(handoff, fds)
                     except OSError:
-                        for worker, handed in zip(
-                            self.pool.live_workers(), handoff.workers, strict=True
-                        ):
+                        live = self.pool.live_workers()
+                        for worker, handed in zip(live, handoff.workers, strict=True):
                             worker.mux.connection.prefill(handed.buffered)
                 finally:
                     self.collector.paused = False

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -158,6 +159,15 @@ class WorkerPool:
             )
         self.sockets.adopt(sockets, set(handoff.dead_slots))
         for handed in handoff.workers:
+            if handed.slot >= len(self.slots):
+                # The configuration now has fewer slots: that worker is stopped.
+                log.warning(
+                    "worker %d (pid %d) has no slot any more: stopping it", handed.id, handed.pid
+                )
+                os.kill(handed.pid, signal.SIGKILL)
+                os.close(handed.channel_fd)
+                os.close(handed.scm_fd)
+                continue
             os.set_inheritable(handed.channel_fd, False)
             os.set_inheritable(handed.scm_fd, False)
             connection = FramedConnection.from_socket(
@@ -369,6 +379,21 @@ class WorkerPool:
         log.info("launched %s%s", worker.name(), " (upgrade)" if successor else "")
         slot.nursery.start_soon(self._lifetime, slot, worker)
         try:
+            await self._hello_and_start_up(slot, worker, connection)
+        except BaseException:
+            process.kill()
+            raise
+        if worker.state == "running":
+            log.info("%s is ready", worker.name())
+        elif process.returncode is None:
+            process.kill()
+        return worker
+
+    async def _hello_and_start_up(
+        self, slot: Slot, worker: Worker, connection: FramedConnection
+    ) -> None:
+        assert slot.nursery is not None
+        try:
             # Interpreter start-up and imports come before the Hello.
             with trio.fail_after(max(self.config.worker_timeout, HELLO_TIMEOUT)):
                 await self._hello(worker, connection)
@@ -385,11 +410,6 @@ class WorkerPool:
             trio.ClosedResourceError,
         ) as error:
             log.error("%s failed to start: %s", worker.name(), error)
-        if worker.state == "running":
-            log.info("%s is ready", worker.name())
-        elif process.returncode is None:
-            process.kill()
-        return worker
 
     async def _lifetime(self, slot: Slot, worker: Worker) -> None:
         """Wait for the worker's process to exit, then let go of it."""

@@ -244,7 +244,7 @@ class HttpListenerProxy:
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is None:
-                front = PlainStream(client)
+                front = PlainStream(client, self.config.front_timeout)
                 session = HttpSession(self, front, peer)
             else:
                 tls_front = await self._handshake(client)
@@ -280,7 +280,7 @@ class HttpListenerProxy:
             )
         except OSError:
             return None
-        stream = TlsStream(wrapped)
+        stream = TlsStream(wrapped, self.config.front_timeout)
         with trio.move_on_after(self.config.front_timeout) as scope:
             try:
                 await stream.handshake()

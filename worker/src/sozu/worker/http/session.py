@@ -112,6 +112,7 @@ class HttpSession:
     """Serves the requests of one client connection."""
 
     __slots__ = (
+        "body_read",
         "buf",
         "bytes_in",
         "bytes_out",
@@ -135,6 +136,7 @@ class HttpSession:
         self.default_cert = False
         self.bytes_in = 0
         self.bytes_out = 0
+        self.body_read = True
         # What the access log reports about the request in progress (only when logging).
         self.log: _RequestLog | None = None
         self.session_id = ""
@@ -190,15 +192,22 @@ class HttpSession:
         request_id = listener.ids.generate()
         self.bytes_in += head.length
         if listener.shared.access_log is None:
-            return await self._route(head, request_id)
+            return await self._route_checked(head, request_id)
         self.log = _RequestLog(
             trio.current_time(), request_id, head, self.bytes_in - head.length, self.bytes_out
         )
         try:
-            return await self._route(head, request_id)
+            return await self._route_checked(head, request_id)
         finally:
             self._write_access_log()
             self.log = None
+
+    async def _route_checked(self, head: RequestHead, request_id: str) -> bool:
+        """`_route`, never keeping a connection whose request body was left unread (it would
+        be parsed as the next request)."""
+        self.body_read = head.framing is Framing.NONE
+        keep = await self._route(head, request_id)
+        return keep and self.body_read
 
     async def _route(self, head: RequestHead, request_id: str) -> bool:
         listener = self.listener
@@ -323,7 +332,9 @@ class HttpSession:
             edits=compile_frontend_edits(frontend.headers).request if frontend.headers else (),
         )
         target = rewrite.path.encode("latin-1") if rewrite.path is not None else head.target
-        request_bytes = serialize_head(head.method + b" " + target + b" HTTP/1.1", edits.headers)
+        # The client's version: a backend must not answer an HTTP/1.0 client in chunks.
+        request_line = head.method + b" " + target + b" HTTP/" + head.version
+        request_bytes = serialize_head(request_line, edits.headers)
         sticky_value = edits.sticky_value.decode("latin-1") if edits.sticky_value else None
         sticky = sticky_value if cluster_config.sticky_session else None
         for attempt in range(2):
@@ -482,15 +493,31 @@ class HttpSession:
         response_edits: tuple[object, ...] | tuple[()],
     ) -> _Exchange:
         result = _Exchange(back_sock=back_sock)
-        back = PlainStream(back_sock)
+        back = PlainStream(back_sock, self.listener.config.back_timeout)
+        upload = _Upload(head.framing is Framing.NONE)
         try:
             await back.send_all(request_bytes)
         except OSError:
             if reused:
                 raise _Stale from None  # a pooled connection the backend had closed
-            raise
+            upload.done = True  # nothing of the body is owed to a backend that is gone
+            return await self._respond(
+                head,
+                502,
+                back,
+                result,
+                upload,
+                cluster,
+                backend_id,
+                answers,
+                request_id,
+                route,
+                keep_alive,
+                sticky_found,
+                hsts,
+                response_edits,
+            )
         self.listener.counters.bytes_in += len(request_bytes)
-        upload = _Upload(head.framing is Framing.NONE)
         if upload.done:
             response = await self._read_response(back, head.method)
             if response == _STALE and reused:
@@ -554,7 +581,13 @@ class HttpSession:
         try:
             await self._upload_body(head, back)
             upload.done = True
-        except (HeadError, _ClientGone, OSError) as error:
+            self.body_read = True
+        except OSError as error:
+            # The backend stopped reading (it may be answering early, e.g. 413): its answer
+            # is still read and relayed; neither connection is kept.
+            upload.failed = True
+            log.debug("request body to the backend: %s", error)
+        except (HeadError, _ClientGone) as error:
             upload.failed = True
             if isinstance(error, HeadError):
                 upload.refused = error
@@ -659,7 +692,7 @@ class HttpSession:
                 try:
                     data = await back.receive()
                 except OSError:
-                    return 502
+                    return _STALE if not rbuf else 502
             if scope.cancelled_caught:
                 return 504
             if not data:

@@ -8,6 +8,7 @@ so a read that finds data costs no scheduler pass. TLS drives an `ssl.SSLSocket`
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import ssl
 
@@ -16,17 +17,27 @@ import trio
 from sozu.worker.tcp.relay import RelayStats, relay
 
 READ_SIZE = 65536
+DEFAULT_SEND_TIMEOUT = 60.0
+
+
+async def _writable(sock: socket.socket, patience: float) -> None:
+    """Wait until `sock` accepts bytes; TimeoutError (an OSError) past `patience` seconds."""
+    with trio.move_on_after(patience) as scope:
+        await trio.lowlevel.wait_writable(sock)
+    if scope.cancelled_caught:
+        raise TimeoutError(errno.ETIMEDOUT, f"no progress sending for {patience:g} s")
 
 
 class PlainStream:
-    """A TCP connection."""
+    """A TCP connection; a send that cannot progress for `send_timeout` seconds fails."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("send_timeout", "sock")
 
     tls = False
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
         self.sock = sock
+        self.send_timeout = send_timeout
 
     async def receive(self) -> bytes:
         """Some bytes, b"" at end of stream; OSError on a reset."""
@@ -44,7 +55,7 @@ class PlainStream:
             try:
                 sent = sock.send(view)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+                await _writable(sock, self.send_timeout)
                 continue
             view = view[sent:]
 
@@ -59,12 +70,13 @@ class PlainStream:
 class TlsStream:
     """A TLS connection on a non-blocking `ssl.SSLSocket` (server side)."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("send_timeout", "sock")
 
     tls = True
 
-    def __init__(self, sock: ssl.SSLSocket) -> None:
+    def __init__(self, sock: ssl.SSLSocket, send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
         self.sock = sock
+        self.send_timeout = send_timeout
 
     async def handshake(self) -> None:
         sock = self.sock
@@ -98,7 +110,7 @@ class TlsStream:
             try:
                 sent = sock.send(view)
             except ssl.SSLWantWriteError:
-                await trio.lowlevel.wait_writable(sock)
+                await _writable(sock, self.send_timeout)
                 continue
             except ssl.SSLWantReadError:
                 await trio.lowlevel.wait_readable(sock)
@@ -124,25 +136,29 @@ async def tunnel(
     if isinstance(front, PlainStream):
         return await relay(front.sock, back, front_timeout=front_timeout, back_timeout=back_timeout)
     stats = RelayStats()
-    backend = PlainStream(back)
+    backend = PlainStream(back, back_timeout)
 
-    async def copy(source: Stream, sink: Stream, to_backend: bool, idle: float) -> None:
-        while True:
-            with trio.move_on_after(idle) as scope:
-                data = await source.receive()
-            if scope.cancelled_caught or not data:
-                sink.shutdown_write()
-                return
-            await sink.send_all(data)
-            if to_backend:
-                stats.to_backend += len(data)
-            else:
-                stats.to_client += len(data)
+    async def copy(
+        source: Stream, sink: Stream, to_backend: bool, idle: float, scope: trio.CancelScope
+    ) -> None:
+        try:
+            while True:
+                with trio.move_on_after(idle) as waited:
+                    data = await source.receive()
+                if waited.cancelled_caught or not data:
+                    sink.shutdown_write()
+                    return
+                await sink.send_all(data)
+                if to_backend:
+                    stats.to_backend += len(data)
+                else:
+                    stats.to_client += len(data)
+        except OSError as error:
+            # A reset or TLS error on either side ends the whole tunnel.
+            stats.error = str(error)
+            scope.cancel()
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(copy, front, backend, True, front_timeout)
-            nursery.start_soon(copy, backend, front, False, back_timeout)
-    except OSError:
-        pass
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(copy, front, backend, True, front_timeout, nursery.cancel_scope)
+        nursery.start_soon(copy, backend, front, False, back_timeout, nursery.cancel_scope)
     return stats
