@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Final
 
 from sozu.command.types import Header
+from sozu.worker.http.codec import has_token
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -81,11 +82,6 @@ def compile_frontend_edits(headers: tuple[Header, ...]) -> FrontendEdits:
         if header.position in ("RESPONSE", "BOTH"):
             response.append(edit)
     return FrontendEdits(tuple(request), tuple(response))
-
-
-def has_token(value: bytes, token: bytes) -> bool:
-    """Whether a comma-separated header value lists `token` (case-insensitive)."""
-    return any(part.strip().lower() == token for part in value.split(b","))
 
 
 def format_ip(ip: str) -> str:

@@ -423,7 +423,12 @@ class HttpSession:
             raise
         finally:
             cluster.closed(backend_id)
-            if exchange.keep_backend and not listener.draining:
+            # A backend removed meanwhile gets no pooled connection (none would be taken).
+            if (
+                exchange.keep_backend
+                and not listener.draining
+                and cluster.selector.backend(backend_id) is not None
+            ):
                 listener.pool.give(address, exchange.back_sock)
             else:
                 exchange.back_sock.close()
@@ -746,11 +751,12 @@ class HttpSession:
         if scope.cancelled_caught or not data:
             raise _ClientGone("client closed or timed out during the request body")
         self.listener.counters.bytes_in += len(data)
-        self.bytes_in += len(data)
         return data
 
     async def _upload_body(self, head: RequestHead, back: PlainStream) -> None:
         """Relay the request body (raw) to the backend; bytes after it stay in `buf`."""
+        # `bytes_in` of the session counts body bytes as they are relayed: bytes read past the
+        # body belong to the next request, whose head length counts them.
         buf = self.buf
         if head.framing is Framing.LENGTH:
             remaining = head.content_length
@@ -758,6 +764,7 @@ class HttpSession:
                 piece = bytes(buf[:remaining])
                 del buf[: len(piece)]
                 remaining -= len(piece)
+                self.bytes_in += len(piece)
                 await back.send_all(piece)
             while remaining:
                 data = await self._receive_front()
@@ -765,6 +772,7 @@ class HttpSession:
                     buf += data[remaining:]
                     data = data[:remaining]
                 remaining -= len(data)
+                self.bytes_in += len(data)
                 await back.send_all(data)
             return
         scanner = ChunkedScanner()
@@ -772,12 +780,14 @@ class HttpSession:
             used = scanner.feed(buf)
             piece = bytes(buf[:used])
             del buf[:used]
+            self.bytes_in += len(piece)
             await back.send_all(piece)
         while not scanner.done:
             data = await self._receive_front()
             used = scanner.feed(data)
             if used < len(data):
                 buf += data[used:]
+            self.bytes_in += used
             await back.send_all(data[:used] if used < len(data) else data)
 
     async def _download_body(
