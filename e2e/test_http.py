@@ -601,3 +601,52 @@ def test_require_program_skips_by_hand_and_fails_under_ci(
     with pytest.raises(pytest.fail.Exception, match="CI=true requires it"):
         require_program(missing)
     assert require_program("sh").endswith("/sh")
+
+
+def test_expect_100_continue_is_relayed(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    """A client that asks `Expect: 100-continue` gets nginx's interim 100 through the proxy
+    before sending its body, then the final answer; the body arrives whole."""
+    curl = require_program("curl")
+    listen = free_port()
+    with nginx_backends(tmp_path / "nginx", "web") as nginx:
+        config = listener(listen)
+        config += cluster(
+            "web",
+            [{"address": f"127.0.0.1:{listen}", "hostname": "web.test"}],
+            [{"address": nginx.address("web"), "backend_id": "web"}],
+        )
+        start_daemon(extra=config)
+        payload = random.Random(7).randbytes(2 * 1024 * 1024)
+        upload = tmp_path / "expect.bin"
+        upload.write_bytes(payload)
+        result = subprocess.run(
+            [
+                curl,
+                "-sS",
+                "-v",
+                "--resolve",
+                f"web.test:{listen}:127.0.0.1",
+                "-H",
+                "Expect: 100-continue",
+                # Without the interim answer curl would wait this long, then send anyway.
+                "--expect100-timeout",
+                "30",
+                "-T",
+                str(upload),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                f"http://web.test:{listen}/upload/expect",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "< HTTP/1.1 100 Continue" in result.stderr, result.stderr
+        assert result.stdout in ("201", "204"), result.stdout
+        size, digest = nginx.uploaded("expect")
+        assert size == len(payload)
+        assert digest == hashlib.sha256(payload).hexdigest()
