@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import trio
 
@@ -27,12 +26,6 @@ from sozu.worker.log_targets import LineSink, open_line_sink
 from sozu.worker.tcp.backends import TcpCluster
 
 log = logging.getLogger("sozu.worker")
-
-
-@dataclass(eq=False)
-class _Served:
-    proxy: HttpListenerProxy
-    done: trio.Event = field(default_factory=trio.Event)
 
 
 def _status_class(status: int) -> str:
@@ -54,7 +47,7 @@ class HttpListeners:
         self.registry = registry
         self._limit = limit
         self._clusters = clusters
-        self._served: dict[str, _Served] = {}
+        self._served: dict[str, HttpListenerProxy] = {}
         # Counters outlive a deactivation so that totals never go back.
         self._counters: dict[str, HttpCounters] = {}
         self.shared: HttpShared | None = None
@@ -126,44 +119,30 @@ class HttpListeners:
         )
         counters = self._counters.setdefault(address, listener.counters)
         listener.counters = counters
-        served = _Served(listener)
-        self._served[address] = served
-        await self._tasks.start(self._serve, served)
+        self._served[address] = listener
+        assert self._handlers is not None
+        await self._tasks.start(listener.serve, self._handlers)
         log.info("serving %s listener %s", "HTTPS" if https else "HTTP", address)
-
-    async def _serve(
-        self, served: _Served, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        try:
-            assert self._handlers is not None
-            await served.proxy.serve(self._handlers, task_status=task_status)
-        except OSError as error:
-            log.error("HTTP listener %s stopped: %s", served.proxy.config.address, error)
-        finally:
-            served.done.set()
 
     async def stop_listener(self, address: str) -> bool:
         served = self._served.pop(address, None)
         if served is None:
             return False
-        served.proxy.stop_accepting()
-        with trio.move_on_after(1.0):
-            await served.done.wait()
-        served.proxy.sock.close()
+        await served.close()
         return True
 
     def stop_accepting(self) -> None:
         if self.shared is not None:
             self.shared.drain()
         for served in self._served.values():
-            served.proxy.stop_accepting()
+            served.stop_accepting()
 
     # -- configuration changes
 
     def refresh_routes(self, address: str) -> None:
         served = self._served.get(address)
         if served is not None:
-            served.proxy.router = self._router(address, served.proxy.tls is not None)
+            served.router = self._router(address, served.tls is not None)
 
     def refresh_listener(self, address: str) -> None:
         served = self._served.get(address)
@@ -171,12 +150,12 @@ class HttpListeners:
             return
         config = self.state.https_listeners.get(address) or self.state.http_listeners.get(address)
         if config is not None:
-            served.proxy.configure(config)
+            served.configure(config)
 
     def refresh_certificates(self, address: str) -> None:
         served = self._served.get(address)
-        if served is not None and served.proxy.tls is not None:
-            served.proxy.tls.load_state(self.state)
+        if served is not None and served.tls is not None:
+            served.tls.load_state(self.state)
 
     def refresh_clusters(self) -> None:
         """Health checks, sticky ids from the state; idle connections to removed backends
@@ -251,7 +230,7 @@ class HttpListeners:
                     "sozu_http_cluster_requests_total", listener=address, cluster=cluster_id
                 ).value = count
         for address, served in self._served.items():
-            tls = served.proxy.tls
+            tls = served.tls
             if tls is None:
                 continue
             for reason, count in tls.handshake_failures.items():
@@ -283,7 +262,7 @@ class HttpListeners:
     def close(self) -> None:
         self.health.close()
         for served in self._served.values():
-            served.proxy.sock.close()
+            served.sock.close()
         self._served.clear()
         if self.shared is not None:
             self.shared.pool.close()

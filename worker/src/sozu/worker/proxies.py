@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import cast
 
 import trio
@@ -43,12 +42,6 @@ SOCKET_WAIT = 5.0
 DEFAULT_MAX_CONNECTIONS = 10_000
 
 
-@dataclass(eq=False)
-class _Served:
-    proxy: TcpListenerProxy
-    done: trio.Event = field(default_factory=trio.Event)
-
-
 class Proxies:
     """Everything a worker serves; `start` gives it the nurseries to run in."""
 
@@ -59,7 +52,7 @@ class Proxies:
         self._received: dict[ListenerKey, socket.socket] = {}
         self._arrived = trio.Event()
         self._adopted: dict[ListenerKey, socket.socket] = {}
-        self._tcp: dict[str, _Served] = {}
+        self._tcp: dict[str, TcpListenerProxy] = {}
         self._counters: dict[str, TcpCounters] = {}
         self._clusters: dict[str, TcpCluster] = {}
         self._cluster_of_listener: dict[str, str] = {}
@@ -146,30 +139,16 @@ class Proxies:
         listener.durations = self.registry.histogram(
             "sozu_tcp_connection_duration_seconds", listener=address
         )
-        served = _Served(listener)
-        self._tcp[address] = served
-        await self._tasks.start(self._serve, served)
+        self._tcp[address] = listener
+        assert self._handlers is not None
+        await self._tasks.start(listener.serve, self._handlers)
         log.info("serving TCP listener %s", address)
-
-    async def _serve(
-        self, served: _Served, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        try:
-            assert self._handlers is not None
-            await served.proxy.serve(self._handlers, task_status=task_status)
-        except OSError as error:
-            log.error("TCP listener %s stopped: %s", served.proxy.config.address, error)
-        finally:
-            served.done.set()
 
     async def stop_listener(self, proxy: ListenerType, address: str) -> None:
         """Stop accepting and close this worker's copy of the socket; sessions go on."""
         served = self._tcp.pop(address, None) if proxy == "TCP" else None
         if served is not None:
-            served.proxy.stop_accepting()
-            with trio.move_on_after(1.0):
-                await served.done.wait()
-            served.proxy.sock.close()
+            await served.close()
         if proxy == "UDP":
             await self.udp.stop_listener(address)
         if proxy in ("HTTP", "HTTPS"):
@@ -184,11 +163,11 @@ class Proxies:
         served = self._tcp.get(address)
         config = self.state.tcp_listeners.get(address)
         if served is not None and config is not None:
-            served.proxy.config = config
+            served.config = config
 
     def stop_accepting(self) -> None:
         for served in self._tcp.values():
-            served.proxy.stop_accepting()
+            served.stop_accepting()
         self.udp.drain()
         self.http.stop_accepting()
 
@@ -310,7 +289,7 @@ class Proxies:
         self.udp.close()
         self.http.close()
         for served in self._tcp.values():
-            served.proxy.sock.close()
+            served.sock.close()
         for pool in (self._adopted, self._received):
             for sock in pool.values():
                 sock.close()

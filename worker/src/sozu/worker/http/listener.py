@@ -21,7 +21,7 @@ import trio
 from sozu.command.addresses import to_sockaddr
 from sozu.command.metrics import Histogram
 from sozu.command.types import Cluster, HstsConfig, HttpListenerConfig, HttpsListenerConfig
-from sozu.worker.accept import accept_loop
+from sozu.worker.accept import AcceptingListener
 from sozu.worker.balancing import Backend
 from sozu.worker.connection_limit import ConnectionLimit
 from sozu.worker.http.answers import AnswerSet
@@ -121,7 +121,7 @@ def _random_bytes(count: int) -> bytes:
     return os.urandom(count)
 
 
-class HttpListenerProxy:
+class HttpListenerProxy(AcceptingListener):
     """Serves one HTTP or HTTPS listener socket."""
 
     def __init__(
@@ -132,14 +132,12 @@ class HttpListenerProxy:
         router: Router,
         tls: ListenerTls | None = None,
     ) -> None:
-        sock.setblocking(False)
-        self.sock = sock
+        super().__init__(sock, config.address)
         self.shared = shared
         self.router = router
         self.tls = tls
         self.counters = HttpCounters()
         self.max_head = DEFAULT_MAX_HEAD
-        self._accept_scope: trio.CancelScope | None = None
         self.scheme: Literal["http", "https"] = "https" if tls is not None else "http"
         self.configure(config)
 
@@ -217,24 +215,11 @@ class HttpListenerProxy:
 
     # -- accepting
 
-    def stop_accepting(self) -> None:
-        if self._accept_scope is not None:
-            self._accept_scope.cancel()
+    def connection_limit(self) -> ConnectionLimit:
+        return self.shared.limit
 
-    async def serve(
-        self,
-        handlers: trio.Nursery,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        with trio.CancelScope() as self._accept_scope:
-            task_status.started()
-
-            def on_client(client: socket.socket, peer: tuple[str, int]) -> None:
-                self.counters.accepted += 1
-                handlers.start_soon(self._session, client, peer)
-
-            await accept_loop(self.sock, self.shared.limit, self.config.address, on_client)
+    def count_accepted(self) -> None:
+        self.counters.accepted += 1
 
     async def _session(self, client: socket.socket, peer: tuple[str, int]) -> None:
         counters = self.counters

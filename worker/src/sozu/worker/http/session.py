@@ -44,7 +44,7 @@ from sozu.worker.http.header_edits import (
 from sozu.worker.http.policy import Redirect, Unauthorized, evaluate, rewrite_for
 from sozu.worker.http.router import RouteMatch, parse_authority
 from sozu.worker.http.streams import PlainStream, Stream, TlsStream, tunnel
-from sozu.worker.tcp.backends import TcpCluster, connect_backend
+from sozu.worker.tcp.backends import TcpCluster
 
 if TYPE_CHECKING:
     from sozu.worker.http.listener import HttpListenerProxy
@@ -463,17 +463,10 @@ class HttpSession:
                 return backend.id, backend.address, pooled, True
             if attempt:
                 listener.counters.retries += 1
-            connect_started = trio.current_time()
-            try:
-                sock = await connect_backend(backend.address, listener.config.connect_timeout)
-            except OSError as error:
+            sock = await cluster.dial(backend, listener.config.connect_timeout)
+            if sock is None:
                 listener.counters.backend_errors += 1
-                log.info("backend %s of %s: %s", backend.id, cluster.cluster_id, error)
-                cluster.connection_failed(backend.id, trio.current_time())
                 continue
-            if cluster.connect_seconds is not None:
-                cluster.connect_seconds.observe(trio.current_time() - connect_started)
-            cluster.connection_succeeded(backend.id)
             return backend.id, backend.address, sock, False
         return None
 

@@ -8,6 +8,7 @@ a non-blocking connection with a timeout.
 from __future__ import annotations
 
 import errno
+import logging
 import random
 import socket
 from collections.abc import Callable, Iterable
@@ -17,6 +18,8 @@ import trio
 from sozu.command.metrics import Histogram
 from sozu.worker.balancing import Backend, BackendSelector, LoadBalancingPolicy
 from sozu.worker.tcp.retry import RetryPolicy
+
+log = logging.getLogger("sozu.worker.tcp")
 
 BackendEvent = Callable[[str, str, str], None]  # (kind, cluster_id, backend_id)
 
@@ -83,6 +86,21 @@ class TcpCluster:
         if backend_id in self._backing_off:
             return None
         return self.selector.backend(backend_id)
+
+    async def dial(self, backend: Backend, connect_timeout: float) -> socket.socket | None:
+        """Connect to one of this cluster's backends, with the back-off and connect-time
+        bookkeeping of a success or failure; None (logged) if the connect fails."""
+        started = trio.current_time()
+        try:
+            sock = await connect_backend(backend.address, connect_timeout)
+        except OSError as error:
+            log.info("backend %s of %s: %s", backend.id, self.cluster_id, error)
+            self.connection_failed(backend.id, trio.current_time())
+            return None
+        if self.connect_seconds is not None:
+            self.connect_seconds.observe(trio.current_time() - started)
+        self.connection_succeeded(backend.id)
+        return sock
 
     def connection_failed(self, backend_id: str, now: float) -> None:
         self.connect_errors[backend_id] = self.connect_errors.get(backend_id, 0) + 1

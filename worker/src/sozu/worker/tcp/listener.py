@@ -19,10 +19,10 @@ import trio
 
 from sozu.command.metrics import Histogram
 from sozu.command.types import TcpListenerConfig
-from sozu.worker.accept import accept_loop
+from sozu.worker.accept import AcceptingListener
 from sozu.worker.connection_limit import ConnectionLimit
 from sozu.worker.proxy_protocol import ProxyProtocolError, build_v2, parse_v2
-from sozu.worker.tcp.backends import TcpCluster, connect_backend
+from sozu.worker.tcp.backends import TcpCluster
 from sozu.worker.tcp.relay import relay
 
 log = logging.getLogger("sozu.worker.tcp")
@@ -43,7 +43,7 @@ class TcpCounters(msgspec.Struct):
     bytes_out: int = 0
 
 
-class TcpListenerProxy:
+class TcpListenerProxy(AcceptingListener):
     """Serves one TCP listener socket."""
 
     def __init__(
@@ -55,8 +55,7 @@ class TcpListenerProxy:
         *,
         use_splice: bool = True,
     ) -> None:
-        sock.setblocking(False)
-        self.sock = sock
+        super().__init__(sock, config.address)
         self.config = config
         self._cluster_of = cluster_of
         self._limit = limit
@@ -64,28 +63,12 @@ class TcpListenerProxy:
         self.counters = TcpCounters()
         # Connection durations in seconds, when the worker's metrics want them.
         self.durations: Histogram | None = None
-        self._accept_scope: trio.CancelScope | None = None
 
-    def stop_accepting(self) -> None:
-        """Leave the listener socket alone from now on; sessions go on."""
-        if self._accept_scope is not None:
-            self._accept_scope.cancel()
+    def connection_limit(self) -> ConnectionLimit:
+        return self._limit
 
-    async def serve(
-        self,
-        handlers: trio.Nursery,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Accept until `stop_accepting()`; sessions are started in `handlers`."""
-        with trio.CancelScope() as self._accept_scope:
-            task_status.started()
-
-            def on_client(client: socket.socket, peer: tuple[str, int]) -> None:
-                self.counters.accepted += 1
-                handlers.start_soon(self._session, client, peer)
-
-            await accept_loop(self.sock, self._limit, self.config.address, on_client)
+    def count_accepted(self) -> None:
+        self.counters.accepted += 1
 
     async def _session(self, client: socket.socket, peer: tuple[str, int]) -> None:
         self.counters.active += 1
@@ -152,17 +135,10 @@ class TcpListenerProxy:
                 break
             if attempt:
                 self.counters.retries += 1
-            connect_started = trio.current_time()
-            try:
-                backend_sock = await connect_backend(backend.address, self.config.connect_timeout)
-            except OSError as error:
+            backend_sock = await cluster.dial(backend, self.config.connect_timeout)
+            if backend_sock is None:
                 self.counters.backend_errors += 1
-                log.info("backend %s of %s: %s", backend.id, cluster.cluster_id, error)
-                cluster.connection_failed(backend.id, trio.current_time())
                 continue
-            if cluster.connect_seconds is not None:
-                cluster.connect_seconds.observe(trio.current_time() - connect_started)
-            cluster.connection_succeeded(backend.id)
             backend_id = backend.id
             break
         if backend_sock is None:
