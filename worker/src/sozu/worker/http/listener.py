@@ -190,9 +190,9 @@ class HttpListenerProxy(AcceptingListener):
         backend_id = self.shared.sticky_to_backend.get(cluster.cluster_id, {}).get(value)
         return None if backend_id is None else cluster.usable(backend_id, now)
 
-    def hsts_for(self, frontend_hsts: HstsConfig | object | None) -> bytes | None:
+    def hsts_for(self, frontend_hsts: HstsConfig | None) -> bytes | None:
         """The HSTS value of a frontend (its own policy, else the listener's)."""
-        if isinstance(frontend_hsts, HstsConfig):
+        if frontend_hsts is not None:
             return hsts_value(frontend_hsts)
         return self._hsts_default
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from sozu.command.types import Cluster, RequestHttpFrontend
+from sozu.command.types import Cluster, HstsConfig, RequestHttpFrontend
 from sozu.worker.http.access_log import AccessRecord, format_line
 from sozu.worker.http.answers import AnswerContext, AnswerSet
 from sozu.worker.http.certificate_resolver import authority_matches
@@ -35,6 +35,7 @@ from sozu.worker.http.codec import (
     parse_response_head,
 )
 from sozu.worker.http.header_edits import (
+    HeaderEdit,
     RequestEdits,
     compile_frontend_edits,
     edit_request,
@@ -91,6 +92,22 @@ class _RequestLog:
     status: int | None = None
     message: str | None = None
     frontend_tags: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What the exchange with a backend needs to know about the request it forwards."""
+
+    head: RequestHead
+    cluster: TcpCluster
+    backend_id: str
+    answers: AnswerSet
+    request_id: str
+    route: str
+    keep_alive: bool
+    sticky_found: bytes | None
+    hsts: HstsConfig | None
+    response_edits: tuple[HeaderEdit, ...]
 
 
 @dataclass(slots=True)
@@ -398,14 +415,10 @@ class HttpSession:
         exchange = _Exchange(back_sock=back_sock)
         backend_started = trio.current_time()
         try:
-            exchange = await self._exchange(
-                head,
-                request_bytes,
-                back_sock,
-                reused=reused,
+            job = _Job(
+                head=head,
                 cluster=cluster,
                 backend_id=backend_id,
-                address=address,
                 answers=answers,
                 request_id=request_id,
                 route=route,
@@ -416,6 +429,7 @@ class HttpSession:
                     compile_frontend_edits(frontend.headers).response if frontend.headers else ()
                 ),
             )
+            exchange = await self._exchange(job, request_bytes, back_sock, reused=reused)
         except _ClientGone:
             exchange.keep_client = exchange.keep_backend = False
         except _Stale:
@@ -473,23 +487,9 @@ class HttpSession:
     # -- the exchange with a backend
 
     async def _exchange(
-        self,
-        head: RequestHead,
-        request_bytes: bytes,
-        back_sock: socket.socket,
-        *,
-        reused: bool,
-        cluster: TcpCluster,
-        backend_id: str,
-        address: tuple[str, int],
-        answers: AnswerSet,
-        request_id: str,
-        route: str,
-        keep_alive: bool,
-        sticky_found: bytes | None,
-        hsts: object,
-        response_edits: tuple[object, ...] | tuple[()],
+        self, job: _Job, request_bytes: bytes, back_sock: socket.socket, *, reused: bool
     ) -> _Exchange:
+        head = job.head
         result = _Exchange(back_sock=back_sock)
         back = PlainStream(back_sock, self.listener.config.back_timeout)
         upload = _Upload(head.framing is Framing.NONE)
@@ -499,65 +499,20 @@ class HttpSession:
             if reused:
                 raise _Stale from None  # a pooled connection the backend had closed
             upload.done = True  # nothing of the body is owed to a backend that is gone
-            return await self._respond(
-                head,
-                502,
-                back,
-                result,
-                upload,
-                cluster,
-                backend_id,
-                answers,
-                request_id,
-                route,
-                keep_alive,
-                sticky_found,
-                hsts,
-                response_edits,
-            )
+            return await self._respond(job, 502, back, result, upload)
         self.listener.counters.bytes_in += len(request_bytes)
         if upload.done:
             response = await self._read_response(back, head.method)
             if response == _STALE and reused:
                 # The pooled connection was closed by the backend as the request went out.
                 raise _Stale
-            return await self._respond(
-                head,
-                response,
-                back,
-                result,
-                upload,
-                cluster,
-                backend_id,
-                answers,
-                request_id,
-                route,
-                keep_alive,
-                sticky_found,
-                hsts,
-                response_edits,
-            )
+            return await self._respond(job, response, back, result, upload)
         async with trio.open_nursery() as nursery:
             upload.scope = nursery.cancel_scope
             nursery.start_soon(self._upload, head, back, upload)
             try:
                 response = await self._read_response(back, head.method)
-                await self._respond(
-                    head,
-                    response,
-                    back,
-                    result,
-                    upload,
-                    cluster,
-                    backend_id,
-                    answers,
-                    request_id,
-                    route,
-                    keep_alive,
-                    sticky_found,
-                    hsts,
-                    response_edits,
-                )
+                await self._respond(job, response, back, result, upload)
             except _ClientGone:
                 result.keep_client = result.keep_backend = False
             nursery.cancel_scope.cancel()
@@ -567,9 +522,9 @@ class HttpSession:
                 self.listener.counters.parse_errors += 1
                 await self._answer(
                     upload.refused.status,
-                    answers=answers,
-                    request_id=request_id,
-                    route=route,
+                    answers=job.answers,
+                    request_id=job.request_id,
+                    route=job.route,
                     message=upload.refused.reason,
                 )
                 result.status = upload.refused.status
@@ -595,21 +550,18 @@ class HttpSession:
 
     async def _respond(
         self,
-        head: RequestHead,
+        job: _Job,
         response: tuple[ResponseHead, bytes] | int,
         back: PlainStream,
         result: _Exchange,
         upload: _Upload,
-        cluster: TcpCluster,
-        backend_id: str,
-        answers: AnswerSet,
-        request_id: str,
-        route: str,
-        keep_alive: bool,
-        sticky_found: bytes | None,
-        hsts: object,
-        response_edits: tuple[object, ...] | tuple[()],
     ) -> _Exchange:
+        head, cluster, backend_id, request_id = (
+            job.head,
+            job.cluster,
+            job.backend_id,
+            job.request_id,
+        )
         listener = self.listener
         config = listener.config
         if isinstance(response, int):
@@ -619,9 +571,9 @@ class HttpSession:
             result.responding = True
             result.keep_client = await self._answer(
                 status,
-                answers=answers,
+                answers=job.answers,
                 request_id=request_id,
-                route=route,
+                route=job.route,
                 cluster_id=cluster.cluster_id,
                 backend_id=backend_id,
             )
@@ -632,15 +584,15 @@ class HttpSession:
             result.responding = True
             return await self._upgrade(response_head, leftover, back, request_id, result)
         closing = (
-            not keep_alive
+            not job.keep_alive
             or listener.draining
             or response_head.framing is Framing.CLOSE
             or not upload.done
         )
         sticky_value = None
-        if sticky_found is not None or listener.is_sticky(cluster.cluster_id):
+        if job.sticky_found is not None or listener.is_sticky(cluster.cluster_id):
             sticky_value = listener.sticky_id(cluster.cluster_id, backend_id)
-        hsts_bytes = listener.hsts_for(hsts) if listener.scheme == "https" else None
+        hsts_bytes = listener.hsts_for(job.hsts) if listener.scheme == "https" else None
         edited = edit_response(
             response_head.headers,
             request_id=request_id.encode(),
@@ -648,8 +600,8 @@ class HttpSession:
             sozu_id_header=listener.sozu_id_header,
             sticky_name=config.sticky_name.encode(),
             sticky_value=sticky_value.encode() if sticky_value is not None else None,
-            sticky_found=sticky_found,
-            edits=response_edits,  # type: ignore[arg-type]
+            sticky_found=job.sticky_found,
+            edits=job.response_edits,
             hsts=hsts_bytes,
         )
         status_line = (
