@@ -5,7 +5,6 @@ match the bytes and connections the test made exactly."""
 from __future__ import annotations
 
 import random
-import re
 import socket
 from collections.abc import Iterator
 
@@ -13,24 +12,9 @@ import pytest
 
 from e2e.support.backends import NamedEcho, exchange
 from e2e.support.daemon import DaemonFactory, wait_for
-from e2e.support.net import free_port, scrape
+from e2e.support.net import Series, free_port, prometheus_series
 
 pytestmark = pytest.mark.e2e
-
-Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _scrape(port: int) -> Series:
-    """Every sample of the Prometheus endpoint, by (name, labels)."""
-    series: Series = {}
-    _, _, body = scrape(port).partition("\r\n\r\n")
-    for line in body.splitlines():
-        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
-        if match is None:
-            continue
-        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        series[(match.group(1), labels)] = float(match.group(3))
-    return series
 
 
 def _config(listen: int, backends: list[tuple[str, str]], metrics_port: int | None = None) -> str:
@@ -140,7 +124,7 @@ def test_dead_backend_is_retried_and_byte_counters_are_exact(
     live = frozenset({("cluster", "echo"), ("backend", "alpha")})
 
     def settled() -> Series | None:
-        series = _scrape(metrics_port)
+        series = prometheus_series(metrics_port)
         done = (
             series.get(("sozu_tcp_connections_total", at_listener)) == count
             and series.get(("sozu_tcp_active_connections", at_listener)) == 0

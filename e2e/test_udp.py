@@ -4,31 +4,16 @@ UDP health probe, and Prometheus counters matching the queries sent."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from e2e.support.daemon import DaemonFactory, wait_for
-from e2e.support.net import free_port, scrape
+from e2e.support.net import Series, free_port, prometheus_series
 from e2e.support.udp_backends import NamedUdpEcho, client, query
 
 pytestmark = pytest.mark.e2e
-
-Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _scrape(port: int) -> Series:
-    series: Series = {}
-    _, _, body = scrape(port).partition("\r\n\r\n")
-    for line in body.splitlines():
-        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
-        if match is None:
-            continue
-        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        series[(match.group(1), labels)] = float(match.group(3))
-    return series
 
 
 def _config(listen: int, metrics_port: int, backends: list[NamedUdpEcho]) -> str:
@@ -110,7 +95,7 @@ def test_udp_queries_affinity_flows_health_and_metrics(
     at_listener = frozenset({("listener", listener)})
 
     def flows_settled() -> Series | None:
-        series = _scrape(metrics_port)
+        series = prometheus_series(metrics_port)
         created = series.get(("sozu_udp_flows_created_total", at_listener))
         evicted = series.get(("sozu_udp_flows_evicted_total", at_listener))
         done = (
@@ -134,11 +119,11 @@ def test_udp_queries_affinity_flows_health_and_metrics(
         frozenset({("cluster", "dns"), ("backend", "alpha")}),
     )
     wait_for(
-        lambda: True if _scrape(metrics_port).get(beta_health) == 0 else None,
+        lambda: True if prometheus_series(metrics_port).get(beta_health) == 0 else None,
         timeout=5,
         what="beta unhealthy",
     )
-    assert _scrape(metrics_port)[alpha_health] >= 1
+    assert prometheus_series(metrics_port)[alpha_health] >= 1
     for index in range(10):
         with client() as sock:
             assert query(sock, listen, f"h{index}".encode()) == "alpha"
@@ -147,7 +132,8 @@ def test_udp_queries_affinity_flows_health_and_metrics(
     wait_for(
         lambda: (
             True
-            if _scrape(metrics_port).get(("sozu_udp_datagrams_in_total", at_listener)) == sent
+            if prometheus_series(metrics_port).get(("sozu_udp_datagrams_in_total", at_listener))
+            == sent
             else None
         ),
         timeout=5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 
@@ -21,3 +22,19 @@ def scrape(port: int) -> str:
         while chunk := sock.recv(65536):
             data += chunk
     return data.decode()
+
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def prometheus_series(port: int) -> Series:
+    """Every sample of the Prometheus endpoint on `port`, by (name, labels)."""
+    series: Series = {}
+    _, _, body = scrape(port).partition("\r\n\r\n")
+    for line in body.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if match is None:
+            continue
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        series[(match.group(1), labels)] = float(match.group(3))
+    return series

@@ -5,21 +5,19 @@ backend served a query. It also listens on TCP on the same port number (acceptin
 so the TCP companion health probe sees it alive until `close()`. With `proxy_v2=True` it also
 strips and records a leading PROXY protocol v2 header (parsed strictly: a datagram that starts
 like one but is not a valid DGRAM header is recorded as an error and not answered).
-`udp_series(port)` reads the Prometheus endpoint into `{(name, labels): value}`.
+`prometheus_series(port)` reads the Prometheus endpoint into `{(name, labels): value}`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 import threading
 
-from e2e.support.net import scrape
+from e2e.support.net import prometheus_series
 from sozu.worker.proxy_protocol import SIGNATURE, ProxyHeader, ProxyProtocolError, parse_v2
 
 IO_TIMEOUT = 5.0
-Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 # Byte 13 of a PROXY v2 header: address family (high nibble) and transport (low nibble).
 DGRAM_FAMILIES = (0x12, 0x22, 0x00)
 
@@ -143,20 +141,7 @@ def query(sock: socket.socket, port: int, payload: bytes) -> str:
     return name.decode()
 
 
-def udp_series(port: int) -> Series:
-    """Every series of the Prometheus endpoint on `port`, by name and label set."""
-    series: Series = {}
-    _, _, body = scrape(port).partition("\r\n\r\n")
-    for line in body.splitlines():
-        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
-        if match is None:
-            continue
-        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        series[(match.group(1), labels)] = float(match.group(3))
-    return series
-
-
 def listener_value(port: int, name: str, listener: str, **labels: str) -> float:
     """One listener-scoped series (0 when absent)."""
     key = frozenset({("listener", listener), *labels.items()})
-    return udp_series(port).get((name, key), 0.0)
+    return prometheus_series(port).get((name, key), 0.0)
