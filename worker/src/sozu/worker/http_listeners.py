@@ -28,6 +28,29 @@ from sozu.worker.tcp.backends import TcpCluster
 log = logging.getLogger("sozu.worker")
 
 
+# Prometheus name -> HttpCounters attribute, for every listener.
+_LISTENER_COUNTERS = (
+    ("sozu_http_connections_total", "accepted"),
+    ("sozu_http_requests_total", "requests"),
+    ("sozu_http_bytes_in_total", "bytes_in"),
+    ("sozu_http_bytes_out_total", "bytes_out"),
+    ("sozu_http_frontend_parse_errors_total", "parse_errors"),
+    ("sozu_http_backend_parse_errors_total", "backend_parse_errors"),
+    ("sozu_http_retries_total", "retries"),
+    ("sozu_http_backend_connect_errors_total", "backend_errors"),
+    ("sozu_http_websocket_upgrades_total", "websockets"),
+    ("sozu_http_sni_authority_mismatch_total", "sni_mismatches"),
+    ("sozu_https_handshakes_total", "tls_handshakes"),
+    ("sozu_http_rejected_per_ip_total", "rejected_per_ip"),
+    ("sozu_http_backend_stale_connections_total", "stale_connections"),
+    ("sozu_https_alpn_rejected_http11_disabled_total", "alpn_rejected"),
+)
+_LISTENER_GAUGES = (
+    ("sozu_http_active_connections", "active"),
+    ("sozu_http_websocket_active", "websockets_active"),
+)
+
+
 def _status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "other"
 
@@ -184,35 +207,10 @@ class HttpListeners:
     def fold_metrics(self) -> None:
         registry = self.registry
         for address, c in self._counters.items():
-            labels = {"listener": address}
-            registry.counter("sozu_http_connections_total", **labels).value = c.accepted
-            registry.gauge("sozu_http_active_connections", **labels).value = c.active
-            registry.counter("sozu_http_requests_total", **labels).value = c.requests
-            registry.counter("sozu_http_bytes_in_total", **labels).value = c.bytes_in
-            registry.counter("sozu_http_bytes_out_total", **labels).value = c.bytes_out
-            registry.counter(
-                "sozu_http_frontend_parse_errors_total", **labels
-            ).value = c.parse_errors
-            registry.counter(
-                "sozu_http_backend_parse_errors_total", **labels
-            ).value = c.backend_parse_errors
-            registry.counter("sozu_http_retries_total", **labels).value = c.retries
-            registry.counter(
-                "sozu_http_backend_connect_errors_total", **labels
-            ).value = c.backend_errors
-            registry.counter("sozu_http_websocket_upgrades_total", **labels).value = c.websockets
-            registry.gauge("sozu_http_websocket_active", **labels).value = c.websockets_active
-            registry.counter(
-                "sozu_http_sni_authority_mismatch_total", **labels
-            ).value = c.sni_mismatches
-            registry.counter("sozu_https_handshakes_total", **labels).value = c.tls_handshakes
-            registry.counter("sozu_http_rejected_per_ip_total", **labels).value = c.rejected_per_ip
-            registry.counter(
-                "sozu_http_backend_stale_connections_total", **labels
-            ).value = c.stale_connections
-            registry.counter(
-                "sozu_https_alpn_rejected_http11_disabled_total", **labels
-            ).value = c.alpn_rejected
+            for name, attribute in _LISTENER_COUNTERS:
+                registry.counter(name, listener=address).value = getattr(c, attribute)
+            for name, attribute in _LISTENER_GAUGES:
+                registry.gauge(name, listener=address).value = getattr(c, attribute)
             by_class: dict[str, int] = {}
             for status, count in c.statuses.items():
                 key = _status_class(status)
