@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from sozu.worker.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.tcp.backends import TcpCluster
 from sozu.worker.tcp.retry import MAX_TRIES, RetryPolicy
 
 
@@ -62,3 +64,17 @@ def test_cluster_reports_a_backend_down_once_its_back_off_is_exhausted() -> None
     assert not cluster.is_down("b")
     cluster.clear_counters()
     assert cluster.connect_errors == {}
+
+
+def test_a_success_during_back_off_leaves_the_cluster_consistent() -> None:
+    """A connect that succeeds while another to the same backend timed out ends its back-off
+    (the next choice used to raise KeyError and take the worker down)."""
+    cluster = TcpCluster("app", LoadBalancingPolicy.ROUND_ROBIN, [Backend("b", ("127.0.0.1", 1))])
+    cluster.connection_failed("b", 100.0)
+    assert cluster.choose(100.1) is None  # backing off, no other backend
+    cluster.connection_succeeded("b")
+    chosen = cluster.choose(100.5)
+    assert chosen is not None
+    assert chosen.id == "b"
+    assert cluster.usable("b", 100.6) is not None
+    assert cluster.check_invariants()

@@ -25,6 +25,7 @@ from sozu.command.certificates import (
     inspect_certificate,
     is_fingerprint,
 )
+from sozu.command.request_checks import backend_problems, cluster_problems, http_frontend_problems
 from sozu.command.requests import Request, request_kind
 from sozu.command.state_errors import (
     AlreadyExists,
@@ -328,6 +329,8 @@ class ConfigState:
         return cluster
 
     def _add_cluster(self, cluster: Cluster) -> Outcome:
+        for _, problem in cluster_problems(cluster):
+            raise InvalidValue(f"cluster {cluster.cluster_id[:128]!r}: {problem}")
         if cluster.health_check is not None:
             problems = cluster.health_check.problems()
             if problems:
@@ -432,6 +435,8 @@ class ConfigState:
     def _add_http_front(
         self, family: str, fronts: dict[str, RequestHttpFrontend], frontend: RequestHttpFrontend
     ) -> Outcome:
+        for _, problem in http_frontend_problems(frontend):
+            raise InvalidValue(f"{family} frontend {frontend.hostname[:128]!r}: {problem}")
         key = frontend.route_key()
         existing = fronts.get(key)
         if existing is not None:
@@ -489,6 +494,8 @@ class ConfigState:
     # -- backends ---------------------------------------------------------------------------------
 
     def _add_backend(self, backend: Backend) -> Outcome:
+        for _, problem in backend_problems(backend):
+            raise InvalidValue(f"backend {backend.backend_id[:128]!r}: {problem}")
         current = self.backends.get(backend.cluster_id, [])
         identity = (backend.backend_id, backend.address)
         position = next(

@@ -317,6 +317,29 @@ class Header(Record, frozen=True, kw_only=True):
     val: str = ""
 
 
+def _lower_literal_labels(hostname: str) -> str:
+    """The hostname with its literal labels lowercased; `/regex/` labels as written (`\\D`
+    and `\\d` differ)."""
+    if "/" not in hostname:
+        return hostname.lower()
+    parts = []
+    index, size = 0, len(hostname)
+    while index < size:
+        if hostname[index] == "/":
+            end = hostname.find("/", index + 1)
+            end = size if end < 0 else end + 1
+            parts.append(hostname[index:end])
+        else:
+            end = hostname.find(".", index)
+            end = size if end < 0 else end
+            parts.append(hostname[index:end].lower())
+        if end < size:
+            parts.append(hostname[end])  # the separating dot (or what stands in its place)
+            end += 1
+        index = end
+    return "".join(parts)
+
+
 class RequestHttpFrontend(Record, frozen=True, kw_only=True):
     """An HTTP or HTTPS routing rule. `cluster_id = None` denies (401)."""
 
@@ -345,7 +368,7 @@ class RequestHttpFrontend(Record, frozen=True, kw_only=True):
             raise ValueError(f"hostname {self.hostname!r} contains ';' or white space")
         if self.method is not None and not _METHOD.match(self.method):
             raise ValueError(f"method {self.method!r} is not an HTTP method token")
-        lowered = self.hostname.lower()
+        lowered = _lower_literal_labels(self.hostname)
         if lowered != self.hostname:
             msgspec.structs.force_setattr(self, "hostname", lowered)
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final, Literal
 
+from sozu.command.route_patterns import compile_rewrite
 from sozu.command.types import Cluster, HstsConfig, RequestHttpFrontend
+
+__all__ = ["compile_rewrite"]
 
 Scheme = Literal["http", "https"]
 
@@ -24,7 +26,6 @@ DEFAULT_HSTS_MAX_AGE: Final = 31_536_000
 DEFAULT_MAX_CREDENTIAL_BYTES: Final = 4096
 
 _REDIRECT_STATUS: Final = {"PERMANENT": 301, "FOUND": 302, "PERMANENT_REDIRECT": 308}
-_CAPTURE: Final = re.compile(r"\$(HOST|PATH)\[([0-9]+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,53 +51,6 @@ class Rewrite:
     host: str | None = None
     path: str | None = None
     port: int | None = None
-
-
-class RewriteTemplate:
-    """A parsed `rewrite_host` / `rewrite_path` template.
-
-    `$HOST[n]` and `$PATH[n]` name captures (0 = the whole host or path); any other `$`
-    is an error. A capture the router did not produce renders as the empty string.
-    """
-
-    __slots__ = ("_parts", "text")
-
-    def __init__(self, text: str) -> None:
-        parts: list[str | tuple[bool, int]] = []
-        position = 0
-        for match in _CAPTURE.finditer(text):
-            literal = text[position : match.start()]
-            if "$" in literal:
-                raise ValueError(f"invalid rewrite template {text!r}")
-            if literal:
-                parts.append(literal)
-            parts.append((match.group(1) == "HOST", int(match.group(2))))
-            position = match.end()
-        tail = text[position:]
-        if "$" in tail:
-            raise ValueError(f"invalid rewrite template {text!r}")
-        if tail:
-            parts.append(tail)
-        self.text = text
-        self._parts = tuple(parts)
-
-    def render(self, host_captures: Sequence[str], path_captures: Sequence[str]) -> str:
-        out = []
-        for part in self._parts:
-            if isinstance(part, str):
-                out.append(part)
-            else:
-                is_host, index = part
-                captures = host_captures if is_host else path_captures
-                if index < len(captures):
-                    out.append(captures[index])
-        return "".join(out)
-
-
-@lru_cache(maxsize=4096)
-def compile_rewrite(template: str) -> RewriteTemplate:
-    """The parsed template (cached); raises ValueError when it is malformed."""
-    return RewriteTemplate(template)
 
 
 def strip_port(authority: str) -> str:

@@ -8,17 +8,19 @@ below it falls through to POST.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from sozu.command.route_patterns import compile_regex, domain_regex_source, split_hostname_pattern
 from sozu.command.types import RequestHttpFrontend
 
-# Sōzu bounds configured hostnames too: the trie is walked once per label and regex labels
-# are compiled, so an unbounded name is a cheap way to stall the worker.
-MAX_HOSTNAME_LENGTH = 4096
+if TYPE_CHECKING:
+    from sozu.command.route_patterns import Regex
+
+__all__ = ["RouteMatch", "Router", "parse_authority", "split_hostname_pattern"]
 
 _AUTHORITY = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\[\]:]+))(?::(?P<port>[0-9]{1,5}))?"
@@ -88,56 +90,6 @@ class RouteMatch:
         return self.frontend.cluster_id is None
 
 
-@functools.lru_cache(maxsize=4096)
-def _compile(source: str, flags: int) -> re.Pattern[str]:
-    try:
-        return re.compile(source, flags)
-    except re.error as error:
-        raise ValueError(f"invalid regex {source!r}: {error}") from None
-
-
-def _ascii_label(label: str) -> str:
-    if label.isascii():
-        return label
-    try:
-        return label.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValueError(f"label {label!r} is not a valid internationalized name") from None
-
-
-def split_hostname_pattern(hostname: str) -> list[str]:
-    """The labels of a configured hostname, left to right; regex labels keep their `/…/`.
-
-    Literal labels are IDNA-encoded; a trailing dot is dropped. ValueError when malformed:
-    an empty label, an unterminated `/`, a `*` other than a whole leftmost label.
-    """
-    if not hostname or len(hostname) > MAX_HOSTNAME_LENGTH:
-        raise ValueError("hostname is empty or too long")
-    labels: list[str] = []
-    index, size = 0, len(hostname)
-    while True:
-        if hostname[index] == "/":
-            end = hostname.find("/", index + 1)
-            if end < 0:
-                raise ValueError(f"unterminated regex label in {hostname!r}")
-            label = hostname[index : end + 1]
-            _compile(label[1:-1], re.IGNORECASE)
-            index = end + 1
-        else:
-            end = hostname.find(".", index)
-            end = size if end < 0 else end
-            label = _ascii_label(hostname[index:end])
-            if not label or "/" in label or ("*" in label and (label != "*" or labels)):
-                raise ValueError(f"invalid label {label!r} in {hostname!r}")
-            index = end
-        labels.append(label)
-        if index == size or (index == size - 1 and hostname[index] == "."):
-            return labels
-        if hostname[index] != ".":
-            raise ValueError(f"a regex label must be followed by '.' in {hostname!r}")
-        index += 1
-
-
 class _Rule:
     """One frontend, compiled: domain rule (PRE/POST only), path rule and method rule."""
 
@@ -162,20 +114,14 @@ class _Rule:
         self.wildcard = self.labels[0] == "*"
         self.kind = _KINDS[frontend.path.kind]
         self.path = frontend.path.value
-        self.path_pattern = _compile(self.path, 0) if self.kind == REGEX else None
+        self.path_pattern = compile_regex(self.path) if self.kind == REGEX else None
         self.method = frontend.method
         self.name = ""  # the host of an EXACT rule, the `.suffix` of a WILDCARD one
-        self.domain_pattern: re.Pattern[str] | None = None
+        self.domain_pattern: Regex | None = None
         labels = self.labels
         if any(label.startswith("/") for label in labels):
-            if labels[0] == "*":
-                raise ValueError("a wildcard cannot be combined with regex labels")
             self.domain = DOMAIN_REGEX
-            source = r"\.".join(
-                f"(?:{label[1:-1]})" if label.startswith("/") else re.escape(label)
-                for label in labels
-            )
-            self.domain_pattern = _compile(source, re.IGNORECASE)
+            self.domain_pattern = compile_regex(domain_regex_source(labels), ignore_case=True)
         elif labels == ["*"]:
             self.domain = ANY
         elif labels[0] == "*":
@@ -213,7 +159,7 @@ class _Rule:
         return None if match is None else match.groups("")
 
 
-def _fullmatch(pattern: re.Pattern[str] | None, path: str) -> bool:
+def _fullmatch(pattern: Regex | None, path: str) -> bool:
     assert pattern is not None
     return pattern.fullmatch(path) is not None
 
@@ -253,7 +199,7 @@ class _Node:
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
-        self.regexes: list[tuple[str, re.Pattern[str], _Node]] = []
+        self.regexes: list[tuple[str, Regex, _Node]] = []
         self.leaf: list[_Rule] = []
         self.wildcard: list[_Rule] = []
 
@@ -291,7 +237,9 @@ class _Node:
                 child = next((c for source, _, c in node.regexes if source == label), None)
                 if child is None and create:
                     child = _Node()
-                    node.regexes.append((label, _compile(label[1:-1], re.IGNORECASE), child))
+                    node.regexes.append(
+                        (label, compile_regex(label[1:-1], ignore_case=True), child)
+                    )
             else:
                 child = node.children.get(label)
                 if child is None and create:
@@ -359,7 +307,8 @@ class Router:
     def add(self, frontend: RequestHttpFrontend) -> None:
         """Add a frontend; one with the same route key is replaced in place.
 
-        ValueError (router unchanged) when its hostname or path regex is malformed.
+        PatternError (router unchanged) when its hostname or path regex is malformed: the
+        state refuses such a frontend, so a worker never sees one.
         """
         rule = _Rule(frontend)
         old = self._rules.get(rule.key)

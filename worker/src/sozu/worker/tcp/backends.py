@@ -112,6 +112,7 @@ class TcpCluster:
         if not policy.can_open(now) and self.selector.backend(backend_id) is not None:
             self._backing_off.add(backend_id)
             self.selector.set_retry_ok(backend_id, False)
+        assert self.check_invariants()
 
     def is_down(self, backend_id: str) -> bool:
         """True once the back-off of this backend is exhausted (until a connect succeeds)."""
@@ -126,8 +127,20 @@ class TcpCluster:
 
     def connection_succeeded(self, backend_id: str) -> None:
         policy = self._retries.pop(backend_id, None)
+        if backend_id in self._backing_off:
+            # A connect that started before the back-off succeeded: the backend is usable.
+            self._backing_off.discard(backend_id)
+            self.selector.set_retry_ok(backend_id, True)
         if policy is not None and policy.succeed() and self._on_event is not None:
             self._on_event("BACKEND_UP", self.cluster_id, backend_id)
+        assert self.check_invariants()
+
+    def check_invariants(self) -> bool:
+        """Every backend backing off has its retry policy, and is configured."""
+        assert self._backing_off <= set(self._retries), (self._backing_off, set(self._retries))
+        for backend_id in self._backing_off:
+            assert self.selector.backend(backend_id) is not None, backend_id
+        return True
 
     def opened(self, backend_id: str) -> None:
         self.connections_total += 1
