@@ -12,7 +12,8 @@ import pytest
 
 from sozu.command import requests as rq
 from sozu.command.route_patterns import compile_regex
-from sozu.command.state import ConfigState
+from sozu.command.envelope import encode_request
+from sozu.command.state import ConfigState, forwarded_size
 from sozu.command.state_errors import InvalidValue
 from sozu.command.types import Backend, Cluster, Header, PathRule, RequestHttpFrontend
 from sozu.worker.http.router import Router
@@ -128,3 +129,19 @@ def test_path_regexes_run_in_linear_time() -> None:
     pattern = compile_regex("/(a+)+b")
     assert pattern.fullmatch("/" + "a" * 50_000) is None
     assert pattern.fullmatch("/aaab") is not None
+
+
+def test_a_request_too_big_for_the_worker_channel_is_refused_before_the_state_changes() -> None:
+    """A frame of exactly max_command_buffer_size was applied, then its copy to the workers
+    (8 bytes larger) was refused by every worker, for good."""
+    state = ConfigState()
+    state.max_request_size = 4096
+    small = rq.AddCluster(cluster=Cluster(cluster_id="small"))
+    assert forwarded_size(small) < 4096
+    state.apply(small)
+    big = rq.AddCluster(cluster=Cluster(cluster_id="big", answers={"503": "x" * 3900}))
+    assert len(encode_request("1", big)) < 4096 < forwarded_size(big)
+    refused(state, big, "over the 4096-byte limit")
+    assert "big" not in state.clusters
+    replica = ConfigState()  # a worker's state has no limit of its own
+    replica.apply(big)

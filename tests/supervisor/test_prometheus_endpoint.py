@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import socket
+import struct
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from sozu.command.metrics import MetricsAggregator, MetricsRegistry
-from sozu.supervisor.prometheus_endpoint import SnapshotCollector, make_registry, serve_prometheus
+from sozu.supervisor.boundaries import ErrorCounts
+from sozu.supervisor.prometheus_endpoint import (
+    MAX_SCRAPES,
+    SnapshotCollector,
+    make_registry,
+    serve_prometheus,
+)
 
 
 def aggregator() -> MetricsAggregator:
@@ -66,5 +73,63 @@ async def test_scrape_sums_workers_and_parses() -> None:
             assert post.startswith(b"HTTP/1.1 405")
             garbage = await fetch(port, b"\x00\x01garbage\r\n\r\n")
             assert garbage.startswith(b"HTTP/1.1 400")
+            nursery.cancel_scope.cancel()
+    sock.close()
+
+
+def _listening() -> tuple[socket.socket, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock, sock.getsockname()[1]
+
+
+def _reset(client: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0)."""
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+async def test_a_client_that_resets_mid_request_ends_only_its_own_scrape() -> None:
+    """A partial GET followed by a reset used to stop the whole daemon."""
+    sock, port = _listening()
+    errors = ErrorCounts()
+    registry = make_registry(SnapshotCollector(aggregator().totals, {}))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_prometheus, sock, registry, errors)
+            for _ in range(5):
+                client = socket.create_connection(("127.0.0.1", port))
+                client.sendall(b"GET /met")
+                await trio.sleep(0.05)
+                _reset(client)
+            while sum(errors.counts.values()) < 5:
+                await trio.sleep(0.02)
+            assert set(errors.counts) == {("prometheus", "BrokenResourceError")}
+            response = await fetch(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert response.startswith(b"HTTP/1.1 200 OK")
+            nursery.cancel_scope.cancel()
+    sock.close()
+
+
+async def test_concurrent_scrapes_are_bounded() -> None:
+    sock, port = _listening()
+    errors = ErrorCounts()
+    registry = make_registry(SnapshotCollector(aggregator().totals, {}))
+    silent = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_prometheus, sock, registry, errors)
+            for _ in range(MAX_SCRAPES):
+                silent.append(socket.create_connection(("127.0.0.1", port)))
+            await trio.sleep(0.2)
+            refused = await fetch(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert refused.startswith(b"HTTP/1.1 503")
+            assert errors.counts[("prometheus", "too_many_scrapes")] == 1
+            for client in silent:
+                client.close()
+            await trio.sleep(0.2)
+            served = await fetch(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert served.startswith(b"HTTP/1.1 200 OK")
             nursery.cancel_scope.cancel()
     sock.close()

@@ -397,21 +397,25 @@ class SubscribeEvents(Request, tag="SubscribeEvents", frozen=True, kw_only=True)
     ROUTING: ClassVar[Routing] = "main"
 
 
+# A file path: not empty, no NUL (the kernel cannot take one), bounded.
+FilePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern="^[^\x00]*$")]
+
+
 class SaveState(Request, tag="SaveState", frozen=True, kw_only=True):
     ROUTING: ClassVar[Routing] = "main"
-    path: str
+    path: FilePath
 
 
 class LoadState(Request, tag="LoadState", frozen=True, kw_only=True):
     ROUTING: ClassVar[Routing] = "main"
-    path: str
+    path: FilePath
 
 
 class ReloadConfiguration(Request, tag="ReloadConfiguration", frozen=True, kw_only=True):
     """Re-read a configuration file (None: the boot file) and converge onto it."""
 
     ROUTING: ClassVar[Routing] = "main"
-    path: str | None = None
+    path: FilePath | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,8 +441,16 @@ class ServerConfig(Request, tag="ServerConfig", frozen=True, kw_only=True):
     log_level: str = "info"
     access_logs: bool = True
     debug: bool = False
-    # stdout | stderr | file:///path | udp://host:port; None: no access log
+    # A `log_targets` target (stdout, stderr, file, udp, tcp, unix); None: no access log
     access_logs_target: str | None = None
+    # Process-wide `max_connections_per_ip` (0 = unlimited) and `retry_after` (seconds in the
+    # 429 answer), for clusters that set none of their own.
+    max_connections_per_ip: U64 = 0
+    retry_after: U32 = 60
+    # No per-cluster or per-backend metrics series.
+    disable_cluster_metrics: bool = False
+    # Where the worker's own logs go (`log_target`); None: where they already go (stderr).
+    log_target: str | None = None
 
 
 AnyRequest = (

@@ -25,6 +25,7 @@ from sozu.command.certificates import (
     inspect_certificate,
     is_fingerprint,
 )
+from sozu.command.envelope import MAX_ID_LENGTH
 from sozu.command.request_checks import backend_problems, cluster_problems, http_frontend_problems
 from sozu.command.requests import Request, request_kind
 from sozu.command.state_errors import (
@@ -66,6 +67,16 @@ VALID_ALPN: Final = frozenset({"h2", "http/1.1"})
 
 StreamFrontend = RequestTcpFrontend | RequestUdpFrontend
 F = TypeVar("F", RequestTcpFrontend, RequestUdpFrontend)
+
+
+def forwarded_size(request: Request) -> int:
+    """An upper bound of the size of the frame that carries `request` to a worker: the
+    request, the envelope around it with the longest id allowed, the length prefix."""
+    return len(msgspec.msgpack.encode(request)) + _ENVELOPE_OVERHEAD
+
+
+# Frame prefix (4), envelope map and keys (~16), version (9), id (str header 3 + bytes).
+_ENVELOPE_OVERHEAD: Final = 4 + 16 + 9 + 3 + MAX_ID_LENGTH * 4
 
 
 class StoredCertificate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -140,6 +151,9 @@ class ConfigState:
         # listener address -> fingerprint -> certificate; never an empty inner map
         self.certificates: dict[str, dict[str, StoredCertificate]] = {}
         self.request_counts: dict[str, int] = {}
+        # The supervisor's state refuses a request whose frame to a worker would be larger
+        # (what it accepts, every worker accepts; see `forwarded_size`).
+        self.max_request_size: int | None = None
         self._digest = StateDigest()
 
     # -----------------------------------------------------------------------------------------
@@ -237,6 +251,14 @@ class ConfigState:
         """Apply one request atomically; raise a StateError (state unchanged) if refused."""
         kind = request_kind(request)
         self.request_counts[kind] = self.request_counts.get(kind, 0) + 1
+        limit = self.max_request_size
+        if limit is not None and request.ROUTING == "state":
+            size = forwarded_size(request)
+            if size > limit:
+                raise InvalidValue(
+                    f"{kind} would be a {size}-byte frame to the workers, over the "
+                    f"{limit}-byte limit (max_command_buffer_size)"
+                )
         if __debug__:
             before = self.hash()
         try:

@@ -35,6 +35,7 @@ def run_from_handoff(path: Path) -> int:
     state = ConfigState()
     for request in handoff.state:
         state.apply(request)
+    state.max_request_size = loaded.config.max_command_buffer_size
     command_socket = CommandSocket.adopt(
         handoff.command_socket_fd,
         Path(handoff.command_socket_path),
@@ -68,7 +69,7 @@ def run(
     the embedded default configuration, whose paths the user did not choose).
     """
     config = loaded.config
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_target)
     for warning in loaded.warnings:
         log.warning("%s: %s", loaded.source, warning)
     pid_file = Path(config.pid_file_path) if config.pid_file_path is not None else None

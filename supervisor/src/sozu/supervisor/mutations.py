@@ -9,8 +9,9 @@ or stayed silent, which is then replaced by a worker launched with the full stat
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -25,6 +26,7 @@ from sozu.command.responses import EventKind
 from sozu.command.state import ConfigState
 from sozu.command.state_errors import StateError
 from sozu.command.statefile import StateFileError, load_requests, read_state_file
+from sozu.supervisor.boundaries import ErrorCounts
 from sozu.supervisor.events import EventHub
 from sozu.supervisor.workers import Worker, WorkerPool
 
@@ -32,6 +34,36 @@ log = logging.getLogger("sozu.supervisor")
 
 Reply = Callable[[Response], Awaitable[bool]]
 Job = Callable[[], Awaitable[None]]
+
+# State changes waiting for their turn; one more is refused with a Failure.
+MAX_QUEUED_JOBS = 1000
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A job, and whom it must answer whatever happens inside it."""
+
+    job: Job
+    kind: str
+    request_id: str | None
+    answered: Callable[[], bool]
+    reply: Reply | None
+
+
+class Answering:
+    """A reply that remembers whether the final answer (ok or failure) went out."""
+
+    __slots__ = ("done", "reply")
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.done = False
+
+    async def __call__(self, response: Response) -> bool:
+        if response.status != "processing":
+            self.done = True
+        return await self.reply(response)
+
 
 _EVENT_KINDS: dict[str, EventKind] = {
     "AddCluster": "CLUSTER_ADDED",
@@ -90,19 +122,57 @@ class Mutations:
         self.pool = pool
         self.events = events
         self.worker_timeout = worker_timeout
-        self._send, self._receive = trio.open_memory_channel[Job](math.inf)
+        self._send, self._receive = trio.open_memory_channel[_Queued](MAX_QUEUED_JOBS)
+        self.errors = ErrorCounts()
 
-    def submit(self, job: Job) -> None:
-        """Queue a job; it runs after every job submitted before it."""
-        self._send.send_nowait(job)
+    def submit(
+        self,
+        job: Callable[[Answering], Awaitable[None]],
+        kind: str,
+        request_id: str | None = None,
+        reply: Reply | None = None,
+    ) -> bool:
+        """Queue a job; it runs after every job submitted before it. False when the queue is
+        full (the caller answers Failure). The job gets the reply it must use; if it raises
+        before answering, the queue answers for it."""
+        answering = Answering(reply if reply is not None else _nobody)
+        try:
+            self._send.send_nowait(
+                _Queued(partial(job, answering), kind, request_id, lambda: answering.done, reply)
+            )
+        except trio.WouldBlock:
+            return False
+        return True
 
     async def run(self) -> None:
-        async for job in self._receive:
+        async for queued in self._receive:
             async with self.state_lock:
+                before = self.state.hash()
                 try:
-                    await job()
-                except Exception:
-                    log.exception("state change job failed")
+                    await queued.job()
+                except Exception as error:
+                    self.errors.record("state_change", error)
+                    await self._answer_failed_job(queued, before, error)
+
+    async def _answer_failed_job(self, queued: _Queued, before: str, error: Exception) -> None:
+        """Whatever a job raised, its client gets a final answer that tells the truth."""
+        what = f"{type(error).__name__}: {error}"
+        if self.state.hash() != before:
+            # The supervisor's state moved: the workers are brought in line by replacement.
+            for worker in self.pool.started_workers():
+                self.pool.replace(worker, f"internal error during {queued.kind}")
+            message = (
+                f"{queued.kind} applied by the supervisor; internal error while sending it to "
+                f"the workers ({what}): workers replaced with the full state"
+            )
+            response = ok(queued.request_id or "", message)
+        else:
+            response = failure(
+                queued.request_id or "", f"internal error in {queued.kind}, nothing changed: {what}"
+            )
+        if queued.reply is not None and queued.request_id is not None and not queued.answered():
+            with trio.move_on_after(self.worker_timeout):
+                await queued.reply(response)
 
     # -- jobs
 
@@ -183,7 +253,10 @@ class Mutations:
             target = target_state(loaded)
             requests = self.state.diff(target)
             check = ConfigState()
-            for request in (*self.state.generate_requests(), *requests):
+            for request in self.state.generate_requests():
+                check.apply(request)
+            check.max_request_size = self.state.max_request_size
+            for request in requests:
                 check.apply(request)
         except StateError as error:
             await reply(failure(request_id, f"{source}: {error}"))
@@ -313,6 +386,10 @@ class Mutations:
 
 
 DEFAULT_SOURCE_NAME = "<default>"
+
+
+async def _nobody(response: Response) -> bool:
+    return False
 
 
 def target_state(loaded: LoadedConfig) -> ConfigState:

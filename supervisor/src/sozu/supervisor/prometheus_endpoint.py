@@ -8,7 +8,6 @@ is handed over on a supervisor upgrade), one request per connection.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -20,11 +19,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from sozu.command.metrics import MetricsSnapshot
+from sozu.supervisor.boundaries import ErrorCounts
 
 log = logging.getLogger("sozu.supervisor.prometheus")
 
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT = 5.0
+# A client that does not read its answer is dropped after this long.
+SEND_TIMEOUT = 10.0
+MAX_SCRAPES = 8
 
 
 def _family(name: str, kind: str) -> Metric:
@@ -99,16 +102,49 @@ def make_registry(collector: Collector) -> CollectorRegistry:
 async def serve_prometheus(
     sock: socket.socket,
     registry: CollectorRegistry,
+    errors: ErrorCounts | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer `GET /metrics` on a listening socket until cancelled."""
-    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    """Answer `GET /metrics` on a listening socket until cancelled.
+
+    Each scrape runs behind a boundary (a reset, a slow or broken client ends that scrape
+    only); at most MAX_SCRAPES run at once, others get a 503 at once.
+    """
+    errors = errors if errors is not None else ErrorCounts()
+    listener = trio.socket.from_stdlib_socket(sock)
+    answer = errors.guarded("prometheus", _answer)
+    running = 0
+
+    async def scrape(client: trio.socket.SocketType) -> None:
+        nonlocal running
+        running += 1
+        try:
+            await answer(trio.SocketStream(client), registry)
+        finally:
+            running -= 1
+
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
-            stream = await listener.accept()
-            nursery.start_soon(_answer, stream, registry)
+            try:
+                client, _ = await listener.accept()
+            except OSError as error:
+                # EMFILE and friends: out of resources for a moment.
+                errors.record("prometheus", error)
+                await trio.sleep(0.1)
+                continue
+            if running >= MAX_SCRAPES:
+                errors.counts[("prometheus", "too_many_scrapes")] += 1
+                nursery.start_soon(errors.guarded("prometheus", _refuse), client)
+                continue
+            nursery.start_soon(scrape, client)
+
+
+async def _refuse(client: trio.socket.SocketType) -> None:
+    async with trio.SocketStream(client) as stream:
+        with trio.move_on_after(SEND_TIMEOUT):
+            await _respond(stream, 503, b"too many concurrent scrapes\n", "text/plain")
 
 
 async def _answer(stream: trio.SocketStream, registry: CollectorRegistry) -> None:
@@ -122,30 +158,36 @@ async def _answer(stream: trio.SocketStream, registry: CollectorRegistry) -> Non
                 request += chunk
         line = bytes(request.split(b"\r\n", 1)[0])
         parts = line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            await _respond(stream, 400, b"bad request\n", "text/plain")
-        elif parts[0] not in (b"GET", b"HEAD"):
-            await _respond(stream, 405, b"method not allowed\n", "text/plain")
-        elif parts[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
-            await _respond(stream, 404, b"not found: try /metrics\n", "text/plain")
-        else:
-            try:
-                body = generate_latest(registry)
-            except Exception:
-                log.exception("collecting metrics failed")
-                await _respond(stream, 500, b"collection failed\n", "text/plain")
-                return
-            await _respond(stream, 200, body, CONTENT_TYPE_LATEST, head=parts[0] == b"HEAD")
+        with trio.move_on_after(SEND_TIMEOUT):
+            if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+                await _respond(stream, 400, b"bad request\n", "text/plain")
+            elif parts[0] not in (b"GET", b"HEAD"):
+                await _respond(stream, 405, b"method not allowed\n", "text/plain")
+            elif parts[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
+                await _respond(stream, 404, b"not found: try /metrics\n", "text/plain")
+            else:
+                try:
+                    body = generate_latest(registry)
+                except Exception:
+                    log.exception("collecting metrics failed")
+                    await _respond(stream, 500, b"collection failed\n", "text/plain")
+                    return
+                await _respond(stream, 200, body, CONTENT_TYPE_LATEST, head=parts[0] == b"HEAD")
 
 
 async def _respond(
     stream: trio.SocketStream, status: int, body: bytes, content_type: str, *, head: bool = False
 ) -> None:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        503: "Service Unavailable",
+    }
     head_lines = (
         f"HTTP/1.1 {status} {reason.get(status, 'Internal Server Error')}\r\n"
         f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"
     )
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(head_lines.encode() + (b"" if head else body))
+    await stream.send_all(head_lines.encode() + (b"" if head else body))

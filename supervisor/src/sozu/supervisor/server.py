@@ -20,12 +20,17 @@ import trio
 
 from sozu.command.channel import FramedConnection, Rejected
 from sozu.command.envelope import ProtocolError, RequestEnvelope, Response, failure
+from sozu.supervisor.boundaries import ErrorCounts
 from sozu.supervisor.daemon_io import StartupError
 from sozu.supervisor.mutations import Reply
 
 log = logging.getLogger("sozu.supervisor")
 
 Dispatch = Callable[[RequestEnvelope, Reply, trio.Nursery], None]
+
+MAX_CONNECTIONS = 256
+MAX_IN_FLIGHT = 64
+SEND_TIMEOUT = 10.0
 
 
 def _answers(path: Path) -> bool:
@@ -98,7 +103,13 @@ def _peer_uid(stream: trio.SocketStream) -> int | None:
 
 
 class CommandServer:
-    """Accepts client connections and hands each request to `dispatch`."""
+    """Accepts client connections and hands each request to `dispatch`.
+
+    Each connection runs behind an exception boundary; at most MAX_CONNECTIONS are served at
+    once (others are closed at once) and each may have MAX_IN_FLIGHT requests unanswered
+    (more get a Failure). An answer the client does not read within SEND_TIMEOUT closes its
+    connection, so a client that stops reading never holds up a state change.
+    """
 
     def __init__(
         self,
@@ -107,36 +118,60 @@ class CommandServer:
         *,
         max_frame_size: int,
         allowed_uids: tuple[int, ...] | None,
+        errors: ErrorCounts | None = None,
     ) -> None:
-        self.listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        self.listener = trio.socket.from_stdlib_socket(sock)
         self.dispatch = dispatch
         self.max_frame_size = max_frame_size
         self.allowed_uids = allowed_uids
+        self.errors = errors if errors is not None else ErrorCounts()
+        self.connections = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        serve_client = self.errors.guarded("command", self._serve_client)
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
                 try:
-                    stream = await self.listener.accept()
+                    client, _ = await self.listener.accept()
                 except OSError as error:
                     # EMFILE and friends: out of resources for a moment.
-                    log.error("accept on the command socket failed: %s", error)
+                    self.errors.record("command", error)
                     await trio.sleep(0.1)
                     continue
-                nursery.start_soon(self._serve_client, stream)
+                if self.connections >= MAX_CONNECTIONS:
+                    self.errors.counts[("command", "too_many_connections")] += 1
+                    client.close()
+                    continue
+                nursery.start_soon(serve_client, trio.SocketStream(client))
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            await self._serve_connection(stream)
+        finally:
+            self.connections -= 1
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
         connection = FramedConnection(stream, max_frame_size=self.max_frame_size)
         uid = _peer_uid(stream)
         refused: str | None = None
         if self.allowed_uids is not None and uid not in self.allowed_uids:
             refused = f"unauthorized: actor UID {uid} not in command_allowed_uids"
+        in_flight: set[str] = set()
 
         async def reply(response: Response) -> bool:
-            try:
-                await connection.send_response(response)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if response.status != "processing":
+                in_flight.discard(response.id)
+            with trio.move_on_after(SEND_TIMEOUT) as scope:
+                try:
+                    await connection.send_response(response)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return False
+            if scope.cancelled_caught:
+                # Not reading its answers: the client loses its connection, not the daemon.
+                self.errors.counts[("command", "slow_reader")] += 1
+                await trio.aclose_forcefully(stream)
                 return False
             return True
 
@@ -152,10 +187,19 @@ class CommandServer:
                 if item is None:
                     break
                 if isinstance(item, Rejected):
-                    await reply(item.failure())
+                    nursery.start_soon(reply, item.failure())
                 elif refused is not None:
-                    await reply(failure(item.id, refused))
+                    nursery.start_soon(reply, failure(item.id, refused))
+                elif len(in_flight) >= MAX_IN_FLIGHT or item.id in in_flight:
+                    self.errors.counts[("command", "too_many_in_flight")] += 1
+                    message = (
+                        f"request id {item.id!r} is already in flight on this connection"
+                        if item.id in in_flight
+                        else f"more than {MAX_IN_FLIGHT} requests in flight on this connection"
+                    )
+                    nursery.start_soon(reply, failure(item.id, message))
                 else:
+                    in_flight.add(item.id)
                     self.dispatch(item, reply, nursery)
             # The client is gone: event followers and queries for it end; queued state
             # changes still run (they were accepted when they arrived).

@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import typing
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -33,12 +33,13 @@ from sozu.command.responses import (
 from sozu.command.state import ConfigState
 from sozu.command.state_errors import StateError
 from sozu.command.statefile import save_state
+from sozu.supervisor.boundaries import ErrorCounts, reason_of
 from sozu.supervisor.daemon_io import StartupError, sd_notify
 from sozu.supervisor.events import EventHub
 from sozu.supervisor.handoff import Handoff
 from sozu.supervisor.main_upgrade import build_handoff, exec_with_handoff, preflight, quiesce
 from sozu.supervisor.metrics_poll import MetricsCollector
-from sozu.supervisor.mutations import Mutations, Reply, is_sequenced
+from sozu.supervisor.mutations import MAX_QUEUED_JOBS, Answering, Mutations, Reply, is_sequenced
 from sozu.supervisor.prometheus_endpoint import (
     SnapshotCollector,
     make_registry,
@@ -57,6 +58,7 @@ STATUS_PATIENCE = 2.0
 def initial_state(loaded: LoadedConfig) -> ConfigState:
     """The state the configuration describes; a refused request is a startup error."""
     state = ConfigState()
+    state.max_request_size = loaded.config.max_command_buffer_size
     for index, request in enumerate(loaded.requests):
         try:
             state.apply(request)
@@ -106,6 +108,9 @@ class Supervisor:
             self.pool, self.metrics, min(STATUS_PATIENCE, config.worker_timeout)
         )
         self.stopping = False
+        # Errors caught at the boundaries (command connections, jobs, scrapes), by reason.
+        self.errors = ErrorCounts()
+        self.mutations.errors = self.errors
         self.handoff = handoff
         self.main_upgrading = False
         if handoff is not None:
@@ -148,10 +153,13 @@ class Supervisor:
                         self.dispatch,
                         max_frame_size=self.config.max_command_buffer_size,
                         allowed_uids=self.config.command_allowed_uids,
+                        errors=self.errors,
                     )
                     await root.start(server.serve)
                     if self.metrics_socket is not None:
-                        await root.start(serve_prometheus, self.metrics_socket, self._registry())
+                        await root.start(
+                            serve_prometheus, self.metrics_socket, self._registry(), self.errors
+                        )
                     running = len(self.pool.running_workers())
                     log.info(
                         "ready: %d of %d workers running, command socket %s",
@@ -210,7 +218,7 @@ class Supervisor:
         commands = Metric("sozu_commands", "sozu commands answered", "counter")
         for (kind, result), count in sorted(self.command_counts.items()):
             commands.add_sample("sozu_commands_total", {"kind": kind, "result": result}, count)
-        return [workers, restarts, commands]
+        return [workers, restarts, commands, *self.errors.families()]
 
     def _counted(self, kind: str, reply: Reply) -> Reply:
         """`reply` that counts final answers (ok or failure) in `command_counts`."""
@@ -225,39 +233,67 @@ class Supervisor:
     # -- routing
 
     def dispatch(self, envelope: RequestEnvelope, reply: Reply, nursery: trio.Nursery) -> None:
-        """Route one client request; never blocks (answers are sent by tasks or jobs)."""
+        """Route one client request; never blocks (answers are sent by tasks or jobs).
+
+        Every task and job started here answers its request whatever happens inside it: an
+        exception becomes a Failure (or, for a state change that moved the state, an Ok that
+        says so) and is counted, never a silent client or a dead daemon.
+        """
         request_id, request = envelope.id, envelope.request
         root = self._root
         assert root is not None
-        reply = self._counted(request_kind(request), reply)
+        kind = request_kind(request)
+        reply = self._counted(kind, reply)
+
+        def queue(job: Callable[[Reply], Awaitable[None]]) -> None:
+            if not self.mutations.submit(job, kind, request_id, reply):
+                message = f"{MAX_QUEUED_JOBS} state changes are already queued; try again"
+                nursery.start_soon(reply, failure(request_id, message))
+
+        def task(where: trio.Nursery, job: Callable[[Reply], Awaitable[None]]) -> None:
+            where.start_soon(self._answered, request_id, kind, reply, job)
+
         if self.stopping and not isinstance(request, rq.Status | rq.ListWorkers):
             nursery.start_soon(reply, failure(request_id, "the daemon is stopping"))
         elif isinstance(request, rq.HardStop):
-            root.start_soon(self.stop, True, request_id, reply)
+            task(root, partial(self.stop, True, request_id))
         elif isinstance(request, rq.SoftStop):
-            self.mutations.submit(partial(self.stop, False, request_id, reply))
+            queue(partial(self.stop, False, request_id))
         elif isinstance(request, rq.LoadState):
-            self.mutations.submit(
-                partial(self.mutations.load_state, request_id, request.path, reply)
-            )
+            queue(partial(self.mutations.load_state, request_id, request.path))
         elif isinstance(request, rq.ReloadConfiguration):
             path = Path(request.path) if request.path else self.config_path
-            self.mutations.submit(partial(self.mutations.reload, request_id, path, reply))
+            queue(partial(self.mutations.reload, request_id, path))
         elif isinstance(request, rq.Logging):
-            self.mutations.submit(
-                partial(self.mutations.set_logging, request_id, request.filter, reply)
-            )
+            queue(partial(self.mutations.set_logging, request_id, request.filter))
         elif is_sequenced(request):
-            self.mutations.submit(partial(self.mutations.apply, request_id, request, reply))
+            queue(partial(self.mutations.apply, request_id, request))
         elif isinstance(request, rq.UpgradeMain):
-            root.start_soon(self.upgrade_main, request_id, reply)
+            task(root, partial(self.upgrade_main, request_id))
         elif isinstance(request, rq.UpgradeWorker):
             # In the daemon's nursery: a client that goes away does not cut an upgrade short.
-            root.start_soon(self._answer, request_id, request, reply)
+            task(root, partial(self._answer, request_id, request))
         elif isinstance(request, rq.SubscribeEvents):
-            nursery.start_soon(self.events.follow, request_id, reply)
+            task(nursery, partial(self.events.follow, request_id))
         else:
-            nursery.start_soon(self._answer, request_id, request, reply)
+            task(nursery, partial(self._answer, request_id, request))
+
+    async def _answered(
+        self, request_id: str, kind: str, reply: Reply, job: Callable[[Reply], Awaitable[None]]
+    ) -> None:
+        """Run `job(reply)`; if it raises before its final answer, answer Failure for it."""
+        answering = Answering(reply)
+        try:
+            await job(answering)
+        except Exception as error:
+            self.errors.record("command", error)
+            if not answering.done:
+                with trio.move_on_after(self.config.worker_timeout):
+                    await reply(
+                        failure(
+                            request_id, f"internal error in {kind}: {reason_of(error)}: {error}"
+                        )
+                    )
 
     async def _answer(self, request_id: str, request: Request, reply: Reply) -> None:
         await reply(await self.answer(request_id, request))
@@ -411,7 +447,7 @@ class Supervisor:
     def save(self, request_id: str, path: str) -> Response:
         try:
             count = save_state(self.state, Path(path))
-        except OSError as error:
+        except (OSError, ValueError) as error:
             return failure(request_id, f"cannot save the state to {path}: {error}")
         self.events.publish("STATE_SAVED", message=path)
         return ok(request_id, f"saved {count} records to {path}")
@@ -472,7 +508,8 @@ class Supervisor:
         async for signum in signals:
             if signum == signal.SIGTERM and not self.stopping:
                 log.info("SIGTERM: soft stop")
-                self.mutations.submit(partial(self.stop, False))
+                if not self.mutations.submit(partial(self.stop, False, None), "SoftStop"):
+                    root.start_soon(self.stop, False)
             elif not self.stopping:
                 log.info("SIGINT: hard stop")
                 root.start_soon(self.stop, True)

@@ -48,6 +48,17 @@ EXIT_GRACE = 1.0
 HELLO_TIMEOUT = 10.0
 
 
+# Worker channel frames may exceed a client's limit by this much: answers such as metrics
+# snapshots, and requests the state generates on replay. The state itself refuses requests
+# over `max_command_buffer_size` (see ConfigState.max_request_size).
+WORKER_CHANNEL_MARGIN = 1 << 20
+
+
+def worker_frame_limit(config: Config) -> int:
+    """The frame limit of the supervisor-to-worker channel, on both of its ends."""
+    return config.max_command_buffer_size + WORKER_CHANNEL_MARGIN
+
+
 class WorkerStartError(Exception):
     """A worker that did not complete its start-up handshake."""
 
@@ -172,7 +183,7 @@ class WorkerPool:
             os.set_inheritable(handed.scm_fd, False)
             connection = FramedConnection.from_socket(
                 socket.socket(fileno=handed.channel_fd),
-                max_frame_size=self.config.max_command_buffer_size,
+                max_frame_size=worker_frame_limit(self.config),
             )
             connection.prefill(handed.buffered)
             worker_ref: list[Worker] = []
@@ -257,7 +268,7 @@ class WorkerPool:
             command.append("-O")
         command += ["-m", "sozu.worker", "--id", str(worker_id)]
         command += ["--fd", str(channel_fd), "--scm", str(scm_fd)]
-        command += ["--max-command-buffer-size", str(self.config.max_command_buffer_size)]
+        command += ["--max-command-buffer-size", str(worker_frame_limit(self.config))]
         return command
 
     async def _spawn(
@@ -283,7 +294,7 @@ class WorkerPool:
             channel_child.close()
             scm_child.close()
         connection = FramedConnection.from_socket(
-            channel, max_frame_size=self.config.max_command_buffer_size
+            channel, max_frame_size=worker_frame_limit(self.config)
         )
         return process, connection, trio.socket.from_stdlib_socket(scm), worker_id
 
@@ -302,6 +313,10 @@ class WorkerPool:
             access_logs=config.access_logs_target is not None,
             debug=self.debug,
             access_logs_target=config.access_logs_target,
+            max_connections_per_ip=config.max_connections_per_ip,
+            retry_after=config.retry_after,
+            disable_cluster_metrics=config.disable_cluster_metrics,
+            log_target=config.log_target,
         )
 
     async def _expect_ok(self, worker: Worker, request: Request) -> Response:
