@@ -181,6 +181,8 @@ def test_state_save_then_load_into_a_fresh_daemon(
     assert first.sozu("state", "save", "-f", str(state_file)).returncode == 0
     saved = first.status()
     assert saved is not None
+    # One owner per listener address: the first daemon gives it up before the second loads it.
+    first.stop()
 
     second = start_daemon(name="second")
     loaded = second.sozu_json("state", "load", "-f", str(state_file))

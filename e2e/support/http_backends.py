@@ -5,6 +5,8 @@
 * `SlowBackend`: reads the request and never answers (the proxy must answer 504);
 * `BrokenBackend`: answers garbage that is not HTTP (the proxy must answer 502);
 * `ClosesAfterRequest`: reads the request head, then closes without a byte (502);
+* `ClosesAfterResponse`: answers `200` without ever saying `Connection: close` (even when the
+  request did), then closes: a connection the proxy must not pool;
 * `WebSocketEcho`: completes the RFC 6455 handshake and echoes every data frame.
 
 Each counts its accepted connections; `close()` also closes the connections still open, so
@@ -240,6 +242,21 @@ class ClosesAfterRequest(Backend):
         head = reader.head()
         if head is not None:
             self.record(head)
+
+
+class ClosesAfterResponse(Backend):
+    """Answers one request `200` with a keep-alive-looking response, then closes."""
+
+    def handle(self, conn: socket.socket, reader: Reader, index: int) -> None:
+        head = reader.head()
+        if head is not None:
+            self.record(head)
+            body = f"{self.name} {index}".encode()
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                + f"X-Connection: {index}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
 
 
 class WebSocketEcho(Backend):

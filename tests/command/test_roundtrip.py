@@ -84,11 +84,15 @@ EVERY_REQUEST: list[rq.Request] = [
     rq.HardStop(),
     rq.UpgradeMain(),
     rq.UpgradeWorker(worker_id=3, wait=True),
+    rq.LaunchWorker(),
+    rq.LaunchWorker(slot=1),
     rq.SubscribeEvents(),
     rq.SaveState(path="/tmp/state"),
     rq.LoadState(path="/tmp/state"),
     rq.ReloadConfiguration(path="/etc/sozu.toml"),
     rq.ReturnListenSockets(),
+    rq.AdoptListeners(slot=1, count=2),
+    rq.ReleaseListeners(slot=1),
     rq.ServerConfig(protocol_version=1, worker_id=1, slot=0),
 ]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from sozu.command import requests as rq
-from sozu.command.route_patterns import compile_regex
 from sozu.command.envelope import encode_request
+from sozu.command.route_patterns import compile_regex
 from sozu.command.state import ConfigState, forwarded_size
 from sozu.command.state_errors import InvalidValue
 from sozu.command.types import Backend, Cluster, Header, PathRule, RequestHttpFrontend

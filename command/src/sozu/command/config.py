@@ -10,12 +10,14 @@ the key path. The pieces live in `config_schema` (sections and defaults), `confi
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from sozu.command.config_checks import finish_config
+from sozu.command.config_checks import check_command_socket, finish_config
 from sozu.command.config_decode import decode_config, parse_toml
 from sozu.command.config_default import DEFAULT_CONFIG, default_command_socket, runtime_dir
 from sozu.command.config_error import ConfigError
@@ -37,6 +39,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "runtime_dir",
+    "with_command_socket",
 ]
 
 DEFAULT_SOURCE = "<default>"
@@ -133,3 +136,12 @@ def parse_config(
         warnings=(*warnings, *more_warnings),
         requests=tuple(requests),
     )
+
+
+def with_command_socket(loaded: LoadedConfig, path: Path) -> LoadedConfig:
+    """The configuration with another `command_socket` (`sozu start -s PATH`, relative to the
+    current directory); ConfigError if the path cannot be a unix socket."""
+    socket_path = os.path.abspath(path)
+    check_command_socket(socket_path)
+    config = msgspec.structs.replace(loaded.config, command_socket=socket_path)
+    return dataclasses.replace(loaded, config=config)

@@ -65,12 +65,16 @@ def _check_top_level(config: Config) -> None:
         raise ConfigError(
             "min_buffers", f"{config.min_buffers} exceeds max_buffers ({config.max_buffers})"
         )
-    size = len(os.fsencode(config.command_socket))
+    check_command_socket(config.command_socket)
+
+
+def check_command_socket(path: str) -> None:
+    """ConfigError (key `command_socket`) if `path` cannot be a unix socket's path."""
+    size = len(os.fsencode(path))
     if size > _MAX_UNIX_PATH:
         raise ConfigError(
             "command_socket",
-            f"{config.command_socket!r} is too long for a unix socket "
-            f"({size} bytes, at most {_MAX_UNIX_PATH})",
+            f"{path!r} is too long for a unix socket ({size} bytes, at most {_MAX_UNIX_PATH})",
         )
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from sozu.command.addresses import AddressError, format_address, parse_address
+from sozu.command.addresses import format_address, parse_address
 from sozu.command.config_error import ConfigError, join_index, join_key, show_value
 from sozu.command.config_keys import UNIMPLEMENTED_KEYS, is_unimplemented
 from sozu.command.config_schema import Config, ValueKind
@@ -37,6 +37,8 @@ def parse_toml(text: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("", f"invalid TOML: {error}") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise ConfigError("", "invalid TOML: arrays or tables nested too deeply") from None
 
 
 def decode_config(raw: dict[str, Any], base_dir: Path) -> tuple[Config, list[str]]:
@@ -147,8 +149,8 @@ class _Decoder:
         if kind.name in ("address", "listen_address"):
             try:
                 ip, port = parse_address(value)
-            except AddressError as error:
-                raise ConfigError(path, str(error)) from None
+            except ValueError:  # AddressError, or int() refusing a port such as '²'
+                raise ConfigError(path, f"invalid socket address {value!r}") from None
             if port == 0 and kind.name == "listen_address":
                 # Every worker slot gets its own socket on the same port: it must be fixed.
                 raise ConfigError(path, f"port 0 is not allowed in {value!r}")
@@ -157,13 +159,37 @@ class _Decoder:
             return self._path(value, path)
         if kind.name == "answer_file":
             return self._read_answer(self._path(value, path), path)
+        if kind.name == "log_target":
+            return self._log_target(value, path)
         if value.startswith(_FILE_SCHEME):
             return self._read_answer(self._path(value[len(_FILE_SCHEME) :], path), path)
         return value
 
+    def _log_target(self, value: str, path: str) -> str:
+        if value in ("stdout", "stderr"):
+            return value
+        for scheme in ("udp://", "tcp://"):
+            if value.startswith(scheme):
+                try:
+                    ip, port = parse_address(value[len(scheme) :])
+                except ValueError as error:
+                    raise ConfigError(path, f"{error} in {value!r}") from None
+                return scheme + format_address(ip, port)
+        for scheme in (_FILE_SCHEME, "unix://"):
+            if value.startswith(scheme):
+                return scheme + self._path(value[len(scheme) :], path)
+        raise ConfigError(
+            path,
+            f"unsupported log target {value!r} (expected stdout, stderr, file://PATH, "
+            "udp://IP:PORT, tcp://IP:PORT or unix://PATH)",
+        )
+
     def _path(self, value: str, path: str) -> str:
         if not value:
             raise ConfigError(path, "empty path")
+        if "\x00" in value:
+            # No system call takes one: reading the file would raise ValueError, not OSError.
+            raise ConfigError(path, f"path {value!r} contains a NUL character")
         return os.path.normpath(self.base_dir / value)
 
     def _read_answer(self, file: str, path: str) -> str:

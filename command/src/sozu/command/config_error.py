@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# Quoted keys escape what TOML escapes: a control character would break the error's line.
+_ESCAPES = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
 class ConfigError(Exception):
@@ -21,10 +23,15 @@ class ConfigError(Exception):
 
 
 def join_key(path: str, key: str) -> str:
-    """`path.key`, quoting a key that is not a bare TOML key."""
+    """`path.key`, quoting a key that is not a bare TOML key (escaped as TOML would)."""
     if not _BARE_KEY.fullmatch(key):
-        key = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        key = '"' + _ESCAPES.sub(_escape, key) + '"'
     return f"{path}.{key}" if path else key
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match[0]
+    return "\\" + char if char in '"\\' else f"\\u{ord(char):04x}"
 
 
 def join_index(path: str, index: int) -> str:

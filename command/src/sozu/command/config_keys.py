@@ -21,8 +21,7 @@ UNIMPLEMENTED_KEYS: Final[tuple[str, ...]] = (
     "slab_entries_per_connection",
     "splice_pipe_capacity_bytes",
     "basic_auth_max_credential_bytes",
-    # Process-wide defaults the worker does not take yet (per-cluster values are carried).
-    "retry_after",
+    # Process tuning the worker does not take yet.
     "handle_process_affinity",
     "zombie_check_interval",
     "accept_queue_timeout",

@@ -15,6 +15,7 @@ from typing import Any
 from sozu.command.certificates import (
     CertificateError,
     CertificateFacts,
+    check_key_matches,
     check_private_key,
     inspect_certificate,
 )
@@ -29,6 +30,12 @@ from sozu.command.config_schema import (
     FrontendSection,
     ListenerSection,
     listeners_by_address,
+)
+from sozu.command.request_checks import (
+    Problem,
+    backend_problems,
+    cluster_problems,
+    http_frontend_problems,
 )
 from sozu.command.requests import (
     ActivateListener,
@@ -198,7 +205,7 @@ class _Builder:
         if listener.certificate is not None:
             fields["certificate"] = self._certificate(listener.certificate, f"{path}.certificate")
         if listener.key is not None:
-            fields["key"] = self._key(listener.key, f"{path}.key")
+            fields["key"] = self._key(listener.key, f"{path}.key", fields.get("certificate"))
         if listener.certificate_chain is not None:
             chain_path = f"{path}.certificate_chain"
             fields["certificate_chain"] = self._chain(listener.certificate_chain, chain_path)
@@ -247,6 +254,7 @@ class _Builder:
             health_check=cluster.health_check,
             udp=cluster.udp,
         )
+        _refuse(cluster_problems(record), path, path)
         backends: list[Request] = []
         for index, backend in enumerate(cluster.backends):
             params = None
@@ -263,6 +271,7 @@ class _Builder:
                 load_balancing_parameters=params,
                 backup=backend.backup,
             )
+            _refuse(backend_problems(entry), join_index(f"{path}.backends", index), path)
             backends.append(AddBackend(backend=entry))
         return [AddCluster(cluster=record), *frontends, *backends]
 
@@ -286,7 +295,8 @@ class _Builder:
         if not frontend.hostname:
             raise ConfigError(f"{path}.hostname", "missing: an http cluster's frontend needs one")
         scheme = frontend.redirect_scheme
-        request = RequestHttpFrontend(
+        request = _http_frontend_record(
+            path,
             address=frontend.address,
             hostname=frontend.hostname,
             cluster_id=cluster_id,
@@ -307,6 +317,7 @@ class _Builder:
             ),
             hsts=frontend.hsts,
         )
+        _refuse(http_frontend_problems(request), path, path.rpartition(".frontends[")[0])
         if listener.protocol == "http":
             return [AddHttpFrontend(frontend=request)]
         requests: list[Request] = []
@@ -314,8 +325,14 @@ class _Builder:
             if frontend.key is None:
                 raise ConfigError(f"{path}.key", "missing: certificate requires key")
             certificate = self._certificate(frontend.certificate, f"{path}.certificate")
-            fingerprint = self._facts[frontend.certificate].fingerprint
-            key = self._key(frontend.key, f"{path}.key")
+            facts = self._facts[frontend.certificate]
+            if not facts.names:
+                raise ConfigError(
+                    f"{path}.certificate",
+                    f"{frontend.certificate!r}: no DNS name (no SAN and no CN) to serve",
+                )
+            fingerprint = facts.fingerprint
+            key = self._key(frontend.key, f"{path}.key", certificate)
             chain: tuple[str, ...] = ()
             if frontend.certificate_chain is not None:
                 chain_path = f"{path}.certificate_chain"
@@ -351,10 +368,13 @@ class _Builder:
                 raise ConfigError(path, f"{file!r}: {error}") from None
         return text
 
-    def _key(self, file: str, path: str) -> str:
+    def _key(self, file: str, path: str, certificate: str | None) -> str:
+        """The key's text, checked to be the private half of `certificate` when given."""
         text = self._read(file, path)
         try:
             check_private_key(text)
+            if certificate is not None:
+                check_key_matches(certificate, text)
         except CertificateError as error:
             raise ConfigError(path, f"{file!r}: {error}") from None
         return text
@@ -370,6 +390,31 @@ class _Builder:
             except CertificateError as error:
                 raise ConfigError(path, f"{file!r}: {error}") from None
         return blocks
+
+
+def _http_frontend_record(key_path: str, /, **fields: Any) -> RequestHttpFrontend:
+    """The frontend record; what its own validation refuses is named by key."""
+    try:
+        return RequestHttpFrontend(**fields)
+    except ValueError as error:
+        # The record's messages start with the field at fault ("hostname 'a b' contains ...").
+        field = str(error).split(" ", 1)[0].rstrip(":")
+        raise ConfigError(
+            f"{key_path}.{field}" if field in fields else key_path, str(error)
+        ) from None
+
+
+def _refuse(problems: list[Problem], path: str, cluster_path: str) -> None:
+    """Refuse the first problem the state's checks find in a record, at the key of its field,
+    so that a configuration that loads is one the state takes."""
+    for field, message in problems:
+        if field == "cluster_id":
+            raise ConfigError(cluster_path, message)
+        if field.startswith("tags."):
+            raise ConfigError(join_key(f"{path}.tags", field[len("tags.") :]), message)
+        if field.endswith(".val"):  # a header edit's value is `value` in the file
+            field = field[: -len("val")] + "value"
+        raise ConfigError(f"{path}.{field}", message)
 
 
 def _or(value: int | None, default: int) -> int:

@@ -35,7 +35,7 @@ from sozu.command.types import (
 class ValueKind:
     """Annotated marker telling the decoder how to post-process a string value."""
 
-    name: Literal["address", "listen_address", "path", "answer", "answer_file"]
+    name: Literal["address", "listen_address", "path", "answer", "answer_file", "log_target"]
 
 
 SocketAddress = Annotated[str, ValueKind("address")]
@@ -48,6 +48,9 @@ AnswerText = Annotated[str, ValueKind("answer")]
 """An answer body: inline text, or `file://path` whose content is read at load."""
 AnswerFile = Annotated[str, ValueKind("answer_file")]
 """A legacy answer key: a path whose content is read at load."""
+LogTarget = Annotated[str, ValueKind("log_target")]
+"""`stdout`, `stderr`, `file://PATH` (made absolute), `udp://` or `tcp://IP:PORT`,
+`unix://PATH` (made absolute)."""
 
 Positive = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Byte = Annotated[int, msgspec.Meta(ge=0, le=255)]
@@ -243,12 +246,15 @@ class Config(Section, frozen=True, kw_only=True):
     min_buffers: U64 = 1
     max_buffers: Positive = 1000
     buffer_size: Positive = 16_393
+    # 0 = unlimited; a cluster's own value (even 0) wins over this one.
     max_connections_per_ip: U64 = 0
+    # Seconds in the Retry-After of a 429 answer, for clusters that set none (0: no header).
+    retry_after: U32 = 60
     command_allowed_uids: tuple[U32, ...] | None = None
     saved_state: FilePath | None = None
     automatic_state_save: bool = False
     log_level: str = "info"
-    log_target: str = "stdout"
+    log_target: LogTarget = "stdout"
     access_logs_target: str | None = None
     worker_count: Positive = 2
     worker_automatic_restart: bool = True

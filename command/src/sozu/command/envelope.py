@@ -18,6 +18,9 @@ from sozu.command.responses import AnyContent, ResponseStatus
 
 PROTOCOL_VERSION: Final = 1
 MAX_ID_LENGTH: Final = 256
+# What decoding a peer's bytes may raise: ValueError for strings that are not UTF-8,
+# RecursionError for a value nested too deeply to skip (a thousand levels take 1 KB).
+UNREADABLE: Final = (msgspec.DecodeError, ValueError, RecursionError)
 
 
 class ProtocolError(Exception):
@@ -92,7 +95,7 @@ def decode_request(payload: bytes) -> RequestEnvelope:
     """
     try:
         raw = _raw_request_decoder.decode(payload)
-    except (msgspec.DecodeError, ValueError) as error:  # ValueError: strings not UTF-8
+    except UNREADABLE as error:
         request_id = _read_id(payload)
         if request_id is None:
             raise ProtocolError(f"undecodable request envelope: {error}") from None
@@ -108,7 +111,7 @@ def decode_request(payload: bytes) -> RequestEnvelope:
         raise RejectedRequest(raw.id, f"invalid protocol version {raw.v}")
     try:
         request = _request_decoder.decode(raw.request)
-    except (msgspec.DecodeError, ValueError) as error:
+    except UNREADABLE as error:
         raise RejectedRequest(raw.id, _describe_request_error(raw.request, error)) from None
     return RequestEnvelope(v=raw.v, id=raw.id, request=request)
 
@@ -116,7 +119,7 @@ def decode_request(payload: bytes) -> RequestEnvelope:
 def _describe_request_error(raw: msgspec.Raw, error: Exception) -> str:
     try:
         kind = _tag_decoder.decode(raw).type
-    except (msgspec.DecodeError, ValueError):
+    except UNREADABLE:
         return f"invalid request: {error}"
     if kind not in REQUEST_KINDS:
         return f"unknown request kind {kind!r}"
@@ -126,7 +129,7 @@ def _describe_request_error(raw: msgspec.Raw, error: Exception) -> str:
 def _read_id(payload: bytes) -> str | None:
     try:
         request_id = _id_decoder.decode(payload).id
-    except (msgspec.DecodeError, ValueError):
+    except UNREADABLE:
         return peek_id(payload)  # e.g. trailing bytes after a valid map
     return request_id if len(request_id) <= MAX_ID_LENGTH else None
 
@@ -135,7 +138,7 @@ def decode_response(payload: bytes) -> Response:
     """Decode a response payload; raises `ProtocolError` naming what is wrong."""
     try:
         return _response_decoder.decode(payload)
-    except (msgspec.DecodeError, ValueError) as error:
+    except UNREADABLE as error:
         raise ProtocolError(f"undecodable response: {error}") from None
 
 
@@ -210,6 +213,7 @@ def processing(request_id: str, message: str = "", content: AnyContent | None = 
 __all__ = [
     "MAX_ID_LENGTH",
     "PROTOCOL_VERSION",
+    "UNREADABLE",
     "ProtocolError",
     "RejectedRequest",
     "RequestEnvelope",

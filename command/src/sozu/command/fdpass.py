@@ -34,10 +34,12 @@ class FdPassingError(Exception):
 
 
 class PassedListener(msgspec.Struct, frozen=True, kw_only=True):
-    """What one passed fd is: the listener's address and protocol."""
+    """What one passed fd is: the listener's address and protocol, and the slot whose socket
+    it is when not the receiver's own (an empty slot's socket it adopts)."""
 
     address: str
     proxy: ListenerType
+    slot: int | None = None
 
 
 class FdManifest(msgspec.Struct, frozen=True, kw_only=True):

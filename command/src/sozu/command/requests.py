@@ -43,6 +43,10 @@ from sozu.command.types import Backend as BackendRecord
 Routing = Literal["state", "fanout", "query", "main", "worker"]
 
 
+# A signed 64-bit integer (timestamps in seconds).
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
     """Base of every request."""
 
@@ -107,7 +111,7 @@ class AddCertificate(Request, tag="AddCertificate", frozen=True, kw_only=True):
     ROUTING: ClassVar[Routing] = "state"
     address: str
     certificate: CertificateAndKey
-    expired_at: int | None = None
+    expired_at: I64 | None = None
 
     def __post_init__(self) -> None:
         canonicalize_addresses(self, "address")
@@ -118,7 +122,7 @@ class ReplaceCertificate(Request, tag="ReplaceCertificate", frozen=True, kw_only
     address: str
     new_certificate: CertificateAndKey
     old_fingerprint: str
-    new_expired_at: int | None = None
+    new_expired_at: I64 | None = None
 
     def __post_init__(self) -> None:
         canonicalize_addresses(self, "address")
@@ -393,6 +397,13 @@ class UpgradeWorker(Request, tag="UpgradeWorker", frozen=True, kw_only=True):
     wait: bool = False
 
 
+class LaunchWorker(Request, tag="LaunchWorker", frozen=True, kw_only=True):
+    """Refill an empty worker slot (None: every empty slot) with a new worker."""
+
+    ROUTING: ClassVar[Routing] = "main"
+    slot: U32 | None = None
+
+
 class SubscribeEvents(Request, tag="SubscribeEvents", frozen=True, kw_only=True):
     ROUTING: ClassVar[Routing] = "main"
 
@@ -424,6 +435,22 @@ class ReloadConfiguration(Request, tag="ReloadConfiguration", frozen=True, kw_on
 
 class ReturnListenSockets(Request, tag="ReturnListenSockets", frozen=True, kw_only=True):
     ROUTING: ClassVar[Routing] = "worker"
+
+
+class AdoptListeners(Request, tag="AdoptListeners", frozen=True, kw_only=True):
+    """Accept on the `count` listener sockets of empty slot `slot` just sent over the SCM
+    channel too, until ReleaseListeners."""
+
+    ROUTING: ClassVar[Routing] = "worker"
+    slot: U32
+    count: U32
+
+
+class ReleaseListeners(Request, tag="ReleaseListeners", frozen=True, kw_only=True):
+    """Stop accepting on slot `slot`'s sockets (its new worker serves them) and close them."""
+
+    ROUTING: ClassVar[Routing] = "worker"
+    slot: U32
 
 
 class ServerConfig(Request, tag="ServerConfig", frozen=True, kw_only=True):
@@ -502,11 +529,14 @@ AnyRequest = (
     | HardStop
     | UpgradeMain
     | UpgradeWorker
+    | LaunchWorker
     | SubscribeEvents
     | SaveState
     | LoadState
     | ReloadConfiguration
     | ReturnListenSockets
+    | AdoptListeners
+    | ReleaseListeners
     | ServerConfig
 )
 

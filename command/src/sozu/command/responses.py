@@ -60,6 +60,8 @@ EventKind = Literal[
     "WORKER_UPGRADED",
     "WORKER_KILLED",
     "WORKER_RELAUNCHED",
+    "WORKER_SLOT_EMPTY",
+    "WORKER_REPLAY_FAILED",
     "EVENTS_SUBSCRIBED",
 ]
 
@@ -99,11 +101,22 @@ class SupervisorInfo(msgspec.Struct, frozen=True, kw_only=True):
     state_hash: str
 
 
+class EmptySlot(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker slot with no worker of its own, why, and who accepts on its sockets."""
+
+    slot: int
+    reason: str
+    adopted_by: int | None = None
+
+
 class StatusReport(Content, tag="Status", frozen=True, kw_only=True):
-    """`sozu status`: the supervisor and its live workers."""
+    """`sozu status`: the supervisor and its live workers (and empty slots, if any)."""
 
     supervisor: SupervisorInfo
     workers: tuple[WorkerInfo, ...] = ()
+    empty_slots: tuple[EmptySlot, ...] = ()
+    # Why a worker's state differs from the supervisor's, when known.
+    problems: tuple[str, ...] = ()
 
 
 class WorkerInfos(Content, tag="Workers", frozen=True, kw_only=True):

@@ -553,6 +553,8 @@ class ConfigState:
     def _checked_certificate(
         certificate: CertificateAndKey, expired_at: int | None
     ) -> tuple[str, StoredCertificate]:
+        if expired_at is not None and not -(2**63) <= expired_at < 2**63:
+            raise InvalidValue(f"expired_at {expired_at} is not a 64-bit timestamp")
         try:
             facts = inspect_certificate(certificate.certificate)
             check_private_key(certificate.key)

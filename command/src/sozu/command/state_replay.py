@@ -258,3 +258,9 @@ __all__ = [
     "generate_activate_requests",
     "generate_requests",
 ]
+
+
+def describe_request(request: Request) -> str:
+    """A short, bounded description of a request naming its object, for logs and events."""
+    text = msgspec.json.encode(request).decode()
+    return text if len(text) <= 240 else text[:237] + "..."

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 import msgspec
 
-from sozu.command.envelope import PROTOCOL_VERSION, RequestEnvelope
+from sozu.command.envelope import PROTOCOL_VERSION, UNREADABLE, RequestEnvelope
 from sozu.command.requests import Request
 from sozu.command.responses import LoadStateReport
 from sozu.command.state import ConfigState
@@ -39,6 +40,7 @@ class StateFileHeader(msgspec.Struct, frozen=True, kw_only=True):
 _encoder: Final = msgspec.json.Encoder()
 _header_decoder: Final = msgspec.json.Decoder(StateFileHeader)
 _record_decoder: Final = msgspec.json.Decoder(RequestEnvelope)
+_wire_encoder: Final = msgspec.msgpack.Encoder()
 
 
 def dump_state(state: ConfigState) -> bytes:
@@ -81,7 +83,7 @@ def parse_state(data: bytes, source: str = "state file") -> list[Request]:
         raise StateFileError(f"{source}: empty file (no header line)")
     try:
         header = _header_decoder.decode(lines[0])
-    except (msgspec.DecodeError, ValueError) as error:
+    except UNREADABLE as error:
         raise StateFileError(f"{source}:1: not a sozu state file header: {error}") from None
     if header.sozu_state > STATE_FILE_VERSION:
         raise StateFileError(
@@ -98,9 +100,15 @@ def parse_state(data: bytes, source: str = "state file") -> list[Request]:
         if len(line) > MAX_RECORD_BYTES:
             raise StateFileError(f"{source}:{number}: record longer than {MAX_RECORD_BYTES} bytes")
         try:
-            requests.append(_record_decoder.decode(line).request)
-        except (msgspec.DecodeError, ValueError) as error:
+            request = _record_decoder.decode(line).request
+        except UNREADABLE as error:
             raise StateFileError(f"{source}:{number}: {error}") from None
+        try:
+            # JSON integers are unbounded, msgpack's (the protocol, the state hash) 64-bit.
+            _wire_encoder.encode(request)
+        except OverflowError:
+            raise StateFileError(f"{source}:{number}: integer out of the 64-bit range") from None
+        requests.append(request)
     if len(requests) != header.records:
         raise StateFileError(
             f"{source}: header announces {header.records} records, the file holds {len(requests)}"
@@ -117,12 +125,20 @@ def read_state_file(path: Path) -> list[Request]:
 
 
 def load_requests(
-    state: ConfigState, requests: list[Request]
+    state: ConfigState,
+    requests: list[Request],
+    admit: Callable[[Request], bool] | None = None,
 ) -> tuple[LoadStateReport, list[Request]]:
-    """Merge requests into a state; returns the counts and the requests that changed it."""
+    """Merge requests into a state; returns the counts and the requests that changed it.
+
+    `admit`, when given, is asked before each request is applied (the supervisor binds the
+    sockets of a listener to activate there); False counts the request as an error."""
     ok = skipped = errors = 0
     applied: list[Request] = []
     for request in requests:
+        if admit is not None and not admit(request):
+            errors += 1
+            continue
         try:
             outcome = state.apply(request)
         except AlreadyExists as error:

@@ -1,11 +1,13 @@
 """Global options of the `sozu` CLI, accepted before or after any subcommand.
 
 click has no global options, so `SozuGroup` and `SozuCommand` add `-c/--config`, `-j/--json`,
-`-t/--timeout` and `-s/--socket` to every group and command (a command whose own option takes
-one of these short names, like `cluster add -s`, keeps it: there only the long form is
-global); each occurrence updates the one `CliState` kept on the root context, the last one on
-the command line winning. `SOZU_CONFIG` is read by the root group only, so any `-c` on the
-command line overrides it.
+`-t/--timeout` and `-s/--socket` to every group and command; each occurrence updates the one
+`CliState` kept on the root context, the last one on the command line winning. One option has
+one meaning in a command: a command whose own option takes one of the short names, like
+`cluster add -s`, keeps it and takes only the long form of the global one; a command whose own
+option takes the long name, like `cluster health-check set --timeout`, does not take that
+global option at all (`sozu -t MS cluster health-check set --timeout S` sets both).
+`SOZU_CONFIG` is read by the root group only, so any `-c` on the command line overrides it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from typing import IO, Any
 
 import click
 
-from sozu.command.config import DEFAULT_SOURCE, ConfigError, LoadedConfig, load_config
+from sozu.command.config import (
+    DEFAULT_SOURCE,
+    ConfigError,
+    LoadedConfig,
+    load_config,
+    with_command_socket,
+)
 
 
 @dataclass
@@ -87,13 +95,16 @@ def _global_options(*, root: bool) -> list[click.Parameter]:
 
 
 def _add_global_options(params: list[click.Parameter], *, root: bool) -> None:
-    """Append the global options, minus any option name a command already uses."""
+    """Append the global options the command does not define itself: one whose long name (or
+    value name) the command uses is left out, a short name the command uses is dropped."""
     taken = {name for param in params for name in (*param.opts, *param.secondary_opts)}
+    names = {param.name for param in params}
     for option in _global_options(root=root):
-        names = [name for name in option.opts if name not in taken]
-        if len(names) != len(option.opts):
-            assert isinstance(option, click.Option)
-            option.opts = names
+        long_name = max(option.opts, key=len)
+        if long_name in taken or option.name in names:
+            # Two parameters of one name would share one parsed value.
+            continue
+        option.opts = [name for name in option.opts if name not in taken]
         params.append(option)
 
 
@@ -135,6 +146,16 @@ def load_or_fail(state: CliState) -> LoadedConfig:
         return load_config(state.config)
     except ConfigError as error:
         raise ConfigFailure(state.source, error) from None
+
+
+def with_socket_option(state: CliState, loaded: LoadedConfig) -> LoadedConfig:
+    """The configuration whose `command_socket` is `-s/--socket` when given (`sozu start`)."""
+    if state.socket is None:
+        return loaded
+    try:
+        return with_command_socket(loaded, state.socket)
+    except ConfigError as error:
+        raise click.BadParameter(error.message, param_hint="'-s' / '--socket'") from None
 
 
 def command_socket(state: CliState, loaded: LoadedConfig) -> str:

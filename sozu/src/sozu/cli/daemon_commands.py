@@ -108,11 +108,17 @@ def _status_or_none(ctx: click.Context, timeout_ms: int) -> StatusReport | None:
 
 
 def status_document(report: StatusReport) -> dict[str, object]:
-    """`sozu -j status`: exactly the supervisor object and the live workers."""
-    return {
+    """`sozu -j status`: the supervisor object and the live workers; `empty_slots` only when
+    a slot has no worker of its own."""
+    document: dict[str, object] = {
         "supervisor": msgspec.to_builtins(report.supervisor),
         "workers": [msgspec.to_builtins(worker) for worker in report.workers],
     }
+    if report.empty_slots:
+        document["empty_slots"] = [msgspec.to_builtins(slot) for slot in report.empty_slots]
+    if report.problems:
+        document["problems"] = list(report.problems)
+    return document
 
 
 def status_text(report: StatusReport) -> str:
@@ -128,7 +134,30 @@ def status_text(report: StatusReport) -> str:
             f"{w.id:>4} {w.slot:>4} {w.pid:>8}  {w.state:<13} {w.restarts:>8}  {w.build_id:<12}  "
             f"{w.state_hash:<16}  {'ok' if w.hash_ok else 'DIFFERS'}"
         )
+    for empty in report.empty_slots:
+        adopted = (
+            f"its sockets served by worker {empty.adopted_by}"
+            if empty.adopted_by is not None
+            else "its sockets closed"
+        )
+        lines.append(f"slot {empty.slot} EMPTY: {empty.reason}; {adopted} (`sozu relaunch`)")
+    lines.extend(f"PROBLEM: {problem}" for problem in report.problems)
     return "\n".join(lines)
+
+
+@click.command("relaunch", cls=SozuCommand)
+@click.option(
+    "--slot",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The empty slot to refill (default: every empty slot).",
+)
+@click.pass_context
+def relaunch(ctx: click.Context, slot: int | None) -> None:
+    """Launch a worker into empty slots now (after the restart limit or a failed replay)."""
+    config = load_or_fail(cli_state(ctx)).config
+    patience = max(config.worker_timeout, 10) * 2 + 5
+    run(ctx, rq.LaunchWorker(slot=slot), default_timeout_ms=patience * 1000)
 
 
 @click.command("status", cls=SozuCommand)

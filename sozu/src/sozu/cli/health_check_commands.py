@@ -19,11 +19,21 @@ def health_check_group() -> None:
     """Active HTTP health checks of a cluster's backends: set, remove, list."""
 
 
+# `--timeout` is the check's: the command timeout is `-t` before the subcommand
+# (`sozu -t MS cluster health-check set ...`).
 @health_check_group.command("set")
 @click.option("-i", "--id", "cluster_id", required=True, help="Cluster id.")
 @click.option("-u", "--uri", required=True, help="Path probed on every backend, e.g. /health.")
-@click.option("--interval", type=_u32, default=10, show_default=True, help="Seconds.")
-@click.option("--timeout", type=_u32, default=5, show_default=True, help="Seconds.")
+@click.option(
+    "--interval", type=_u32, default=10, show_default=True, help="Seconds between probes."
+)
+@click.option(
+    "--timeout",
+    type=_u32,
+    default=5,
+    show_default=True,
+    help="Seconds a probe waits for its answer (the command timeout is -t before the subcommand).",
+)
 @click.option(
     "--healthy-threshold", type=_u32, default=3, show_default=True, help="Successes to go up."
 )

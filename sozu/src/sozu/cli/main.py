@@ -7,7 +7,15 @@ import click
 from sozu.cli.certificate_commands import certificate_group
 from sozu.cli.config_commands import config_group
 from sozu.cli.context import SozuGroup
-from sozu.cli.daemon_commands import events, logging_level, reload, shutdown, status, upgrade
+from sozu.cli.daemon_commands import (
+    events,
+    logging_level,
+    relaunch,
+    reload,
+    shutdown,
+    status,
+    upgrade,
+)
 from sozu.cli.health_check_commands import health_check_group
 from sozu.cli.http_commands import (
     add_listener_commands,
@@ -33,6 +41,7 @@ sozu.add_command(config_group)
 sozu.add_command(start)
 sozu.add_command(shutdown)
 sozu.add_command(upgrade)
+sozu.add_command(relaunch)
 sozu.add_command(status)
 sozu.add_command(events)
 sozu.add_command(reload)

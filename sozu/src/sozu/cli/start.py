@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sozu.cli.context import SozuCommand, cli_state, load_or_fail
+from sozu.cli.context import SozuCommand, cli_state, load_or_fail, with_socket_option
 
 
 @click.command("start", cls=SozuCommand)
@@ -14,7 +14,8 @@ def start(ctx: click.Context, handoff: str | None) -> None:
     """Run the proxy (supervisor and workers) in the foreground.
 
     SIGTERM stops it softly, SIGINT hard. Without -c it runs the embedded default
-    configuration and prints where its command socket is.
+    configuration and prints where its command socket is; -s/--socket overrides the
+    configuration's command_socket.
     """
     if handoff is not None:
         # The supervisor re-executing itself for `sozu upgrade`.
@@ -24,7 +25,7 @@ def start(ctx: click.Context, handoff: str | None) -> None:
 
         ctx.exit(run_from_handoff(Path(handoff)))
     state = cli_state(ctx)
-    loaded = load_or_fail(state)
+    loaded = with_socket_option(state, load_or_fail(state))
     # Imported here so that the other commands do not pay for trio.
     from sozu.supervisor.main import run
 

@@ -1,4 +1,4 @@
-"""Daemon plumbing: stderr logging, sd_notify, the pid file and the metrics socket."""
+"""Daemon plumbing: logging to `log_target`, sd_notify, the pid file and the metrics socket."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import tempfile
 from pathlib import Path
 
 from sozu.command.addresses import parse_address, to_sockaddr
+from sozu.worker.log_targets import route_logs
 
 
 class StartupError(Exception):
     """The supervisor cannot start; the message says why."""
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """One line per record on stderr; journald adds its own timestamps."""
+def setup_logging(level: str = "INFO", target: str = "stderr") -> None:
+    """One line per record to `target` (`log_target`, checked by the configuration loader);
+    journald adds its own timestamps. A target that cannot be opened leaves the logs on
+    stderr, with a warning."""
     timestamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{timestamp}%(levelname)s [main] %(message)s"))
@@ -28,6 +31,8 @@ def setup_logging(level: str = "INFO") -> None:
         root.setLevel(level.upper())
     except ValueError:
         root.setLevel(logging.INFO)
+    if target != "stderr":
+        route_logs(target)
 
 
 def sd_notify(message: str) -> None:

@@ -13,6 +13,7 @@ import socket
 from sozu.command.addresses import to_sockaddr
 from sozu.command.fdpass import PassedListener
 from sozu.command.types import ListenerType
+from sozu.supervisor.address_owner import AddressClaims
 
 log = logging.getLogger("sozu.supervisor")
 
@@ -42,10 +43,19 @@ def bind_listener_socket(proxy: ListenerType, address: str) -> socket.socket:
 
 
 class ListenerSockets:
-    """Sockets by listener and slot; a slot with no worker coming has none."""
+    """Sockets by listener and slot.
 
-    def __init__(self, slot_count: int) -> None:
+    An empty slot (no worker of its own: restart limit, replay failure) keeps the sockets it
+    had, served by another worker that adopts them, or has none when no worker could (they
+    are closed so that no client waits in a queue nobody serves); listeners activated while
+    it is empty get no socket for it. `revive_slot` binds what it lacks before its next
+    worker starts.
+    """
+
+    def __init__(self, slot_count: int, claims: AddressClaims | None = None) -> None:
         self.slot_count = slot_count
+        # Ownership of the addresses (see address_owner.py); None: no check (unit tests).
+        self.claims = claims
         self._sockets: dict[ListenerKey, dict[int, socket.socket]] = {}
         self._dead_slots: set[int] = set()
 
@@ -65,6 +75,8 @@ class ListenerSockets:
         """Take over the sockets a previous supervisor held (upgrade): (key, slot, socket)."""
         for key, slot, sock in sockets:
             self._sockets.setdefault(key, {})[slot] = sock
+            if self.claims is not None:
+                self.claims.claim(*key, probe=False)
         self._dead_slots |= dead_slots
 
     def bind(self, proxy: ListenerType, address: str) -> None:
@@ -72,6 +84,8 @@ class ListenerSockets:
         key = (proxy, address)
         if key in self._sockets:
             return
+        if self.claims is not None:
+            self.claims.claim(proxy, address)
         bound: dict[int, socket.socket] = {}
         try:
             for slot in range(self.slot_count):
@@ -80,26 +94,53 @@ class ListenerSockets:
         except BaseException:
             for sock in bound.values():
                 sock.close()
+            if self.claims is not None:
+                self.claims.release(proxy, address)
             raise
         self._sockets[key] = bound
         log.info("bound %s listener %s (%d sockets)", proxy, address, len(bound))
 
     def for_slot(
-        self, slot: int, keys: list[ListenerKey] | None = None
+        self, slot: int, keys: list[ListenerKey] | None = None, *, foreign: bool = False
     ) -> list[tuple[PassedListener, socket.socket]]:
-        """The slot's sockets (of `keys`, default all), with their manifest entries."""
+        """The slot's sockets (of `keys`, default all), with their manifest entries; marked
+        with the slot when they go to another slot's worker (`foreign`)."""
         wanted = self._sockets.keys() if keys is None else keys
         out: list[tuple[PassedListener, socket.socket]] = []
         for proxy, address in wanted:
             sock = self._sockets.get((proxy, address), {}).get(slot)
             if sock is not None:
-                out.append((PassedListener(address=address, proxy=proxy), sock))
+                entry = PassedListener(address=address, proxy=proxy, slot=slot if foreign else None)
+                out.append((entry, sock))
         return out
+
+    def is_empty(self, slot: int) -> bool:
+        return slot in self._dead_slots
+
+    def mark_empty(self, slot: int) -> None:
+        """The slot has no worker of its own: new listeners get no socket for it."""
+        self._dead_slots.add(slot)
+
+    def revive_slot(self, slot: int, active: list[ListenerKey]) -> list[str]:
+        """Bind the slot's socket of every `active` listener that lacks one; the bind
+        errors."""
+        self._dead_slots.discard(slot)
+        errors = []
+        for proxy, address in active:
+            by_slot = self._sockets.setdefault((proxy, address), {})
+            if slot not in by_slot:
+                try:
+                    by_slot[slot] = bind_listener_socket(proxy, address)
+                except OSError as error:
+                    errors.append(f"cannot bind {proxy} listener {address}: {error}")
+        return errors
 
     def close(self, proxy: ListenerType, address: str) -> None:
         """Close the listener's duplicates (after the workers closed their copies)."""
         for sock in self._sockets.pop((proxy, address), {}).values():
             sock.close()
+        if self.claims is not None:
+            self.claims.release(proxy, address)
 
     def close_slot(self, slot: int) -> None:
         """No worker is coming for `slot`: close its sockets so no client waits in them."""
@@ -114,3 +155,5 @@ class ListenerSockets:
             for sock in by_slot.values():
                 sock.close()
         self._sockets.clear()
+        if self.claims is not None:
+            self.claims.release_all()

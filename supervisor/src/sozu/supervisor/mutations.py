@@ -220,7 +220,33 @@ class Mutations:
         except StateFileError as error:
             await reply(failure(request_id, str(error)))
             return
-        report, applied = load_requests(self.state, requests)
+        refused: list[str] = []
+        bound: list[rq.ActivateListener] = []
+
+        def admit(request: Request) -> bool:
+            """An activation is admitted once its sockets are bound (as for ActivateListener
+            itself): a listener the daemon cannot own stays inactive, counted as an error."""
+            if not isinstance(request, rq.ActivateListener):
+                return True
+            config = self.state.listener(request.proxy, request.address)
+            if (
+                config is None
+                or config.active
+                or (request.proxy, request.address) in self.pool.sockets
+            ):
+                return True
+            try:
+                self.pool.sockets.bind(request.proxy, request.address)
+            except OSError as error:
+                refused.append(f"cannot bind {request.proxy} listener {request.address}: {error}")
+                return False
+            bound.append(request)
+            return True
+
+        report, applied = load_requests(self.state, requests, admit)
+        for request in bound:
+            if request not in applied:
+                self.pool.sockets.close(request.proxy, request.address)
         workers = self.pool.started_workers()
         problems: list[str] = []
         if applied:
@@ -233,6 +259,8 @@ class Mutations:
             f"loaded {path}: {report.ok} applied, {report.skipped} skipped, "
             f"{report.errors} errors; {self.summary('LoadState', len(workers), problems)}"
         )
+        if refused:
+            message += "; " + "; ".join(refused)
         await reply(ok(request_id, message, content=report))
 
     async def reload(self, request_id: str, path: Path | None, reply: Reply) -> None:
@@ -319,8 +347,8 @@ class Mutations:
         if not problems:
             return f"{kind} applied by the supervisor and {count} workers"
         return (
-            f"{kind} applied by the supervisor; {'; '.join(problems)}: "
-            "replaced by workers launched with the full state"
+            f"{kind} applied by the supervisor; {'; '.join(problems)} "
+            "(by workers launched with the full state)"
         )
 
     def _bind_activations(self, requests: list[Request]) -> list[str]:
@@ -366,10 +394,14 @@ class Mutations:
                     else:
                         if response.status != "ok":
                             problem = f"refused {request_kind(request)} ({response.message})"
+                            problems.append(f"worker {worker.id} {problem}: resynced")
+                            # It answers, so it keeps its connections: a successor replays
+                            # the whole state and takes its slot (a worker upgrade).
+                            self.pool.resync(worker, problem)
+                            return
                 if scope.cancelled_caught:
                     problem = f"no answer to {request_kind(request)} within {timeout:g} s"
-                if problem is not None:
-                    problems.append(f"worker {worker.id} {problem}")
+                    problems.append(f"worker {worker.id} {problem}: replaced")
                     self.pool.replace(worker, problem)
                     return
 

@@ -145,6 +145,12 @@ async def _refuse(client: trio.socket.SocketType) -> None:
     async with trio.SocketStream(client) as stream:
         with trio.move_on_after(SEND_TIMEOUT):
             await _respond(stream, 503, b"too many concurrent scrapes\n", "text/plain")
+            # A lingering close: the unread request must not turn the close into a reset
+            # that destroys the answer.
+            await stream.send_eof()
+            with trio.move_on_after(1.0):
+                while await stream.receive_some(4096):
+                    pass
 
 
 async def _answer(stream: trio.SocketStream, registry: CollectorRegistry) -> None:

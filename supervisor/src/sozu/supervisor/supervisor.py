@@ -23,6 +23,7 @@ from sozu.command.envelope import RequestEnvelope, Response, failure, ok
 from sozu.command.metrics import MetricsAggregator
 from sozu.command.requests import Request, request_kind
 from sozu.command.responses import (
+    EmptySlot,
     StatusReport,
     SupervisorInfo,
     WorkerAnswer,
@@ -316,6 +317,8 @@ class Supervisor:
             return await self.query_everyone(request_id, request, main)
         if isinstance(request, rq.UpgradeWorker):
             return await self.upgrade_worker(request_id, request.worker_id, wait=request.wait)
+        if isinstance(request, rq.LaunchWorker):
+            return await self.launch_worker(request_id, request.slot)
         if isinstance(request, QUERY_TYPES):
             if request.ROUTING == "query":
                 return await self.query_everyone(request_id, request)
@@ -422,6 +425,29 @@ class Supervisor:
             content=WorkerInfos(workers=(self.pool.info(new, state_hash),)),
         )
 
+    async def launch_worker(self, request_id: str, slot: int | None) -> Response:
+        """Refill empty slots now; answer once their new workers are running (or not)."""
+        if slot is not None and slot >= len(self.pool.slots):
+            return failure(request_id, f"no slot {slot} (worker_count {len(self.pool.slots)})")
+        asked = self.pool.refill(slot)
+        if not asked:
+            which = "no slot is empty" if slot is None else f"slot {slot} is not empty"
+            return ok(request_id, f"nothing to launch: {which}")
+        patience = max(self.config.worker_timeout, 10.0) * 2
+        with trio.move_on_after(patience):
+            for index in asked:
+                await self.pool.slots[index].refilled.wait()
+        running = [index for index in asked if self._slot_running(index)]
+        report = await self._status_now()
+        if len(running) < len(asked):
+            still = [index for index in asked if index not in running]
+            return failure(request_id, f"slots {still} did not get a running worker")
+        return ok(request_id, f"slots {running} refilled", content=report)
+
+    def _slot_running(self, index: int) -> bool:
+        worker = self.pool.slots[index].worker
+        return worker is not None and worker.state == "running"
+
     async def status(self) -> StatusReport:
         async with trio.open_nursery() as nursery:
             for worker in self.pool.live_workers():
@@ -442,6 +468,18 @@ class Supervisor:
                 state_hash=state_hash,
             ),
             workers=tuple(self.pool.info(w, state_hash) for w in workers),
+            empty_slots=tuple(
+                EmptySlot(
+                    slot=slot.index,
+                    reason=slot.empty_reason,
+                    adopted_by=slot.adopter.id if slot.adopter is not None else None,
+                )
+                for slot in self.pool.slots
+                if slot.empty_reason is not None
+            ),
+            problems=tuple(
+                f"{w.name()}: {w.problem}" for w in workers if w.problem and w.state != "draining"
+            ),
         )
 
     def save(self, request_id: str, path: str) -> Response:

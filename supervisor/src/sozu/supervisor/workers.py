@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -32,7 +34,8 @@ from sozu.command.fdpass import send_listeners
 from sozu.command.requests import Request, request_kind
 from sozu.command.responses import Event, WorkerHello, WorkerInfo, WorkerInfos, WorkerRunState
 from sozu.command.state import ConfigState
-from sozu.command.state_replay import generate_activate_requests
+from sozu.command.state_replay import describe_request, generate_activate_requests
+from sozu.supervisor.address_owner import AddressClaims
 from sozu.supervisor.adopted_process import AdoptedProcess
 from sozu.supervisor.events import EventHub
 from sozu.supervisor.handoff import Handoff
@@ -41,6 +44,8 @@ from sozu.supervisor.listener_sockets import ListenerKey, ListenerSockets
 log = logging.getLogger("sozu.supervisor")
 
 RESTART_WINDOW = 60.0
+# How often an empty slot that failed its replay checks whether the state has moved on.
+STATE_POLL = 1.0
 BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
 # How long a worker whose channel closed may take to exit before it is killed.
@@ -76,6 +81,14 @@ class Worker:
     build_id: str = ""
     state_hash: str = ""
     replace_reason: str | None = None
+    # The replayed request this worker refused or died on, and the state hash then.
+    replay_failure: tuple[str, str] | None = None
+    # A resync (replacement by a worker upgrade) is under way.
+    resyncing: bool = False
+    # Why this worker's state differs from the supervisor's, when known (`sozu status`).
+    problem: str | None = None
+    # One batch of fds at a time on the SCM socket (its messages must not interleave).
+    scm_lock: trio.Lock = field(default_factory=trio.Lock)
     # Set once the process has exited and the supervisor has let go of it.
     exited: trio.Event = field(default_factory=trio.Event)
 
@@ -101,10 +114,23 @@ class Slot:
     # Set when the current worker exits or is replaced by an upgrade.
     wakeup: trio.Event = field(default_factory=trio.Event)
     nursery: trio.Nursery | None = None
+    # Why the slot has no worker and none is coming now (None: it has, or one is coming).
+    empty_reason: str | None = None
+    # The worker of another slot accepting on this slot's sockets while it is empty.
+    adopter: Worker | None = None
+    # Set to refill an empty slot now (LaunchWorker, UpgradeMain).
+    refill: trio.Event = field(default_factory=trio.Event)
+    # Set once a refill asked by `WorkerPool.refill` has a running worker.
+    refilled: trio.Event = field(default_factory=trio.Event)
 
 
 class UpgradeError(Exception):
-    """An upgrade that could not be done; the old worker keeps serving."""
+    """An upgrade that could not be done; the old worker keeps serving. `replay_failure`
+    names the request the new worker could not replay, if that was the cause."""
+
+    def __init__(self, message: str, replay_failure: str | None = None) -> None:
+        super().__init__(message)
+        self.replay_failure = replay_failure
 
 
 def describe_exit(returncode: int) -> str:
@@ -135,7 +161,8 @@ class WorkerPool:
         self.slots = [Slot(index) for index in range(config.worker_count)]
         # Given to each worker in its ServerConfig; `sozu logging` changes it.
         self.log_level = config.log_level
-        self.sockets = ListenerSockets(config.worker_count)
+        instance = str(Path(config.command_socket).absolute())
+        self.sockets = ListenerSockets(config.worker_count, AddressClaims(instance))
         self.stopping = False
         self._next_id = 0
         # Workers of a previous supervisor image, by slot, taken over instead of launched.
@@ -252,6 +279,34 @@ class WorkerPool:
         if isinstance(response.content, WorkerInfos) and response.content.workers:
             worker.state_hash = response.content.workers[0].state_hash
 
+    def resync(self, worker: Worker, reason: str) -> None:
+        """A worker refused an accepted change: replace it by a worker upgrade once the
+        current state change is done (a successor replays the whole state, the old one
+        drains), so that no connection is cut. If the successor cannot replay the state
+        either, the old worker keeps serving and the failing request is reported."""
+        if worker.resyncing or worker.state != "running":
+            return
+        worker.resyncing = True
+        log.warning("resyncing %s: %s", worker.name(), reason)
+        slot = self.slots[worker.slot]
+        assert slot.nursery is not None
+        slot.nursery.start_soon(self._resync, worker, reason)
+
+    async def _resync(self, worker: Worker, reason: str) -> None:
+        try:
+            await self.upgrade_worker(worker.id)
+        except UpgradeError as error:
+            worker.resyncing = False
+            if error.replay_failure is not None:
+                worker.problem = f"a new worker could not replay {error.replay_failure}"
+                self.events.publish(
+                    "WORKER_REPLAY_FAILED",
+                    message=f"slot {worker.slot}: {error.replay_failure}; {worker.name()} "
+                    "keeps serving with a state that differs",
+                )
+                return
+            self.replace(worker, f"{reason}; resync failed: {error}")
+
     def replace(self, worker: Worker, reason: str) -> None:
         """Kill a worker so that its slot relaunches it with the full state."""
         if worker.replace_reason is None:
@@ -326,6 +381,18 @@ class WorkerPool:
             raise WorkerStartError(f"{request_kind(request)} refused: {response.message}")
         return response
 
+    async def _replay(self, worker: Worker, request: Request) -> None:
+        """One replayed request; the one a worker refuses or dies on is remembered, so that
+        its slot is not relaunched in a loop with the same state."""
+        try:
+            await self._expect_ok(worker, request)
+        except (WorkerStartError, ConnectionLost) as error:
+            worker.replay_failure = (
+                f"{describe_request(request)}: {error}",
+                self.state.hash(),
+            )
+            raise
+
     async def hand_over_listeners(self, worker: Worker) -> None:
         """Send the slot's listener sockets over the SCM channel, before any activation."""
         await self.send_sockets(worker)
@@ -335,7 +402,8 @@ class WorkerPool:
         listeners = self.sockets.for_slot(worker.slot, keys)
         if listeners:
             with trio.fail_after(self.config.worker_timeout):
-                await send_listeners(worker.scm, listeners)
+                async with worker.scm_lock:
+                    await send_listeners(worker.scm, listeners)
 
     async def _hello(self, worker: Worker, connection: FramedConnection) -> None:
         hello = await connection.receive_response()
@@ -354,10 +422,10 @@ class WorkerPool:
         await self._expect_ok(worker, self._server_config(worker))
         for request in self.state.generate_requests():
             if not isinstance(request, rq.ActivateListener):
-                await self._expect_ok(worker, request)
+                await self._replay(worker, request)
         await self.hand_over_listeners(worker)
         for request in generate_activate_requests(self.state):
-            await self._expect_ok(worker, request)
+            await self._replay(worker, request)
         ready = await self._expect_ok(worker, rq.Status())
         if isinstance(ready.content, WorkerInfos) and ready.content.workers:
             worker.state_hash = ready.content.workers[0].state_hash
@@ -440,6 +508,7 @@ class WorkerPool:
             worker.state = "stopped"
             if worker in slot.retiring:
                 slot.retiring.remove(worker)
+            self._orphan_adoptions(worker)
             if self.on_worker_exit is not None:
                 self.on_worker_exit(worker)
             worker.exited.set()
@@ -491,8 +560,12 @@ class WorkerPool:
             except OSError as error:
                 raise UpgradeError(f"cannot launch a new worker: {error}") from None
             if new.state != "running":
+                failed = new.replay_failure[0] if new.replay_failure is not None else None
                 raise UpgradeError(
-                    f"the new worker {new.id} failed to start; worker {old.id} keeps serving"
+                    f"the new worker {new.id} failed to start"
+                    + (f" (replay: {failed})" if failed else "")
+                    + f"; worker {old.id} keeps serving",
+                    replay_failure=failed,
                 )
             if old.exited.is_set() or slot.worker is not old:
                 # The old worker died while its successor started: the slot relaunches as
@@ -506,6 +579,7 @@ class WorkerPool:
             slot.wakeup.set()
             old.state = "draining"
             await self._retire_begin(old)
+            self._orphan_adoptions(old)
             assert slot.nursery is not None
             slot.nursery.start_soon(self._retire, old)
             self.events.publish("WORKER_UPGRADED", message=f"{new.name()} replaces {old.name()}")
@@ -596,6 +670,7 @@ class WorkerPool:
             slot.nursery.start_soon(self._watch_channel, old)
             slot.nursery.start_soon(self._retire, old)
         adopted = self._adopted.pop(slot.index, None)
+        revived = False
         while not self.stopping:
             try:
                 if adopted is not None:
@@ -604,22 +679,38 @@ class WorkerPool:
                     slot.nursery.start_soon(self._lifetime, slot, worker)
                     slot.nursery.start_soon(self._watch_channel, worker)
                 else:
+                    if self.sockets.is_empty(slot.index):
+                        revived = True
+                        active = [
+                            (proxy, address)
+                            for proxy, listeners in self.state.listener_maps().items()
+                            for address, listener in listeners.items()
+                            if listener.active
+                        ]
+                        for problem in self.sockets.revive_slot(slot.index, active):
+                            log.error("slot %d: %s", slot.index, problem)
                     worker = await self._start_worker(slot)
             except OSError as error:
                 log.error("slot %d: cannot launch a worker: %s", slot.index, error)
                 started.set()
                 launch_delay = self._backoff(slot)
                 if launch_delay is None:
-                    log.error("slot %d stays empty: too many failed launches", slot.index)
-                    return
+                    await self._stay_empty(slot, f"cannot launch a worker: {error}")
+                    continue
                 await trio.sleep(launch_delay)
                 continue
             started.set()
-            if worker.state == "running" and previous is not None:
-                self.events.publish(
-                    "WORKER_RELAUNCHED",
-                    message=f"{worker.name()} replaces worker {previous.id}",
-                )
+            if worker.state == "running":
+                slot.refilled.set()
+                if revived:
+                    revived = False
+                    await self._release_adopted(slot)
+                if previous is not None:
+                    self.events.publish(
+                        "WORKER_RELAUNCHED",
+                        message=f"{worker.name()} replaces worker {previous.id}",
+                    )
+                self._adopt_orphans()
             previous = await self._current_exit(slot)
             if self.stopping:
                 return
@@ -627,20 +718,131 @@ class WorkerPool:
             if previous.replace_reason is not None:
                 reason = f"replaced: {previous.replace_reason}"
             self.events.publish("WORKER_KILLED", message=f"{previous.name()} {reason}")
+            if previous.replay_failure is not None:
+                failed, failed_hash = previous.replay_failure
+                self.events.publish("WORKER_REPLAY_FAILED", message=f"slot {slot.index}: {failed}")
+                await self._stay_empty(
+                    slot, f"replay failed: {failed}", until_state_moves_from=failed_hash
+                )
+                continue
             if not self.config.worker_automatic_restart:
-                log.error("slot %d stays empty: worker_automatic_restart is off", slot.index)
-                return
+                await self._stay_empty(slot, "worker_automatic_restart is off", retry=False)
+                continue
             delay = 0.0 if previous.replace_reason is not None else self._backoff(slot)
             if delay is None:
-                log.error(
-                    "slot %d stays empty: %d relaunches in the last minute already"
+                await self._stay_empty(
+                    slot,
+                    f"{len(slot.restart_times)} relaunches in the last minute already"
                     " (worker_max_restarts_per_minute)",
-                    slot.index,
-                    len(slot.restart_times),
                 )
-                return
+                continue
             await trio.sleep(delay)
             slot.restarts += 1
+
+    async def _stay_empty(
+        self,
+        slot: Slot,
+        reason: str,
+        *,
+        retry: bool = True,
+        until_state_moves_from: str | None = None,
+    ) -> None:
+        """Keep `slot` empty until it may be relaunched: the restart window has passed (when
+        `retry`), the state has moved on (after a replay failure), or a refill was asked
+        (LaunchWorker, a supervisor upgrade). Meanwhile a running worker of another slot
+        accepts on its sockets; with none, they are closed."""
+        slot.empty_reason = reason
+        slot.refill = trio.Event()
+        self.sockets.mark_empty(slot.index)
+        log.error("slot %d stays empty: %s", slot.index, reason)
+        self.events.publish("WORKER_SLOT_EMPTY", message=f"slot {slot.index}: {reason}")
+        await self._adopt(slot)
+        deadline = math.inf
+        if until_state_moves_from is None and retry and slot.restart_times:
+            deadline = slot.restart_times[0] + RESTART_WINDOW
+        with trio.move_on_at(deadline):
+            while not slot.refill.is_set():
+                with trio.move_on_after(STATE_POLL):
+                    await slot.refill.wait()
+                if self.stopping:
+                    break
+                if (
+                    until_state_moves_from is not None
+                    and self.state.hash() != until_state_moves_from
+                ):
+                    break
+        slot.empty_reason = None
+        if not self.stopping:
+            log.info("slot %d: launching a worker again", slot.index)
+
+    async def _adopt(self, slot: Slot) -> None:
+        """Hand an empty slot's sockets to a running worker of another slot (the one adopting
+        the fewest), or close them when there is none."""
+        slot.adopter = None
+        if not self.sockets.for_slot(slot.index):
+            return
+        candidates = [w for w in self.running_workers() if w.slot != slot.index]
+        candidates.sort(key=lambda w: sum(s.adopter is w for s in self.slots))
+        for worker in candidates:
+            sockets = self.sockets.for_slot(slot.index, foreign=True)
+            try:
+                with trio.fail_after(self.config.worker_timeout):
+                    async with worker.scm_lock:
+                        await send_listeners(worker.scm, sockets)
+                    response = await worker.mux.call(
+                        rq.AdoptListeners(slot=slot.index, count=len(sockets))
+                    )
+            except (OSError, trio.TooSlowError, ConnectionLost) as error:
+                log.warning("%s cannot adopt slot %d: %s", worker.name(), slot.index, error)
+                continue
+            if response.status == "ok":
+                slot.adopter = worker
+                log.info("%s accepts on the sockets of empty slot %d", worker.name(), slot.index)
+                return
+            log.warning("%s refused slot %d: %s", worker.name(), slot.index, response.message)
+        log.warning("slot %d: no worker to adopt its sockets; closing them", slot.index)
+        self.sockets.close_slot(slot.index)
+
+    def _orphan_adoptions(self, worker: Worker) -> None:
+        """`worker` no longer accepts (exited, retired): its adopted slots need another."""
+        for slot in self.slots:
+            if slot.adopter is worker:
+                slot.adopter = None
+        self._adopt_orphans()
+
+    def _adopt_orphans(self) -> None:
+        for slot in self.slots:
+            if (
+                slot.empty_reason is not None
+                and slot.adopter is None
+                and slot.nursery is not None
+                and not self.stopping
+                and self.sockets.for_slot(slot.index)
+            ):
+                slot.nursery.start_soon(self._adopt, slot)
+
+    async def _release_adopted(self, slot: Slot) -> None:
+        """The slot's own worker is back: whoever accepted on its sockets stops (every
+        running worker is told: after a supervisor upgrade the adopter is not known)."""
+        slot.adopter = None
+        for worker in self.running_workers():
+            if worker.slot == slot.index:
+                continue
+            with (
+                trio.move_on_after(self.config.worker_timeout),
+                contextlib.suppress(ConnectionLost),
+            ):
+                await worker.mux.call(rq.ReleaseListeners(slot=slot.index))
+
+    def refill(self, index: int | None) -> list[int]:
+        """Ask empty slots (`index`, or all) to launch a worker now; the slots asked."""
+        asked = []
+        for slot in self.slots:
+            if (index is None or slot.index == index) and slot.empty_reason is not None:
+                slot.refilled = trio.Event()
+                slot.refill.set()
+                asked.append(slot.index)
+        return asked
 
     async def stop_all(self, hard: bool) -> tuple[int, int]:
         """Send SoftStop/HardStop to every live worker and wait for them to exit.

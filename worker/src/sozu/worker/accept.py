@@ -53,9 +53,14 @@ async def accept_loop(
 
 class AcceptingListener:
     """A listener socket served by `accept_loop` until `stop_accepting()`; each connection
-    runs `_session` in the handler nursery, so stopping the loop leaves sessions running."""
+    runs `_session` in the handler nursery, so stopping the loop leaves sessions running.
+
+    `add_socket` serves one more socket bound to the same address (an empty worker slot's,
+    adopted until the slot is refilled) with the same listener: same routing, same sessions.
+    """
 
     _accept_scope: trio.CancelScope | None = None
+    _loops: trio.Nursery | None = None
 
     def __init__(self, sock: socket.socket, address: str) -> None:
         sock.setblocking(False)
@@ -63,6 +68,8 @@ class AcceptingListener:
         self.address = address
         # Set once `serve` has returned.
         self.done = trio.Event()
+        self._extra: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
+        self._on_client: Callable[[socket.socket, tuple[str, int]], None] | None = None
 
     def connection_limit(self) -> ConnectionLimit:
         raise NotImplementedError
@@ -74,9 +81,20 @@ class AcceptingListener:
         raise NotImplementedError
 
     def stop_accepting(self) -> None:
-        """Leave the listener socket alone from now on; sessions go on."""
+        """Leave the listener sockets alone from now on; sessions go on."""
         if self._accept_scope is not None:
             self._accept_scope.cancel()
+
+    async def _accept_from(self, sock: socket.socket) -> None:
+        assert self._on_client is not None
+        try:
+            await accept_loop(sock, self.connection_limit(), self.address, self._on_client)
+        except OSError as error:
+            log.error("listener %s stopped: %s", self.address, error)
+
+    async def _accept_extra(self, sock: socket.socket, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._accept_from(sock)
 
     async def serve(
         self,
@@ -86,24 +104,46 @@ class AcceptingListener:
     ) -> None:
         """Accept until `stop_accepting()` (or an accept error, logged); sessions are started
         in `handlers`."""
+
+        def on_client(client: socket.socket, peer: tuple[str, int]) -> None:
+            self.count_accepted()
+            handlers.start_soon(self._session, client, peer)
+
+        self._on_client = on_client
         try:
             with trio.CancelScope() as self._accept_scope:
-                task_status.started()
-
-                def on_client(client: socket.socket, peer: tuple[str, int]) -> None:
-                    self.count_accepted()
-                    handlers.start_soon(self._session, client, peer)
-
-                await accept_loop(self.sock, self.connection_limit(), self.address, on_client)
-        except OSError as error:
-            log.error("listener %s stopped: %s", self.address, error)
+                async with trio.open_nursery() as loops:
+                    self._loops = loops
+                    for sock, scope in self._extra.values():
+                        loops.start_soon(self._accept_extra, sock, scope)
+                    task_status.started()
+                    await self._accept_from(self.sock)
+                    # The own socket failed: adopted ones are served until stopped.
         finally:
+            self._loops = None
             self.done.set()
 
+    def add_socket(self, sock: socket.socket) -> None:
+        """Accept on another socket bound to this address too (see the class)."""
+        sock.setblocking(False)
+        scope = trio.CancelScope()
+        self._extra[sock.fileno()] = (sock, scope)
+        if self._loops is not None:
+            self._loops.start_soon(self._accept_extra, sock, scope)
+
+    def remove_socket(self, fd: int) -> None:
+        """Stop accepting on an added socket and close this process's copy of it."""
+        entry = self._extra.pop(fd, None)
+        if entry is not None:
+            entry[1].cancel()
+            entry[0].close()
+
     async def close(self, patience: float = 1.0) -> None:
-        """Stop accepting, wait (bounded) for the loop to return, close this process's copy of
-        the socket."""
+        """Stop accepting, wait (bounded) for the loops to return, close this process's copies
+        of the sockets."""
         self.stop_accepting()
         with trio.move_on_after(patience):
             await self.done.wait()
+        for fd in list(self._extra):
+            self.remove_socket(fd)
         self.sock.close()

@@ -14,6 +14,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 
 from sozu.command import requests as rq
@@ -27,6 +28,7 @@ from sozu.command.responses import Event, MetricsReport, WorkerHello, WorkerInfo
 from sozu.command.state import ConfigState
 from sozu.command.state_errors import StateError
 from sozu.worker.build import build_id
+from sozu.worker.log_targets import route_logs
 from sozu.worker.proxies import Proxies
 from sozu.worker.state_queries import QUERY_TYPES, answer_query
 
@@ -122,8 +124,27 @@ _UDP_REQUESTS = (
 )
 
 
+def _injected_refusal(request: Request) -> str | None:
+    """Tests make workers refuse state requests with `SOZU_FAULT_REFUSE=<path>`: while that
+    file exists, a request whose JSON contains the file's text is refused, as a worker-side
+    bug would refuse it. Unset (production), this costs one dictionary lookup."""
+    path = os.environ.get("SOZU_FAULT_REFUSE")
+    if path is None or request.ROUTING != "state":
+        return None
+    try:
+        needle = open(path, encoding="utf-8").read().strip()  # noqa: SIM115
+    except OSError:
+        return None
+    if needle and needle in msgspec.json.encode(request).decode():
+        return f"fault injection: refusing a request that contains {needle!r}"
+    return None
+
+
 async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: Request) -> Response:
     """`core.handle` plus what it means for the listeners, clusters and metrics."""
+    refusal = _injected_refusal(request)
+    if refusal is not None:
+        return failure(request_id, refusal)
     if isinstance(request, rq.ActivateListener) and core.server_config is not None:
         key = (request.proxy, request.address)
         config = core.state.listener(*key)
@@ -138,6 +159,15 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
             else:
                 sock.close()
             return response
+    if isinstance(request, rq.AdoptListeners):
+        try:
+            count = await proxies.adopt_slot(request.slot, request.count)
+        except OSError as error:
+            return failure(request_id, str(error))
+        return ok(request_id, f"serving {count} listener sockets of slot {request.slot}")
+    if isinstance(request, rq.ReleaseListeners):
+        proxies.release_slot(request.slot)
+        return ok(request_id, f"released the listener sockets of slot {request.slot}")
     if isinstance(request, rq.QueryMetrics):
         return ok(request_id, content=MetricsReport(snapshot=proxies.snapshot()))
     if isinstance(request, rq.ConfigureMetrics):
@@ -146,8 +176,16 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
         return ok(request_id)
     response = core.handle(request_id, request)
     if isinstance(request, rq.ServerConfig) and response.status == "ok":
-        proxies.configure(request.max_connections, request.buffer_size)
+        proxies.configure(
+            request.max_connections,
+            request.buffer_size,
+            max_connections_per_ip=request.max_connections_per_ip,
+            retry_after=request.retry_after,
+            cluster_metrics=not request.disable_cluster_metrics,
+        )
         proxies.http.configure_access_logs(request.access_logs_target, core.worker_id)
+        if request.log_target is not None:
+            route_logs(request.log_target)
     if response.status == "ok" and request.ROUTING == "state":
         if isinstance(request, rq.DeactivateListener | rq.RemoveListener):
             await proxies.stop_listener(request.proxy, request.address)

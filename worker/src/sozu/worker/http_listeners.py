@@ -23,6 +23,7 @@ from sozu.worker.http.listener import HttpCounters, HttpListenerProxy, HttpShare
 from sozu.worker.http.router import Router
 from sozu.worker.http.tls_contexts import ListenerTls
 from sozu.worker.log_targets import LineSink, open_line_sink
+from sozu.worker.per_ip import PerIpLimits
 from sozu.worker.tcp.backends import TcpCluster
 
 log = logging.getLogger("sozu.worker")
@@ -65,8 +66,10 @@ class HttpListeners:
         limit: Callable[[], ConnectionLimit],
         clusters: dict[str, TcpCluster],
         on_event: Callable[[str, str, str | None], None],
+        per_ip: PerIpLimits | None = None,
     ) -> None:
         self.state = state
+        self.per_ip = per_ip if per_ip is not None else PerIpLimits()
         self.registry = registry
         self._limit = limit
         self._clusters = clusters
@@ -93,7 +96,7 @@ class HttpListeners:
 
     def _shared(self) -> HttpShared:
         if self.shared is None:
-            self.shared = HttpShared(self._limit(), self._cluster_lookup)
+            self.shared = HttpShared(self._limit(), self._cluster_lookup, self.per_ip)
 
             def histogram(name: str, cluster_id: str) -> Histogram:
                 return self.registry.histogram(name, cluster=cluster_id)
@@ -153,6 +156,9 @@ class HttpListeners:
             return False
         await served.close()
         return True
+
+    def served_listener(self, address: str) -> HttpListenerProxy | None:
+        return self._served.get(address)
 
     def stop_accepting(self) -> None:
         if self.shared is not None:

@@ -12,6 +12,7 @@ import sys
 import trio
 
 from sozu.worker.channel_loop import WorkerCore, serve_channel
+from sozu.worker.log_targets import route_logs
 
 
 class _WorkerIdFilter(logging.Filter):
@@ -24,8 +25,10 @@ class _WorkerIdFilter(logging.Filter):
         return True
 
 
-def setup_logging(worker_id: int, level: str = "INFO") -> None:
-    """One line per record on stderr (inherited from the supervisor), with the worker id."""
+def setup_logging(worker_id: int, level: str = "INFO", target: str = "stderr") -> None:
+    """One line per record with the worker id, to `target`: stderr (inherited from the
+    supervisor) until the ServerConfig names the configuration's `log_target`, which the
+    channel loop then routes the logs to (`route_logs`)."""
     timestamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{timestamp}%(levelname)s [%(worker)s] %(message)s"))
@@ -33,6 +36,8 @@ def setup_logging(worker_id: int, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if target != "stderr":
+        route_logs(target)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

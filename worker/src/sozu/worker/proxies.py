@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 import trio
 
 from sozu.command.fdpass import FdPassingError, receive_listeners
-from sozu.command.metrics import MetricsRegistry, MetricsSnapshot
+from sozu.command.metrics import Labels, MetricsRegistry, MetricsSnapshot
 from sozu.command.responses import Event, EventKind
 from sozu.command.state import ConfigState
 from sozu.command.types import (
@@ -30,6 +30,7 @@ from sozu.command.types import (
 from sozu.worker.cluster_view import backends_of, policy_of
 from sozu.worker.connection_limit import ConnectionLimit
 from sozu.worker.http_listeners import HttpListeners
+from sozu.worker.per_ip import DEFAULT_RETRY_AFTER, PerIpLimits
 from sozu.worker.tcp.backends import TcpCluster
 from sozu.worker.tcp.listener import TcpCounters, TcpListenerProxy
 from sozu.worker.udp.health import HealthEvent
@@ -38,6 +39,16 @@ from sozu.worker.udp_listeners import UdpListeners
 log = logging.getLogger("sozu.worker")
 
 ListenerKey = tuple[ListenerType, str]
+
+
+class SocketServer(Protocol):
+    """A served listener that can serve more sockets bound to its address."""
+
+    def add_socket(self, sock: socket.socket) -> None: ...
+
+    def remove_socket(self, fd: int) -> None: ...
+
+
 SOCKET_WAIT = 5.0
 DEFAULT_MAX_CONNECTIONS = 10_000
 
@@ -52,6 +63,9 @@ class Proxies:
         self._received: dict[ListenerKey, socket.socket] = {}
         self._arrived = trio.Event()
         self._adopted: dict[ListenerKey, socket.socket] = {}
+        # Sockets of empty slots: received, not yet adopted; and adopted (served), by slot.
+        self._foreign_arrived: dict[int, list[tuple[ListenerKey, socket.socket]]] = {}
+        self._foreign: dict[int, list[tuple[ListenerKey, socket.socket]]] = {}
         self._tcp: dict[str, TcpListenerProxy] = {}
         self._counters: dict[str, TcpCounters] = {}
         self._clusters: dict[str, TcpCluster] = {}
@@ -60,11 +74,20 @@ class Proxies:
         self._backend_gauges: set[tuple[str, str]] = set()
         self._not_served_logged: set[ListenerType] = set()
         self.limit = ConnectionLimit(DEFAULT_MAX_CONNECTIONS)
+        self.per_ip = PerIpLimits()
+        # False with `disable_cluster_metrics`: snapshots leave out per-cluster and
+        # per-backend series.
+        self.cluster_metrics = True
         self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
         self.udp = UdpListeners(state, self.registry, self._health_event)
         self.http = HttpListeners(
-            state, self.registry, lambda: self.limit, self._clusters, self._health_check_event
+            state,
+            self.registry,
+            lambda: self.limit,
+            self._clusters,
+            self._health_check_event,
+            self.per_ip,
         )
 
     def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
@@ -72,10 +95,20 @@ class Proxies:
         self.udp.start(tasks, handlers)
         self.http.start(tasks, handlers)
 
-    def configure(self, max_connections: int, buffer_size: int = 0) -> None:
+    def configure(
+        self,
+        max_connections: int,
+        buffer_size: int = 0,
+        *,
+        max_connections_per_ip: int = 0,
+        retry_after: int = DEFAULT_RETRY_AFTER,
+        cluster_metrics: bool = True,
+    ) -> None:
         self.limit = ConnectionLimit(max(1, max_connections))
         self.udp.max_connections = max_connections
         self.udp.buffer_size = buffer_size
+        self.per_ip.configure(max_connections_per_ip, retry_after)
+        self.cluster_metrics = cluster_metrics
 
     # -- sockets from the supervisor
 
@@ -89,6 +122,11 @@ class Proxies:
                 return
             for received in batch:
                 key = (received.listener.proxy, received.listener.address)
+                if received.listener.slot is not None:
+                    # An empty slot's socket, served here too until ReleaseListeners.
+                    arriving = self._foreign_arrived.setdefault(received.listener.slot, [])
+                    arriving.append((key, received.sock))
+                    continue
                 old = self._received.pop(key, None)
                 if old is not None:
                     old.close()
@@ -105,6 +143,61 @@ class Proxies:
         if sock is None:
             raise OSError(f"no socket received for {key[0]} listener {key[1]} in {patience:g} s")
         return sock
+
+    async def adopt_slot(self, slot: int, count: int, patience: float = SOCKET_WAIT) -> int:
+        """Serve the `count` sockets of empty slot `slot` that the supervisor sent, with the
+        listeners already served here; the number now served. OSError if they did not come."""
+        self.release_slot(slot)
+        with trio.move_on_after(patience):
+            while len(self._foreign_arrived.get(slot, ())) < count:
+                await self._arrived.wait()
+        arrived = self._foreign_arrived.pop(slot, [])
+        if len(arrived) < count:
+            for _, sock in arrived:
+                sock.close()
+            raise OSError(f"{len(arrived)} of {count} sockets of slot {slot} received")
+        served: list[tuple[ListenerKey, socket.socket]] = []
+        for key, sock in arrived:
+            listener = self._served_listener(key)
+            if listener is None:
+                sock.close()  # not active here (deactivated meanwhile)
+                continue
+            listener.add_socket(sock)
+            served.append((key, sock))
+        self._foreign[slot] = served
+        log.info("serving %d listener sockets of empty slot %d", len(served), slot)
+        return len(served)
+
+    def release_slot(self, slot: int) -> None:
+        """Stop serving slot `slot`'s sockets (its own worker is back) and close them."""
+        for key, sock in self._foreign.pop(slot, []):
+            listener = self._served_listener(key)
+            if listener is not None:
+                listener.remove_socket(sock.fileno())
+            else:
+                sock.close()
+
+    def _release_listener(self, key: ListenerKey) -> None:
+        for slot, adopted in self._foreign.items():
+            kept = []
+            for entry in adopted:
+                if entry[0] == key:
+                    listener = self._served_listener(key)
+                    if listener is not None:
+                        listener.remove_socket(entry[1].fileno())
+                    else:
+                        entry[1].close()
+                else:
+                    kept.append(entry)
+            self._foreign[slot] = kept
+
+    def _served_listener(self, key: ListenerKey) -> SocketServer | None:
+        proxy, address = key
+        if proxy == "TCP":
+            return self._tcp.get(address)
+        if proxy == "UDP":
+            return self.udp.served_proxy(address)
+        return self.http.served_listener(address)
 
     # -- listeners
 
@@ -131,7 +224,14 @@ class Proxies:
             cluster_id = self._cluster_of_listener.get(address)
             return None if cluster_id is None else self._clusters.get(cluster_id)
 
-        listener = TcpListenerProxy(sock, config, cluster_of, self.limit)
+        listener = TcpListenerProxy(
+            sock,
+            config,
+            cluster_of,
+            self.limit,
+            per_ip=self.per_ip,
+            cluster_record=lambda cluster_id: self.state.clusters.get(cluster_id),
+        )
         counters = self._counters.get(address)
         if counters is None:
             counters = self._counters[address] = listener.counters
@@ -146,6 +246,7 @@ class Proxies:
 
     async def stop_listener(self, proxy: ListenerType, address: str) -> None:
         """Stop accepting and close this worker's copy of the socket; sessions go on."""
+        self._release_listener((proxy, address))
         served = self._tcp.pop(address, None) if proxy == "TCP" else None
         if served is not None:
             await served.close()
@@ -240,6 +341,9 @@ class Proxies:
             registry.counter(
                 "sozu_tcp_proxy_protocol_errors_total", listener=address
             ).value = c.proxy_protocol_errors
+            registry.counter(
+                "sozu_tcp_rejected_per_ip_total", listener=address
+            ).value = c.rejected_per_ip
         gauged: set[tuple[str, str]] = set()
         for cluster_id, cluster in self._clusters.items():
             registry.counter(
@@ -273,13 +377,20 @@ class Proxies:
         registry.gauge("sozu_worker_active_connections").value = self.limit.active
         self.udp.fold_metrics()
         self.http.fold_metrics()
-        return registry.snapshot()
+        snapshot = registry.snapshot()
+        if self.cluster_metrics:
+            return snapshot
+        return MetricsSnapshot(
+            counters=tuple(s for s in snapshot.counters if not _per_cluster(s.labels)),
+            gauges=tuple(s for s in snapshot.gauges if not _per_cluster(s.labels)),
+            histograms=tuple(h for h in snapshot.histograms if not _per_cluster(h.labels)),
+        )
 
     def clear_metrics(self) -> None:
         self.registry.clear()
         for c in self._counters.values():
             c.accepted = c.bytes_in = c.bytes_out = c.no_backend = c.retries = 0
-            c.backend_errors = c.proxy_protocol_errors = 0
+            c.backend_errors = c.proxy_protocol_errors = c.rejected_per_ip = 0
         for cluster in self._clusters.values():
             cluster.clear_counters()
         self.udp.clear_metrics()
@@ -293,6 +404,14 @@ class Proxies:
         for pool in (self._adopted, self._received):
             for sock in pool.values():
                 sock.close()
+        for foreign in (*self._foreign.values(), *self._foreign_arrived.values()):
+            for _, sock in foreign:
+                sock.close()
         self._tcp.clear()
         self._adopted.clear()
         self._received.clear()
+
+
+def _per_cluster(labels: Labels) -> bool:
+    """A series of one cluster or backend (left out with `disable_cluster_metrics`)."""
+    return any(name in ("cluster", "backend") for name, _ in labels)

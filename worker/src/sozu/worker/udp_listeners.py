@@ -213,6 +213,10 @@ class UdpListeners:
             await served.done.wait()
         served.proxy.sock.close()
 
+    def served_proxy(self, address: str) -> UdpListenerProxy | None:
+        served = self._served.get(address)
+        return None if served is None else served.proxy
+
     def drain(self) -> None:
         """Soft stop: stop reading; live flows answer until idle (then their task ends)."""
         for served in self._served.values():

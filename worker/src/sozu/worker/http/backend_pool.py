@@ -1,11 +1,11 @@
 """Idle keep-alive connections to backends, reused by later requests of any client.
 
-A connection is pooled only after a complete response that did not ask to close. Before reuse
-it is checked with a non-blocking peek (unless it was released less than `RECENT` seconds
-ago): a backend that closed it (EOF) or sent unsolicited bytes makes it unusable, and it is
-dropped. Each backend keeps at most `per_backend` idle
-connections, the most recently used first; those idle longer than `max_idle` seconds are
-dropped when met.
+A connection is pooled only after a complete exchange where neither the request nor the
+response asked to close. Before reuse it is checked with a non-blocking peek (unless it was
+released less than `RECENT` seconds ago and the caller could retry the request elsewhere): a
+backend that closed it (EOF) or sent unsolicited bytes makes it unusable, and it is dropped.
+Each backend keeps at most `per_backend` idle connections, the most recently used first; those
+idle longer than `max_idle` seconds are dropped when met.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class BackendPool:
     def __len__(self) -> int:
         return sum(len(q) for q in self._idle.values())
 
-    def take(self, address: Address) -> socket.socket | None:
-        """A live idle connection to `address`, or None."""
+    def take(self, address: Address, *, verify: bool = False) -> socket.socket | None:
+        """A live idle connection to `address`, or None; `verify` peeks even a recent one."""
         queue = self._idle.get(address)
         if not queue:
             return None
@@ -48,7 +48,7 @@ class BackendPool:
             if since < oldest_allowed:
                 sock.close()
                 continue
-            if now - since < RECENT:
+            if now - since < RECENT and not verify:
                 # Released a moment ago: a backend closing it now is caught by the session's
                 # retry on a fresh connection, so the peek (a system call) is skipped.
                 self.reused += 1

@@ -100,7 +100,9 @@ def find_head_end(buf: bytes | bytearray, limit: int) -> int:
 
     HeadError(431) once `limit` bytes hold no complete head.
     """
-    end = buf.find(CRLF2, 0, limit + 4)
+    # The blank line must end within `limit` bytes: searching further would accept a head
+    # that arrived whole and refuse the same head had its last bytes arrived later.
+    end = buf.find(CRLF2, 0, limit)
     if end >= 0:
         return end + 4
     if len(buf) >= limit:

@@ -32,6 +32,7 @@ from sozu.worker.http.router import Router
 from sozu.worker.http.session import HttpSession
 from sozu.worker.http.streams import PlainStream, Stream, TlsStream
 from sozu.worker.http.tls_contexts import ListenerTls, served_certificate
+from sozu.worker.per_ip import PerIpLimits
 from sozu.worker.tcp.backends import TcpCluster
 
 log = logging.getLogger("sozu.worker.http")
@@ -87,6 +88,7 @@ class HttpShared:
         self,
         limit: ConnectionLimit,
         cluster_lookup: Callable[[str], tuple[Cluster, TcpCluster] | None],
+        per_ip: PerIpLimits | None = None,
     ) -> None:
         self.limit = limit
         self.cluster_lookup = cluster_lookup
@@ -96,8 +98,8 @@ class HttpShared:
         self.sticky_to_backend: dict[str, dict[str, str]] = {}
         self.backend_to_sticky: dict[tuple[str, str], str] = {}
         self.draining = False
-        # (cluster id, client ip) -> requests in flight, for clusters with max_connections_per_ip
-        self.per_ip: dict[tuple[str, str], int] = {}
+        # Connections per (cluster, client IP), shared with the worker's TCP listeners.
+        self.per_ip = per_ip if per_ip is not None else PerIpLimits()
         self.response_seconds: dict[str, Histogram] = {}
         self.backend_response_seconds: dict[str, Histogram] = {}
         self.histogram: Callable[[str, str], Histogram] | None = None

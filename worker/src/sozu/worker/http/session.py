@@ -138,6 +138,7 @@ class HttpSession:
         "listener",
         "log",
         "peer",
+        "per_ip_cluster",
         "served_names",
         "session_id",
         "sni",
@@ -157,16 +158,37 @@ class HttpSession:
         # What the access log reports about the request in progress (only when logging).
         self.log: _RequestLog | None = None
         self.session_id = ""
+        # The cluster whose per-IP slot this connection holds (see `per_ip`).
+        self.per_ip_cluster: str | None = None
 
     async def run(self) -> None:
         listener = self.listener
-        while True:
-            head = await self._read_request_head()
-            if head is None:
-                return
-            keep = await self._serve(head)
-            if not keep or listener.draining:
-                return
+        try:
+            while True:
+                head = await self._read_request_head()
+                if head is None:
+                    return
+                keep = await self._serve(head)
+                if not keep or listener.draining:
+                    return
+        finally:
+            self._release_per_ip_slot()
+
+    def _hold_per_ip_slot(self, cluster: Cluster) -> bool:
+        """Hold this connection's per-IP slot for `cluster` (moved from the cluster of an
+        earlier request); False when the cluster's limit for the client's IP is reached."""
+        if self.per_ip_cluster == cluster.cluster_id:
+            return True
+        if not self.listener.shared.per_ip.take(cluster, self.peer[0]):
+            return False
+        self._release_per_ip_slot()
+        self.per_ip_cluster = cluster.cluster_id
+        return True
+
+    def _release_per_ip_slot(self) -> None:
+        if self.per_ip_cluster is not None:
+            self.listener.shared.per_ip.give(self.per_ip_cluster, self.peer[0])
+            self.per_ip_cluster = None
 
     # -- request heads
 
@@ -289,33 +311,20 @@ class HttpSession:
                 503, answers=answers, request_id=request_id, route=route, message="no cluster"
             )
         cluster_config, cluster = known
-        per_ip_key = None
-        if cluster_config.max_connections_per_ip:
-            per_ip = listener.shared.per_ip
-            per_ip_key = (cluster.cluster_id, self.peer[0])
-            if per_ip.get(per_ip_key, 0) >= cluster_config.max_connections_per_ip:
-                counters.rejected_per_ip += 1
-                return await self._answer(
-                    429,
-                    answers=answers,
-                    request_id=request_id,
-                    route=route,
-                    cluster_id=cluster.cluster_id,
-                    retry_after=cluster_config.retry_after,
-                    message="too many connections from this address",
-                )
-            per_ip[per_ip_key] = per_ip.get(per_ip_key, 0) + 1
-        try:
-            return await self._forward(
-                head, frontend, match, cluster_config, cluster, answers, request_id, route
+        if not self._hold_per_ip_slot(cluster_config):
+            counters.rejected_per_ip += 1
+            return await self._answer(
+                429,
+                answers=answers,
+                request_id=request_id,
+                route=route,
+                cluster_id=cluster.cluster_id,
+                retry_after=listener.shared.per_ip.retry_after(cluster_config),
+                message="too many connections from this address",
             )
-        finally:
-            if per_ip_key is not None:
-                remaining = listener.shared.per_ip[per_ip_key] - 1
-                if remaining:
-                    listener.shared.per_ip[per_ip_key] = remaining
-                else:
-                    del listener.shared.per_ip[per_ip_key]
+        return await self._forward(
+            head, frontend, match, cluster_config, cluster, answers, request_id, route
+        )
 
     async def _forward(
         self,
@@ -391,7 +400,10 @@ class HttpSession:
         """One attempt at a backend exchange; `_Stale` if a pooled connection was dead."""
         listener = self.listener
         counters = listener.counters
-        connected = await self._connect(cluster, sticky, fresh=fresh)
+        # A request with a body cannot be retried once sent (its body is consumed as it goes):
+        # a pooled connection is checked before it carries one.
+        has_body = head.framing is not Framing.NONE
+        connected = await self._connect(cluster, sticky, fresh=fresh, verify=has_body)
         if connected is None:
             counters.no_backend += 1
             return await self._answer(
@@ -458,10 +470,10 @@ class HttpSession:
         return exchange.keep_client
 
     async def _connect(
-        self, cluster: TcpCluster, sticky: str | None, *, fresh: bool = False
+        self, cluster: TcpCluster, sticky: str | None, *, fresh: bool = False, verify: bool = False
     ) -> tuple[str, tuple[str, int], socket.socket, bool] | None:
         """(backend id, address, socket, reused) of a backend connection, None if none opens;
-        `fresh` skips the pool."""
+        `fresh` skips the pool, `verify` checks even a just-released pooled connection."""
         listener = self.listener
         for attempt in range(CONNECT_ATTEMPTS):
             now = trio.current_time()
@@ -472,7 +484,7 @@ class HttpSession:
                 backend = cluster.choose(now)
             if backend is None:
                 return None
-            pooled = None if fresh else listener.pool.take(backend.address)
+            pooled = None if fresh else listener.pool.take(backend.address, verify=verify)
             if pooled is not None:
                 return backend.id, backend.address, pooled, True
             if attempt:
@@ -611,8 +623,14 @@ class HttpSession:
         result.responding = True
         body_complete = await self._download_body(response_head, out, leftover, back)
         result.status = response_head.status
+        # A request that said close (or HTTP/1.0 without keep-alive) leaves the backend free to
+        # close once it has answered, whatever its response says: never pooled.
         result.keep_backend = (
-            body_complete and upload.done and edited.keep_alive and response_head.keep_alive
+            job.keep_alive
+            and body_complete
+            and upload.done
+            and edited.keep_alive
+            and response_head.keep_alive
         )
         result.keep_client = body_complete and not closing and not upload.failed
         return result

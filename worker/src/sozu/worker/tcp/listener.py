@@ -1,9 +1,10 @@
 """A TCP listener of a worker: accept loop, one session per connection (trio shell).
 
 Accepting is a drain loop over the listener socket the supervisor handed over. Each session
-reads an expected PROXY v2 header if the listener wants one, picks a backend of the listener's
-cluster (up to `CONNECT_ATTEMPTS` backends, failing ones backed off), writes a PROXY header if
-the cluster sends one (its own, or the client's as received when relaying), then relays.
+reads an expected PROXY v2 header if the listener wants one, holds a per-IP slot of the
+listener's cluster (`per_ip`: refused, the connection is closed), picks a backend of the cluster
+(up to `CONNECT_ATTEMPTS` backends, failing ones backed off), writes a PROXY header if the
+cluster sends one (its own, or the client's as received when relaying), then relays.
 Sessions run in a handler nursery separate from the accept loop, so that stopping the accept
 loop leaves them running: that is how a draining worker lets connections finish.
 """
@@ -18,9 +19,10 @@ import msgspec
 import trio
 
 from sozu.command.metrics import Histogram
-from sozu.command.types import TcpListenerConfig
+from sozu.command.types import Cluster, TcpListenerConfig
 from sozu.worker.accept import AcceptingListener
 from sozu.worker.connection_limit import ConnectionLimit
+from sozu.worker.per_ip import PerIpLimits
 from sozu.worker.proxy_protocol import ProxyProtocolError, build_v2, parse_v2
 from sozu.worker.tcp.backends import TcpCluster
 from sozu.worker.tcp.relay import relay
@@ -39,6 +41,7 @@ class TcpCounters(msgspec.Struct):
     retries: int = 0  # connect attempts after the first
     no_backend: int = 0  # sessions closed without a backend
     proxy_protocol_errors: int = 0
+    rejected_per_ip: int = 0  # closed by max_connections_per_ip
     bytes_in: int = 0
     bytes_out: int = 0
 
@@ -54,12 +57,17 @@ class TcpListenerProxy(AcceptingListener):
         limit: ConnectionLimit,
         *,
         use_splice: bool = True,
+        per_ip: PerIpLimits | None = None,
+        cluster_record: Callable[[str], Cluster | None] | None = None,
     ) -> None:
         super().__init__(sock, config.address)
         self.config = config
         self._cluster_of = cluster_of
         self._limit = limit
         self._use_splice = use_splice
+        self._per_ip = per_ip
+        # The cluster's configuration (its own max_connections_per_ip), by id.
+        self._cluster_record = cluster_record
         self.counters = TcpCounters()
         # Connection durations in seconds, when the worker's metrics want them.
         self.durations: Histogram | None = None
@@ -127,6 +135,28 @@ class TcpListenerProxy(AcceptingListener):
         if cluster is None:
             self.counters.no_backend += 1
             return
+        per_ip = self._per_ip
+        if per_ip is None:
+            await self._relay_to_backend(client, cluster, source, raw_header, early)
+            return
+        record = self._cluster_record(cluster.cluster_id) if self._cluster_record else None
+        if not per_ip.take(record or Cluster(cluster_id=cluster.cluster_id), source[0]):
+            self.counters.rejected_per_ip += 1
+            client.shutdown(socket.SHUT_WR)
+            return
+        try:
+            await self._relay_to_backend(client, cluster, source, raw_header, early)
+        finally:
+            per_ip.give(cluster.cluster_id, source[0])
+
+    async def _relay_to_backend(
+        self,
+        client: socket.socket,
+        cluster: TcpCluster,
+        source: tuple[str, int],
+        raw_header: bytes,
+        early: bytes,
+    ) -> None:
         backend_sock = None
         backend_id = ""
         for attempt in range(CONNECT_ATTEMPTS):

@@ -113,6 +113,8 @@ class UdpListenerProxy:
         self._nursery: trio.Nursery | None = None
         self._timer_scope = trio.CancelScope()
         self._read_scope = trio.CancelScope()
+        # Sockets of an empty slot this worker reads too (see `add_socket`), by fd.
+        self._extra: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
         self.counters = ShellCounters()
         self._drained = trio.Event()
 
@@ -135,7 +137,32 @@ class UdpListenerProxy:
         """Stop reading the listener; live flows keep answering until idle (DESIGN.md)."""
         self.core.drain(trio.current_time())
         self._read_scope.cancel()
+        for fd in list(self._extra):
+            self.remove_socket(fd)
         self._apply()
+
+    def add_socket(self, sock: socket.socket) -> None:
+        """Read another socket bound to this listener's address (an empty slot's) into the
+        same flows; replies leave through this listener's own socket (same address)."""
+        assert self._nursery is not None
+        sock.setblocking(False)
+        scope = trio.CancelScope()
+        self._extra[sock.fileno()] = (sock, scope)
+        self._nursery.start_soon(self._read_extra, sock, scope)
+
+    def remove_socket(self, fd: int) -> None:
+        """Stop reading an added socket and close this process's copy of it."""
+        entry = self._extra.pop(fd, None)
+        if entry is not None:
+            entry[1].cancel()
+            entry[0].close()
+
+    async def _read_extra(self, sock: socket.socket, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await self._read_listener(sock)
+            except OSError as error:
+                log.error("UDP listener socket %d stopped: %s", sock.fileno(), error)
 
     def close_all(self) -> None:
         self.core.close_all(trio.current_time())
@@ -156,7 +183,7 @@ class UdpListenerProxy:
                 nursery.start_soon(self._timer)
                 task_status.started()
                 with self._read_scope:
-                    await self._read_listener()
+                    await self._read_listener(self.sock)
                 # Draining: flows go on until the core has closed them all.
                 if self.core.flow_count():
                     await self._drained.wait()
@@ -165,9 +192,11 @@ class UdpListenerProxy:
             for upstream in self._upstreams.values():
                 upstream.sock.close()  # cancelled with live flows: their sockets go too
             self._upstreams.clear()
+            for extra, _ in self._extra.values():
+                extra.close()
+            self._extra.clear()
 
-    async def _read_listener(self) -> None:
-        sock = self.sock
+    async def _read_listener(self, sock: socket.socket) -> None:
         core = self.core
         spins = 0
         while True:

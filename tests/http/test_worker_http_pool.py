@@ -1,0 +1,127 @@
+"""Pooled backend connections through an in-process worker: a connection whose request said
+close is never pooled, whatever the backend answered; a pooled connection is checked before
+it carries a request body (which cannot be retried); one found closed under a request without
+a body is retried on a fresh connection."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from support.worker_harness import Client, read_head, sample, worker
+
+
+class KeepAliveBackend:
+    """Answers every request `200` without ever saying `Connection: close`; closes a
+    connection `linger` seconds after each answer (None: keeps it open)."""
+
+    def __init__(self, linger: float | None = None) -> None:
+        self.linger = linger
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.closed_by_proxy = 0
+
+    async def __call__(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        buf = bytearray()
+        while True:
+            head = await read_head(stream, buf)
+            if head is None:
+                self.closed_by_proxy += 1
+                return
+            self.requests.append(head.split(b"\r\n", 1)[0])
+            if b"content-length: 2" in head.lower():
+                while len(buf) < 2:
+                    buf += await stream.receive_some(65536)
+                del buf[:2]
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            if self.linger is not None:
+                await trio.sleep(self.linger)
+                await stream.aclose()
+                return
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: keep-alive, close\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: web.test\r\n\r\n",
+    ],
+    ids=["close", "close-token", "http10"],
+)
+async def test_a_backend_connection_whose_request_said_close_is_not_pooled(
+    request_head: bytes,
+) -> None:
+    backend = KeepAliveBackend()
+    with trio.fail_after(10):
+        async with worker() as w:
+            port = await w.http_listener()
+            await w.cluster("web", [await w.backend(backend)])
+            await w.http_frontend(port, "web.test", "web")
+            client = await Client.open(port)
+            await client.stream.send_all(request_head)
+            response = await client.response()
+            assert response is not None
+            assert response[0] == 200
+            assert await client.closed()
+            await client.aclose()
+            shared = w.proxies.http.shared
+            assert shared is not None
+            assert len(shared.pool) == 0
+            # The proxy closed its side: the backend sees the end of the connection.
+            with trio.fail_after(2):
+                while not backend.closed_by_proxy:  # noqa: ASYNC110 - polling a plain counter
+                    await trio.sleep(0.01)
+            # A keep-alive request afterwards still pools its connection.
+            client = await Client.open(port)
+            response = await client.get("web.test")
+            assert response is not None
+            assert response[0] == 200
+            await client.aclose()
+            assert len(shared.pool) == 1
+
+
+async def test_a_pooled_connection_is_checked_before_it_carries_a_body() -> None:
+    backend = KeepAliveBackend(linger=0.05)
+    with trio.fail_after(10):
+        async with worker() as w:
+            port = await w.http_listener()
+            await w.cluster("web", [await w.backend(backend)])
+            await w.http_frontend(port, "web.test", "web")
+            client = await Client.open(port)
+            assert (await client.get("web.test"))[0] == 200  # type: ignore[index]
+            # The backend closes the pooled connection; the POST comes within pool.RECENT.
+            await trio.sleep(0.2)
+            await client.stream.send_all(
+                b"POST /upload HTTP/1.1\r\nHost: web.test\r\nContent-Length: 2\r\n\r\nhi"
+            )
+            response = await client.response()
+            assert response is not None
+            assert response[0] == 200, response
+            await client.aclose()
+    assert backend.requests == [b"GET / HTTP/1.1", b"POST /upload HTTP/1.1"]
+    assert backend.connections == 2
+
+
+async def test_a_stale_pooled_connection_is_retried_on_a_fresh_one() -> None:
+    backend = KeepAliveBackend(linger=0.05)
+    with trio.fail_after(10):
+        async with worker() as w:
+            port = await w.http_listener()
+            await w.cluster("web", [await w.backend(backend)])
+            await w.http_frontend(port, "web.test", "web")
+            client = await Client.open(port)
+            assert (await client.get("web.test", "/1"))[0] == 200  # type: ignore[index]
+            await trio.sleep(0.2)
+            response = await client.get("web.test", "/2")
+            assert response is not None
+            assert response[0] == 200, response
+            await client.aclose()
+            stale = sample(
+                w.proxies.snapshot(),
+                "sozu_http_backend_stale_connections_total",
+                listener=f"127.0.0.1:{port}",
+            )
+    assert backend.requests == [b"GET /1 HTTP/1.1", b"GET /2 HTTP/1.1"]
+    assert backend.connections == 2
+    assert stale == 1
