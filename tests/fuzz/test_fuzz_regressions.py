@@ -80,6 +80,20 @@ def test_a_hostname_of_two_thousand_labels_routes() -> None:
     assert Router.build([frontend]).lookup(frontend.hostname, "/", "GET") is not None
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="addresses.py: parse_address takes any IPv6 zone, so the state keeps a listener "
+    "whose activation makes the supervisor's bind() raise TypeError (not OSError)",
+)
+def test_a_listener_address_with_a_nul_zone_is_refused_at_decoding() -> None:
+    payload = (
+        b"\x83\xa1v\x01\xa2id\xa2r1\xa7request\x82\xa4type\xaeAddTcpListener"
+        b"\xa8listener\x81\xa7address\xae[fe80::1%\x00]:80"
+    )
+    with pytest.raises(RejectedRequest):
+        decode_request(payload)
+
+
 def _certificate_record(expired_at: int) -> bytes:
     certificate = pool()[0].as_request_payload()
     request = rq.AddCertificate(address="127.0.0.1:443", certificate=certificate)
@@ -122,6 +136,9 @@ def test_replace_certificate_with_an_expiry_past_64_bits_is_refused_atomically()
         (LISTENER + 'answer_404 = "a\\u0000b"\n', "listeners[0].answer_404"),
         (HTTP_CLUSTER + 'answers = { "503" = "file://a\\u0000b" }\n', "clusters.app.answers.503"),
         ('command_socket = "a\\u0000b"\n', "command_socket"),
+        # a zone no bind() takes (with a NUL: TypeError at boot)
+        (LISTENER.replace("127.0.0.1:80", "[fe80::1%\\u0000]:80"), "listeners[0].address"),
+        (LISTENER.replace("127.0.0.1:80", "[fe80::1%a b]:80"), "listeners[0].address"),
         # the frontend record's own validation: ValueError
         (_frontend('hostname = "a b"'), "clusters.app.frontends[0].hostname"),
         (_frontend('hostname = "a;b"'), "clusters.app.frontends[0].hostname"),

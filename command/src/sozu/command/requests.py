@@ -405,7 +405,11 @@ class LaunchWorker(Request, tag="LaunchWorker", frozen=True, kw_only=True):
 
 
 class SubscribeEvents(Request, tag="SubscribeEvents", frozen=True, kw_only=True):
+    """Follow events; with `since`, the kept events numbered after it come first (a client
+    that lost its connection, e.g. across a supervisor upgrade, resumes without a gap)."""
+
     ROUTING: ClassVar[Routing] = "main"
+    since: U64 | None = None
 
 
 # A file path: not empty, no NUL (the kernel cannot take one), bounded.
@@ -478,6 +482,9 @@ class ServerConfig(Request, tag="ServerConfig", frozen=True, kw_only=True):
     disable_cluster_metrics: bool = False
     # Where the worker's own logs go (`log_target`); None: where they already go (stderr).
     log_target: str | None = None
+    # Where the worker waits to be taken over if its supervisor dies (see takeover.py);
+    # None: it drains and exits then.
+    takeover_path: str | None = None
 
 
 AnyRequest = (

@@ -71,9 +71,11 @@ class Content(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag
 
 
 class Event(Content, tag="Event", frozen=True, kw_only=True):
-    """Something that happened; `source` is "main" or a worker id."""
+    """Something that happened; `source` is "main" or a worker id; `seq` numbers the
+    supervisor's events (kept across its upgrades), so that a follower can resume."""
 
     kind: EventKind
+    seq: int | None = None
     source: str = "main"
     cluster_id: str | None = None
     backend_id: str | None = None

@@ -171,6 +171,15 @@ class ConfigState:
             "UDP": self.udp_listeners,  # type: ignore[dict-item]
         }
 
+    def active_listener_keys(self) -> list[tuple[ListenerType, str]]:
+        """(proxy, address) of every active listener."""
+        return [
+            (proxy, address)
+            for proxy, listeners in self.listener_maps().items()
+            for address, listener in listeners.items()
+            if listener.active
+        ]
+
     def listener(self, proxy: ListenerType, address: str) -> ListenerConfig | None:
         return self.listener_maps()[proxy].get(address)
 

@@ -7,6 +7,7 @@ stdout; otherwise results go to stdout and progress and errors to stderr.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -123,19 +124,46 @@ def run(
         click.echo(response.message)
 
 
-def follow(ctx: click.Context, request: Request, on_answer: Callable[[Response], None]) -> None:
-    """Send a subscription and hand every answer to `on_answer` until the daemon stops."""
+# How long a follower whose daemon went away keeps trying to resubscribe: a supervisor
+# upgrade re-executes it, and its command socket answers again a few seconds later.
+RESUBSCRIBE_WINDOW = 30.0
+
+
+def follow(
+    ctx: click.Context,
+    subscription: Callable[[], Request],
+    on_answer: Callable[[Response], bool],
+) -> None:
+    """Send a subscription and hand every answer to `on_answer` until the daemon stops.
+
+    When the connection ends, the subscription is sent again (built anew by `subscription`,
+    which may resume where the last one ended) for up to RESUBSCRIBE_WINDOW seconds, unless
+    `on_answer` returned False for an answer (the stream is meant to end there).
+    """
     state = cli_state(ctx)
     loaded = load_or_fail(state)
     subscribed = False
-    try:
-        with CommandClient.connect(command_socket(state, loaded)) as client:
-            for response in client.subscribe(request):
-                if response.status == "failure":
-                    raise DaemonFailure(response.message)
-                subscribed = True
-                on_answer(response)
-    except DaemonUnavailable as error:
-        if subscribed:
-            return  # the daemon stopped: the stream is over
-        _unavailable(state, str(error))
+    lost_at: float | None = None
+    while True:
+        ended = False
+        try:
+            with CommandClient.connect(command_socket(state, loaded)) as client:
+                for response in client.subscribe(subscription()):
+                    if response.status == "failure":
+                        raise DaemonFailure(response.message)
+                    subscribed, lost_at = True, None
+                    if not on_answer(response):
+                        ended = True
+        except DaemonUnavailable as error:
+            if not subscribed:
+                _unavailable(state, str(error))
+            if ended:
+                return
+            now = time.monotonic()
+            lost_at = now if lost_at is None else lost_at
+            if now - lost_at > RESUBSCRIBE_WINDOW:
+                return  # the daemon is gone: the stream is over
+            time.sleep(0.2)
+            continue
+        if ended:
+            return

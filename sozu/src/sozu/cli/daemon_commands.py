@@ -178,13 +178,32 @@ def status(ctx: click.Context) -> None:
 @click.command("events", cls=SozuCommand)
 @click.pass_context
 def events(ctx: click.Context) -> None:
-    """Print events as they happen (one JSON document per line with -j), until interrupted."""
-    as_json = cli_state(ctx).json
+    """Print events as they happen (one JSON document per line with -j), until interrupted.
 
-    def show(response: Response) -> None:
+    Across a supervisor upgrade the stream resumes where it stopped (events are numbered);
+    it ends when the daemon stops (or cannot be reached again within half a minute).
+    """
+    as_json = cli_state(ctx).json
+    seen = {"last": -1, "subscribed": 0, "stopping": 0}
+
+    def subscription() -> rq.Request:
+        last = seen["last"]
+        return rq.SubscribeEvents(since=last if last >= 0 else None)
+
+    def show(response: Response) -> bool:
         event = response.content
         if not isinstance(event, Event):
-            return
+            return True
+        if event.kind == "EVENTS_SUBSCRIBED":
+            seen["subscribed"] += 1
+            if seen["last"] < 0:
+                seen["last"] = event.seq or 0
+            if seen["subscribed"] > 1:
+                return True  # a resubscription: not news
+        elif event.seq is not None:
+            seen["last"] = max(seen["last"], event.seq)
+        if event.kind == "SOZU_STOP_REQUESTED" and event.source == "main":
+            seen["stopping"] = 1
         if as_json:
             document = {"source": event.source, **msgspec.to_builtins(event)}
             document.pop("type", None)
@@ -196,9 +215,11 @@ def events(ctx: click.Context) -> None:
                 if (value := getattr(event, name)) is not None
             )
             click.echo(f"{event.source}: {event.kind} {details}".rstrip())
+        # After a stop request, the end of the stream is the end of the daemon.
+        return not seen["stopping"]
 
     with contextlib.suppress(KeyboardInterrupt):
-        follow(ctx, rq.SubscribeEvents(), show)
+        follow(ctx, subscription, show)
 
 
 @click.command("reload", cls=SozuCommand)

@@ -18,6 +18,7 @@ import msgspec
 
 from sozu.command.metrics import MetricsSnapshot
 from sozu.command.requests import AnyRequest
+from sozu.command.responses import Event
 from sozu.command.types import ListenerType
 
 HANDOFF_VERSION = 1
@@ -66,6 +67,9 @@ class Handoff(msgspec.Struct, frozen=True, kw_only=True):
     retired_metrics: MetricsSnapshot = MetricsSnapshot()
     # Upgrade every worker, one at a time, once the new supervisor runs.
     upgrade_workers: bool = True
+    # The last events and the next event number, so that followers resume without a gap.
+    events: tuple[Event, ...] = ()
+    next_event_seq: int = 1
 
 
 def write_handoff(handoff: Handoff, directory: Path) -> Path:

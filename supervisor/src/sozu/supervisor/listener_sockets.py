@@ -127,6 +127,12 @@ class ListenerSockets:
         self._dead_slots.discard(slot)
         errors = []
         for proxy, address in active:
+            if (proxy, address) not in self._sockets and self.claims is not None:
+                try:
+                    self.claims.claim(proxy, address)
+                except OSError as error:
+                    errors.append(f"cannot own {proxy} listener {address}: {error}")
+                    continue
             by_slot = self._sockets.setdefault((proxy, address), {})
             if slot not in by_slot:
                 try:

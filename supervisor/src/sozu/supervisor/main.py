@@ -21,6 +21,7 @@ from sozu.supervisor.daemon_io import (
     write_pid_file,
 )
 from sozu.supervisor.handoff import Handoff, read_handoff
+from sozu.supervisor.orphans import Orphans, take_over_orphans
 from sozu.supervisor.server import CommandSocket
 from sozu.supervisor.supervisor import Supervisor, initial_state
 from sozu.supervisor.workers import default_debug
@@ -77,12 +78,15 @@ def run(
     if debug:
         state_module.FULL_INVARIANT_CHECKS = True
     address = config.metrics.prometheus_address
+    orphans: Orphans | None = None
     try:
         if handoff is None:
             state = initial_state(loaded)
             if pid_file is not None:
                 write_pid_file(pid_file)
             command_socket = CommandSocket(Path(config.command_socket))
+            # Workers of a supervisor of this instance that died: theirs are our sockets.
+            orphans = take_over_orphans(config.command_socket, config.worker_count)
             metrics_socket = bind_metrics_socket(address) if address is not None else None
         assert state is not None
         assert command_socket is not None
@@ -104,6 +108,7 @@ def run(
             debug=debug,
             on_ready=on_ready,
             handoff=handoff,
+            orphans=orphans,
         )
         trio.run(supervisor.run)
     except StartupError as error:

@@ -121,6 +121,8 @@ def build_handoff(
         dead_slots=tuple(sorted(pool.sockets.dead_slots)),
         command_counts=command_counts,
         retired_metrics=retired_metrics,  # type: ignore[arg-type]
+        events=pool.events.kept,
+        next_event_seq=pool.events.next_seq,
     )
     return handoff, fds
 

@@ -124,6 +124,8 @@ class Mutations:
         self.worker_timeout = worker_timeout
         self._send, self._receive = trio.open_memory_channel[_Queued](MAX_QUEUED_JOBS)
         self.errors = ErrorCounts()
+        # Called after each job that changed the state (automatic state save).
+        self.on_change: Callable[[], None] | None = None
 
     def submit(
         self,
@@ -153,6 +155,8 @@ class Mutations:
                 except Exception as error:
                     self.errors.record("state_change", error)
                     await self._answer_failed_job(queued, before, error)
+                if self.on_change is not None and self.state.hash() != before:
+                    self.on_change()
 
     async def _answer_failed_job(self, queued: _Queued, before: str, error: Exception) -> None:
         """Whatever a job raised, its client gets a final answer that tells the truth."""

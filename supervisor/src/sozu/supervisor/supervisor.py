@@ -33,7 +33,7 @@ from sozu.command.responses import (
 )
 from sozu.command.state import ConfigState
 from sozu.command.state_errors import StateError
-from sozu.command.statefile import save_state
+from sozu.command.statefile import StateFileError, read_state_file, save_state
 from sozu.supervisor.boundaries import ErrorCounts, reason_of
 from sozu.supervisor.daemon_io import StartupError, sd_notify
 from sozu.supervisor.events import EventHub
@@ -41,12 +41,14 @@ from sozu.supervisor.handoff import Handoff
 from sozu.supervisor.main_upgrade import build_handoff, exec_with_handoff, preflight, quiesce
 from sozu.supervisor.metrics_poll import MetricsCollector
 from sozu.supervisor.mutations import MAX_QUEUED_JOBS, Answering, Mutations, Reply, is_sequenced
+from sozu.supervisor.orphans import Orphans
 from sozu.supervisor.prometheus_endpoint import (
     SnapshotCollector,
     make_registry,
     serve_prometheus,
 )
 from sozu.supervisor.server import CommandServer, CommandSocket
+from sozu.supervisor.state_saver import StateSaver
 from sozu.supervisor.workers import UpgradeError, Worker, WorkerPool
 from sozu.worker.build import build_id
 from sozu.worker.state_queries import QUERY_TYPES, answer_query
@@ -57,7 +59,9 @@ STATUS_PATIENCE = 2.0
 
 
 def initial_state(loaded: LoadedConfig) -> ConfigState:
-    """The state the configuration describes; a refused request is a startup error."""
+    """The state the configuration describes, or the one `saved_state` holds when that file
+    exists (it replaces the configuration's routing: it has every live change); a refused
+    request is a startup error."""
     state = ConfigState()
     state.max_request_size = loaded.config.max_command_buffer_size
     for index, request in enumerate(loaded.requests):
@@ -68,6 +72,28 @@ def initial_state(loaded: LoadedConfig) -> ConfigState:
                 f"{loaded.source}: configuration request #{index + 1} "
                 f"({request_kind(request)}) refused: {error}"
             ) from None
+    saved = loaded.config.saved_state
+    if saved is None or not Path(saved).exists():
+        return state
+    try:
+        requests = read_state_file(Path(saved))
+    except StateFileError as error:
+        raise StartupError(f"saved_state: {error}") from None
+    state = ConfigState()
+    state.max_request_size = loaded.config.max_command_buffer_size
+    for index, request in enumerate(requests):
+        try:
+            state.apply(request)
+        except StateError as error:
+            raise StartupError(
+                f"saved_state {saved}: record #{index + 1} ({request_kind(request)}) refused: "
+                f"{error}"
+            ) from None
+    log.info(
+        "routing state from saved_state %s (%d records) replaces the configuration's",
+        saved,
+        len(requests),
+    )
     return state
 
 
@@ -84,6 +110,7 @@ class Supervisor:
         debug: bool,
         on_ready: Callable[[], None] | None = None,
         handoff: Handoff | None = None,
+        orphans: Orphans | None = None,
     ) -> None:
         config = loaded.config
         self.config = config
@@ -97,7 +124,9 @@ class Supervisor:
         self.on_ready = on_ready
         self.build_id = build_id()
         self.boot_generation = 0
-        self.events = EventHub()
+        self.events = (
+            EventHub(handoff.events, handoff.next_event_seq) if handoff is not None else EventHub()
+        )
         self.state_lock = trio.Lock()
         self.pool = WorkerPool(
             config, state, self.state_lock, self.events, debug=debug, build_id=self.build_id
@@ -108,12 +137,23 @@ class Supervisor:
         self.collector = MetricsCollector(
             self.pool, self.metrics, min(STATUS_PATIENCE, config.worker_timeout)
         )
+        self.saver: StateSaver | None = None
+        if config.automatic_state_save and config.saved_state is not None:
+            self.saver = StateSaver(state, Path(config.saved_state))
+            self.mutations.on_change = self.saver.mark_dirty
         self.stopping = False
         # Errors caught at the boundaries (command connections, jobs, scrapes), by reason.
         self.errors = ErrorCounts()
         self.mutations.errors = self.errors
         self.handoff = handoff
         self.main_upgrading = False
+        self.orphans = orphans
+        if orphans:
+            adopted_slots = {w.slot for w in orphans.workers if not w.draining}
+            empty = set(range(config.worker_count)) - adopted_slots
+            self.pool.adopt_processes(
+                orphans.next_worker_id, orphans.listeners, orphans.workers, empty
+            )
         if handoff is not None:
             self.boot_generation = handoff.boot_generation
             self.pool.adopt(handoff)
@@ -140,6 +180,12 @@ class Supervisor:
             try:
                 if self.handoff is None:
                     self.bind_active_listeners()
+                if self.orphans:
+                    # The adopted workers' successors need a socket of every active listener.
+                    active = self.state.active_listener_keys()
+                    for slot in {w.slot for w in self.orphans.workers if not w.draining}:
+                        for problem in self.pool.sockets.revive_slot(slot, active):
+                            log.error("slot %d: %s", slot, problem)
                 async with trio.open_nursery() as root:
                     self._root = root
                     root.start_soon(self._watch_signals, signals)
@@ -169,6 +215,9 @@ class Supervisor:
                         self.command_socket.path,
                     )
                     root.start_soon(self.collector.run)
+                    if self.saver is not None:
+                        await self.saver.save_now()
+                        root.start_soon(self.saver.run)
                     if self.handoff is not None:
                         self.events.publish(
                             "MAIN_UPGRADED",
@@ -176,6 +225,10 @@ class Supervisor:
                         )
                         if self.handoff.upgrade_workers:
                             root.start_soon(self._upgrade_every_worker)
+                    if self.orphans:
+                        # They serve the state they had: replaced, one at a time, by workers
+                        # replaying this supervisor's.
+                        root.start_soon(self._upgrade_every_worker)
                     sd_notify("READY=1")
                     if self.on_ready is not None:
                         self.on_ready()
@@ -219,7 +272,14 @@ class Supervisor:
         commands = Metric("sozu_commands", "sozu commands answered", "counter")
         for (kind, result), count in sorted(self.command_counts.items()):
             commands.add_sample("sozu_commands_total", {"kind": kind, "result": result}, count)
-        return [workers, restarts, commands, *self.errors.families()]
+        families = [workers, restarts, commands, *self.errors.families()]
+        if self.saver is not None:
+            saves = Metric("sozu_state_saves", "automatic state saves written", "counter")
+            saves.add_sample("sozu_state_saves_total", {}, float(self.saver.writes))
+            failed = Metric("sozu_state_save_failures", "automatic state saves failed", "counter")
+            failed.add_sample("sozu_state_save_failures_total", {}, float(self.saver.failures))
+            families += [saves, failed]
+        return families
 
     def _counted(self, kind: str, reply: Reply) -> Reply:
         """`reply` that counts final answers (ok or failure) in `command_counts`."""
@@ -275,7 +335,7 @@ class Supervisor:
             # In the daemon's nursery: a client that goes away does not cut an upgrade short.
             task(root, partial(self._answer, request_id, request))
         elif isinstance(request, rq.SubscribeEvents):
-            task(nursery, partial(self.events.follow, request_id))
+            task(nursery, partial(self.events.follow, request_id, request.since))
         else:
             task(nursery, partial(self._answer, request_id, request))
 
@@ -531,6 +591,8 @@ class Supervisor:
             "hard" if hard else "soft",
             len(self.pool.live_workers()),
         )
+        if self.saver is not None:
+            await self.saver.save_now()
         closed, errors = await self.pool.stop_all(hard)
         if reply is not None and request_id is not None:
             message = (

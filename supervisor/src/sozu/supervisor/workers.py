@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,10 +35,11 @@ from sozu.command.requests import Request, request_kind
 from sozu.command.responses import Event, WorkerHello, WorkerInfo, WorkerInfos, WorkerRunState
 from sozu.command.state import ConfigState
 from sozu.command.state_replay import describe_request, generate_activate_requests
+from sozu.command.takeover import takeover_path
 from sozu.supervisor.address_owner import AddressClaims
 from sozu.supervisor.adopted_process import AdoptedProcess
 from sozu.supervisor.events import EventHub
-from sozu.supervisor.handoff import Handoff
+from sozu.supervisor.handoff import HandedListener, HandedWorker, Handoff
 from sozu.supervisor.listener_sockets import ListenerKey, ListenerSockets
 
 log = logging.getLogger("sozu.supervisor")
@@ -180,13 +181,26 @@ class WorkerPool:
 
     def adopt(self, handoff: Handoff) -> None:
         """Take over what a previous supervisor image ran: ids, listener sockets, workers."""
-        self._next_id = handoff.next_worker_id
         self.log_level = handoff.log_level
         for handed_slot in handoff.slots:
             if handed_slot.index < len(self.slots):
                 self.slots[handed_slot.index].restarts = handed_slot.restarts
+        self.adopt_processes(
+            handoff.next_worker_id, handoff.listeners, handoff.workers, set(handoff.dead_slots)
+        )
+
+    def adopt_processes(
+        self,
+        next_worker_id: int,
+        listeners: Iterable[HandedListener],
+        workers: Iterable[HandedWorker],
+        dead_slots: set[int],
+    ) -> None:
+        """Take over running workers and the listener sockets they serve (an in-place
+        upgrade's handoff, or the workers of a supervisor that died: see orphans.py)."""
+        self._next_id = max(self._next_id, next_worker_id)
         sockets = []
-        for listener in handoff.listeners:
+        for listener in listeners:
             os.set_inheritable(listener.fd, False)
             sockets.append(
                 (
@@ -195,8 +209,8 @@ class WorkerPool:
                     socket.socket(fileno=listener.fd),
                 )
             )
-        self.sockets.adopt(sockets, set(handoff.dead_slots))
-        for handed in handoff.workers:
+        self.sockets.adopt(sockets, dead_slots)
+        for handed in workers:
             if handed.slot >= len(self.slots):
                 # The configuration now has fewer slots: that worker is stopped.
                 log.warning(
@@ -372,6 +386,7 @@ class WorkerPool:
             retry_after=config.retry_after,
             disable_cluster_metrics=config.disable_cluster_metrics,
             log_target=config.log_target,
+            takeover_path=takeover_path(config.command_socket, worker.id),
         )
 
     async def _expect_ok(self, worker: Worker, request: Request) -> Response:
@@ -681,12 +696,7 @@ class WorkerPool:
                 else:
                     if self.sockets.is_empty(slot.index):
                         revived = True
-                        active = [
-                            (proxy, address)
-                            for proxy, listeners in self.state.listener_maps().items()
-                            for address, listener in listeners.items()
-                            if listener.active
-                        ]
+                        active = self.state.active_listener_keys()
                         for problem in self.sockets.revive_slot(slot.index, active):
                             log.error("slot %d: %s", slot.index, problem)
                     worker = await self._start_worker(slot)

@@ -31,6 +31,7 @@ from sozu.worker.build import build_id
 from sozu.worker.log_targets import route_logs
 from sozu.worker.proxies import Proxies
 from sozu.worker.state_queries import QUERY_TYPES, answer_query
+from sozu.worker.takeover_wait import wait_for_takeover
 
 HELLO_ID = "HELLO"
 EVENT_ID = "EVENT"
@@ -219,7 +220,8 @@ async def serve_channel(
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     scm: socket.socket | None = None,
 ) -> int:
-    """Run the channel and the proxies until a stop request or the supervisor goes away.
+    """Run the channel and the proxies until a stop request, or until the supervisor is gone
+    and nobody took this worker over (see takeover_wait.py).
 
     Returns the exit status. Sessions run in their own nursery: a soft stop stops the accept
     loops, waits for sessions (at most `drain_timeout`), then answers; a hard stop answers
@@ -228,25 +230,81 @@ async def serve_channel(
     events_in, events_out = trio.open_memory_channel[Event](math.inf)
     proxies = Proxies(core.state, events_in.send_nowait)
     try:
-        async with FramedConnection.from_socket(channel, max_frame_size=max_frame_size) as conn:
-            hello = WorkerHello(
-                protocol_version=PROTOCOL_VERSION, build_id=build_id(), pid=os.getpid()
-            )
-            await conn.send_response(ok(HELLO_ID, content=hello))
-            async with trio.open_nursery() as handlers:
-                async with trio.open_nursery() as tasks:
-                    proxies.start(tasks, handlers)
-                    if scm is not None:
-                        tasks.start_soon(
-                            proxies.receive_sockets, trio.socket.from_stdlib_socket(scm)
-                        )
-                    tasks.start_soon(_forward_events, conn, events_out)
-                    status = await _serve_requests(core, proxies, conn)
-                    tasks.cancel_scope.cancel()
-                handlers.cancel_scope.cancel()
-            return status
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as tasks:
+                proxies.start(tasks, handlers)
+                hello = True
+                while True:
+                    status = await _serve_supervisor(
+                        core, proxies, channel, scm, events_out, max_frame_size, hello=hello
+                    )
+                    if status != ORPHANED:
+                        break
+                    taken = await _orphaned(core, proxies)
+                    if taken is None:
+                        status = 0
+                        break
+                    channel, scm = taken
+                    hello = False  # the takeover offer said who this worker is
+                tasks.cancel_scope.cancel()
+            handlers.cancel_scope.cancel()
+        return status
     finally:
         proxies.close()
+
+
+# `_serve_requests`: the channel closed while this worker serves, no stop was asked.
+ORPHANED = -1
+
+
+async def _serve_supervisor(
+    core: WorkerCore,
+    proxies: Proxies,
+    channel: socket.socket,
+    scm: socket.socket | None,
+    events: trio.MemoryReceiveChannel[Event],
+    max_frame_size: int,
+    *,
+    hello: bool,
+) -> int:
+    """Serve one supervisor's channel until it ends; the exit status, or ORPHANED."""
+    async with FramedConnection.from_socket(channel, max_frame_size=max_frame_size) as conn:
+        if hello:
+            greeting = WorkerHello(
+                protocol_version=PROTOCOL_VERSION, build_id=build_id(), pid=os.getpid()
+            )
+            await conn.send_response(ok(HELLO_ID, content=greeting))
+        async with trio.open_nursery() as link:
+            if scm is not None:
+                link.start_soon(proxies.receive_sockets, trio.socket.from_stdlib_socket(scm))
+            link.start_soon(_forward_events, conn, events)
+            status = await _serve_requests(core, proxies, conn)
+            link.cancel_scope.cancel()
+    return status
+
+
+async def _orphaned(
+    core: WorkerCore, proxies: Proxies
+) -> tuple[socket.socket, socket.socket] | None:
+    """The supervisor is gone: serve on until a new one takes over (its channel), or drain."""
+    config = core.server_config
+    assert config is not None
+    path = config.takeover_path
+    taken = None
+    if path is not None and not proxies.returned:
+        taken = await wait_for_takeover(
+            path=path,
+            worker_id=core.worker_id,
+            slot=core.slot,
+            state_hash=core.state.hash(),
+            proxies=proxies,
+            patience=config.drain_timeout,
+        )
+    if taken is None:
+        proxies.stop_accepting()
+        if not await proxies.drain(config.drain_timeout):
+            log.info("drain timeout: closing %d sessions", proxies.limit.active)
+    return taken
 
 
 async def _serve_requests(core: WorkerCore, proxies: Proxies, conn: FramedConnection) -> int:
@@ -256,8 +314,10 @@ async def _serve_requests(core: WorkerCore, proxies: Proxies, conn: FramedConnec
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             item = None
         if item is None:
-            log.info("channel closed by the supervisor, exiting")
-            return 0
+            if core.server_config is None or core.stopping:
+                log.info("channel closed by the supervisor, exiting")
+                return 0
+            return ORPHANED
         if isinstance(item, Rejected):
             await conn.send_response(item.failure())
             continue
@@ -265,6 +325,7 @@ async def _serve_requests(core: WorkerCore, proxies: Proxies, conn: FramedConnec
         if isinstance(request, rq.ReturnListenSockets):
             # An upgrade: the successor serves the slot's sockets; sessions go on here.
             proxies.stop_accepting()
+            proxies.returned = True
             await conn.send_response(ok(item.id, "stopped accepting"))
             continue
         if isinstance(request, rq.SoftStop):
@@ -272,7 +333,13 @@ async def _serve_requests(core: WorkerCore, proxies: Proxies, conn: FramedConnec
             drain_timeout = core.server_config.drain_timeout if core.server_config else 0
             if not await proxies.drain(drain_timeout):
                 log.info("drain timeout: closing %d sessions", proxies.limit.active)
-        response = await handle(core, proxies, item.id, request)
+        try:
+            response = await handle(core, proxies, item.id, request)
+        except Exception as error:
+            # A bug in applying one request must not take the worker and its connections down:
+            # the supervisor gets a Failure and resyncs this worker.
+            log.exception("%s %s failed", request_kind(request), item.id)
+            response = failure(item.id, f"worker error: {type(error).__name__}: {error}")
         if response.status == "failure":
             log.warning("%s %s refused: %s", request_kind(request), item.id, response.message)
         await conn.send_response(response)

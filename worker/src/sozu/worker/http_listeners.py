@@ -45,6 +45,7 @@ _LISTENER_COUNTERS = (
     ("sozu_http_rejected_per_ip_total", "rejected_per_ip"),
     ("sozu_http_backend_stale_connections_total", "stale_connections"),
     ("sozu_https_alpn_rejected_http11_disabled_total", "alpn_rejected"),
+    ("sozu_http_pipelined_unanswered_total", "pipelined_unanswered"),
 )
 _LISTENER_GAUGES = (
     ("sozu_http_active_connections", "active"),
@@ -159,6 +160,13 @@ class HttpListeners:
 
     def served_listener(self, address: str) -> HttpListenerProxy | None:
         return self._served.get(address)
+
+    def served_sockets(self) -> list[tuple[str, bool, socket.socket]]:
+        """(address, https, socket) of every served listener."""
+        return [
+            (address, served.tls is not None, served.sock)
+            for address, served in self._served.items()
+        ]
 
     def stop_accepting(self) -> None:
         if self.shared is not None:

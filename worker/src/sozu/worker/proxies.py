@@ -17,7 +17,7 @@ from typing import Protocol, cast
 
 import trio
 
-from sozu.command.fdpass import FdPassingError, receive_listeners
+from sozu.command.fdpass import FdPassingError, PassedListener, receive_listeners
 from sozu.command.metrics import Labels, MetricsRegistry, MetricsSnapshot
 from sozu.command.responses import Event, EventKind
 from sozu.command.state import ConfigState
@@ -74,6 +74,8 @@ class Proxies:
         self._backend_gauges: set[tuple[str, str]] = set()
         self._not_served_logged: set[ListenerType] = set()
         self.limit = ConnectionLimit(DEFAULT_MAX_CONNECTIONS)
+        # Set once the listener sockets were returned (an upgrade: this worker drains).
+        self.returned = False
         self.per_ip = PerIpLimits()
         # False with `disable_cluster_metrics`: snapshots leave out per-cluster and
         # per-backend series.
@@ -176,6 +178,24 @@ class Proxies:
                 listener.remove_socket(sock.fileno())
             else:
                 sock.close()
+
+    def listener_sockets(self, own_slot: int) -> list[tuple[PassedListener, socket.socket]]:
+        """Every listener socket this worker holds, marked with the slot it belongs to (a
+        supervisor taking this worker over uses them as its own)."""
+        held: list[tuple[PassedListener, socket.socket]] = []
+        for address, served in self._tcp.items():
+            held.append((PassedListener(address=address, proxy="TCP", slot=own_slot), served.sock))
+        for address, https, sock in self.http.served_sockets():
+            proxy: ListenerType = "HTTPS" if https else "HTTP"
+            held.append((PassedListener(address=address, proxy=proxy, slot=own_slot), sock))
+        for address, sock in self.udp.served_sockets():
+            held.append((PassedListener(address=address, proxy="UDP", slot=own_slot), sock))
+        for (proxy, address), sock in (*self._adopted.items(), *self._received.items()):
+            held.append((PassedListener(address=address, proxy=proxy, slot=own_slot), sock))
+        for slot, adopted in self._foreign.items():
+            for (proxy, address), sock in adopted:
+                held.append((PassedListener(address=address, proxy=proxy, slot=slot), sock))
+        return held
 
     def _release_listener(self, key: ListenerKey) -> None:
         for slot, adopted in self._foreign.items():

@@ -213,6 +213,9 @@ class UdpListeners:
             await served.done.wait()
         served.proxy.sock.close()
 
+    def served_sockets(self) -> list[tuple[str, socket.socket]]:
+        return [(address, served.proxy.sock) for address, served in self._served.items()]
+
     def served_proxy(self, address: str) -> UdpListenerProxy | None:
         served = self._served.get(address)
         return None if served is None else served.proxy

@@ -393,6 +393,18 @@ class AnswerSet:
             return builtin(code, self.sozu_id_header)
         return template
 
+    def _chosen(self, code: int, inline_template: str | None) -> Template:
+        template = None
+        if inline_template is not None:
+            template = _inline(inline_template)
+        if template is None:
+            template = self.template(code)
+        return template
+
+    def closes(self, code: int, inline_template: str | None = None) -> bool:
+        """Whether the answer for `code` says `Connection: close` itself."""
+        return self._chosen(code, inline_template).close
+
     def render(
         self,
         code: int,
@@ -406,9 +418,5 @@ class AnswerSet:
         `inline_template` (a frontend `redirect_template`) is used instead when it parses;
         `extra_headers` (e.g. Strict-Transport-Security) are added to the head.
         """
-        template = None
-        if inline_template is not None:
-            template = _inline(inline_template)
-        if template is None:
-            template = self.template(code)
+        template = self._chosen(code, inline_template)
         return RenderedAnswer(template.render(ctx, extra_headers), template.close, template.status)

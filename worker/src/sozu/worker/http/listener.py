@@ -7,6 +7,7 @@ backend pool, request ids) lives in `HttpShared`, owned by the worker's `HttpLis
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -39,6 +40,7 @@ log = logging.getLogger("sozu.worker.http")
 
 # Upstream's default buffer holds the whole head; a bigger head is refused (431).
 DEFAULT_MAX_HEAD = 16384
+LINGER = 2.0
 
 
 @dataclass
@@ -61,6 +63,9 @@ class HttpCounters:
     rejected_per_ip: int = 0
     stale_connections: int = 0  # pooled backend connections found closed at reuse
     alpn_rejected: int = 0  # TLS connections dropped by disable_http11
+    # Connections closed after a response that said close with pipelined requests unanswered
+    # (a client may retry those, RFC 9112 9.3.2).
+    pipelined_unanswered: int = 0
     tls_handshakes: int = 0
     # final status of every response sent (proxied or generated) -> count
     statuses: dict[int, int] = field(default_factory=dict)
@@ -113,6 +118,16 @@ class HttpShared:
         connection closes after it (idle ones wait for their next request, at most until the
         drain ends)."""
         self.draining = True
+
+
+async def _linger(front: Stream) -> None:
+    """A lingering close: the write side is shut (the client sees the end of the response),
+    then input is read and discarded for up to LINGER seconds, so that the close does not
+    turn into a reset that would destroy the response's tail at the client."""
+    front.shutdown_write()
+    with trio.move_on_after(LINGER), contextlib.suppress(OSError, ValueError):
+        while await front.receive():
+            pass
 
 
 def _clock_ms() -> int:
@@ -249,6 +264,8 @@ class HttpListenerProxy(AcceptingListener):
                     session.sni = served.server_name
                     session.default_cert = served.default_used
             await session.run()
+            if front is not None:
+                await _linger(front)
         except OSError as error:
             log.debug("HTTP session from %s:%s ended: %s", peer[0], peer[1], error)
         finally:

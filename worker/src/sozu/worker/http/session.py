@@ -169,7 +169,12 @@ class HttpSession:
                 if head is None:
                     return
                 keep = await self._serve(head)
-                if not keep or listener.draining:
+                # Draining does not end a connection whose last response promised keep-alive:
+                # the client may already be sending its next request, whose response then says
+                # close (an idle one is closed when the drain ends).
+                if not keep:
+                    if self.buf:
+                        listener.counters.pipelined_unanswered += 1
                     return
         finally:
             self._release_per_ip_slot()
@@ -843,7 +848,10 @@ class HttpSession:
             value = listener.hsts_for(None)
             if value is not None:
                 extra.append((b"Strict-Transport-Security", value))
-        rendered = (answers or listener.answers).render(
+        chosen = answers or listener.answers
+        if listener.draining and not chosen.closes(code, inline_template):
+            extra.append((b"Connection", b"close"))
+        rendered = chosen.render(
             code, context, inline_template=inline_template, extra_headers=extra
         )
         listener.counters.count_answer(code)
