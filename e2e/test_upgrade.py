@@ -36,7 +36,16 @@ from e2e.support.daemon import Daemon, DaemonFactory, wait_for
 from e2e.support.net import free_port
 from e2e.support.nginx import nginx_backends
 from e2e.support.nsd import Nsd, txt
-from e2e.support.programs import require_program
+from e2e.support.upgrades import (
+    Wrk,
+    daemon_status,
+    hashes_agree,
+    pid_gone,
+    running_in_slot,
+    upgrade_supervisor,
+    upgrade_worker,
+    wrk_requests,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -119,68 +128,6 @@ class DnsLoop:
             time.sleep(0.01)
 
 
-@dataclass
-class Wrk:
-    """A wrk run stopped by SIGINT (wrk then prints its summary)."""
-
-    process: subprocess.Popen[str]
-
-    @classmethod
-    def start(cls, port: int, *, close: bool) -> Wrk:
-        wrk = require_program("wrk")
-        # A stall is not a failure: wrk's timeout (default 2 s) would count slow requests on
-        # this loaded 2-core machine as errors, so it is raised; the longest stall is reported.
-        command = [wrk, "-t1", "-c4", "-d300s", "--timeout", "10s", "--latency"]
-        command += ["-H", "Host: web.test"]
-        if close:
-            command += ["-H", "Connection: close"]
-        command.append(f"http://127.0.0.1:{port}/")
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        return cls(process)
-
-    def finish(self) -> str:
-        assert self.process.poll() is None, "wrk stopped before the upgrades were done"
-        self.process.send_signal(signal.SIGINT)
-        output, _ = self.process.communicate(timeout=30)
-        return output
-
-
-def _requests(output: str) -> int:
-    match = re.search(r"(\d+) requests in", output)
-    assert match is not None, output
-    return int(match.group(1))
-
-
-def _status(daemon: Daemon) -> dict[str, Any]:
-    status: dict[str, Any] = daemon.sozu_json("status")
-    return status
-
-
-def _hashes_agree(status: dict[str, Any]) -> None:
-    supervisor_hash = status["supervisor"]["state_hash"]
-    for worker in status["workers"]:
-        assert worker["state_hash"] == supervisor_hash, worker
-        assert worker["hash_ok"], worker
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def _running_in_slot(status: dict[str, Any], slot: int) -> dict[str, Any]:
-    found: list[dict[str, Any]] = [
-        w for w in status["workers"] if w["slot"] == slot and w["state"] == "running"
-    ]
-    assert len(found) == 1, status
-    return found[0]
-
-
 def _config(http: int, tcp: int, udp: int, web: str, echo: str, dns_backend: str) -> str:
     return f"""
 drain_timeout = {DRAIN_TIMEOUT}
@@ -235,10 +182,10 @@ def test_upgrades_under_load_lose_nothing(
 
 
 def _run_scenario(daemon: Daemon, http: int, tcp: int, udp: int, fault: Path) -> None:
-    before = _status(daemon)
+    before = daemon_status(daemon)
     supervisor_pid = before["supervisor"]["pid"]
     generation = before["supervisor"]["boot_generation"]
-    _hashes_agree(before)
+    hashes_agree(before)
 
     stream = TcpStream(tcp)
     dns_loop = DnsLoop(udp)
@@ -253,35 +200,16 @@ def _run_scenario(daemon: Daemon, http: int, tcp: int, udp: int, fault: Path) ->
         # Some traffic before the first upgrade.
         wait_for(lambda: dns_loop.answered > 20 or None, timeout=10, what="DNS answers")
         for round_ in range(WORKER_UPGRADES):
-            slot = round_ % 2
-            old = _running_in_slot(_status(daemon), slot)
-            started = time.monotonic()
-            result = daemon.sozu("-j", "upgrade", "--worker", str(old["id"]))
-            durations.append(time.monotonic() - started)
-            assert result.returncode == 0, result.stderr + result.stdout
-            status = _status(daemon)
-            new = _running_in_slot(status, slot)
-            assert new["pid"] != old["pid"]
-            assert new["id"] > old["id"]
-            _hashes_agree(status)
-            # The old worker drains: gone, or listed as draining (the TCP stream it carries
-            # keeps it until the stream ends).
-            listed = {w["pid"]: w["state"] for w in status["workers"]}
-            assert listed.get(old["pid"], "draining") == "draining"
-            old_pids.append(old["pid"])
+            # Checked: the old worker drains, gone or listed as draining (the TCP stream it
+            # carries keeps it until the stream ends).
+            done = upgrade_worker(daemon, round_ % 2)
+            durations.append(done.duration)
+            old_pids.append(done.old_pid)
 
-        old_ids = {w["id"] for w in _status(daemon)["workers"]}
-        started = time.monotonic()
-        result = daemon.sozu("-j", "upgrade", timeout=120)
-        main_duration = time.monotonic() - started
-        assert result.returncode == 0, result.stderr + result.stdout
-        after = _status(daemon)
-        assert after["supervisor"]["pid"] == supervisor_pid
-        assert after["supervisor"]["boot_generation"] == generation + 1
-        running = [w for w in after["workers"] if w["state"] == "running"]
-        assert len(running) == 2
-        assert not {w["id"] for w in running} & old_ids
-        _hashes_agree(after)
+        upgraded = upgrade_supervisor(daemon)
+        main_duration = upgraded.duration
+        assert upgraded.status["supervisor"]["pid"] == supervisor_pid
+        assert upgraded.status["supervisor"]["boot_generation"] == generation + 1
         # Traffic after the last upgrade, through the new processes.
         answered = dns_loop.answered
         wait_for(lambda: dns_loop.answered > answered + 20 or None, timeout=10, what="DNS")
@@ -293,7 +221,7 @@ def _run_scenario(daemon: Daemon, http: int, tcp: int, udp: int, fault: Path) ->
             thread.join(30)
 
     for output in outputs:
-        assert _requests(output) > 0, output
+        assert wrk_requests(output) > 0, output
         assert "Socket errors" not in output, output
         assert "Non-2xx" not in output, output
     assert stream.error is None, stream.error
@@ -302,11 +230,11 @@ def _run_scenario(daemon: Daemon, http: int, tcp: int, udp: int, fault: Path) ->
     assert stream.received.hexdigest() == stream.sent.hexdigest()
 
     def old_workers_gone() -> bool | None:
-        return all(_pid_gone(pid) for pid in old_pids) or None
+        return all(pid_gone(pid) for pid in old_pids) or None
 
     # With the stream closed and wrk stopped, every old worker finishes draining.
     wait_for(old_workers_gone, timeout=30, what="old workers gone")
-    still_listed = {w["pid"] for w in _status(daemon)["workers"]}
+    still_listed = {w["pid"] for w in daemon_status(daemon)["workers"]}
     assert not still_listed & set(old_pids)
     lost = dns_loop.sent - dns_loop.answered
     assert lost <= DNS_LOSS_BOUND, f"{lost} of {dns_loop.sent} DNS queries unanswered"
@@ -318,14 +246,14 @@ def _run_scenario(daemon: Daemon, http: int, tcp: int, udp: int, fault: Path) ->
     )
     for name, output in zip(("keep-alive", "new connection"), outputs, strict=True):
         maximum = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", output)
-        print(f"wrk {name}: {_requests(output)} requests, max latency {maximum and maximum[1]}")
+        print(f"wrk {name}: {wrk_requests(output)} requests, max latency {maximum and maximum[1]}")
 
     _failed_upgrades(daemon, fault, generation + 1)
 
 
 def _failed_upgrades(daemon: Daemon, fault: Path, generation: int) -> None:
-    status = _status(daemon)
-    target = _running_in_slot(status, 0)
+    status = daemon_status(daemon)
+    target = running_in_slot(status, 0)
     fault.write_text("simulated bad code on disk\n")
     try:
         result = daemon.sozu("upgrade", "--worker", str(target["id"]))
@@ -334,15 +262,15 @@ def _failed_upgrades(daemon: Daemon, fault: Path, generation: int) -> None:
         result = daemon.sozu("upgrade", timeout=60)
         assert result.returncode == 1
         assert "pre-flight" in result.stderr
-        after = _status(daemon)
-        assert _running_in_slot(after, 0)["pid"] == target["pid"]
+        after = daemon_status(daemon)
+        assert running_in_slot(after, 0)["pid"] == target["pid"]
         assert after["supervisor"]["boot_generation"] == generation
         assert after["supervisor"]["pid"] == status["supervisor"]["pid"]
-        _hashes_agree(after)
+        hashes_agree(after)
     finally:
         fault.unlink()
     # Two upgrades of the same worker at once: one goes through, the other is refused.
-    target = _running_in_slot(_status(daemon), 1)
+    target = running_in_slot(daemon_status(daemon), 1)
     command = [
         sys.executable,
         "-m",
@@ -360,8 +288,8 @@ def _failed_upgrades(daemon: Daemon, fault: Path, generation: int) -> None:
     assert codes == [0, 1], outcomes
     refused = next(err for _, err, code in outcomes if code == 1)
     assert "already being upgraded" in refused or "not the running worker" in refused, refused
-    _hashes_agree(_status(daemon))
-    assert os.path.exists(f"/proc/{_running_in_slot(_status(daemon), 1)['pid']}")
+    hashes_agree(daemon_status(daemon))
+    assert os.path.exists(f"/proc/{running_in_slot(daemon_status(daemon), 1)['pid']}")
 
 
 def test_upgrades_racing_commands_and_a_crash_end_consistent(start_daemon: DaemonFactory) -> None:
@@ -379,7 +307,7 @@ protocol = "tcp"
 frontends = [{{ address = "127.0.0.1:{listen}" }}]
 """
     )
-    target = _running_in_slot(_status(daemon), 0)
+    target = running_in_slot(daemon_status(daemon), 0)
     results: list[subprocess.CompletedProcess[str]] = []
 
     def add_backends() -> None:
@@ -403,13 +331,13 @@ frontends = [{{ address = "127.0.0.1:{listen}" }}]
     adder.join(60)
     assert upgrade.returncode == 0, upgrade.stderr
     assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
-    status = _status(daemon)
-    _hashes_agree(status)
-    assert _running_in_slot(status, 0)["pid"] != target["pid"]
+    status = daemon_status(daemon)
+    hashes_agree(status)
+    assert running_in_slot(status, 0)["pid"] != target["pid"]
 
     # The old worker dies while its successor starts: the upgrade is refused or done, and
     # either way the slot ends with one running worker in line with the supervisor.
-    victim = _running_in_slot(_status(daemon), 1)
+    victim = running_in_slot(daemon_status(daemon), 1)
     command = [sys.executable, "-m", "sozu.cli", "-c", str(daemon.config_path)]
     racing = subprocess.Popen(
         [*command, "upgrade", "--worker", str(victim["id"])],

@@ -9,7 +9,15 @@ from support import fuzz_checks as checks
 from support.hostile_strategies import hostile_requests, request_data
 from support.state_strategies import state_requests
 
-from fuzz.inputs import FUZZ_SETTINGS, Target, hypothesis_target, pack, unpack
+from fuzz.inputs import (
+    FUZZ_SETTINGS,
+    LONG_INPUTS,
+    Target,
+    hypothesis_target,
+    pack,
+    random_seeds,
+    unpack,
+)
 from sozu.command import requests as rq
 from sozu.command.envelope import encode_request, encode_response, failure, ok
 from sozu.command.framing import encode_frame
@@ -117,10 +125,12 @@ TARGETS: tuple[Target, ...] = (
         "every request kind, hostile values, through msgpack and a JSON state file",
     ),
     Target("statefile", statefile, _statefile_seeds, "parse_state and load_requests of any bytes"),
+    # A whole state takes a few kilobytes of choices: shorter inputs would run nothing.
     Target(
         "state",
         hypothesis_target(_state),
-        list,
+        lambda: random_seeds("state"),
         "ConfigState.apply of hostile requests: atomic, invariants kept, replayable",
+        LONG_INPUTS,
     ),
 )

@@ -18,12 +18,14 @@ from hypothesis import HealthCheck, settings
 
 @dataclass(frozen=True)
 class Target:
-    """One fuzz target: a function of the fuzzer's bytes, and seeds to start from."""
+    """One fuzz target: a function of the fuzzer's bytes, seeds to start from, and libFuzzer
+    flags of its own."""
 
     name: str
     check: Callable[[bytes], None]
     seeds: Callable[[], list[bytes]]
     summary: str
+    flags: tuple[str, ...] = ()
 
 
 def pack(payload: bytes, parameter: int = 0, cut_seed: int = 0) -> bytes:
@@ -47,9 +49,19 @@ def unpack(data: bytes) -> tuple[int, list[int], bytes]:
 FUZZ_SETTINGS = settings(
     database=None,
     deadline=None,
-    derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
+
+
+def random_seeds(name: str, count: int = 8, size: int = 8192) -> list[bytes]:
+    """Seeds for a hypothesis-driven target whose examples take many choices: random bytes,
+    enough for whole examples (an input that runs out before they are drawn runs nothing)."""
+    draw = random.Random(name)
+    return [draw.randbytes(size) for _ in range(count)]
+
+
+# Let the fuzzer try long inputs from the start rather than growing them slowly.
+LONG_INPUTS = ("-len_control=0",)
 
 
 def hypothesis_target(test: Any) -> Callable[[bytes], None]:

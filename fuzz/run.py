@@ -87,6 +87,7 @@ def main(argv: list[str]) -> int:
                 flags.append(f"-max_total_time={options.seconds}")
             if options.runs is not None:
                 flags.append(f"-runs={options.runs}")
+            flags.extend(target.flags)
             status = status or _fuzz(atheris, target, [argv[0], *flags, *libfuzzer_flags])
     return status
 

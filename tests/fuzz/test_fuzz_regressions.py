@@ -80,11 +80,6 @@ def test_a_hostname_of_two_thousand_labels_routes() -> None:
     assert Router.build([frontend]).lookup(frontend.hostname, "/", "GET") is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="addresses.py: parse_address takes any IPv6 zone, so the state keeps a listener "
-    "whose activation makes the supervisor's bind() raise TypeError (not OSError)",
-)
 def test_a_listener_address_with_a_nul_zone_is_refused_at_decoding() -> None:
     payload = (
         b"\x83\xa1v\x01\xa2id\xa2r1\xa7request\x82\xa4type\xaeAddTcpListener"
@@ -171,6 +166,15 @@ def test_config_errors_name_the_key(text: str, key: str, tmp_path: Path) -> None
         parse_config(text, base_dir=tmp_path)
     assert caught.value.path == key
     checks.check_config_text(text, tmp_path, toml_valid=True)
+
+
+@pytest.mark.parametrize("pattern", [r"\\p{L}+", r"/a\\z", r"\\Qa.b\\E"])
+def test_a_regex_path_the_state_takes_loads(pattern: str, tmp_path: Path) -> None:
+    # Checked with Python's `re`, the file refused RE2 patterns the state and workers run.
+    text = _frontend(f'hostname = "x", path = "{pattern}", path_type = "REGEX"')
+    loaded = parse_config(text, base_dir=tmp_path)
+    checks.check_config_text(text, tmp_path, toml_valid=True)
+    assert any(isinstance(r, rq.AddHttpFrontend) for r in loaded.requests)
 
 
 HTTPS = '[[listeners]]\nprotocol = "https"\naddress = "127.0.0.1:443"\n'

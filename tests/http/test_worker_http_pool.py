@@ -1,7 +1,7 @@
 """Pooled backend connections through an in-process worker: a connection whose request said
 close is never pooled, whatever the backend answered; a pooled connection is checked before
-it carries a request body (which cannot be retried); one found closed under a request without
-a body is retried on a fresh connection."""
+it carries a request body (which cannot be retried); one the backend closed while it was idle
+is dropped at once and never reused."""
 
 from __future__ import annotations
 
@@ -65,9 +65,8 @@ async def test_a_backend_connection_whose_request_said_close_is_not_pooled(
             assert response[0] == 200
             assert await client.closed()
             await client.aclose()
-            shared = w.proxies.http.shared
-            assert shared is not None
-            assert len(shared.pool) == 0
+            pool = w.proxies.http.server.pool
+            assert len(pool) == 0
             # The proxy closed its side: the backend sees the end of the connection.
             with trio.fail_after(2):
                 while not backend.closed_by_proxy:  # noqa: ASYNC110 - polling a plain counter
@@ -78,7 +77,7 @@ async def test_a_backend_connection_whose_request_said_close_is_not_pooled(
             assert response is not None
             assert response[0] == 200
             await client.aclose()
-            assert len(shared.pool) == 1
+            assert len(pool) == 1
 
 
 async def test_a_pooled_connection_is_checked_before_it_carries_a_body() -> None:
@@ -103,7 +102,9 @@ async def test_a_pooled_connection_is_checked_before_it_carries_a_body() -> None
     assert backend.connections == 2
 
 
-async def test_a_stale_pooled_connection_is_retried_on_a_fresh_one() -> None:
+async def test_a_pooled_connection_the_backend_closed_is_never_reused() -> None:
+    """Idle pooled connections stay watched by the loop: the backend's close drops one at
+    once, so the next request takes a fresh connection (no stale retry is needed)."""
     backend = KeepAliveBackend(linger=0.05)
     with trio.fail_after(10):
         async with worker() as w:
@@ -124,4 +125,4 @@ async def test_a_stale_pooled_connection_is_retried_on_a_fresh_one() -> None:
             )
     assert backend.requests == [b"GET /1 HTTP/1.1", b"GET /2 HTTP/1.1"]
     assert backend.connections == 2
-    assert stale == 1
+    assert stale == 0

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class AddressError(ValueError):
     """A string that is not an `ip:port` socket address."""
+
+
+# An IPv6 scope zone: an interface name or index.
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 def parse_address(text: str) -> tuple[IPAddress, int]:
@@ -33,7 +38,12 @@ def parse_address(text: str) -> tuple[IPAddress, int]:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise AddressError(f"invalid socket address {text!r}") from None
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+    zone = getattr(ip, "scope_id", None)
+    if zone is not None and not _ZONE.fullmatch(zone):
+        raise AddressError(f"invalid IPv6 zone in socket address {text!r}")
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
+        raise AddressError(f"invalid socket address {text!r}")
+    if int(port_text) > 65535:
         raise AddressError(f"invalid socket address {text!r}")
     return ip, int(port_text)
 

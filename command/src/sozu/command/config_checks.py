@@ -31,6 +31,7 @@ from sozu.command.config_schema import (
     ListenerSection,
     listeners_by_address,
 )
+from sozu.command.route_patterns import PatternError, compile_regex
 
 _STATUS_CODE = re.compile(r"[1-5][0-9][0-9]")
 _AUTHORIZED_HASH = re.compile(r"[^:]+:[0-9a-fA-F]{64}")
@@ -296,9 +297,10 @@ class _Clusters:
         kind = frontend.path_type or "PREFIX"
         if kind == "REGEX":
             try:
-                re.compile(frontend.path or "")
-            except re.error as error:
-                raise ConfigError(f"{path}.path", f"invalid regular expression: {error}") from None
+                compile_regex(frontend.path or "")  # RE2, as the state and the workers
+            except PatternError as error:
+                message = str(error).replace("invalid regex", "invalid regular expression", 1)
+                raise ConfigError(f"{path}.path", message) from None
         route = (address, frontend.hostname.lower(), kind, frontend.path or "", frontend.method)
         if route in self.routes:
             raise ConfigError(

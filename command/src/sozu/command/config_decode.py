@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import ipaddress
 import os
 import re
 import tomllib
@@ -30,7 +29,6 @@ from sozu.command.config_schema import Config, ValueKind
 _AT_PATH = re.compile(r" - at `\$(.*)`$")
 _MISSING = re.compile(r"Object missing required field `(.+)`$")
 _FILE_SCHEME = "file://"
-_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # an interface name or index
 
 
 def parse_toml(text: str) -> dict[str, Any]:
@@ -153,10 +151,6 @@ class _Decoder:
                 ip, port = parse_address(value)
             except ValueError:  # AddressError, or int() refusing a port such as '²'
                 raise ConfigError(path, f"invalid socket address {value!r}") from None
-            zone = ip.scope_id if isinstance(ip, ipaddress.IPv6Address) else None
-            if zone is not None and not _ZONE.fullmatch(zone):
-                # ipaddress takes any zone; bind() then fails, on a NUL with TypeError.
-                raise ConfigError(path, f"invalid IPv6 zone {zone!r} in {value!r}")
             if port == 0 and kind.name == "listen_address":
                 # Every worker slot gets its own socket on the same port: it must be fixed.
                 raise ConfigError(path, f"port 0 is not allowed in {value!r}")

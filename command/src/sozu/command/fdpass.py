@@ -123,7 +123,7 @@ def _accept_message(
             return None
         try:
             manifest = _manifest_decoder.decode(data)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, ValueError, RecursionError) as error:
             raise FdPassingError(f"invalid fd manifest: {error}") from None
         if len(manifest.listeners) != len(fds):
             raise FdPassingError(

@@ -93,7 +93,7 @@ def read_handoff(path: Path) -> Handoff:
     path.unlink()
     try:
         handoff = msgspec.msgpack.decode(data, type=Handoff)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, ValueError, RecursionError) as error:
         raise ValueError(f"handoff file {path}: {error}") from None
     if handoff.version != HANDOFF_VERSION:
         raise ValueError(f"handoff file {path}: version {handoff.version} is not supported")

@@ -101,6 +101,14 @@ class MetricsCollector:
         # Set while a supervisor upgrade quiesces the worker channels.
         self.paused = False
         pool.on_worker_exit = self.retire
+        pool.on_final_metrics = self.final
+
+    def final(self, worker: Worker, snapshot: MetricsSnapshot) -> None:
+        """A stopping worker's last snapshot (it counts until its drain ends, when nobody
+        polls it any more): kept for when it is retired."""
+        if worker.state != "stopped":
+            self._latest[worker.id] = snapshot
+            self.aggregator.update(worker.id, snapshot)
 
     def retire(self, worker: Worker) -> None:
         self._latest.pop(worker.id, None)

@@ -31,8 +31,16 @@ from sozu.command.channel import ConnectionLost, FramedConnection, RequestMux
 from sozu.command.config_schema import Config
 from sozu.command.envelope import PROTOCOL_VERSION, ProtocolError, Response
 from sozu.command.fdpass import send_listeners
+from sozu.command.metrics import MetricsSnapshot
 from sozu.command.requests import Request, request_kind
-from sozu.command.responses import Event, WorkerHello, WorkerInfo, WorkerInfos, WorkerRunState
+from sozu.command.responses import (
+    Event,
+    MetricsReport,
+    WorkerHello,
+    WorkerInfo,
+    WorkerInfos,
+    WorkerRunState,
+)
 from sozu.command.state import ConfigState
 from sozu.command.state_replay import describe_request, generate_activate_requests
 from sozu.command.takeover import takeover_path
@@ -170,6 +178,8 @@ class WorkerPool:
         self._adopted: dict[int, Worker] = {}
         # Called with each worker whose process has exited (metrics retire it).
         self.on_worker_exit: Callable[[Worker], None] | None = None
+        # Called with the metrics a stopping worker sends with its stop answer.
+        self.on_final_metrics: Callable[[Worker, MetricsSnapshot], None] | None = None
 
     @property
     def next_worker_id(self) -> int:
@@ -622,7 +632,7 @@ class WorkerPool:
         patience = self.config.worker_timeout + self.config.drain_timeout
         with trio.move_on_after(patience):
             with contextlib.suppress(ConnectionLost):
-                await worker.mux.call(rq.SoftStop())
+                self._final_metrics(worker, await worker.mux.call(rq.SoftStop()))
             with trio.move_on_after(EXIT_GRACE):
                 await worker.exited.wait()
         if not worker.exited.is_set() and worker.process.returncode is None:
@@ -630,6 +640,12 @@ class WorkerPool:
             worker.process.kill()
         await worker.exited.wait()
         log.info("%s retired", worker.name())
+
+    def _final_metrics(self, worker: Worker, response: Response) -> None:
+        content = response.content
+        callback = self.on_final_metrics
+        if isinstance(content, MetricsReport) and content.snapshot is not None and callback:
+            callback(worker, content.snapshot)
 
     def _unsolicited(self, worker: list[Worker], response: Response) -> None:
         event = response.content
@@ -882,6 +898,7 @@ class WorkerPool:
                 try:
                     response = await worker.mux.call(rq.HardStop() if hard else rq.SoftStop())
                     answered = response.status == "ok"
+                    self._final_metrics(worker, response)
                 except ConnectionLost:
                     pass
             with trio.move_on_after(EXIT_GRACE if answered else 0):

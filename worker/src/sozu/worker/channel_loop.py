@@ -183,6 +183,7 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
             max_connections_per_ip=request.max_connections_per_ip,
             retry_after=request.retry_after,
             cluster_metrics=not request.disable_cluster_metrics,
+            drain_timeout=request.drain_timeout,
         )
         proxies.http.configure_access_logs(request.access_logs_target, core.worker_id)
         if request.log_target is not None:
@@ -335,6 +336,10 @@ async def _serve_requests(core: WorkerCore, proxies: Proxies, conn: FramedConnec
                 log.info("drain timeout: closing %d sessions", proxies.limit.active)
         try:
             response = await handle(core, proxies, item.id, request)
+            if isinstance(request, rq.SoftStop | rq.HardStop) and response.status == "ok":
+                # What it counted while draining: nobody polls a stopping worker any more.
+                snapshot = MetricsReport(snapshot=proxies.snapshot())
+                response = ok(response.id, response.message, content=snapshot)
         except Exception as error:
             # A bug in applying one request must not take the worker and its connections down:
             # the supervisor gets a Failure and resyncs this worker.

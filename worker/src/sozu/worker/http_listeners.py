@@ -1,15 +1,19 @@
-"""A worker's HTTP and HTTPS listeners: routers, TLS contexts, shared pool, metrics.
+"""A worker's HTTP and HTTPS listeners: their contexts, routers, TLS settings and metrics.
 
-Each active listener is an `HttpListenerProxy` with the router of its frontends (rebuilt from
-the state when a frontend of its address changes) and, for HTTPS, its `ListenerTls` (reloaded
-from the state when a certificate of its address changes: new handshakes see it at once, open
-connections keep theirs). Clusters are the worker's `TcpCluster`s, looked up per request.
+Each active listener is an `HttpListener` on the worker's readiness loop, with the
+`ListenerContext` its session cores read: the router of its frontends (rebuilt from the state
+when a frontend of its address changes) and, for HTTPS, its `ListenerTls` (reloaded from the
+state when a certificate of its address changes: new handshakes see it at once, open
+connections keep theirs). What the listeners share (clusters, sticky ids, request ids, per-IP
+slots, the drain) is one `SharedContext`. Clusters are the worker's `TcpCluster`s.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import time
 from collections.abc import Callable
 
 import trio
@@ -17,12 +21,19 @@ import trio
 from sozu.command.metrics import Histogram, MetricsRegistry
 from sozu.command.state import ConfigState
 from sozu.command.types import Cluster, HttpListenerConfig, HttpsListenerConfig
-from sozu.worker.connection_limit import ConnectionLimit
+from sozu.worker.core.http1.context import (
+    DEFAULT_BUFFER_LIMIT,
+    DEFAULT_MAX_HEAD,
+    ListenerContext,
+    SharedContext,
+)
+from sozu.worker.core.http1.counters import HttpCounters
 from sozu.worker.http.health_prober import HttpHealthChecks
-from sozu.worker.http.listener import HttpCounters, HttpListenerProxy, HttpShared
+from sozu.worker.http.request_id import UlidGenerator
 from sozu.worker.http.router import Router
 from sozu.worker.http.tls_contexts import ListenerTls
-from sozu.worker.log_targets import LineSink, open_line_sink
+from sozu.worker.log_targets import open_line_sink
+from sozu.worker.loop.http_listener import HttpListener, HttpServer
 from sozu.worker.per_ip import PerIpLimits
 from sozu.worker.tcp.backends import TcpCluster
 
@@ -53,18 +64,22 @@ _LISTENER_GAUGES = (
 )
 
 
+def _clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def _status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "other"
 
 
 class HttpListeners:
-    """The HTTP and HTTPS listeners a worker serves."""
+    """The HTTP and HTTPS listeners a worker serves, on its readiness loop (`HttpServer`)."""
 
     def __init__(
         self,
         state: ConfigState,
         registry: MetricsRegistry,
-        limit: Callable[[], ConnectionLimit],
+        server: HttpServer,
         clusters: dict[str, TcpCluster],
         on_event: Callable[[str, str, str | None], None],
         per_ip: PerIpLimits | None = None,
@@ -72,41 +87,36 @@ class HttpListeners:
         self.state = state
         self.per_ip = per_ip if per_ip is not None else PerIpLimits()
         self.registry = registry
-        self._limit = limit
+        self.server = server
         self._clusters = clusters
-        self._served: dict[str, HttpListenerProxy] = {}
         # Counters outlive a deactivation so that totals never go back.
         self._counters: dict[str, HttpCounters] = {}
-        self.shared: HttpShared | None = None
-        self._tasks: trio.Nursery | None = None
-        self._handlers: trio.Nursery | None = None
         self.health = HttpHealthChecks(state, clusters, on_event)
-        self._access_sink: LineSink | None = None
-        self._access_tag = "WRK"
+        # What every session reads: drain_timeout and the buffer limit come with ServerConfig.
+        self.shared = SharedContext(
+            self._cluster_lookup,
+            ids=UlidGenerator(_clock_ms, os.urandom),
+            time_ns=time.time_ns,
+            per_ip=self.per_ip,
+            pid=os.getpid(),
+        )
 
-    def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
-        self._tasks, self._handlers = tasks, handlers
+        def histogram(name: str, cluster_id: str) -> Histogram:
+            return self.registry.histogram(name, cluster=cluster_id)
+
+        self.shared.histogram = histogram
+        self.buffer_limit = DEFAULT_BUFFER_LIMIT
+
+    def start(self, tasks: trio.Nursery) -> None:
         self.health.start(tasks)
 
+    def configure(self, drain_timeout: float, buffer_size: int) -> None:
+        self.shared.drain_timeout = float(drain_timeout)
+        self.buffer_limit = max(buffer_size, DEFAULT_MAX_HEAD, DEFAULT_BUFFER_LIMIT)
+
     def configure_access_logs(self, target: str | None, worker_id: int) -> None:
-        self._access_sink = None if target is None else open_line_sink(target)
-        self._access_tag = f"WRK-{worker_id:02d}"
-        if self.shared is not None:
-            self.shared.access_log = self._access_sink
-            self.shared.tag = self._access_tag
-
-    def _shared(self) -> HttpShared:
-        if self.shared is None:
-            self.shared = HttpShared(self._limit(), self._cluster_lookup, self.per_ip)
-
-            def histogram(name: str, cluster_id: str) -> Histogram:
-                return self.registry.histogram(name, cluster=cluster_id)
-
-            self.shared.histogram = histogram
-            self.shared.access_log = self._access_sink
-            self.shared.tag = self._access_tag
-            self.refresh_clusters()
-        return self.shared
+        self.shared.access_log = None if target is None else open_line_sink(target)
+        self.shared.tag = f"WRK-{worker_id:02d}"
 
     def _cluster_lookup(self, cluster_id: str) -> tuple[Cluster, TcpCluster] | None:
         config = self.state.clusters.get(cluster_id)
@@ -131,76 +141,91 @@ class HttpListeners:
 
     # -- listeners
 
-    async def start_listener(
-        self, address: str, config: HttpListenerConfig, sock: socket.socket
-    ) -> None:
-        assert self._tasks is not None
+    def start_listener(self, address: str, config: HttpListenerConfig, sock: socket.socket) -> None:
         https = isinstance(config, HttpsListenerConfig)
         tls = None
         if isinstance(config, HttpsListenerConfig):
             tls = ListenerTls.from_state(config, self.state)
             for warning in tls.warnings:
                 log.warning("HTTPS listener %s: %s", address, warning)
-        listener = HttpListenerProxy(
-            sock, config, self._shared(), self._router(address, https), tls
+        counters = self._counters.setdefault(address, HttpCounters())
+        context = ListenerContext(
+            config,
+            self._router(address, https),
+            self.shared,
+            counters=counters,
+            buffer_limit=self.buffer_limit,
         )
-        counters = self._counters.setdefault(address, listener.counters)
-        listener.counters = counters
-        self._served[address] = listener
-        assert self._handlers is not None
-        await self._tasks.start(listener.serve, self._handlers)
+        for warning in context.warnings:
+            log.warning("listener %s answers: %s", address, warning)
+        listener = HttpListener(self.server, address, context, tls)
+        self._set_alpn_policy(listener, config)
+        listener.own = sock
+        listener.add_socket(sock)
+        self.server.listeners[address] = listener
+        listener.start_accepting()
         log.info("serving %s listener %s", "HTTPS" if https else "HTTP", address)
 
-    async def stop_listener(self, address: str) -> bool:
-        served = self._served.pop(address, None)
-        if served is None:
+    @staticmethod
+    def _set_alpn_policy(listener: HttpListener, config: HttpListenerConfig) -> None:
+        listener.disable_http11 = isinstance(config, HttpsListenerConfig) and config.disable_http11
+        if listener.disable_http11:
+            log.warning(
+                "listener %s: disable_http11 with h2 not offered refuses every connection",
+                config.address,
+            )
+
+    def stop_listener(self, address: str) -> bool:
+        listener = self.server.listeners.pop(address, None)
+        if listener is None:
             return False
-        await served.close()
+        listener.close()
         return True
 
-    def served_listener(self, address: str) -> HttpListenerProxy | None:
-        return self._served.get(address)
+    def served_listener(self, address: str) -> HttpListener | None:
+        return self.server.listeners.get(address)
 
     def served_sockets(self) -> list[tuple[str, bool, socket.socket]]:
-        """(address, https, socket) of every served listener."""
+        """(address, https, own socket) of every served listener."""
         return [
-            (address, served.tls is not None, served.sock)
-            for address, served in self._served.items()
+            (address, listener.tls is not None, listener.own)
+            for address, listener in self.server.listeners.items()
+            if listener.own is not None
         ]
 
     def stop_accepting(self) -> None:
-        if self.shared is not None:
-            self.shared.drain()
-        for served in self._served.values():
-            served.stop_accepting()
+        for listener in self.server.listeners.values():
+            listener.stop_accepting()
+        self.server.drain()
 
     # -- configuration changes
 
     def refresh_routes(self, address: str) -> None:
-        served = self._served.get(address)
-        if served is not None:
-            served.router = self._router(address, served.tls is not None)
+        listener = self.server.listeners.get(address)
+        if listener is not None:
+            listener.context.router = self._router(address, listener.tls is not None)
 
     def refresh_listener(self, address: str) -> None:
-        served = self._served.get(address)
-        if served is None:
+        listener = self.server.listeners.get(address)
+        if listener is None:
             return
         config = self.state.https_listeners.get(address) or self.state.http_listeners.get(address)
         if config is not None:
-            served.configure(config)
+            listener.context.configure(config)
+            for warning in listener.context.warnings:
+                log.warning("listener %s answers: %s", address, warning)
+            self._set_alpn_policy(listener, config)
 
     def refresh_certificates(self, address: str) -> None:
-        served = self._served.get(address)
-        if served is not None and served.tls is not None:
-            served.tls.load_state(self.state)
+        listener = self.server.listeners.get(address)
+        if listener is not None and listener.tls is not None:
+            listener.tls.load_state(self.state)
 
     def refresh_clusters(self) -> None:
         """Health checks, sticky ids from the state; idle connections to removed backends
         closed."""
         self.health.refresh()
         shared = self.shared
-        if shared is None:
-            return
         shared.sticky_to_backend.clear()
         shared.backend_to_sticky.clear()
         addresses = set()
@@ -212,9 +237,10 @@ class HttpListeners:
                 shared.backend_to_sticky[(cluster_id, backend.backend_id)] = value
                 host, _, port = backend.address.rpartition(":")
                 addresses.add((host.strip("[]"), int(port)))
-        for address in shared.pool.addresses():
+        pool = self.server.pool
+        for address in pool.addresses():
             if address not in addresses:
-                shared.pool.forget(address)
+                pool.forget(address)
 
     # -- metrics
 
@@ -241,7 +267,7 @@ class HttpListeners:
                 registry.counter(
                     "sozu_http_cluster_requests_total", listener=address, cluster=cluster_id
                 ).value = count
-        for address, served in self._served.items():
+        for address, served in self.server.listeners.items():
             tls = served.tls
             if tls is None:
                 continue
@@ -263,9 +289,9 @@ class HttpListeners:
                 registry.counter(
                     "sozu_http_health_checks_total", cluster=cluster_id, outcome=outcome
                 ).value = count
-        if self.shared is not None:
-            registry.counter("sozu_http_backend_pool_reused_total").value = self.shared.pool.reused
-            registry.gauge("sozu_http_backend_pool_idle").value = len(self.shared.pool)
+        pool = self.server.pool
+        registry.counter("sozu_http_backend_pool_reused_total").value = pool.reused
+        registry.gauge("sozu_http_backend_pool_idle").value = len(pool)
 
     def clear_metrics(self) -> None:
         for counters in self._counters.values():
@@ -273,8 +299,3 @@ class HttpListeners:
 
     def close(self) -> None:
         self.health.close()
-        for served in self._served.values():
-            served.sock.close()
-        self._served.clear()
-        if self.shared is not None:
-            self.shared.pool.close()

@@ -1,11 +1,10 @@
-"""A worker's listeners (trio shell): adopted sockets, TCP proxies, clusters and metrics.
+"""A worker's listeners: adopted sockets, the readiness loop, clusters and metrics.
 
 Listener sockets arrive from the supervisor over the SCM socket and wait, by (proxy,
-address), for their ActivateListener. A TCP listener is then served by a `TcpListenerProxy`
-whose accept loop runs in the task nursery and whose sessions run in the separate handler
-nursery, so that stopping the accept loops (deactivation, soft stop) leaves sessions running.
-UDP listeners are served by `UdpListeners` (flows run in the handler nursery too), HTTP and
-HTTPS listeners by `HttpListeners` (sessions in the handler nursery).
+address), for their ActivateListener. TCP, HTTP and HTTPS listeners are then served on the
+worker's readiness loop (`loop.Reactor`, one trio task): accepting, sessions and their timers
+all run there, and stopping a listener's accepting (deactivation, soft stop) leaves its
+sessions running. UDP listeners are served by `UdpListeners` (trio tasks).
 """
 
 from __future__ import annotations
@@ -29,10 +28,14 @@ from sozu.command.types import (
 )
 from sozu.worker.cluster_view import backends_of, policy_of
 from sozu.worker.connection_limit import ConnectionLimit
+from sozu.worker.core.tcp_session import TcpContext, TcpCounters
 from sozu.worker.http_listeners import HttpListeners
+from sozu.worker.loop.accepting import Acceptor
+from sozu.worker.loop.http_listener import HttpServer
+from sozu.worker.loop.reactor import LoopStats, Reactor
+from sozu.worker.loop.tcp_listener import TcpListener, TcpServer
 from sozu.worker.per_ip import DEFAULT_RETRY_AFTER, PerIpLimits
 from sozu.worker.tcp.backends import TcpCluster
-from sozu.worker.tcp.listener import TcpCounters, TcpListenerProxy
 from sozu.worker.udp.health import HealthEvent
 from sozu.worker.udp_listeners import UdpListeners
 
@@ -66,7 +69,6 @@ class Proxies:
         # Sockets of empty slots: received, not yet adopted; and adopted (served), by slot.
         self._foreign_arrived: dict[int, list[tuple[ListenerKey, socket.socket]]] = {}
         self._foreign: dict[int, list[tuple[ListenerKey, socket.socket]]] = {}
-        self._tcp: dict[str, TcpListenerProxy] = {}
         self._counters: dict[str, TcpCounters] = {}
         self._clusters: dict[str, TcpCluster] = {}
         self._cluster_of_listener: dict[str, str] = {}
@@ -82,11 +84,14 @@ class Proxies:
         self.cluster_metrics = True
         self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
+        self.reactor = Reactor()
+        self.acceptor = Acceptor(self.reactor, lambda: self.limit)
+        self.tcp = TcpServer(self.acceptor)
         self.udp = UdpListeners(state, self.registry, self._health_event)
         self.http = HttpListeners(
             state,
             self.registry,
-            lambda: self.limit,
+            HttpServer(self.acceptor),
             self._clusters,
             self._health_check_event,
             self.per_ip,
@@ -94,8 +99,9 @@ class Proxies:
 
     def start(self, tasks: trio.Nursery, handlers: trio.Nursery) -> None:
         self._tasks, self._handlers = tasks, handlers
+        tasks.start_soon(self.reactor.run)
         self.udp.start(tasks, handlers)
-        self.http.start(tasks, handlers)
+        self.http.start(tasks)
 
     def configure(
         self,
@@ -105,10 +111,12 @@ class Proxies:
         max_connections_per_ip: int = 0,
         retry_after: int = DEFAULT_RETRY_AFTER,
         cluster_metrics: bool = True,
+        drain_timeout: float = 60.0,
     ) -> None:
         self.limit = ConnectionLimit(max(1, max_connections))
         self.udp.max_connections = max_connections
         self.udp.buffer_size = buffer_size
+        self.http.configure(drain_timeout, buffer_size)
         self.per_ip.configure(max_connections_per_ip, retry_after)
         self.cluster_metrics = cluster_metrics
 
@@ -183,8 +191,10 @@ class Proxies:
         """Every listener socket this worker holds, marked with the slot it belongs to (a
         supervisor taking this worker over uses them as its own)."""
         held: list[tuple[PassedListener, socket.socket]] = []
-        for address, served in self._tcp.items():
-            held.append((PassedListener(address=address, proxy="TCP", slot=own_slot), served.sock))
+        for address, listener in self.tcp.listeners.items():
+            if listener.own is not None:
+                entry = PassedListener(address=address, proxy="TCP", slot=own_slot)
+                held.append((entry, listener.own))
         for address, https, sock in self.http.served_sockets():
             proxy: ListenerType = "HTTPS" if https else "HTTP"
             held.append((PassedListener(address=address, proxy=proxy, slot=own_slot), sock))
@@ -214,7 +224,7 @@ class Proxies:
     def _served_listener(self, key: ListenerKey) -> SocketServer | None:
         proxy, address = key
         if proxy == "TCP":
-            return self._tcp.get(address)
+            return self.tcp.listeners.get(address)
         if proxy == "UDP":
             return self.udp.served_proxy(address)
         return self.http.served_listener(address)
@@ -227,7 +237,7 @@ class Proxies:
             await self.udp.start_listener(address, config, sock)
             return
         if isinstance(config, HttpListenerConfig) and proxy in ("HTTP", "HTTPS"):
-            await self.http.start_listener(address, config, sock)
+            self.http.start_listener(address, config, sock)
             return
         if not isinstance(config, TcpListenerConfig) or proxy != "TCP":
             if proxy not in self._not_served_logged:
@@ -238,42 +248,39 @@ class Proxies:
                 old.close()
             self._adopted[(proxy, address)] = sock
             return
-        assert self._tasks is not None
 
         def cluster_of() -> TcpCluster | None:
             cluster_id = self._cluster_of_listener.get(address)
             return None if cluster_id is None else self._clusters.get(cluster_id)
 
-        listener = TcpListenerProxy(
-            sock,
+        counters = self._counters.setdefault(address, TcpCounters())
+        context = TcpContext(
             config,
             cluster_of,
-            self.limit,
+            counters=counters,
             per_ip=self.per_ip,
-            cluster_record=lambda cluster_id: self.state.clusters.get(cluster_id),
+            cluster_record=self.state.clusters.get,
         )
-        counters = self._counters.get(address)
-        if counters is None:
-            counters = self._counters[address] = listener.counters
-        listener.counters = counters
+        listener = TcpListener(self.tcp, address, context)
         listener.durations = self.registry.histogram(
             "sozu_tcp_connection_duration_seconds", listener=address
         )
-        self._tcp[address] = listener
-        assert self._handlers is not None
-        await self._tasks.start(listener.serve, self._handlers)
+        listener.own = sock
+        listener.add_socket(sock)
+        self.tcp.listeners[address] = listener
+        listener.start_accepting()
         log.info("serving TCP listener %s", address)
 
     async def stop_listener(self, proxy: ListenerType, address: str) -> None:
         """Stop accepting and close this worker's copy of the socket; sessions go on."""
         self._release_listener((proxy, address))
-        served = self._tcp.pop(address, None) if proxy == "TCP" else None
+        served = self.tcp.listeners.pop(address, None) if proxy == "TCP" else None
         if served is not None:
-            await served.close()
+            served.close()
         if proxy == "UDP":
             await self.udp.stop_listener(address)
         if proxy in ("HTTP", "HTTPS"):
-            await self.http.stop_listener(address)
+            self.http.stop_listener(address)
         for pool in (self._adopted, self._received):
             sock = pool.pop((proxy, address), None)
             if sock is not None:
@@ -281,13 +288,13 @@ class Proxies:
 
     def refresh_listener(self, address: str) -> None:
         """New timeouts or PROXY settings apply to new sessions."""
-        served = self._tcp.get(address)
+        served = self.tcp.listeners.get(address)
         config = self.state.tcp_listeners.get(address)
         if served is not None and config is not None:
-            served.config = config
+            served.context.config = config
 
     def stop_accepting(self) -> None:
-        for served in self._tcp.values():
+        for served in self.tcp.listeners.values():
             served.stop_accepting()
         self.udp.drain()
         self.http.stop_accepting()
@@ -395,6 +402,7 @@ class Proxies:
                 registry.forget(name, cluster=cluster_id, backend=backend_id)
         self._backend_gauges = gauged
         registry.gauge("sozu_worker_active_connections").value = self.limit.active
+        self._fold_loop_metrics()
         self.udp.fold_metrics()
         self.http.fold_metrics()
         snapshot = registry.snapshot()
@@ -406,8 +414,25 @@ class Proxies:
             histograms=tuple(h for h in snapshot.histograms if not _per_cluster(h.labels)),
         )
 
+    def _fold_loop_metrics(self) -> None:
+        registry = self.registry
+        stats = self.reactor.stats
+        registry.counter("sozu_event_loop_batches_total").value = stats.batches
+        registry.counter("sozu_event_loop_events_total").value = stats.events
+        registry.counter("sozu_event_loop_busy_microseconds_total").value = int(
+            stats.batch_seconds * 1e6
+        )
+        registry.counter("sozu_event_loop_timers_total").value = stats.timers
+        registry.counter("sozu_event_loop_timer_lag_microseconds_total").value = int(
+            stats.lag_total * 1e6
+        )
+        registry.gauge("sozu_event_loop_timer_lag_max_seconds").value = stats.lag_max
+        for reason, count in stats.errors.items():
+            registry.counter("sozu_worker_session_errors_total", reason=reason).value = count
+
     def clear_metrics(self) -> None:
         self.registry.clear()
+        self.reactor.stats = LoopStats()
         for c in self._counters.values():
             c.accepted = c.bytes_in = c.bytes_out = c.no_backend = c.retries = 0
             c.backend_errors = c.proxy_protocol_errors = c.rejected_per_ip = 0
@@ -419,15 +444,14 @@ class Proxies:
     def close(self) -> None:
         self.udp.close()
         self.http.close()
-        for served in self._tcp.values():
-            served.sock.close()
+        self.http.server.close()
+        self.tcp.close()
         for pool in (self._adopted, self._received):
             for sock in pool.values():
                 sock.close()
         for foreign in (*self._foreign.values(), *self._foreign_arrived.values()):
             for _, sock in foreign:
                 sock.close()
-        self._tcp.clear()
         self._adopted.clear()
         self._received.clear()
 

@@ -1,8 +1,9 @@
 """A TCP cluster as a worker sees it: backend choice, back-off, loads, and backend connects.
 
 `TcpCluster` wraps a `BackendSelector` with the per-backend retry policies of upstream and
-the active connection counts that LEAST_LOADED and POWER_OF_TWO read. `connect_backend` opens
-a non-blocking connection with a timeout.
+the active connection counts that LEAST_LOADED and POWER_OF_TWO read; the session cores use it
+(pure: time is passed in). `connect_backend` opens a non-blocking connection with a timeout,
+for the trio health probers.
 """
 
 from __future__ import annotations
@@ -86,21 +87,6 @@ class TcpCluster:
         if backend_id in self._backing_off:
             return None
         return self.selector.backend(backend_id)
-
-    async def dial(self, backend: Backend, connect_timeout: float) -> socket.socket | None:
-        """Connect to one of this cluster's backends, with the back-off and connect-time
-        bookkeeping of a success or failure; None (logged) if the connect fails."""
-        started = trio.current_time()
-        try:
-            sock = await connect_backend(backend.address, connect_timeout)
-        except OSError as error:
-            log.info("backend %s of %s: %s", backend.id, self.cluster_id, error)
-            self.connection_failed(backend.id, trio.current_time())
-            return None
-        if self.connect_seconds is not None:
-            self.connect_seconds.observe(trio.current_time() - started)
-        self.connection_succeeded(backend.id)
-        return sock
 
     def connection_failed(self, backend_id: str, now: float) -> None:
         self.connect_errors[backend_id] = self.connect_errors.get(backend_id, 0) + 1

@@ -1,0 +1,95 @@
+"""Cost of one keep-alive request through the HTTP/1.1 session core alone (not a test).
+
+    .venv/bin/python -O bench/http1_core.py            # the production mode
+    .venv/bin/python bench/http1_core.py --both        # with and without -O, in subprocesses
+
+Drives one `Http1Session` as the loop shell would on its hot path, with a pooled backend:
+request bytes in -> CONNECT -> back_connected(reused) -> the shell sends to_back -> response
+bytes in -> RELEASE_BACK -> the shell sends to_front. No sockets: what is printed is the
+core's own cost (parsing, routing, header edits, state), in µs of CPU time per request
+(process time, so that other load on the machine weighs less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import subprocess
+import sys
+import time
+
+from sozu.command.types import Cluster, HttpListenerConfig, RequestHttpFrontend
+from sozu.worker.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.core.http1.actions import CONNECT, RELEASE_BACK
+from sozu.worker.core.http1.context import ListenerContext, SharedContext
+from sozu.worker.core.http1.session import Http1Session
+from sozu.worker.http.request_id import UlidGenerator
+from sozu.worker.http.router import Router
+from sozu.worker.tcp.backends import TcpCluster
+
+REQUEST = (
+    b"GET /index.html HTTP/1.1\r\nHost: web.test\r\nUser-Agent: bench/1.0\r\n"
+    b"Accept: */*\r\nAccept-Encoding: gzip\r\n\r\n"
+)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 13\r\nConnection: keep-alive\r\n\r\nHello, world!"
+)
+
+
+def session() -> Http1Session:
+    cluster = TcpCluster("web", LoadBalancingPolicy.ROUND_ROBIN, [Backend("b1", ("10.0.0.2", 80))])
+    clusters = {"web": (Cluster(cluster_id="web"), cluster)}
+    counter = itertools.count()
+    ids = UlidGenerator(lambda: 1_750_000_000_000, lambda n: next(counter).to_bytes(n, "big"))
+    shared = SharedContext(clusters.get, ids=ids, time_ns=lambda: 0)
+    router = Router()
+    router.add(RequestHttpFrontend(address="127.0.0.1:8080", hostname="web.test", cluster_id="web"))
+    ctx = ListenerContext(HttpListenerConfig(address="127.0.0.1:8080"), router, shared)
+    core = Http1Session(ctx, ("10.0.0.1", 50000))
+    core.start(0.0)
+    return core
+
+
+def run(requests: int) -> float:
+    """µs per request over `requests` keep-alive requests on one connection."""
+    core = session()
+    now = 1.0
+    gc.collect()
+    started = time.process_time()
+    for _ in range(requests):
+        core.front_data(REQUEST, now)
+        assert core.actions == CONNECT
+        core.actions = 0
+        core.back_connected(now, True)
+        core.to_back.clear()
+        core.sent(now)
+        core.back_data(RESPONSE, now)
+        assert core.actions == RELEASE_BACK
+        core.actions = 0
+        core.to_front.clear()
+        core.sent(now)
+    elapsed = time.process_time() - started
+    assert core.counters.requests == requests
+    return elapsed / requests * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--both", action="store_true", help="run with and without -O")
+    args = parser.parse_args()
+    if args.both:
+        for flags in (["-O"], []):
+            command = [sys.executable, *flags, __file__, "--requests", str(args.requests)]
+            result = subprocess.run(command, capture_output=True, text=True, check=True)
+            print(f"python {' '.join(flags) or '(asserts on)'}: {result.stdout.strip()}")
+        return
+    run(min(args.requests, 5_000))  # warm up
+    best = min(run(args.requests) for _ in range(3))
+    print(f"{best:.1f} µs per keep-alive request (best of 3 x {args.requests})")
+
+
+if __name__ == "__main__":
+    main()

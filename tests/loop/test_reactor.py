@@ -1,0 +1,125 @@
+"""The readiness loop: timers, exception boundaries, and yielding to trio when saturated."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import trio
+
+from sozu.worker.loop.reactor import IN, Reactor
+
+
+class Timed:
+    """A timed object whose deadline a test moves."""
+
+    def __init__(self, at: float = math.inf, *, stuck: bool = False) -> None:
+        self.armed = math.inf
+        self.at = at
+        self.stuck = stuck
+        self.fired: list[float] = []
+        self.aborted: list[BaseException] = []
+
+    def deadline(self) -> float:
+        return self.at
+
+    def expire(self, now: float) -> None:
+        self.fired.append(now)
+        if not self.stuck:
+            self.at = math.inf
+
+    def abort(self, error: BaseException) -> None:
+        self.aborted.append(error)
+        self.at = math.inf
+
+
+async def test_timers_fire_in_order_and_follow_moved_deadlines() -> None:
+    reactor = Reactor()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reactor.run)
+        now = reactor.now()
+        late, early, moved_later, moved_earlier = (Timed(now + d) for d in (0.2, 0.05, 0.1, 0.3))
+        for timed in (late, early, moved_later, moved_earlier):
+            reactor.arm(timed)
+        moved_later.at = now + 0.25  # later: its first entry fires, finds it, re-arms
+        moved_earlier.at = now + 0.02  # earlier: a new entry
+        reactor.arm(moved_earlier)
+        with trio.fail_after(5):
+            while not late.fired:  # noqa: ASYNC110 - polling what the loop sets
+                await trio.sleep(0.01)
+            await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    order = sorted((t.fired[0], name) for name, t in (
+        ("late", late), ("early", early), ("moved_later", moved_later),
+        ("moved_earlier", moved_earlier),
+    ))  # fmt: skip
+    assert [name for _, name in order] == ["moved_earlier", "early", "late", "moved_later"]
+    for name, timed in (("late", late), ("early", early), ("moved_later", moved_later)):
+        assert len(timed.fired) == 1, name
+    assert moved_later.fired[0] >= now + 0.25
+    assert reactor.stats.timers == 4
+    assert reactor.stats.lag_max < 1.0
+
+
+async def test_a_raising_handler_or_a_stuck_timer_ends_only_its_owner() -> None:
+    reactor = Reactor()
+    bad_owner, good_owner, stuck = Timed(), Timed(), Timed(stuck=True)
+    left, right = socket.socketpair()
+    other_left, other_right = socket.socketpair()
+    seen: list[bytes] = []
+
+    def bad(_mask: int) -> None:
+        raise KeyError("a bug in one connection")
+
+    def good(_mask: int) -> None:
+        seen.append(other_left.recv(100))
+
+    try:
+        reactor.register(left.fileno(), IN, bad, bad_owner)
+        reactor.register(other_left.fileno(), IN, good, good_owner)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reactor.run)
+            stuck.at = reactor.now()
+            reactor.arm(stuck)
+            right.send(b"x")
+            other_right.send(b"y")
+            with trio.fail_after(5):
+                while not (seen and bad_owner.aborted and stuck.aborted):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        for sock in (left, right, other_left, other_right):
+            sock.close()
+    assert seen == [b"y"]
+    assert isinstance(bad_owner.aborted[0], KeyError)
+    assert isinstance(stuck.aborted[0], RuntimeError)
+    assert len(stuck.fired) == 1, "a timer that does not move fires once, then its owner ends"
+    assert reactor.stats.errors == {"KeyError": 1, "RuntimeError": 1}
+
+
+async def test_a_saturated_loop_yields_to_other_tasks() -> None:
+    """A socket that stays readable keeps the loop busy forever; trio tasks still run."""
+    reactor = Reactor()
+    left, right = socket.socketpair()
+    right.send(b"never read")
+    calls = 0
+
+    def busy(_mask: int) -> None:
+        nonlocal calls
+        calls += 1
+
+    ticks = 0
+    try:
+        reactor.register(left.fileno(), IN, busy, Timed())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reactor.run)
+            with trio.fail_after(5):
+                while ticks < 50:
+                    await trio.lowlevel.checkpoint()
+                    ticks += 1
+            nursery.cancel_scope.cancel()
+    finally:
+        left.close()
+        right.close()
+    assert calls > 50, "the loop ran between the other task's turns"
+    assert reactor.stats.batches >= calls // 256

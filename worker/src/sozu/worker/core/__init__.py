@@ -1,0 +1,1 @@
+"""Sans-io protocol cores of the worker, driven by its readiness loop."""

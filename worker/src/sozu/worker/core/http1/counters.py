@@ -1,0 +1,61 @@
+"""Plain counters of one HTTP listener, bumped by its session cores and folded into the metrics
+by the shell at snapshot time (the same fields as the listener's, plus `pipelined_unanswered`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class HttpCounters:
+    """Monotonic counters, and two gauges: `active` (kept by the shell, which accepts
+    connections) and `websockets_active` (kept by the cores)."""
+
+    accepted: int = 0
+    active: int = 0
+    requests: int = 0
+    parse_errors: int = 0
+    backend_parse_errors: int = 0
+    no_backend: int = 0
+    retries: int = 0
+    backend_errors: int = 0
+    bytes_in: int = 0  # every byte read from clients
+    bytes_out: int = 0  # every byte queued for clients
+    websockets: int = 0
+    websockets_active: int = 0
+    sni_mismatches: int = 0
+    rejected_per_ip: int = 0
+    stale_connections: int = 0  # pooled backend connections found closed at reuse
+    alpn_rejected: int = 0
+    tls_handshakes: int = 0
+    # Requests still buffered when a connection closed after a response that said close.
+    pipelined_unanswered: int = 0
+    # final status of every response sent (proxied or generated) -> count
+    statuses: dict[int, int] = field(default_factory=dict)
+    # status of every answer sozu generated itself -> count
+    answers: dict[int, int] = field(default_factory=dict)
+    cluster_requests: dict[str, int] = field(default_factory=dict)
+
+    def count_status(self, status: int) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def count_answer(self, status: int) -> None:
+        self.answers[status] = self.answers.get(status, 0) + 1
+        self.count_status(status)
+
+    def clear(self) -> None:
+        active, websockets_active = self.active, self.websockets_active
+        self.__init__()  # type: ignore[misc]
+        self.active, self.websockets_active = active, websockets_active
+
+    def check_invariants(self) -> None:
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, int):
+                assert value >= 0, (name, value)
+        assert all(count > 0 for count in self.statuses.values())
+        assert all(count > 0 for count in self.answers.values())
+        # Every generated answer is also a status sent.
+        for status, count in self.answers.items():
+            assert self.statuses.get(status, 0) >= count, (status, count)

@@ -1,0 +1,555 @@
+"""The exchange of one request with a backend, for the session core: connect attempts, the
+request body relay, the response head and body relay, keep-or-drop of the backend connection,
+and the tunnel after a 101 (data-plane §2.4, §2.5, §2.12, §1.5).
+
+The request body (Content-Length by count, chunked by `ChunkedScanner`) is relayed as raw
+bytes beside the response: a backend may answer before it has read the whole body, and that
+response then says close. Response bodies are relayed raw too: by length, chunked, or until
+the backend closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+from sozu.worker.core.http1.actions import (
+    CLOSE_BACK,
+    CONNECT,
+    RELEASE_BACK,
+    SHUTDOWN_BACK,
+    SHUTDOWN_FRONT,
+    TUNNEL,
+)
+from sozu.worker.core.http1.answering import answer, log_request
+from sozu.worker.core.http1.states import (
+    CONNECT_ATTEMPTS,
+    INF,
+    R_CHUNKED,
+    R_CLOSE,
+    R_HEAD,
+    R_LENGTH,
+    S_CLOSING,
+    S_CONNECTING,
+    S_EXCHANGE,
+    S_TUNNEL,
+    STATE_NAMES,
+)
+from sozu.worker.http.codec import (
+    ChunkedScanner,
+    Framing,
+    HeadError,
+    ResponseHead,
+    find_head_end,
+    parse_response_head,
+)
+from sozu.worker.http.header_edits import edit_response, serialize_head
+
+if TYPE_CHECKING:
+    from sozu.worker.core.http1.session import Http1Session
+
+log = logging.getLogger("sozu.worker.http")
+
+_NONE: Final = Framing.NONE
+_LENGTH: Final = Framing.LENGTH
+_CHUNKED: Final = Framing.CHUNKED
+_CLOSE: Final = Framing.CLOSE
+
+# -- connecting
+
+
+def connect_next(s: Http1Session, now: float) -> None:
+    """Choose the backend of attempt `s.attempt` (the sticky one first) and ask for a
+    connection to it; 503 when the cluster has none to offer."""
+    cluster = s.cluster
+    assert cluster is not None
+    assert s.head is not None
+    backend = None
+    if s.sticky is not None and s.attempt == 0:
+        backend = s.ctx.sticky_backend(cluster, s.sticky, now)
+    if backend is None:
+        backend = cluster.choose(now)
+    if backend is None:
+        _no_backend(s, now)
+        return
+    s.backend = backend
+    target = s.target_slot
+    target.cluster_id = cluster.cluster_id
+    target.backend_id = backend.id
+    target.address = backend.address
+    target.allow_pooled = not s.fresh
+    target.verify = s.head.framing is not _NONE
+    s.target = target
+    s.actions |= CONNECT
+    s.state = S_CONNECTING
+    s.connect_started = now
+    s.t_back = now + s.ctx.connect_timeout
+    s.t_read = INF
+
+
+def _no_backend(s: Http1Session, now: float) -> None:
+    assert s.cluster is not None
+    cluster_id = s.cluster.cluster_id
+    if s.last_timeout:
+        answer(s, 504, now, cluster_id=cluster_id, message="backend connect timed out")
+    else:
+        s.counters.no_backend += 1
+        answer(s, 503, now, cluster_id=cluster_id, message="no backend available")
+
+
+def connected(s: Http1Session, now: float, reused: bool) -> None:
+    """The backend connection is up: send the edited head and what is buffered of the body."""
+    backend, cluster, counters = s.backend, s.cluster, s.counters
+    assert backend is not None
+    assert cluster is not None
+    assert s.head is not None
+    if not reused:
+        if s.attempt:
+            counters.retries += 1
+        cluster.connection_succeeded(backend.id)
+        if cluster.connect_seconds is not None:
+            cluster.connect_seconds.observe(now - s.connect_started)
+    s.reused = reused
+    cluster.opened(backend.id)
+    s.back_opened = s.back_open = True
+    cluster_id = cluster.cluster_id
+    counters.cluster_requests[cluster_id] = counters.cluster_requests.get(cluster_id, 0) + 1
+    s.linked = backend
+    s.log_cluster = cluster_id
+    s.backend_started = now
+    s.state = S_EXCHANGE
+    s.r_phase = R_HEAD
+    s.back_received = False
+    s.to_back += s.request_bytes
+    s.t_back = now + s.ctx.back_timeout
+    if s.up_done:
+        s.t_read = INF
+        return
+    s.t_read = now + s.ctx.front_timeout
+    fbuf = s.fbuf
+    if fbuf:
+        try:
+            used = relay_body(s, fbuf, now)
+        except HeadError as error:
+            _body_refused(s, error, now)
+            return
+        del fbuf[:used]
+    if not s.up_done and s.front_ended:
+        s.hang_up(now)
+
+
+def connect_failed(s: Http1Session, now: float, *, timed_out: bool) -> None:
+    """The attempt failed: back-off bookkeeping, then the next attempt or the answer."""
+    backend, cluster, counters = s.backend, s.cluster, s.counters
+    assert backend is not None
+    assert cluster is not None
+    log.debug("backend %s of %s: connect failed", backend.id, cluster.cluster_id)
+    counters.backend_errors += 1
+    if s.attempt:
+        counters.retries += 1
+    cluster.connection_failed(backend.id, now)
+    s.target = None
+    s.t_back = INF
+    s.attempt += 1
+    s.last_timeout = timed_out
+    if s.attempt >= CONNECT_ATTEMPTS:
+        _no_backend(s, now)
+    else:
+        connect_next(s, now)
+
+
+def drop_back(s: Http1Session, *, keep: bool) -> None:
+    """Let go of the backend connection (or of the dial in progress): pooled when `keep`."""
+    if s.back_opened:
+        assert s.cluster is not None
+        assert s.backend is not None
+        s.cluster.closed(s.backend.id)
+        s.back_opened = False
+    s.back_open = False
+    if s.target is not None:
+        if keep:
+            assert not s.to_back
+            s.actions |= RELEASE_BACK
+        else:
+            s.actions |= CLOSE_BACK
+            s.to_back.clear()
+        s.target = None
+    s.rbuf.clear()
+
+
+def observe(s: Http1Session, now: float) -> None:
+    assert s.cluster is not None
+    s.ctx.observe(s.cluster.cluster_id, now - s.started, now - s.backend_started)
+
+
+def give_up(s: Http1Session, now: float, status: int, message: str) -> None:
+    """Drop the backend connection and answer `status` for the exchange (502, 504, 400)."""
+    cluster, backend = s.cluster, s.backend
+    assert cluster is not None
+    assert backend is not None
+    assert not s.responding
+    drop_back(s, keep=False)
+    if status == 502:
+        s.counters.backend_parse_errors += 1
+    observe(s, now)
+    answer(s, status, now, message=message, cluster_id=cluster.cluster_id, backend_id=backend.id)
+
+
+# -- the request body
+
+
+def relay_body(s: Http1Session, data: bytes | bytearray, now: float) -> int:
+    """Move the request body bytes at the start of `data` to to_back; how many there were.
+    HeadError for a malformed chunked body."""
+    scanner = s.up_scanner
+    if scanner is None:
+        remaining = s.up_remaining
+        used = min(remaining, len(data))
+        s.up_remaining = remaining - used
+        if used == remaining:
+            s.up_done = True
+    else:
+        used = scanner.feed(data)
+        if scanner.done:
+            s.up_done = True
+    s.to_back += data if used == len(data) else data[:used]
+    s.bytes_in += used
+    if s.up_done:
+        s.t_read = INF
+        if s.r_phase == R_HEAD:
+            # The backend has the whole request: its time to answer starts now.
+            s.t_back = now + s.ctx.back_timeout
+    return used
+
+
+def upload(s: Http1Session, data: bytes, now: float) -> None:
+    """Client bytes during the request body: the body goes to the backend, the rest waits."""
+    try:
+        used = relay_body(s, data, now)
+    except HeadError as error:
+        _body_refused(s, error, now)
+        return
+    if used < len(data):
+        s.fbuf += data[used:]
+
+
+def _body_refused(s: Http1Session, error: HeadError, now: float) -> None:
+    """A malformed chunked body: 400 when nothing of the response went out, else close."""
+    log.debug("request body from %s: %s", s.peer[0], error.reason)
+    if s.responding:
+        s.hang_up(now)
+        return
+    s.counters.parse_errors += 1
+    cluster = s.cluster
+    assert cluster is not None
+    drop_back(s, keep=False)
+    observe(s, now)
+    answer(s, error.status, now, message=error.reason)
+
+
+# -- the response
+
+
+def response_data(s: Http1Session, data: bytes, now: float) -> None:
+    """Backend bytes during the exchange."""
+    phase = s.r_phase
+    if phase == R_HEAD:
+        _response_head(s, data, now)
+    elif phase == R_LENGTH:
+        remaining = s.r_remaining
+        size = len(data)
+        if size < remaining:
+            s.to_front += data
+            s.r_remaining = remaining - size
+        else:
+            s.to_front += data if size == remaining else data[:remaining]
+            s.r_remaining = 0
+            s.back_extra = size > remaining
+            finish_response(s, now, complete=True)
+    elif phase == R_CHUNKED:
+        scanner = s.r_scanner
+        assert scanner is not None
+        try:
+            used = scanner.feed(data)
+        except HeadError as error:
+            log.info("backend chunked body refused: %s", error.reason)
+            finish_response(s, now, complete=False)
+            return
+        s.to_front += data if used == len(data) else data[:used]
+        if scanner.done:
+            s.back_extra = used < len(data)
+            finish_response(s, now, complete=True)
+    else:
+        s.to_front += data
+
+
+def _response_head(s: Http1Session, data: bytes, now: float) -> None:
+    """Bytes of the response head: relay 1xx heads, then take the final one."""
+    head = s.head
+    assert head is not None
+    s.back_received = True
+    rbuf = s.rbuf
+    buf: bytes | bytearray = data
+    if rbuf:
+        rbuf += data
+        buf = rbuf
+    max_head = s.ctx.max_head
+    while True:
+        try:
+            end = find_head_end(buf, max_head)
+            if end < 0:
+                if buf is not rbuf:
+                    rbuf += buf
+                return
+            response = parse_response_head(bytes(buf[:end]), head.method)
+        except HeadError as error:
+            log.info("backend response refused: %s", error.reason)
+            give_up(s, now, 502, "")
+            return
+        status = response.status
+        if status < 200 and status != 101:
+            # Interim (100 Continue, 103 Early Hints): relayed as is; the final one follows.
+            s.to_front += serialize_head(
+                b"HTTP/1.1 %d %s" % (status, response.reason), response.headers
+            )
+            s.t_back = now + s.ctx.back_timeout
+            if buf is rbuf:
+                del rbuf[:end]
+            else:
+                buf = buf[end:]
+            if not buf:
+                return
+            continue
+        leftover = buf[end:]
+        rbuf.clear()
+        _final_response(s, response, leftover, now)
+        return
+
+
+def _final_response(
+    s: Http1Session, response: ResponseHead, leftover: bytes | bytearray, now: float
+) -> None:
+    head, cluster, backend, ctx = s.head, s.cluster, s.backend, s.ctx
+    assert head is not None
+    assert cluster is not None
+    assert backend is not None
+    assert s.cluster_config is not None
+    assert s.frontend is not None
+    if response.status == 101 and head.upgrade:
+        _start_tunnel(s, response, leftover, now)
+        return
+    framing = response.framing
+    scanner = None
+    used = 0
+    if framing is _CHUNKED:
+        scanner = ChunkedScanner(status=502)
+        try:
+            used = scanner.feed(leftover)
+        except HeadError as error:
+            log.info("backend chunked body refused: %s", error.reason)
+            give_up(s, now, 502, "")
+            return
+    closing = not s.keep_alive or s.draining or framing is _CLOSE or not s.up_done
+    sticky_value = None
+    if s.sticky_found is not None or s.cluster_config.sticky_session:
+        sticky_value = ctx.sticky_id(cluster.cluster_id, backend.id).encode()
+    edited = edit_response(
+        response.headers,
+        request_id=s.request_id.encode(),
+        closing=closing,
+        sozu_id_header=ctx.sozu_id_header,
+        sticky_name=ctx.sticky_name,
+        sticky_value=sticky_value,
+        sticky_found=s.sticky_found,
+        edits=s.response_edits,
+        hsts=ctx.hsts_for(s.frontend.hsts) if ctx.https else None,
+    )
+    to_front = s.to_front
+    to_front += serialize_head(
+        b"HTTP/1.1 %d %s" % (response.status, response.reason), edited.headers
+    )
+    s.responding = True
+    s.closing = closing
+    s.status = response.status
+    # A request that said close (or HTTP/1.0 without keep-alive) leaves the backend free to
+    # close once it has answered, whatever its response says: never pooled.
+    s.back_keep = edited.keep_alive and response.keep_alive
+    s.back_extra = False
+    if framing is _NONE:
+        s.back_extra = bool(leftover)
+        finish_response(s, now, complete=True)
+    elif framing is _LENGTH:
+        length = response.content_length
+        if len(leftover) >= length:
+            to_front += leftover if len(leftover) == length else leftover[:length]
+            s.back_extra = len(leftover) > length
+            finish_response(s, now, complete=True)
+        else:
+            to_front += leftover
+            s.r_remaining = length - len(leftover)
+            s.r_phase = R_LENGTH
+    elif scanner is not None:
+        to_front += leftover if used == len(leftover) else leftover[:used]
+        if scanner.done:
+            s.back_extra = used < len(leftover)
+            finish_response(s, now, complete=True)
+        else:
+            s.r_scanner = scanner
+            s.r_phase = R_CHUNKED
+    else:
+        to_front += leftover
+        s.r_phase = R_CLOSE
+
+
+def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
+    """The response ended (`complete`: as framed): keep or drop both connections."""
+    cluster, backend = s.cluster, s.backend
+    assert cluster is not None
+    assert backend is not None
+    assert s.responding
+    # Pooled only after a complete, framed exchange that nobody asked to close, whose request
+    # was sent whole, to a backend still configured.
+    keep_back = (
+        complete
+        and s.keep_alive
+        and s.up_done
+        and s.back_keep
+        and not s.back_extra
+        and not s.to_back
+        and not s.draining
+        and cluster.selector.backend(backend.id) is not None
+    )
+    drop_back(s, keep=keep_back)
+    s.counters.count_status(s.status)
+    if s.ctx.shared.histogram is not None:
+        observe(s, now)
+    if s.log_on:
+        log_request(s, now)
+    if complete and not s.closing:
+        s.next_request(now)
+    else:
+        # A complete response said close: linger. A truncated one: nothing more to say.
+        s.close_front(now, linger=complete, count_pipelined=s.up_done)
+
+
+def backend_ended(s: Http1Session, now: float, *, reset: bool) -> None:
+    """The backend closed (or reset) its connection during the exchange."""
+    phase = s.r_phase
+    head = s.head
+    assert head is not None
+    if phase == R_HEAD:
+        if not s.back_received and s.reused and head.framing is _NONE:
+            # A pooled connection the backend had closed: once more on a fresh one (a request
+            # without a body can be sent again).
+            s.counters.stale_connections += 1
+            drop_back(s, keep=False)
+            s.fresh = True
+            s.attempt = 0
+            s.last_timeout = False
+            connect_next(s, now)
+        else:
+            give_up(s, now, 502, "")
+    else:
+        # A reset never completes a body, even a close-delimited one.
+        finish_response(s, now, complete=phase == R_CLOSE and not reset)
+
+
+def back_timer(s: Http1Session, now: float) -> None:
+    """The backend timer: connect timeout, no response in time, or an idle response body."""
+    state = s.state
+    if state == S_CONNECTING:
+        drop_back(s, keep=False)  # the shell abandons the dial
+        connect_failed(s, now, timed_out=True)
+    elif state == S_EXCHANGE:
+        if s.r_phase == R_HEAD:
+            if not s.up_done:
+                # Still waiting for the client's body: the client's timer decides.
+                s.t_back = now + s.ctx.back_timeout
+            else:
+                give_up(s, now, 504, "")
+        elif len(s.to_front) > s.limit:
+            # Not read because the client is slow: the client's send timer decides.
+            s.t_back = now + s.ctx.back_timeout
+        else:
+            finish_response(s, now, complete=False)
+    else:  # pragma: no cover - no backend timer elsewhere
+        raise AssertionError(f"backend timer in {STATE_NAMES[state]}")
+
+
+def back_send_stalled(s: Http1Session, now: float) -> None:
+    """The backend has not read to_back for back_timeout."""
+    state = s.state
+    if state == S_EXCHANGE:
+        if s.responding:
+            finish_response(s, now, complete=False)
+        else:
+            give_up(s, now, 504, "")
+    elif state == S_TUNNEL:
+        end_tunnel(s, now)
+        s.close_front(now, linger=False, count_pipelined=False)
+    elif state == S_CLOSING:
+        s.to_back.clear()
+    else:  # pragma: no cover - to_back is empty in other states
+        raise AssertionError(f"backend send timer in {STATE_NAMES[state]}")
+
+
+# -- the tunnel
+
+
+def _start_tunnel(
+    s: Http1Session, response: ResponseHead, leftover: bytes | bytearray, now: float
+) -> None:
+    ctx, counters = s.ctx, s.counters
+    headers = [*response.headers, (ctx.sozu_id_header, s.request_id.encode())]
+    s.to_front += serialize_head(b"HTTP/1.1 101 " + response.reason, headers)
+    s.to_front += leftover
+    if s.fbuf:
+        s.to_back += s.fbuf
+        s.fbuf.clear()
+    counters.websockets += 1
+    counters.websockets_active += 1
+    s.status = 101
+    s.responding = True
+    s.up_done = True
+    s.up_scanner = None
+    s.state = S_TUNNEL
+    s.actions |= TUNNEL
+    s.t_back = INF
+    s.t_read = now + max(ctx.front_timeout, ctx.back_timeout)
+    if s.front_ended:
+        s.tunnel_front_done = True
+        s.actions |= SHUTDOWN_BACK
+
+
+def tunnel_side_ended(s: Http1Session, now: float, *, front: bool) -> None:
+    """One side of the tunnel half-closed: pass it on; both done ends the tunnel."""
+    if front:
+        s.tunnel_front_done = True
+        s.actions |= SHUTDOWN_BACK
+    else:
+        s.tunnel_back_done = True
+        s.back_open = False
+        s.actions |= SHUTDOWN_FRONT
+    if s.tunnel_front_done and s.tunnel_back_done:
+        end_tunnel(s, now, flush_back=True)
+        s.close_front(now, linger=False, count_pipelined=False)
+
+
+def end_tunnel(s: Http1Session, now: float, *, flush_back: bool = False) -> None:
+    """The tunnel is over: its request is counted and logged; the backend connection closes
+    (after to_back is flushed when `flush_back`)."""
+    assert s.state == S_TUNNEL
+    s.counters.websockets_active -= 1
+    s.counters.count_status(101)
+    observe(s, now)
+    log_request(s, now)
+    if flush_back and s.to_back:
+        if s.back_opened:
+            assert s.cluster is not None
+            assert s.backend is not None
+            s.cluster.closed(s.backend.id)
+            s.back_opened = False
+        s.back_open = False
+        s.back_close_pending = True
+    else:
+        drop_back(s, keep=False)

@@ -1,0 +1,172 @@
+"""What a parsed request head becomes: an answer (400, 421, 404, a redirect, 401, 503, 429) or
+an edited head on its way to a backend of its cluster (data-plane §2.2-2.10, §1.3).
+
+Decisions come from the sans-io modules of `sozu.worker.http` (router, policy, header edits,
+certificate names); this module applies them to the session in order and leaves the per-IP
+slot the connection holds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from sozu.command.types import Cluster
+from sozu.worker.core.http1.answering import answer
+from sozu.worker.core.http1.exchange import connect_next
+from sozu.worker.http.certificate_resolver import authority_matches
+from sozu.worker.http.codec import ChunkedScanner, Framing, RequestHead, header_value
+from sozu.worker.http.header_edits import compile_frontend_edits, edit_request, serialize_head
+from sozu.worker.http.policy import Redirect, Unauthorized, evaluate, rewrite_for
+from sozu.worker.http.router import parse_authority
+
+if TYPE_CHECKING:
+    from sozu.worker.core.http1.session import Http1Session
+
+_NONE: Final = Framing.NONE
+_LENGTH: Final = Framing.LENGTH
+
+
+def serve(s: Http1Session, head: RequestHead, now: float) -> None:
+    """Take a new request: answer it, or route it towards a backend (CONNECT)."""
+    ctx = s.ctx
+    shared = ctx.shared
+    counters = s.counters
+    s.head = head
+    s.request_id = shared.ids.generate()
+    s.bytes_in += head.length
+    framing = head.framing
+    if framing is not _NONE:
+        s.up_done = False
+        if framing is _LENGTH:
+            s.up_remaining = head.content_length
+        else:
+            s.up_scanner = ChunkedScanner()
+    if shared.access_log is not None:
+        s.account_out()
+        s.log_on = True
+        s.log_started = now
+        s.log_in0 = s.bytes_in - head.length
+        s.log_out0 = s.bytes_out
+    counters.requests += 1
+    raw = head.authority
+    text = "" if raw is None else raw.decode("latin-1")
+    parsed = parse_authority(text) if text else None
+    if parsed is None:
+        answer(s, 400, now, message="invalid authority")
+        return
+    if ctx.strict_sni and not authority_matches(s.served_names, s.sni, text, s.default_cert):
+        counters.sni_mismatches += 1
+        answer(s, 421, now, message="authority not served")
+        return
+    path = head.path.decode("latin-1")
+    match = ctx.router.lookup(parsed[0], path, head.method.decode("latin-1"))
+    if match is None:
+        answer(s, 404, now, message="no frontend")
+        return
+    frontend = match.frontend
+    if s.log_on and frontend.tags:
+        s.log_tags = frontend.tags
+    known = ctx.cluster(frontend.cluster_id) if frontend.cluster_id else None
+    cluster_config = known[0] if known is not None else None
+    s.routed = True
+    s.authority = text
+    s.cluster_config = cluster_config
+    verdict = evaluate(
+        frontend,
+        cluster_config,
+        listener_scheme=ctx.scheme,
+        authority=text,
+        target=path,
+        # Only read for basic auth: no scan of the headers for the others.
+        authorization=(
+            header_value(head.headers, b"authorization") if frontend.required_auth else None
+        ),
+        # $HOST[0] / $PATH[0] are the whole host and path; the router's captures start at 1.
+        host_captures=(parsed[0], *match.host_captures),
+        path_captures=(path, *match.path_captures),
+    )
+    if isinstance(verdict, Redirect):
+        answer(
+            s,
+            verdict.status,
+            now,
+            redirect_location=verdict.location,
+            inline_template=verdict.template,
+        )
+        return
+    if isinstance(verdict, Unauthorized):
+        answer(s, 401, now, www_authenticate=verdict.www_authenticate or "")
+        return
+    if known is None:
+        answer(s, 503, now, message="no cluster")
+        return
+    cluster_config, cluster = known
+    if not hold_per_ip_slot(s, cluster_config):
+        counters.rejected_per_ip += 1
+        answer(
+            s,
+            429,
+            now,
+            cluster_id=cluster.cluster_id,
+            retry_after=shared.per_ip.retry_after(cluster_config),
+            message="too many connections from this address",
+        )
+        return
+    rewrite_host = rewrite_path = None
+    if frontend.rewrite_host is not None or frontend.rewrite_path is not None:
+        rewrite = rewrite_for(
+            frontend, (parsed[0], *match.host_captures), (path, *match.path_captures)
+        )
+        rewrite_host, rewrite_path = rewrite.host, rewrite.path
+    sticky_session = cluster_config.sticky_session
+    request_id = s.request_id.encode()
+    edits = edit_request(
+        head.headers,
+        request_id=request_id,
+        https=ctx.https,
+        public_ip=ctx.public_ip,
+        public_port=ctx.public_port,
+        peer=s.peer,
+        closing=s.draining,
+        sticky_name=ctx.sticky_name if sticky_session else None,
+        sozu_id_header=ctx.sozu_id_header,
+        elide_x_real_ip=ctx.elide_x_real_ip,
+        send_x_real_ip=ctx.send_x_real_ip,
+        rewrite_host=rewrite_host.encode() if rewrite_host is not None else None,
+        edits=compile_frontend_edits(frontend.headers).request if frontend.headers else (),
+    )
+    target = rewrite_path.encode("latin-1") if rewrite_path is not None else head.target
+    # The client's version: a backend must not answer an HTTP/1.0 client in chunks.
+    s.request_bytes = serialize_head(
+        head.method + b" " + target + b" HTTP/" + head.version, edits.headers
+    )
+    found = edits.sticky_value
+    s.sticky_found = found
+    s.sticky = found.decode("latin-1") if found and sticky_session else None
+    s.keep_alive = edits.keep_alive and head.keep_alive
+    s.response_edits = compile_frontend_edits(frontend.headers).response if frontend.headers else ()
+    s.frontend = frontend
+    s.cluster = cluster
+    s.started = now
+    s.attempt = 0
+    s.fresh = False
+    s.last_timeout = False
+    connect_next(s, now)
+
+
+def hold_per_ip_slot(s: Http1Session, cluster: Cluster) -> bool:
+    """Hold the connection's per-IP slot for `cluster` (moved from the cluster of an earlier
+    request); False when the cluster's limit for the client's IP is reached."""
+    if s.per_ip_cluster == cluster.cluster_id:
+        return True
+    if not s.ctx.shared.per_ip.take(cluster, s.peer[0]):
+        return False
+    release_per_ip_slot(s)
+    s.per_ip_cluster = cluster.cluster_id
+    return True
+
+
+def release_per_ip_slot(s: Http1Session) -> None:
+    if s.per_ip_cluster is not None:
+        s.ctx.shared.per_ip.give(s.per_ip_cluster, s.peer[0])
+        s.per_ip_cluster = None

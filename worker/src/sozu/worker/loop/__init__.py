@@ -1,0 +1,1 @@
+"""The data plane's shell: one readiness loop per worker, listeners, connections."""

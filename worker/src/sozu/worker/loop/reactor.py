@@ -1,0 +1,254 @@
+"""The worker's readiness loop: one epoll object, one trio task, plain synchronous handlers.
+
+Every data-plane socket (listeners, client and backend connections, pooled idle connections)
+is registered here with a handler, a callable taking the epoll event mask. `run` waits for the
+epoll fd to become readable through trio (so the worker's other tasks, the supervisor channel,
+health probes, metrics, run beside it), then handles ready events in batches: at most
+MAX_EVENTS per poll, and once it has run for YIELD_AFTER seconds without waiting it yields to
+trio before polling again, so that a saturated loop never starves the rest of the worker.
+
+Timers: each timed object (a connection) has one deadline; the loop keeps one heap entry per
+object, lazily repaired: moving a deadline later costs nothing (the entry fires, sees the later
+deadline and is pushed again), moving it earlier pushes a new entry (the old one is skipped
+when it pops). The loop's wait is bounded by the earliest entry.
+
+A handler that raises ends its own connection, never the loop: the exception is logged,
+counted by reason and handed to the handler's owner (`abort`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import select
+import time
+from collections.abc import Callable
+from typing import Final, Protocol
+
+import trio
+
+log = logging.getLogger("sozu.worker.loop")
+
+IN: Final = select.EPOLLIN
+OUT: Final = select.EPOLLOUT
+ERR: Final = select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
+# Always reported, whatever a registration asks for: the peer is gone both ways.
+HUP: Final = select.EPOLLERR | select.EPOLLHUP
+MAX_EVENTS: Final = 256
+YIELD_AFTER: Final = 0.002
+
+Handler = Callable[[int], None]
+
+
+class Timed(Protocol):
+    """What the loop's timers hold: the armed deadline (set by the loop) and its expiry."""
+
+    armed: float
+
+    def deadline(self) -> float: ...
+
+    def expire(self, now: float) -> None: ...
+
+    def abort(self, error: BaseException) -> None: ...
+
+
+class _Later:
+    """A one-shot timer of the loop."""
+
+    __slots__ = ("armed", "at", "callback")
+
+    def __init__(self, at: float, callback: Callable[[], None]) -> None:
+        self.armed = math.inf
+        self.at = at
+        self.callback = callback
+
+    def deadline(self) -> float:
+        return self.at
+
+    def expire(self, now: float) -> None:
+        self.at = math.inf
+        self.callback()
+
+    def abort(self, error: BaseException) -> None:
+        self.at = math.inf
+
+
+class LoopStats:
+    """Loop metrics, plain numbers folded into the worker's registry at snapshot time."""
+
+    __slots__ = ("batch_seconds", "batches", "errors", "events", "lag_max", "lag_total", "timers")
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.events = 0
+        self.batch_seconds = 0.0
+        self.timers = 0
+        # How late timers fired (seconds): total and worst.
+        self.lag_total = 0.0
+        self.lag_max = 0.0
+        # Handler exceptions by reason (exception class name).
+        self.errors: dict[str, int] = {}
+
+
+class Reactor:
+    """One epoll object and its handlers (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Handler] = {}
+        self._owners: dict[int, Timed] = {}
+        self._masks: dict[int, int] = {}
+        self._timers: list[tuple[float, int, Timed]] = []
+        self._sequence = itertools.count()
+        self.stats = LoopStats()
+        # The cancel scope bounding the loop's current wait (None while it runs handlers).
+        self._waiting: trio.CancelScope | None = None
+        # trio's clock is perf_counter plus an offset: `now()` reads it without trio.
+        self._offset = 0.0
+        self.closed = False
+
+    def now(self) -> float:
+        return time.perf_counter() + self._offset
+
+    # -- registrations
+
+    def register(self, fd: int, mask: int, handler: Handler, owner: Timed) -> None:
+        assert fd not in self._handlers, fd
+        self._epoll.register(fd, mask)
+        self._handlers[fd] = handler
+        self._owners[fd] = owner
+        self._masks[fd] = mask
+
+    def modify(self, fd: int, mask: int) -> None:
+        """Change what `fd` is watched for (no system call when unchanged)."""
+        if self._masks.get(fd) != mask:
+            self._epoll.modify(fd, mask)
+            self._masks[fd] = mask
+
+    def rebind(self, fd: int, handler: Handler, owner: Timed) -> None:
+        """Give a registered fd another handler (a pooled connection taken by a session)."""
+        assert fd in self._handlers, fd
+        self._handlers[fd] = handler
+        self._owners[fd] = owner
+
+    def unregister(self, fd: int) -> None:
+        if self._handlers.pop(fd, None) is not None:
+            del self._owners[fd]
+            del self._masks[fd]
+            # Already closed: the kernel dropped it from the epoll set by itself; or the loop
+            # is over (the worker stops) and its epoll object with it.
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
+
+    def __contains__(self, fd: int) -> bool:
+        return fd in self._handlers
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    # -- timers
+
+    def arm(self, timed: Timed) -> None:
+        """(Re)consider `timed`'s deadline; call after anything that may have moved it (from a
+        handler, or from a trio task while the loop waits: the wait is shortened)."""
+        deadline = timed.deadline()
+        if deadline < timed.armed:
+            timed.armed = deadline
+            heapq.heappush(self._timers, (deadline, next(self._sequence), timed))
+            waiting = self._waiting
+            if waiting is not None and deadline < waiting.deadline:
+                waiting.deadline = deadline
+
+    def _fire_timers(self, now: float) -> None:
+        timers = self._timers
+        stats = self.stats
+        while timers and timers[0][0] <= now:
+            entry_deadline, _, timed = heapq.heappop(timers)
+            if timed.armed != entry_deadline:
+                continue  # a stale entry: an earlier one replaced it
+            timed.armed = math.inf
+            deadline = timed.deadline()
+            if deadline > now:
+                self.arm(timed)  # moved later meanwhile
+                continue
+            stats.timers += 1
+            lag = now - deadline
+            stats.lag_total += lag
+            if lag > stats.lag_max:
+                stats.lag_max = lag
+            try:
+                timed.expire(now)
+                if timed.deadline() <= now:
+                    # Firing again at once would spin the loop: a bug, ended like any other.
+                    raise RuntimeError("a timer fired without moving its deadline")
+            except Exception as error:
+                self._failed(timed, error)
+            else:
+                self.arm(timed)
+
+    def later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Call `callback` (in the loop) `delay` seconds from now."""
+        self.arm(_Later(self.now() + delay, callback))
+
+    def next_deadline(self) -> float:
+        return self._timers[0][0] if self._timers else math.inf
+
+    # -- the loop
+
+    def _failed(self, owner: Timed, error: BaseException) -> None:
+        reason = type(error).__name__
+        errors = self.stats.errors
+        errors[reason] = errors.get(reason, 0) + 1
+        log.error("connection ended by an internal error", exc_info=error)
+        try:
+            owner.abort(error)
+        except Exception:
+            log.exception("aborting a failed connection failed too")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Handle ready events until cancelled (then the epoll object is closed)."""
+        self._offset = trio.current_time() - time.perf_counter()
+        epoll = self._epoll
+        handlers = self._handlers
+        stats = self.stats
+        perf_counter = time.perf_counter
+        task_status.started()
+        yielded = perf_counter()
+        try:
+            while True:
+                self._fire_timers(self.now())
+                events = epoll.poll(0, MAX_EVENTS)
+                if not events:
+                    with trio.move_on_at(self.next_deadline()) as self._waiting:
+                        await trio.lowlevel.wait_readable(epoll.fileno())
+                    self._waiting = None
+                    yielded = perf_counter()
+                    continue
+                started = perf_counter()
+                for fd, mask in events:
+                    handler = handlers.get(fd)
+                    if handler is None:
+                        continue  # closed by an earlier handler of this batch
+                    try:
+                        handler(mask)
+                    except Exception as error:
+                        owner = self._owners.get(fd)
+                        if owner is not None:
+                            self._failed(owner, error)
+                        else:
+                            log.exception("handler of fd %d failed", fd)
+                        if handlers.get(fd) is handler:
+                            self.unregister(fd)  # its owner did not let go: the loop must
+                done = perf_counter()
+                stats.batches += 1
+                stats.events += len(events)
+                stats.batch_seconds += done - started
+                if done - yielded > YIELD_AFTER:
+                    await trio.lowlevel.checkpoint()
+                    yielded = perf_counter()
+        finally:
+            self.closed = True
+            epoll.close()
