@@ -18,15 +18,16 @@ import itertools
 import subprocess
 import sys
 import time
+from random import Random
 
 from sozu.command.types import Cluster, HttpListenerConfig, RequestHttpFrontend
-from sozu.worker.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.core.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.core.clusters import TcpCluster
+from sozu.worker.core.http.request_id import UlidGenerator
+from sozu.worker.core.http.router import Router
 from sozu.worker.core.http1.actions import CONNECT, RELEASE_BACK
 from sozu.worker.core.http1.context import ListenerContext, SharedContext
 from sozu.worker.core.http1.session import Http1Session
-from sozu.worker.http.request_id import UlidGenerator
-from sozu.worker.http.router import Router
-from sozu.worker.tcp.backends import TcpCluster
 
 REQUEST = (
     b"GET /index.html HTTP/1.1\r\nHost: web.test\r\nUser-Agent: bench/1.0\r\n"
@@ -39,7 +40,9 @@ RESPONSE = (
 
 
 def session() -> Http1Session:
-    cluster = TcpCluster("web", LoadBalancingPolicy.ROUND_ROBIN, [Backend("b1", ("10.0.0.2", 80))])
+    cluster = TcpCluster(
+        "web", LoadBalancingPolicy.ROUND_ROBIN, [Backend("b1", ("10.0.0.2", 80))], rng=Random(0)
+    )
     clusters = {"web": (Cluster(cluster_id="web"), cluster)}
     counter = itertools.count()
     ids = UlidGenerator(lambda: 1_750_000_000_000, lambda n: next(counter).to_bytes(n, "big"))

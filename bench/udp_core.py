@@ -21,7 +21,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from sozu.worker.balancing import (
+from sozu.worker.core.balancing import (
     Backend,
     BackendSelector,
     LoadBalancingPolicy,
@@ -29,8 +29,8 @@ from sozu.worker.balancing import (
     encode_address,
     hrw_select,
 )
-from sozu.worker.udp.config import ClusterConfig
-from sozu.worker.udp.manager import FlowManager
+from sozu.worker.core.udp.config import ClusterConfig
+from sozu.worker.core.udp.manager import FlowManager
 
 BACKEND = ("127.0.0.1", 5300)
 
@@ -231,11 +231,11 @@ def section_core(n_flows: int, n_datagrams: int, memory_flows: int) -> None:
 
 
 def section_sweep() -> None:
-    print("## Simulation sweep (python -m sozu.worker.udp.simulation, defaults)")
+    print("## Simulation sweep (python -m simulation.udp, defaults)")
     for flags in ([], ["-O"]):
         start = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, *flags, "-m", "sozu.worker.udp.simulation"],
+            [sys.executable, *flags, "-m", "simulation.udp"],
             capture_output=True,
             text=True,
             check=False,

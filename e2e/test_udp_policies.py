@@ -16,9 +16,9 @@ import pytest
 from e2e.support.daemon import Daemon, DaemonFactory, wait_for
 from e2e.support.net import free_port
 from e2e.support.udp_backends import NamedUdpEcho, client, listener_value, query
-from sozu.worker.balancing import Backend, BackendSelector, LoadBalancingPolicy
-from sozu.worker.balancing.hashing import DEFAULT_HASH_SEED
-from sozu.worker.udp.flow_key import affinity_hash
+from sozu.worker.core.balancing import Backend, BackendSelector, LoadBalancingPolicy
+from sozu.worker.core.balancing.hashing import DEFAULT_HASH_SEED
+from sozu.worker.core.udp.flow_key import affinity_hash
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from support import fuzz_checks as checks
 
 from fuzz.inputs import Target, pack, unpack
 from sozu.command.types import PathRule, RequestHttpFrontend
-from sozu.worker.proxy_protocol import build_v2
+from sozu.worker.core.proxy_protocol import build_v2
 
 HEAD_LIMITS = (16384, 1, 16, 64, 256, 1024)
 METHODS = (b"GET", b"HEAD", b"POST", b"CONNECT")

@@ -26,8 +26,12 @@ SANS_IO_MODULES = (
     "sozu.command.statefile",
     "sozu.command.config",
     "sozu.worker",
-    "sozu.worker.udp.simulation",
-    "sozu.worker.balancing",
+    "sozu.worker.core.balancing",
+    "sozu.worker.core.clusters",
+    "sozu.worker.core.tcp_session",
+    "sozu.worker.core.http1.session",
+    "sozu.worker.core.udp.manager",
+    "simulation.udp",
 )
 
 

@@ -15,7 +15,7 @@ import socket
 import threading
 
 from e2e.support.net import prometheus_series
-from sozu.worker.proxy_protocol import SIGNATURE, ProxyHeader, ProxyProtocolError, parse_v2
+from sozu.worker.core.proxy_protocol import SIGNATURE, ProxyHeader, ProxyProtocolError, parse_v2
 
 IO_TIMEOUT = 5.0
 # Byte 13 of a PROXY v2 header: address family (high nibble) and transport (low nibble).

@@ -8,8 +8,8 @@ from support.certs import certificate
 from sozu.command import requests as rq
 from sozu.command.responses import CertificatesList, HealthChecksList
 from sozu.command.state import ConfigState
+from sozu.command.state_queries import answer_query
 from sozu.command.types import Cluster, HealthCheckConfig, HttpsListenerConfig
-from sozu.worker.state_queries import answer_query
 
 HTTPS = "127.0.0.1:8443"
 

@@ -16,7 +16,7 @@ from sozu.command.route_patterns import compile_regex
 from sozu.command.state import ConfigState, forwarded_size
 from sozu.command.state_errors import InvalidValue
 from sozu.command.types import Backend, Cluster, Header, PathRule, RequestHttpFrontend
-from sozu.worker.http.router import Router
+from sozu.worker.core.http.router import Router
 
 ADDRESS = "127.0.0.1:8080"
 

@@ -22,8 +22,8 @@ from sozu.command.state import ConfigState
 from sozu.command.state_errors import StateError
 from sozu.command.statefile import StateFileError, parse_state
 from sozu.command.types import RequestHttpFrontend
-from sozu.worker.http.codec import HeadError, find_head_end
-from sozu.worker.http.router import Router
+from sozu.worker.core.http.codec import HeadError, find_head_end
+from sozu.worker.core.http.router import Router
 
 HEAD = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 # {"v": 1, "id": "x", "request": [[[...]]]}: msgspec skips a value by recursing into it.

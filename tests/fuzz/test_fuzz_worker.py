@@ -11,7 +11,7 @@ from support import fuzz_checks as checks
 from support.hostile_strategies import REQUEST_VALUES, hostile_text
 
 from sozu.command.types import RequestHttpFrontend
-from sozu.worker.proxy_protocol import SIGNATURE, build_v2
+from sozu.worker.core.proxy_protocol import SIGNATURE, build_v2
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sozu.worker.http.access_log import AccessRecord, format_duration, format_line
+from sozu.worker.core.http.access_log import AccessRecord, format_duration, format_line
 
 
 def _record(**changes: object) -> AccessRecord:

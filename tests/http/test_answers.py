@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sozu.command.types import Cluster
-from sozu.worker.http.answers import (
+from sozu.worker.core.http.answers import (
     BUILTIN_CODES,
     AnswerContext,
     AnswerSet,
@@ -347,8 +347,8 @@ def test_inline_redirect_template_and_fallback() -> None:
 
 def test_module_is_sans_io() -> None:
     code = (
-        "import sys, sozu.worker.http.answers, sozu.worker.http.header_edits, "
-        "sozu.worker.http.policy, sozu.worker.http.request_id; "
+        "import sys, sozu.worker.core.http.answers, sozu.worker.core.http.header_edits, "
+        "sozu.worker.core.http.policy, sozu.worker.core.http.request_id; "
         "print(any(m in sys.modules for m in ('trio', 'socket', 'ssl')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sozu.worker.http.certificate_resolver import (
+from sozu.worker.core.http.certificate_resolver import (
     CertificateResolver,
     authority_matches,
     normalize_name,
@@ -120,7 +120,7 @@ def test_authority_matches(
 
 def test_module_is_sans_io() -> None:
     code = (
-        "import sys, sozu.worker.http.certificate_resolver\n"
+        "import sys, sozu.worker.core.http.certificate_resolver\n"
         "print(','.join(m for m in ('ssl', 'socket', 'trio') if m in sys.modules))\n"
     )
     out = subprocess.run(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sozu.worker.http.codec import (
+from sozu.worker.core.http.codec import (
     ChunkedScanner,
     Framing,
     HeadError,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sozu.command.types import Header
-from sozu.worker.http.header_edits import (
+from sozu.worker.core.http.header_edits import (
     HeaderEdit,
     RequestEdits,
     add_hsts,
@@ -17,7 +17,7 @@ from sozu.worker.http.header_edits import (
     edit_response,
     serialize_head,
 )
-from sozu.worker.http.request_id import (
+from sozu.worker.core.http.request_id import (
     ALPHABET,
     UlidGenerator,
     decode_ulid,

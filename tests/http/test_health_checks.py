@@ -13,9 +13,10 @@ import trio.testing
 
 from sozu.command.state import ConfigState
 from sozu.command.types import Backend, Cluster, HealthCheckConfig
-from sozu.worker.balancing import LoadBalancingPolicy
-from sozu.worker.cluster_view import backends_of
-from sozu.worker.http.health_checks import (
+from sozu.worker.core.balancing import LoadBalancingPolicy
+from sozu.worker.core.cluster_view import backends_of
+from sozu.worker.core.clusters import TcpCluster
+from sozu.worker.core.http.health_checks import (
     MAX_STATUS_LINE,
     CheckTarget,
     HealthCheckEvent,
@@ -25,8 +26,7 @@ from sozu.worker.http.health_checks import (
     probe_request,
     status_ok,
 )
-from sozu.worker.http.health_prober import HttpHealthChecks, http_probe
-from sozu.worker.tcp.backends import TcpCluster
+from sozu.worker.shell.http_health_prober import HttpHealthChecks, http_probe
 
 
 def check(**overrides: int | str) -> HealthCheckConfig:
@@ -487,7 +487,9 @@ def add_cluster(
 
 
 def tcp_cluster(state: ConfigState, cid: str) -> TcpCluster:
-    return TcpCluster(cid, LoadBalancingPolicy.ROUND_ROBIN, backends_of(state, cid))
+    return TcpCluster(
+        cid, LoadBalancingPolicy.ROUND_ROBIN, backends_of(state, cid), rng=random.Random(0)
+    )
 
 
 def test_duplicate_backend_ids_in_the_state_are_checked_once() -> None:

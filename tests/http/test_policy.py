@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sozu.command.types import Cluster, HstsConfig, RequestHttpFrontend
-from sozu.worker.http.policy import (
+from sozu.worker.core.http.policy import (
     Redirect,
     Unauthorized,
     check_basic_auth,

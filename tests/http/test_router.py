@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sozu.command.types import PathRule, PathRuleKind, RequestHttpFrontend, RulePosition
-from sozu.worker.http.router import (
+from sozu.worker.core.http.router import (
     RouteMatch,
     Router,
     parse_authority,

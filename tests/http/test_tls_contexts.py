@@ -13,8 +13,8 @@ from support.certs import certificate, certificate_authority
 
 from sozu.command.state import ConfigState, StoredCertificate
 from sozu.command.types import CertificateAndKey, HttpsListenerConfig
-from sozu.worker.http.certificate_resolver import authority_matches
-from sozu.worker.http.tls_contexts import (
+from sozu.worker.core.http.certificate_resolver import authority_matches
+from sozu.worker.shell.tls_contexts import (
     ListenerTls,
     ServedCertificate,
     classify_handshake_error,

@@ -7,7 +7,7 @@ import socket
 
 import trio
 
-from sozu.worker.loop.reactor import IN, Reactor
+from sozu.worker.shell.reactor import IN, Reactor
 
 
 class Timed:

@@ -25,7 +25,7 @@ from sozu.command.types import RequestHttpFrontend, RequestTcpFrontend
 from sozu.supervisor.events import EventHub
 from sozu.supervisor.prometheus_endpoint import SnapshotCollector, make_registry
 from sozu.supervisor.workers import Worker, WorkerPool
-from sozu.worker.channel_loop import WorkerCore
+from sozu.worker.shell.channel_loop import WorkerCore
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ import pytest
 import trio
 from support.worker_harness import worker
 
+from sozu.command import log_targets
+from sozu.command.log_targets import open_line_sink, route_logs
 from sozu.supervisor.daemon_io import setup_logging as setup_supervisor_logging
-from sozu.worker import log_targets
-from sozu.worker.log_targets import open_line_sink, route_logs
 from sozu.worker.main import setup_logging as setup_worker_logging
 
 

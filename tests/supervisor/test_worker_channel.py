@@ -19,7 +19,7 @@ from sozu.command.fdpass import send_listeners
 from sozu.command.responses import Event, MetricsReport
 from sozu.command.types import Backend, Cluster, RequestTcpFrontend, TcpListenerConfig
 from sozu.supervisor.listener_sockets import ListenerSockets
-from sozu.worker.channel_loop import WorkerCore, serve_channel
+from sozu.worker.shell.channel_loop import WorkerCore, serve_channel
 
 
 def _free_port() -> int:

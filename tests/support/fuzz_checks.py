@@ -45,7 +45,7 @@ from sozu.command.state import ConfigState
 from sozu.command.state_errors import StateError
 from sozu.command.statefile import StateFileError, dump_state, load_requests, parse_state
 from sozu.command.types import RequestHttpFrontend
-from sozu.worker.http.codec import (
+from sozu.worker.core.http.codec import (
     ChunkedScanner,
     Framing,
     HeadError,
@@ -53,8 +53,8 @@ from sozu.worker.http.codec import (
     parse_request_head,
     parse_response_head,
 )
-from sozu.worker.http.router import Router, parse_authority, split_hostname_pattern
-from sozu.worker.proxy_protocol import ProxyHeader, ProxyProtocolError, build_v2, parse_v2
+from sozu.worker.core.http.router import Router, parse_authority, split_hostname_pattern
+from sozu.worker.core.proxy_protocol import ProxyHeader, ProxyProtocolError, build_v2, parse_v2
 
 STATE_FILE_HEADER = b'{"sozu_state":1,"protocol_version":1,"records":1}\n'
 

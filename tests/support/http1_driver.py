@@ -6,6 +6,7 @@ invariant after every call. Responses the client received are parsed by `parse_r
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,10 @@ from sozu.command.types import (
     HttpsListenerConfig,
     RequestHttpFrontend,
 )
-from sozu.worker.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.core.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.core.clusters import TcpCluster
+from sozu.worker.core.http.request_id import UlidGenerator
+from sozu.worker.core.http.router import Router
 from sozu.worker.core.http1.actions import (
     CLOSE_BACK,
     CLOSE_FRONT,
@@ -29,9 +33,6 @@ from sozu.worker.core.http1.actions import (
 )
 from sozu.worker.core.http1.context import ListenerContext, SharedContext
 from sozu.worker.core.http1.session import Http1Session
-from sozu.worker.http.request_id import UlidGenerator
-from sozu.worker.http.router import Router
-from sozu.worker.tcp.backends import TcpCluster
 
 LISTEN = "127.0.0.1:8080"
 PEER = ("10.0.0.7", 40123)
@@ -72,7 +73,9 @@ class World:
         **keys: Any,
     ) -> TcpCluster:
         members = [Backend(b, ("10.1.0.1", port)) for b, port in (backends or [])]
-        cluster = TcpCluster(cluster_id, LoadBalancingPolicy.ROUND_ROBIN, members)
+        cluster = TcpCluster(
+            cluster_id, LoadBalancingPolicy.ROUND_ROBIN, members, rng=random.Random(0)
+        )
         self.clusters[cluster_id] = (Cluster(cluster_id=cluster_id, **keys), cluster)
         by_value = self.shared.sticky_to_backend.setdefault(cluster_id, {})
         for member in members:

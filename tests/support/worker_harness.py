@@ -24,8 +24,8 @@ from sozu.command.types import (
     RequestTcpFrontend,
     TcpListenerConfig,
 )
-from sozu.worker.channel_loop import WorkerCore, handle
-from sozu.worker.proxies import Proxies
+from sozu.worker.shell.channel_loop import WorkerCore, handle
+from sozu.worker.shell.proxies import Proxies
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

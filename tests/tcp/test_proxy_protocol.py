@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sozu.worker.proxy_protocol import (
+from sozu.worker.core.proxy_protocol import (
     MAX_HEADER_LENGTH,
     SIGNATURE,
     ProxyHeader,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from sozu.worker.balancing import Backend, LoadBalancingPolicy
-from sozu.worker.tcp.backends import TcpCluster
-from sozu.worker.tcp.retry import MAX_TRIES, RetryPolicy
+from sozu.worker.core.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.core.clusters import TcpCluster
+from sozu.worker.core.retry import MAX_TRIES, RetryPolicy
 
 
 def test_first_failure_waits_exactly_one_second() -> None:
@@ -41,8 +41,8 @@ def test_failures_during_a_back_off_count_once() -> None:
 
 
 def test_cluster_reports_a_backend_down_once_its_back_off_is_exhausted() -> None:
-    from sozu.worker.balancing import Backend, LoadBalancingPolicy
-    from sozu.worker.tcp.backends import TcpCluster
+    from sozu.worker.core.balancing import Backend, LoadBalancingPolicy
+    from sozu.worker.core.clusters import TcpCluster
 
     events: list[tuple[str, str, str]] = []
     cluster = TcpCluster(
@@ -69,7 +69,12 @@ def test_cluster_reports_a_backend_down_once_its_back_off_is_exhausted() -> None
 def test_a_success_during_back_off_leaves_the_cluster_consistent() -> None:
     """A connect that succeeds while another to the same backend timed out ends its back-off
     (the next choice used to raise KeyError and take the worker down)."""
-    cluster = TcpCluster("app", LoadBalancingPolicy.ROUND_ROBIN, [Backend("b", ("127.0.0.1", 1))])
+    cluster = TcpCluster(
+        "app",
+        LoadBalancingPolicy.ROUND_ROBIN,
+        [Backend("b", ("127.0.0.1", 1))],
+        rng=random.Random(1),
+    )
     cluster.connection_failed("b", 100.0)
     assert cluster.choose(100.1) is None  # backing off, no other backend
     cluster.connection_succeeded("b")

@@ -13,14 +13,14 @@ import pytest
 import trio
 
 from sozu.command.types import TcpListenerConfig
-from sozu.worker.balancing import Backend, LoadBalancingPolicy
-from sozu.worker.connection_limit import ConnectionLimit
+from sozu.worker.core.balancing import Backend, LoadBalancingPolicy
+from sozu.worker.core.clusters import TcpCluster
+from sozu.worker.core.proxy_protocol import ProxyHeader, parse_v2
 from sozu.worker.core.tcp_session import TcpContext, TcpCounters
-from sozu.worker.loop.accepting import Acceptor
-from sozu.worker.loop.reactor import Reactor
-from sozu.worker.loop.tcp_listener import TcpListener, TcpServer
-from sozu.worker.proxy_protocol import ProxyHeader, parse_v2
-from sozu.worker.tcp.backends import TcpCluster
+from sozu.worker.shell.accepting import Acceptor
+from sozu.worker.shell.connection_limit import ConnectionLimit
+from sozu.worker.shell.reactor import Reactor
+from sozu.worker.shell.tcp_listener import TcpListener, TcpServer
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
@@ -233,7 +233,7 @@ async def test_send_proxy_writes_the_client_address_first() -> None:
 
 @pytest.mark.parametrize("relay_header", [False, True], ids=["expect", "relay"])
 async def test_expect_proxy_adopts_the_announced_source(relay_header: bool) -> None:
-    from sozu.worker.proxy_protocol import build_v2
+    from sozu.worker.core.proxy_protocol import build_v2
 
     announced = build_v2(("203.0.113.7", 5555), ("198.51.100.1", 443))
     received: list[bytes] = []

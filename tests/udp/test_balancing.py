@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sozu.worker.balancing import (
+from sozu.worker.core.balancing import (
     DEFAULT_HASH_SEED,
     Backend,
     BackendSelector,

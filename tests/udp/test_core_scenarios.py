@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sozu.worker.udp.config import ClusterConfig
-from sozu.worker.udp.flow import FlowPhase, teardown_reason
-from sozu.worker.udp.inputs import (
+from sozu.worker.core.udp.config import ClusterConfig
+from sozu.worker.core.udp.flow import FlowPhase, teardown_reason
+from sozu.worker.core.udp.inputs import (
     AbortFlow,
     BackendDatagram,
     BackendResolved,
@@ -19,8 +19,8 @@ from sozu.worker.udp.inputs import (
     SetMaxRxDatagramSize,
     Timeout,
 )
-from sozu.worker.udp.manager import FlowManager, InvariantViolation
-from sozu.worker.udp.outputs import (
+from sozu.worker.core.udp.manager import FlowManager, InvariantViolation
+from sozu.worker.core.udp.outputs import (
     ArmTimer,
     CloseFlow,
     CloseReason,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sozu.worker.balancing import Backend
-from sozu.worker.udp.config import HealthMode, UdpHealthSettings
-from sozu.worker.udp.health import ClusterHealth, HealthEvent, Probe
+from sozu.worker.core.balancing import Backend
+from sozu.worker.core.udp.config import HealthMode, UdpHealthSettings
+from sozu.worker.core.udp.health import ClusterHealth, HealthEvent, Probe
 
 B0 = Backend("b0", ("127.0.0.1", 5300))
 B1 = Backend("b1", ("127.0.0.1", 5301))

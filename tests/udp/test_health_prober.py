@@ -7,10 +7,10 @@ import socket
 
 import trio
 
-from sozu.worker.balancing import Backend, BackendSelector, LoadBalancingPolicy
-from sozu.worker.udp.config import UdpHealthSettings
-from sozu.worker.udp.health import ClusterHealth, HealthEvent
-from sozu.worker.udp.health_prober import HealthProber, tcp_probe, udp_probe
+from sozu.worker.core.balancing import Backend, BackendSelector, LoadBalancingPolicy
+from sozu.worker.core.udp.config import UdpHealthSettings
+from sozu.worker.core.udp.health import ClusterHealth, HealthEvent
+from sozu.worker.shell.udp_health_prober import HealthProber, tcp_probe, udp_probe
 
 
 class Recorder:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from sozu.worker.udp.config import HealthMode, UdpHealthSettings
-from sozu.worker.udp.egress import CLIENT_QUEUE_CAP, UPSTREAM_QUEUE_CAP, SendResult, WriteQueue
-from sozu.worker.udp.limits import (
+from sozu.worker.core.udp.config import HealthMode, UdpHealthSettings
+from sozu.worker.core.udp.egress import CLIENT_QUEUE_CAP, UPSTREAM_QUEUE_CAP, SendResult, WriteQueue
+from sozu.worker.core.udp.limits import (
     auto_max_flows,
     clamp_max_rx,
     effective_max_flows,
     exceeds_fd_share,
     recv_buffer_size,
 )
-from sozu.worker.udp.proxy_protocol import build_header, header_length, prepend_header
+from sozu.worker.core.udp.proxy_protocol import build_header, header_length, prepend_header
 
 SIGNATURE = bytes.fromhex("0D0A0D0A000D0A515549540A")
 

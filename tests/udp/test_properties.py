@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sozu.worker.balancing import (
+from sozu.worker.core.balancing import (
     Backend,
     MaglevTable,
     encode_address,
@@ -15,10 +15,10 @@ from sozu.worker.balancing import (
     hrw_select,
     splitmix64_finalize,
 )
-from sozu.worker.udp.config import ClusterConfig
-from sozu.worker.udp.flow_key import affinity_hash, flow_key
-from sozu.worker.udp.manager import FlowManager
-from sozu.worker.udp.outputs import (
+from sozu.worker.core.udp.config import ClusterConfig
+from sozu.worker.core.udp.flow_key import affinity_hash, flow_key
+from sozu.worker.core.udp.manager import FlowManager
+from sozu.worker.core.udp.outputs import (
     CloseFlow,
     Drop,
     DropReason,
@@ -27,7 +27,7 @@ from sozu.worker.udp.outputs import (
     OutputT,
     SelectBackend,
 )
-from sozu.worker.udp.proxy_protocol import build_header, prepend_header
+from sozu.worker.core.udp.proxy_protocol import build_header, prepend_header
 
 BK = ("127.0.0.1", 53)
 POOL = [(f"10.0.0.{i}", 9000 + i % 2) for i in range(8)]

@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from sozu.worker.balancing import Backend, BackendSelector, LoadBalancingPolicy
-from sozu.worker.proxy_protocol import parse_v2
-from sozu.worker.udp.config import ClusterConfig
-from sozu.worker.udp.manager import FlowManager
-from sozu.worker.udp.shell import UdpListenerProxy
+from sozu.worker.core.balancing import Backend, BackendSelector, LoadBalancingPolicy
+from sozu.worker.core.proxy_protocol import parse_v2
+from sozu.worker.core.udp.config import ClusterConfig
+from sozu.worker.core.udp.manager import FlowManager
+from sozu.worker.shell.udp_proxy import UdpListenerProxy
 
 Address = tuple[str, int]
 

@@ -13,7 +13,7 @@ import socket
 import trio
 from udp.test_shell import EchoBackend, ask, running
 
-from sozu.worker.udp.outputs import DropReason
+from sozu.worker.core.udp.outputs import DropReason
 
 
 async def test_raised_max_rx_delivers_a_bigger_reply_whole_on_an_existing_flow() -> None:

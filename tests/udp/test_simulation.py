@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sozu.worker.udp.flow import TIMER_GEN_MASK, Flow
-from sozu.worker.udp.manager import FlowManager
-from sozu.worker.udp.simulation import (
+from simulation.udp import (
     DEFAULT_SEEDS,
     DEFAULT_STEPS,
     parse_int,
@@ -20,7 +18,9 @@ from sozu.worker.udp.simulation import (
     run_sweep,
     summary_line,
 )
-from sozu.worker.udp.simulation.env import env_int
+from simulation.udp.env import env_int
+from sozu.worker.core.udp.flow import TIMER_GEN_MASK, Flow
+from sozu.worker.core.udp.manager import FlowManager
 
 FAILURE_LINE = re.compile(r"seed=0x[0-9a-f]+ (step=\d+ (init|step|drain-episode)|FINAL): \S.*")
 
@@ -146,7 +146,7 @@ def test_same_seed_same_digest_different_seeds_differ() -> None:
 
 def test_cli_replay_is_identical_across_processes() -> None:
     runs = [
-        _python("-m", "sozu.worker.udp.simulation", "--seed", "0x2a", "--steps", "600", env=env)
+        _python("-m", "simulation.udp", "--seed", "0x2a", "--steps", "600", env=env)
         for env in ({"PYTHONHASHSEED": "1"}, {"PYTHONHASHSEED": "2"})
     ]
     assert runs[0].returncode == 0, runs[0].stderr
@@ -159,9 +159,7 @@ def test_cli_replay_is_identical_across_processes() -> None:
 
 
 def test_cli_sweep_prints_digests_and_the_summary() -> None:
-    proc = _python(
-        "-m", "sozu.worker.udp.simulation", "--seeds", "3", "--steps", "100", "--digests"
-    )
+    proc = _python("-m", "simulation.udp", "--seeds", "3", "--steps", "100", "--digests")
     assert proc.returncode == 0, proc.stderr
     expected = [f"seed=0x{s:x} digest={run_seed(s, 100).digest}" for s in range(3)]
     assert proc.stdout.splitlines() == [*expected, "3 passed, 0 failed"]
@@ -170,11 +168,11 @@ def test_cli_sweep_prints_digests_and_the_summary() -> None:
 def test_cli_honours_the_environment() -> None:
     proc = _python(
         "-m",
-        "sozu.worker.udp.simulation",
+        "simulation.udp",
         env={"SOZU_UDP_SIM_SEEDS": " 2 ", "SOZU_UDP_SIM_STEPS": "0x40"},
     )
     assert proc.stdout.splitlines() == ["2 passed, 0 failed"]
-    bad = _python("-m", "sozu.worker.udp.simulation", env={"SOZU_UDP_SIM_SEEDS": "lots"})
+    bad = _python("-m", "simulation.udp", env={"SOZU_UDP_SIM_SEEDS": "lots"})
     assert bad.returncode == 2
     assert "lots" in bad.stderr
 
@@ -198,9 +196,10 @@ def test_env_parser_rejects(text: str) -> None:
 def test_cores_and_harness_import_neither_trio_nor_socket() -> None:
     script = (
         "import sys\n"
-        "import sozu.worker.udp.simulation, sozu.worker.udp.simulation.__main__\n"
-        "import sozu.worker.udp.manager, sozu.worker.udp.egress, sozu.worker.udp.limits\n"
-        "import sozu.worker.balancing\n"
+        "import simulation.udp, simulation.udp.__main__\n"
+        "import sozu.worker.core.udp.manager, sozu.worker.core.udp.egress\n"
+        "import sozu.worker.core.udp.limits\n"
+        "import sozu.worker.core.balancing\n"
         "bad = sorted(m for m in ('trio', 'socket', 'sozu.command') if m in sys.modules)\n"
         "print(bad)\n"
     )

@@ -22,8 +22,8 @@ from sozu.command.types import (
     UdpHealthConfig,
     UdpListenerConfig,
 )
-from sozu.worker.channel_loop import WorkerCore, handle
-from sozu.worker.proxies import Proxies
+from sozu.worker.shell.channel_loop import WorkerCore, handle
+from sozu.worker.shell.proxies import Proxies
 
 Address = tuple[str, int]
 

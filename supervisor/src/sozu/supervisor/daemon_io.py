@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from sozu.command.addresses import parse_address, to_sockaddr
-from sozu.worker.log_targets import route_logs
+from sozu.command.log_targets import route_logs
 
 
 class StartupError(Exception):

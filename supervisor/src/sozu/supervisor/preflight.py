@@ -26,7 +26,7 @@ MODULES = (
     "sozu.supervisor.main",
     "sozu.supervisor.supervisor",
     "sozu.worker.main",
-    "sozu.worker.channel_loop",
+    "sozu.worker.shell.channel_loop",
 )
 
 

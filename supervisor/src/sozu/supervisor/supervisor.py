@@ -17,6 +17,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import CollectorRegistry
 
 from sozu.command import requests as rq
+from sozu.command.build import build_id
 from sozu.command.channel import ConnectionLost
 from sozu.command.config import LoadedConfig
 from sozu.command.envelope import RequestEnvelope, Response, failure, ok
@@ -33,6 +34,7 @@ from sozu.command.responses import (
 )
 from sozu.command.state import ConfigState
 from sozu.command.state_errors import StateError
+from sozu.command.state_queries import QUERY_TYPES, answer_query
 from sozu.command.statefile import StateFileError, read_state_file, save_state
 from sozu.supervisor.boundaries import ErrorCounts, reason_of
 from sozu.supervisor.daemon_io import StartupError, sd_notify
@@ -50,8 +52,6 @@ from sozu.supervisor.prometheus_endpoint import (
 from sozu.supervisor.server import CommandServer, CommandSocket
 from sozu.supervisor.state_saver import StateSaver
 from sozu.supervisor.workers import UpgradeError, Worker, WorkerPool
-from sozu.worker.build import build_id
-from sozu.worker.state_queries import QUERY_TYPES, answer_query
 
 log = logging.getLogger("sozu.supervisor")
 

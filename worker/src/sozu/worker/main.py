@@ -11,8 +11,8 @@ import sys
 
 import trio
 
-from sozu.worker.channel_loop import WorkerCore, serve_channel
-from sozu.worker.log_targets import route_logs
+from sozu.command.log_targets import route_logs
+from sozu.worker.shell.channel_loop import WorkerCore, serve_channel
 
 
 class _WorkerIdFilter(logging.Filter):

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from sozu.command.types import Cluster, TcpListenerConfig
-from sozu.worker.per_ip import PerIpLimits
-from sozu.worker.proxy_protocol import ProxyProtocolError, build_v2, parse_v2
+from sozu.worker.core.per_ip import PerIpLimits
+from sozu.worker.core.proxy_protocol import ProxyProtocolError, build_v2, parse_v2
 
 if TYPE_CHECKING:
-    from sozu.worker.balancing.backend import Address, Backend
-    from sozu.worker.tcp.backends import TcpCluster
+    from sozu.worker.core.balancing.backend import Address, Backend
+    from sozu.worker.core.clusters import TcpCluster
 
 CONNECT_ATTEMPTS: Final = 3
 MAX_PROXY_HEADER: Final = 4096

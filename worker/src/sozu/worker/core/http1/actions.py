@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from sozu.worker.balancing.backend import Address
+from sozu.worker.core.balancing.backend import Address
 
 # Get a backend connection to `target`: an idle pooled one to its address when
 # `target.allow_pooled` (checked for staleness by the shell, always when `target.verify`),

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Final
 
-from sozu.worker.http.access_log import AccessRecord, format_line
-from sozu.worker.http.answers import AnswerContext
-from sozu.worker.http.codec import (
+from sozu.worker.core.http.access_log import AccessRecord, format_line
+from sozu.worker.core.http.answers import AnswerContext
+from sozu.worker.core.http.codec import (
     ChunkedScanner,
     Framing,
     HeadError,

@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Final, Literal
 from sozu.command.addresses import to_sockaddr
 from sozu.command.metrics import Histogram
 from sozu.command.types import Cluster, HstsConfig, HttpListenerConfig, HttpsListenerConfig
-from sozu.worker.balancing.backend import Backend
+from sozu.worker.core.balancing.backend import Backend
+from sozu.worker.core.http.answers import AnswerSet
+from sozu.worker.core.http.policy import hsts_value
+from sozu.worker.core.http.request_id import UlidGenerator
+from sozu.worker.core.http.router import Router
 from sozu.worker.core.http1.counters import HttpCounters
-from sozu.worker.http.answers import AnswerSet
-from sozu.worker.http.policy import hsts_value
-from sozu.worker.http.request_id import UlidGenerator
-from sozu.worker.http.router import Router
-from sozu.worker.per_ip import PerIpLimits
+from sozu.worker.core.per_ip import PerIpLimits
 
 if TYPE_CHECKING:
     # Only its pure methods are called (choose, usable, opened, closed, connection_*).
-    from sozu.worker.tcp.backends import TcpCluster
+    from sozu.worker.core.clusters import TcpCluster
 
 # Upstream's buffer holds the whole head; a bigger head is refused (431).
 DEFAULT_MAX_HEAD: Final = 16384

@@ -13,6 +13,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Final
 
+from sozu.worker.core.http.codec import (
+    ChunkedScanner,
+    Framing,
+    HeadError,
+    ResponseHead,
+    find_head_end,
+    parse_response_head,
+)
+from sozu.worker.core.http.header_edits import edit_response, serialize_head
 from sozu.worker.core.http1.actions import (
     CLOSE_BACK,
     CONNECT,
@@ -35,15 +44,6 @@ from sozu.worker.core.http1.states import (
     S_TUNNEL,
     STATE_NAMES,
 )
-from sozu.worker.http.codec import (
-    ChunkedScanner,
-    Framing,
-    HeadError,
-    ResponseHead,
-    find_head_end,
-    parse_response_head,
-)
-from sozu.worker.http.header_edits import edit_response, serialize_head
 
 if TYPE_CHECKING:
     from sozu.worker.core.http1.session import Http1Session

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sozu.worker.core.http.codec import HeadError, find_head_end, parse_request_head
 from sozu.worker.core.http1.answering import answer
 from sozu.worker.core.http1.routing import serve
 from sozu.worker.core.http1.states import S_HEAD
-from sozu.worker.http.codec import HeadError, find_head_end, parse_request_head
 
 if TYPE_CHECKING:
     from sozu.worker.core.http1.session import Http1Session

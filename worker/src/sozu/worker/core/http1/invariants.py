@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from sozu.worker.core.http.codec import Framing
 from sozu.worker.core.http1.actions import ALL_ACTIONS
 from sozu.worker.core.http1.states import (
     CONNECT_ATTEMPTS,
@@ -20,7 +21,6 @@ from sozu.worker.core.http1.states import (
     S_TUNNEL,
     STATE_NAMES,
 )
-from sozu.worker.http.codec import Framing
 
 if TYPE_CHECKING:
     from sozu.worker.core.http1.session import Http1Session

@@ -1,7 +1,7 @@
 """What a parsed request head becomes: an answer (400, 421, 404, a redirect, 401, 503, 429) or
 an edited head on its way to a backend of its cluster (data-plane §2.2-2.10, §1.3).
 
-Decisions come from the sans-io modules of `sozu.worker.http` (router, policy, header edits,
+Decisions come from the sans-io modules of `sozu.worker.core.http` (router, policy, header edits,
 certificate names); this module applies them to the session in order and leaves the per-IP
 slot the connection holds.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from sozu.command.types import Cluster
+from sozu.worker.core.http.certificate_resolver import authority_matches
+from sozu.worker.core.http.codec import ChunkedScanner, Framing, RequestHead, header_value
+from sozu.worker.core.http.header_edits import compile_frontend_edits, edit_request, serialize_head
+from sozu.worker.core.http.policy import Redirect, Unauthorized, evaluate, rewrite_for
+from sozu.worker.core.http.router import parse_authority
 from sozu.worker.core.http1.answering import answer
 from sozu.worker.core.http1.exchange import connect_next
-from sozu.worker.http.certificate_resolver import authority_matches
-from sozu.worker.http.codec import ChunkedScanner, Framing, RequestHead, header_value
-from sozu.worker.http.header_edits import compile_frontend_edits, edit_request, serialize_head
-from sozu.worker.http.policy import Redirect, Unauthorized, evaluate, rewrite_for
-from sozu.worker.http.router import parse_authority
 
 if TYPE_CHECKING:
     from sozu.worker.core.http1.session import Http1Session

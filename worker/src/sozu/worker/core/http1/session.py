@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sozu.worker.core.http.codec import ChunkedScanner, RequestHead
 from sozu.worker.core.http1 import exchange
 from sozu.worker.core.http1.actions import CLOSE_BACK, CLOSE_FRONT, LINGER_FRONT, BackendTarget
 from sozu.worker.core.http1.answering import answer, count_requests, log_request
@@ -31,13 +32,12 @@ from sozu.worker.core.http1.states import (
     S_TUNNEL,
     STATE_NAMES,
 )
-from sozu.worker.http.codec import ChunkedScanner, RequestHead
 
 if TYPE_CHECKING:
     from sozu.command.types import Cluster, RequestHttpFrontend
-    from sozu.worker.balancing.backend import Backend
-    from sozu.worker.http.header_edits import HeaderEdit
-    from sozu.worker.tcp.backends import TcpCluster
+    from sozu.worker.core.balancing.backend import Backend
+    from sozu.worker.core.clusters import TcpCluster
+    from sozu.worker.core.http.header_edits import HeaderEdit
 
 
 class Http1Session:

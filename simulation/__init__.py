@@ -1,0 +1,1 @@
+"""Deterministic simulation harnesses of the sans-io cores (outside the runtime package)."""

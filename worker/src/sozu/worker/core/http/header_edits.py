@@ -1,0 +1,300 @@
+"""Header edits of proxied HTTP messages (upstream kawa_h1/editor.rs) and head serialisation.
+
+A header block is `list[tuple[bytes, bytes]]`: names keep their original case and compare
+case-insensitively, order is kept. The edit functions return a new list and leave their
+input untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final
+
+from sozu.command.types import Header
+from sozu.worker.core.http.codec import has_token
+
+Headers = list[tuple[bytes, bytes]]
+
+_CONNECTION: Final = b"connection"
+_COOKIE: Final = b"cookie"
+_XFF: Final = b"x-forwarded-for"
+_FORWARDED: Final = b"forwarded"
+_X_REAL_IP: Final = b"x-real-ip"
+_X_PROTO: Final = b"x-forwarded-proto"
+_X_PORT: Final = b"x-forwarded-port"
+_X_REQUEST_ID: Final = b"x-request-id"
+_HOST: Final = b"host"
+_STS: Final = b"strict-transport-security"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdit:
+    """One frontend edit: append `value` under `name`, or delete every `name` when empty."""
+
+    name: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendEdits:
+    """A frontend's `headers` split by direction (BOTH lands in both)."""
+
+    request: tuple[HeaderEdit, ...] = ()
+    response: tuple[HeaderEdit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEdits:
+    """An edited request header block and what the edit learned on the way."""
+
+    headers: Headers
+    sticky_value: bytes | None
+    """Value of the sticky cookie the client sent (the cookie itself was removed)."""
+    keep_alive: bool
+    """False when the client asked for `Connection: close` (or the stream is closing)."""
+    xff_chain: bytes | None
+    """The X-Forwarded-For value the client sent, for the access log."""
+    x_proto_trusted: bool
+    x_proto_differs: bool
+    x_port_trusted: bool
+    x_port_differs: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseEdits:
+    """An edited response header block; `keep_alive` is False on a backend `close`."""
+
+    headers: Headers
+    keep_alive: bool
+
+
+@lru_cache(maxsize=1024)
+def compile_frontend_edits(headers: tuple[Header, ...]) -> FrontendEdits:
+    """The frontend `headers` config as byte edits per direction (cached)."""
+    request = []
+    response = []
+    for header in headers:
+        edit = HeaderEdit(header.key.encode(), header.val.encode())
+        if header.position in ("REQUEST", "BOTH"):
+            request.append(edit)
+        if header.position in ("RESPONSE", "BOTH"):
+            response.append(edit)
+    return FrontendEdits(tuple(request), tuple(response))
+
+
+def format_ip(ip: str) -> str:
+    """An IP literal as it appears with a port: IPv6 in brackets."""
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def _strip_cookie(value: bytes, name: bytes) -> tuple[bytes | None, bytes | None]:
+    """(value without the `name` cookie or None if nothing is left, the cookie's value)."""
+    found = None
+    kept = []
+    for pair in value.split(b";"):
+        pair = pair.strip()
+        if not pair:
+            continue
+        key, _, cookie_value = pair.partition(b"=")
+        if key.strip() == name:
+            found = cookie_value.strip()
+        else:
+            kept.append(pair)
+    if found is None:
+        return value, None
+    return (b"; ".join(kept) if kept else None), found
+
+
+def apply_edits(headers: Headers, edits: Iterable[HeaderEdit]) -> Headers:
+    """Apply frontend edits in order: a non-empty value appends, an empty one deletes."""
+    for edit in edits:
+        if edit.value:
+            headers.append((edit.name, edit.value))
+        else:
+            lowered = edit.name.lower()
+            headers = [h for h in headers if h[0].lower() != lowered]
+    return headers
+
+
+def edit_request(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    request_id: bytes,
+    https: bool,
+    public_ip: str,
+    public_port: int,
+    peer: tuple[str, int] | None,
+    closing: bool = False,
+    sticky_name: bytes | None = b"SOZUBALANCEID",
+    sozu_id_header: bytes = b"Sozu-Id",
+    elide_x_real_ip: bool = False,
+    send_x_real_ip: bool = False,
+    rewrite_host: bytes | None = None,
+    edits: Sequence[HeaderEdit] = (),
+) -> RequestEdits:
+    """The request header block sent to the backend (data-plane §2.3).
+
+    `peer` is the client (or PROXY source) address, None when unknown. Added headers come
+    in upstream order: X-Forwarded-For, Forwarded, X-Real-IP, X-Forwarded-Port,
+    X-Forwarded-Proto, Connection, X-Request-Id, `sozu_id_header`; then, for a host
+    rewrite, X-Forwarded-Host; then the frontend's request edits.
+    """
+    proto = b"https" if https else b"http"
+    port_bytes = str(public_port).encode()
+    out: Headers = []
+    sticky_value: bytes | None = None
+    keep_alive = not closing
+    has_connection = has_request_id = False
+    x_proto_trusted = x_proto_differs = x_port_trusted = x_port_differs = False
+    xff_index = forwarded_index = -1
+    original_host: bytes | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == _COOKIE and sticky_name is not None:
+            value_left, found = _strip_cookie(value, sticky_name)
+            if found is not None:
+                sticky_value = found
+            if value_left is None:
+                continue
+            value = value_left
+        elif lowered == _CONNECTION:
+            has_connection = True
+            if closing:
+                value = b"close"
+            elif has_token(value, b"close"):
+                keep_alive = False
+        elif lowered == _XFF:
+            xff_index = len(out)
+        elif lowered == _FORWARDED:
+            forwarded_index = len(out)
+        elif lowered == _X_REAL_IP:
+            if elide_x_real_ip:
+                continue
+        elif lowered == _X_PROTO:
+            x_proto_trusted = True
+            x_proto_differs |= value.strip().lower() != proto
+        elif lowered == _X_PORT:
+            x_port_trusted = True
+            x_port_differs |= value.strip() != port_bytes
+        elif lowered == _X_REQUEST_ID:
+            has_request_id = True
+        elif lowered == _HOST and rewrite_host is not None:
+            if original_host is not None:
+                continue
+            original_host = value
+            value = rewrite_host
+        out.append((name, value))
+
+    xff_chain = out[xff_index][1] if xff_index >= 0 else None
+    if peer is not None:
+        peer_ip, peer_port = peer
+        ip = peer_ip.encode()
+        forwarded = b'proto=%s;for="%s:%d";by=%s' % (
+            proto,
+            format_ip(peer_ip).encode(),
+            peer_port,
+            _forwarded_by(public_ip),
+        )
+        if xff_index >= 0:
+            xff_name, xff_value = out[xff_index]
+            out[xff_index] = (xff_name, xff_value + b", " + ip)
+        if forwarded_index >= 0:
+            fwd_name, fwd_value = out[forwarded_index]
+            out[forwarded_index] = (fwd_name, fwd_value + b", " + forwarded)
+        if xff_index < 0:
+            out.append((b"X-Forwarded-For", ip))
+        if forwarded_index < 0:
+            out.append((b"Forwarded", forwarded))
+        if send_x_real_ip:
+            out.append((b"X-Real-IP", ip))
+    if not x_port_trusted:
+        out.append((b"X-Forwarded-Port", port_bytes))
+    if not x_proto_trusted:
+        out.append((b"X-Forwarded-Proto", proto))
+    if closing and not has_connection:
+        out.append((b"Connection", b"close"))
+    if not has_request_id:
+        out.append((b"X-Request-Id", request_id))
+    out.append((sozu_id_header, request_id))
+    if rewrite_host is not None:
+        if original_host is None:
+            out.append((b"Host", rewrite_host))
+        else:
+            out.append((b"X-Forwarded-Host", original_host))
+    if edits:
+        out = apply_edits(out, edits)
+    return RequestEdits(
+        headers=out,
+        sticky_value=sticky_value,
+        keep_alive=keep_alive,
+        xff_chain=xff_chain,
+        x_proto_trusted=x_proto_trusted,
+        x_proto_differs=x_proto_differs,
+        x_port_trusted=x_port_trusted,
+        x_port_differs=x_port_differs,
+    )
+
+
+@lru_cache(maxsize=64)
+def _forwarded_by(public_ip: str) -> bytes:
+    return f'"[{public_ip}]"'.encode() if ":" in public_ip else public_ip.encode()
+
+
+def edit_response(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    request_id: bytes,
+    closing: bool = False,
+    sozu_id_header: bytes = b"Sozu-Id",
+    sticky_name: bytes = b"SOZUBALANCEID",
+    sticky_value: bytes | None = None,
+    sticky_found: bytes | None = None,
+    edits: Sequence[HeaderEdit] = (),
+    hsts: bytes | None = None,
+    hsts_force: bool = False,
+) -> ResponseEdits:
+    """The response header block sent to the client (data-plane §2.3, §2.8, §2.11).
+
+    `sticky_value` is the backend's sticky id when the cluster is sticky; a Set-Cookie is
+    added when it differs from `sticky_found` (the request's cookie). HSTS is added when the
+    backend sent none, or replaces the backend's when `hsts_force`.
+    """
+    out: Headers = []
+    keep_alive = True
+    has_connection = False
+    for name, value in headers:
+        if name.lower() == _CONNECTION:
+            has_connection = True
+            if has_token(value, b"close"):
+                keep_alive = False
+            if closing:
+                value = b"close"
+        out.append((name, value))
+    if closing and not has_connection:
+        out.append((b"Connection", b"close"))
+    if sticky_value is not None and sticky_value != sticky_found:
+        out.append((b"Set-Cookie", sticky_name + b"=" + sticky_value + b"; Path=/"))
+    out.append((sozu_id_header, request_id))
+    if edits:
+        out = apply_edits(out, edits)
+    if hsts is not None:
+        out = add_hsts(out, hsts, force=hsts_force)
+    return ResponseEdits(out, keep_alive)
+
+
+def add_hsts(headers: Headers, value: bytes, *, force: bool = False) -> Headers:
+    """Add Strict-Transport-Security when absent; with `force`, replace any present."""
+    present = any(name.lower() == _STS for name, _ in headers)
+    if present and not force:
+        return headers
+    if present:
+        headers = [h for h in headers if h[0].lower() != _STS]
+    headers.append((b"Strict-Transport-Security", value))
+    return headers
+
+
+def serialize_head(start_line: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """`start_line CRLF (name: value CRLF)* CRLF`."""
+    return b"\r\n".join([start_line, *[name + b": " + value for name, value in headers], b"", b""])

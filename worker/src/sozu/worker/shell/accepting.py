@@ -1,0 +1,163 @@
+"""Listener sockets on the readiness loop, and the worker-wide connection limit.
+
+A `LoopListener` accepts on its sockets (its own, plus those of an empty worker slot it
+adopts) until they would block, at most ACCEPT_BATCH per readiness event, and hands each
+connection to `accepted`. The `Acceptor` owns the worker-wide limit: once it is reached every
+listener stops being watched, and watching resumes when a connection ends below it. Resource
+exhaustion (EMFILE, ENFILE, ENOMEM, ENOBUFS) pauses accepting for 100 ms instead of failing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket
+from collections.abc import Callable
+from typing import Final
+
+from sozu.worker.shell.connection_limit import ConnectionLimit
+from sozu.worker.shell.reactor import IN, Reactor
+
+log = logging.getLogger("sozu.worker")
+
+ACCEPT_BATCH: Final = 64
+RESOURCE_PAUSE: Final = 0.1
+_RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class Acceptor:
+    """Every listener of a worker on the loop, and the connection limit they share."""
+
+    def __init__(self, reactor: Reactor, limit: Callable[[], ConnectionLimit]) -> None:
+        self.reactor = reactor
+        self._limit = limit
+        self.listeners: set[LoopListener] = set()
+        self.paused = False
+
+    @property
+    def limit(self) -> ConnectionLimit:
+        return self._limit()
+
+    def released(self) -> None:
+        """A connection ended: give its place back, resume accepting if it was full."""
+        limit = self.limit
+        limit.give()
+        if self.paused and limit.active < limit.limit:
+            self.resume()
+
+    def pause(self, retry_after: float | None = None) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        for listener in self.listeners:
+            listener.unwatch()
+        if retry_after is not None:
+            self.reactor.later(retry_after, self.resume)
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        for listener in self.listeners:
+            if listener.accepting:
+                listener.watch()
+
+
+class LoopListener:
+    """A listener's sockets on the loop; subclasses say what an accepted connection becomes."""
+
+    armed = math.inf
+
+    def __init__(self, acceptor: Acceptor, address: str) -> None:
+        self.acceptor = acceptor
+        self.address = address
+        self.sockets: dict[int, socket.socket] = {}
+        # The listener's own socket (not one of an empty slot it adopted).
+        self.own: socket.socket | None = None
+        self.accepting = False
+        acceptor.listeners.add(self)
+
+    def accepted(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    # -- sockets
+
+    def add_socket(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sockets[sock.fileno()] = sock
+        if self.accepting and not self.acceptor.paused:
+            self._watch_one(sock)
+
+    def remove_socket(self, fd: int) -> None:
+        """Stop accepting on one socket and close this process's copy of it."""
+        sock = self.sockets.pop(fd, None)
+        if sock is not None:
+            self.acceptor.reactor.unregister(fd)
+            sock.close()
+
+    def start_accepting(self) -> None:
+        self.accepting = True
+        if not self.acceptor.paused:
+            self.watch()
+
+    def stop_accepting(self) -> None:
+        """Leave the sockets alone (they stay open: an upgrade's successor serves them)."""
+        self.accepting = False
+        self.unwatch()
+
+    def watch(self) -> None:
+        for sock in self.sockets.values():
+            self._watch_one(sock)
+
+    def unwatch(self) -> None:
+        for fd in self.sockets:
+            self.acceptor.reactor.unregister(fd)
+
+    def _watch_one(self, sock: socket.socket) -> None:
+        reactor = self.acceptor.reactor
+        fd = sock.fileno()
+        if fd not in reactor:
+            reactor.register(fd, IN, lambda _mask: self._accept(sock), self)
+
+    def close(self) -> None:
+        self.stop_accepting()
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
+        self.acceptor.listeners.discard(self)
+
+    # -- the loop's Timed protocol (listener sockets have no timer)
+
+    def deadline(self) -> float:
+        return math.inf
+
+    def expire(self, now: float) -> None:
+        pass
+
+    def abort(self, error: BaseException) -> None:
+        log.error("listener %s: %s", self.address, error)
+
+    # -- accepting
+
+    def _accept(self, sock: socket.socket) -> None:
+        acceptor = self.acceptor
+        limit = acceptor.limit
+        for _ in range(ACCEPT_BATCH):
+            if limit.active >= limit.limit:
+                acceptor.pause()
+                return
+            try:
+                client, peer = sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in _RESOURCE_ERRORS:
+                    log.warning("accept on %s: %s; retrying", self.address, error)
+                    acceptor.pause(retry_after=RESOURCE_PAUSE)
+                    return
+                raise
+            limit.take()
+            client.setblocking(False)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.accepted(client, (peer[0], peer[1]))

@@ -1,0 +1,401 @@
+"""One HTTP/1.1 client connection on the readiness loop: the shell around `Http1Session`.
+
+The core decides everything; this moves bytes and carries out its actions. On each readiness
+event of the client or backend socket it reads once (a TLS socket: until the SSL object has
+nothing buffered) and feeds the core, then `settle` sends what the core queued (as much as the
+sockets take, reporting progress with `sent`), carries out the action bits (pool, close,
+connect: a pooled connection is handed back at once, a dial completes on writability), and
+watches each socket for exactly what the core wants (back pressure: a side is read only while
+the core says so). The connection's timer is the core's `deadline`, or the end of a
+lingering close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from sozu.worker.core.http1.actions import (
+    CLOSE_BACK,
+    CLOSE_FRONT,
+    CONNECT,
+    LINGER_FRONT,
+    RELEASE_BACK,
+    SHUTDOWN_BACK,
+    SHUTDOWN_FRONT,
+)
+from sozu.worker.core.http1.session import Http1Session
+from sozu.worker.shell.reactor import ERR, IN, OUT
+
+if TYPE_CHECKING:
+    from sozu.worker.shell.http_listener import HttpServer
+
+READ_SIZE = 65536
+LINGER = 2.0
+# Bounds the actions a single settle carries out (a pooled connection found stale asks for
+# another at once, and so on): a core that kept asking would be a bug.
+MAX_ROUNDS = 16
+
+
+class HttpConnection:
+    """A client connection (plain or TLS) and the backend connection it currently uses."""
+
+    __slots__ = (
+        "armed",
+        "back",
+        "back_address",
+        "back_fd",
+        "connecting",
+        "fd",
+        "finished",
+        "linger_asked",
+        "linger_until",
+        "lingering",
+        "on_back_event",
+        "on_front_event",
+        "server",
+        "session",
+        "shut_back",
+        "shut_front",
+        "sock",
+        "tls",
+    )
+
+    def __init__(self, server: HttpServer, sock: socket.socket, session: Http1Session) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.session = session
+        self.back: socket.socket | None = None
+        self.back_fd = -1
+        self.back_address: tuple[str, int] | None = None
+        self.connecting = False
+        self.armed = math.inf
+        self.lingering = False
+        self.linger_asked = False
+        self.linger_until = math.inf
+        self.shut_back = False
+        self.shut_front = False
+        self.finished = False
+        # Bound once: the loop calls these for every event.
+        self.on_front_event = self.on_front
+        self.on_back_event = self.on_back
+
+    def begin(self, now: float) -> None:
+        self.server.reactor.register(self.fd, IN, self.on_front_event, self)
+        self.session.start(now)
+        self.settle(now)
+
+    # -- the loop's Timed protocol
+
+    def deadline(self) -> float:
+        if self.finished:
+            return math.inf
+        return self.linger_until if self.lingering else self.session.deadline
+
+    def expire(self, now: float) -> None:
+        if self.lingering:
+            self._finish()
+            return
+        self.session.on_timer(now)
+        self.settle(now)
+
+    def abort(self, error: BaseException) -> None:
+        """An internal error in this connection (counted by the loop): it ends, the worker
+        goes on."""
+        self._finish()
+
+    def close(self) -> None:
+        """The worker stops: end at once."""
+        self._finish()
+
+    # -- events
+
+    def on_front(self, mask: int) -> None:
+        reactor = self.server.reactor
+        now = reactor.now()
+        if self.lingering:
+            self._linger_read()
+            return
+        session = self.session
+        if mask & OUT and session.to_front:
+            self._flush_front(now)
+        if mask & (IN | ERR):
+            self._read_front(now)
+        self.settle(now)
+
+    def _read_front(self, now: float) -> None:
+        session = self.session
+        sock = self.sock
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            data = b""
+        except OSError:
+            session.front_error(now)
+            return
+        if not data:
+            if session.wants_front_read():
+                session.front_eof(now)
+            else:
+                session.front_error(now)  # hung up while we were not reading
+            return
+        if self.tls:
+            # Records already decrypted inside the SSL object make no readiness event.
+            while sock.pending():  # type: ignore[attr-defined]
+                try:
+                    data += sock.recv(READ_SIZE)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+        session.front_data(data, now)
+
+    def on_back(self, mask: int) -> None:
+        now = self.server.reactor.now()
+        session = self.session
+        back = self.back
+        assert back is not None
+        if self.connecting:
+            code = back.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self.connecting = False
+            if code:
+                self._drop_back()
+                session.back_connect_failed(now)
+            else:
+                session.back_connected(now, False)
+            self.settle(now)
+            return
+        if mask & OUT and session.to_back:
+            self._flush_back(now)
+        if mask & (IN | ERR):
+            try:
+                data = back.recv(READ_SIZE)
+            except BlockingIOError:
+                data = None
+            except OSError:
+                self._drop_back()
+                session.back_error(now)
+                data = None
+            else:
+                if data:
+                    session.back_data(data, now)
+                else:
+                    self._drop_back()
+                    session.back_eof(now)
+        self.settle(now)
+
+    # -- carrying out what the core asks
+
+    def settle(self, now: float) -> None:
+        """Send, act, watch: after every input of the core."""
+        session = self.session
+        for _ in range(MAX_ROUNDS):
+            if session.to_back and self.back is not None and not self.connecting:
+                self._flush_back(now)
+            if session.to_front:
+                self._flush_front(now)
+            actions = session.actions
+            if not actions:
+                break
+            session.actions = 0
+            self._act(actions, now)
+        else:
+            raise RuntimeError(f"the session kept asking for actions: {session.actions}")
+        if session.done:
+            self._close_front()
+            return
+        # Tunnel half-closes, once everything before them was delivered.
+        if self.shut_back and self.back is not None and not session.to_back:
+            with contextlib.suppress(OSError):
+                self.back.shutdown(socket.SHUT_WR)
+            self.shut_back = False
+        if self.shut_front and not session.to_front:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(self.sock, socket.SHUT_WR)
+            self.shut_front = False
+        self._watch()
+        self.server.reactor.arm(self)
+
+    def _act(self, actions: int, now: float) -> None:
+        session = self.session
+        server = self.server
+        if actions & RELEASE_BACK:
+            back, address = self.back, self.back_address
+            assert back is not None
+            assert address is not None
+            assert not session.to_back
+            self.back, self.back_fd, self.back_address = None, -1, None
+            server.pool.give(address, back, now)
+        if actions & CLOSE_BACK:
+            self._drop_back()
+        if actions & CONNECT:
+            self._connect(now)
+        if actions & SHUTDOWN_BACK:
+            self.shut_back = True
+        if actions & SHUTDOWN_FRONT:
+            self.shut_front = True
+        if actions & LINGER_FRONT:
+            self.linger_asked = True
+        # CLOSE_FRONT: the core sets `done` once to_front is flushed; _close_front closes then.
+        assert actions & (CLOSE_FRONT | LINGER_FRONT) != (CLOSE_FRONT | LINGER_FRONT)
+
+    def _connect(self, now: float) -> None:
+        session = self.session
+        target = session.target
+        assert target is not None
+        assert self.back is None
+        server = self.server
+        address = target.address
+        if target.allow_pooled:
+            pooled = server.pool.take(address, now, verify=target.verify)
+            if pooled is not None:
+                self._attach(pooled, address, registered=True)
+                session.back_connected(now, True)
+                return
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = sock.connect_ex(address)
+        except OSError as error:
+            code = error.errno or errno.EIO
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            session.back_connect_failed(now)
+            return
+        self._attach(sock, address)
+        if code == errno.EINPROGRESS:
+            self.connecting = True
+        else:
+            session.back_connected(now, False)
+
+    def _attach(
+        self, sock: socket.socket, address: tuple[str, int], *, registered: bool = False
+    ) -> None:
+        self.back = sock
+        self.back_fd = sock.fileno()
+        self.back_address = address
+        self.shut_back = False
+        if registered:
+            self.server.reactor.rebind(self.back_fd, self.on_back_event, self)
+        else:
+            self.server.reactor.register(self.back_fd, OUT, self.on_back_event, self)
+
+    def _drop_back(self) -> None:
+        back = self.back
+        if back is not None:
+            self.server.reactor.unregister(self.back_fd)
+            back.close()
+            self.back, self.back_fd, self.back_address = None, -1, None
+            self.connecting = False
+
+    # -- sending
+
+    def _flush_front(self, now: float) -> None:
+        session = self.session
+        buffer = session.to_front
+        try:
+            sent = self.sock.send(buffer)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        except OSError:
+            session.front_error(now)
+            return
+        if sent:
+            del buffer[:sent]
+            session.sent(now)
+
+    def _flush_back(self, now: float) -> None:
+        session = self.session
+        buffer = session.to_back
+        back = self.back
+        assert back is not None
+        try:
+            sent = back.send(buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop_back()
+            session.back_error(now)
+            return
+        if sent:
+            del buffer[:sent]
+            session.sent(now)
+
+    def _watch(self) -> None:
+        session = self.session
+        reactor = self.server.reactor
+        mask = IN if session.wants_front_read() else 0
+        if session.to_front:
+            mask |= OUT
+        reactor.modify(self.fd, mask)
+        if self.back is not None:
+            if self.connecting:
+                back_mask = OUT
+            else:
+                back_mask = IN if session.wants_back_read() else 0
+                if session.to_back:
+                    back_mask |= OUT
+            reactor.modify(self.back_fd, back_mask)
+
+    # -- the end
+
+    def _close_front(self) -> None:
+        """The core is done: close the backend connection and the client's, lingering when
+        the last response said close (shut the write side, discard input up to LINGER s)."""
+        self._drop_back()
+        if self.linger_asked and not self.finished:
+            if self.tls:
+                _close_notify(self.sock)
+            try:
+                socket.socket.shutdown(self.sock, socket.SHUT_WR)
+            except OSError:
+                self._finish()
+                return
+            self.lingering = True
+            reactor = self.server.reactor
+            self.linger_until = reactor.now() + LINGER
+            reactor.modify(self.fd, IN)
+            reactor.arm(self)
+            return
+        self._finish()
+
+    def _linger_read(self) -> None:
+        try:
+            # Raw bytes, TLS records included: they are discarded anyway.
+            data = socket.socket.recv(self.sock, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._drop_back()
+        server = self.server
+        server.reactor.unregister(self.fd)
+        if self.tls and not self.lingering:
+            _close_notify(self.sock)
+        self.sock.close()
+        if not self.session.done:
+            self.session.abort(server.reactor.now())
+        server.connection_closed(self)
+
+
+def _close_notify(sock: socket.socket) -> None:
+    """Send the TLS close_notify (the first unwrap call writes it; its answer is not waited
+    for): a TLS frontend closes with close_notify and a write-side shutdown only, a full
+    shutdown would reset the tail of the response."""
+    assert isinstance(sock, ssl.SSLSocket)
+    with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+        sock.unwrap()

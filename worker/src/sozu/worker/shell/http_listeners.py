@@ -1,0 +1,301 @@
+"""A worker's HTTP and HTTPS listeners: their contexts, routers, TLS settings and metrics.
+
+Each active listener is an `HttpListener` on the worker's readiness loop, with the
+`ListenerContext` its session cores read: the router of its frontends (rebuilt from the state
+when a frontend of its address changes) and, for HTTPS, its `ListenerTls` (reloaded from the
+state when a certificate of its address changes: new handshakes see it at once, open
+connections keep theirs). What the listeners share (clusters, sticky ids, request ids, per-IP
+slots, the drain) is one `SharedContext`. Clusters are the worker's `TcpCluster`s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import trio
+
+from sozu.command.log_targets import open_line_sink
+from sozu.command.metrics import Histogram, MetricsRegistry
+from sozu.command.state import ConfigState
+from sozu.command.types import Cluster, HttpListenerConfig, HttpsListenerConfig
+from sozu.worker.core.clusters import TcpCluster
+from sozu.worker.core.http.request_id import UlidGenerator
+from sozu.worker.core.http.router import Router
+from sozu.worker.core.http1.context import (
+    DEFAULT_BUFFER_LIMIT,
+    DEFAULT_MAX_HEAD,
+    ListenerContext,
+    SharedContext,
+)
+from sozu.worker.core.http1.counters import HttpCounters
+from sozu.worker.core.per_ip import PerIpLimits
+from sozu.worker.shell.http_health_prober import HttpHealthChecks
+from sozu.worker.shell.http_listener import HttpListener, HttpServer
+from sozu.worker.shell.tls_contexts import ListenerTls
+
+log = logging.getLogger("sozu.worker")
+
+
+# Prometheus name -> HttpCounters attribute, for every listener.
+_LISTENER_COUNTERS = (
+    ("sozu_http_connections_total", "accepted"),
+    ("sozu_http_requests_total", "requests"),
+    ("sozu_http_bytes_in_total", "bytes_in"),
+    ("sozu_http_bytes_out_total", "bytes_out"),
+    ("sozu_http_frontend_parse_errors_total", "parse_errors"),
+    ("sozu_http_backend_parse_errors_total", "backend_parse_errors"),
+    ("sozu_http_retries_total", "retries"),
+    ("sozu_http_backend_connect_errors_total", "backend_errors"),
+    ("sozu_http_websocket_upgrades_total", "websockets"),
+    ("sozu_http_sni_authority_mismatch_total", "sni_mismatches"),
+    ("sozu_https_handshakes_total", "tls_handshakes"),
+    ("sozu_http_rejected_per_ip_total", "rejected_per_ip"),
+    ("sozu_http_backend_stale_connections_total", "stale_connections"),
+    ("sozu_https_alpn_rejected_http11_disabled_total", "alpn_rejected"),
+    ("sozu_http_pipelined_unanswered_total", "pipelined_unanswered"),
+)
+_LISTENER_GAUGES = (
+    ("sozu_http_active_connections", "active"),
+    ("sozu_http_websocket_active", "websockets_active"),
+)
+
+
+def _clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+class HttpListeners:
+    """The HTTP and HTTPS listeners a worker serves, on its readiness loop (`HttpServer`)."""
+
+    def __init__(
+        self,
+        state: ConfigState,
+        registry: MetricsRegistry,
+        server: HttpServer,
+        clusters: dict[str, TcpCluster],
+        on_event: Callable[[str, str, str | None], None],
+        per_ip: PerIpLimits | None = None,
+    ) -> None:
+        self.state = state
+        self.per_ip = per_ip if per_ip is not None else PerIpLimits()
+        self.registry = registry
+        self.server = server
+        self._clusters = clusters
+        # Counters outlive a deactivation so that totals never go back.
+        self._counters: dict[str, HttpCounters] = {}
+        self.health = HttpHealthChecks(state, clusters, on_event)
+        # What every session reads: drain_timeout and the buffer limit come with ServerConfig.
+        self.shared = SharedContext(
+            self._cluster_lookup,
+            ids=UlidGenerator(_clock_ms, os.urandom),
+            time_ns=time.time_ns,
+            per_ip=self.per_ip,
+            pid=os.getpid(),
+        )
+
+        def histogram(name: str, cluster_id: str) -> Histogram:
+            return self.registry.histogram(name, cluster=cluster_id)
+
+        self.shared.histogram = histogram
+        self.buffer_limit = DEFAULT_BUFFER_LIMIT
+
+    def start(self, tasks: trio.Nursery) -> None:
+        self.health.start(tasks)
+
+    def configure(self, drain_timeout: float, buffer_size: int) -> None:
+        self.shared.drain_timeout = float(drain_timeout)
+        self.buffer_limit = max(buffer_size, DEFAULT_MAX_HEAD, DEFAULT_BUFFER_LIMIT)
+
+    def configure_access_logs(self, target: str | None, worker_id: int) -> None:
+        self.shared.access_log = None if target is None else open_line_sink(target)
+        self.shared.tag = f"WRK-{worker_id:02d}"
+
+    def _cluster_lookup(self, cluster_id: str) -> tuple[Cluster, TcpCluster] | None:
+        config = self.state.clusters.get(cluster_id)
+        cluster = self._clusters.get(cluster_id)
+        if config is None or cluster is None:
+            return None
+        return config, cluster
+
+    def fronted_clusters(self) -> set[str]:
+        """Clusters that HTTP or HTTPS frontends point at."""
+        state = self.state
+        return {
+            front.cluster_id
+            for fronts in (state.http_fronts, state.https_fronts)
+            for front in fronts.values()
+            if front.cluster_id is not None
+        }
+
+    def _router(self, address: str, https: bool) -> Router:
+        fronts = self.state.https_fronts if https else self.state.http_fronts
+        return Router.build(f for f in fronts.values() if f.address == address)
+
+    # -- listeners
+
+    def start_listener(self, address: str, config: HttpListenerConfig, sock: socket.socket) -> None:
+        https = isinstance(config, HttpsListenerConfig)
+        tls = None
+        if isinstance(config, HttpsListenerConfig):
+            tls = ListenerTls.from_state(config, self.state)
+            for warning in tls.warnings:
+                log.warning("HTTPS listener %s: %s", address, warning)
+        counters = self._counters.setdefault(address, HttpCounters())
+        context = ListenerContext(
+            config,
+            self._router(address, https),
+            self.shared,
+            counters=counters,
+            buffer_limit=self.buffer_limit,
+        )
+        for warning in context.warnings:
+            log.warning("listener %s answers: %s", address, warning)
+        listener = HttpListener(self.server, address, context, tls)
+        self._set_alpn_policy(listener, config)
+        listener.own = sock
+        listener.add_socket(sock)
+        self.server.listeners[address] = listener
+        listener.start_accepting()
+        log.info("serving %s listener %s", "HTTPS" if https else "HTTP", address)
+
+    @staticmethod
+    def _set_alpn_policy(listener: HttpListener, config: HttpListenerConfig) -> None:
+        listener.disable_http11 = isinstance(config, HttpsListenerConfig) and config.disable_http11
+        if listener.disable_http11:
+            log.warning(
+                "listener %s: disable_http11 with h2 not offered refuses every connection",
+                config.address,
+            )
+
+    def stop_listener(self, address: str) -> bool:
+        listener = self.server.listeners.pop(address, None)
+        if listener is None:
+            return False
+        listener.close()
+        return True
+
+    def served_listener(self, address: str) -> HttpListener | None:
+        return self.server.listeners.get(address)
+
+    def served_sockets(self) -> list[tuple[str, bool, socket.socket]]:
+        """(address, https, own socket) of every served listener."""
+        return [
+            (address, listener.tls is not None, listener.own)
+            for address, listener in self.server.listeners.items()
+            if listener.own is not None
+        ]
+
+    def stop_accepting(self) -> None:
+        for listener in self.server.listeners.values():
+            listener.stop_accepting()
+        self.server.drain()
+
+    # -- configuration changes
+
+    def refresh_routes(self, address: str) -> None:
+        listener = self.server.listeners.get(address)
+        if listener is not None:
+            listener.context.router = self._router(address, listener.tls is not None)
+
+    def refresh_listener(self, address: str) -> None:
+        listener = self.server.listeners.get(address)
+        if listener is None:
+            return
+        config = self.state.https_listeners.get(address) or self.state.http_listeners.get(address)
+        if config is not None:
+            listener.context.configure(config)
+            for warning in listener.context.warnings:
+                log.warning("listener %s answers: %s", address, warning)
+            self._set_alpn_policy(listener, config)
+
+    def refresh_certificates(self, address: str) -> None:
+        listener = self.server.listeners.get(address)
+        if listener is not None and listener.tls is not None:
+            listener.tls.load_state(self.state)
+
+    def refresh_clusters(self) -> None:
+        """Health checks, sticky ids from the state; idle connections to removed backends
+        closed."""
+        self.health.refresh()
+        shared = self.shared
+        shared.sticky_to_backend.clear()
+        shared.backend_to_sticky.clear()
+        addresses = set()
+        for cluster_id, backends in self.state.backends.items():
+            by_value = shared.sticky_to_backend.setdefault(cluster_id, {})
+            for backend in backends:
+                value = backend.sticky_id or backend.backend_id
+                by_value.setdefault(value, backend.backend_id)
+                shared.backend_to_sticky[(cluster_id, backend.backend_id)] = value
+                host, _, port = backend.address.rpartition(":")
+                addresses.add((host.strip("[]"), int(port)))
+        pool = self.server.pool
+        for address in pool.addresses():
+            if address not in addresses:
+                pool.forget(address)
+
+    # -- metrics
+
+    def fold_metrics(self) -> None:
+        registry = self.registry
+        for address, c in self._counters.items():
+            for name, attribute in _LISTENER_COUNTERS:
+                registry.counter(name, listener=address).value = getattr(c, attribute)
+            for name, attribute in _LISTENER_GAUGES:
+                registry.gauge(name, listener=address).value = getattr(c, attribute)
+            by_class: dict[str, int] = {}
+            for status, count in c.statuses.items():
+                key = _status_class(status)
+                by_class[key] = by_class.get(key, 0) + count
+            for key, count in by_class.items():
+                registry.counter(
+                    "sozu_http_status_total", listener=address, status=key
+                ).value = count
+            for status, count in c.answers.items():
+                registry.counter(
+                    "sozu_http_generated_answers_total", listener=address, status=str(status)
+                ).value = count
+            for cluster_id, count in c.cluster_requests.items():
+                registry.counter(
+                    "sozu_http_cluster_requests_total", listener=address, cluster=cluster_id
+                ).value = count
+        for address, served in self.server.listeners.items():
+            tls = served.tls
+            if tls is None:
+                continue
+            for reason, count in tls.handshake_failures.items():
+                if count:
+                    registry.counter(
+                        "sozu_https_handshake_failures_total", listener=address, reason=reason
+                    ).value = count
+            registry.counter(
+                "sozu_https_default_cert_used_total", listener=address
+            ).value = tls.default_cert_used
+        for cluster_id, backends in self.health.statuses().items():
+            for backend_id, healthy in backends.items():
+                registry.gauge(
+                    "sozu_http_health_check_healthy", cluster=cluster_id, backend=backend_id
+                ).value = int(healthy)
+        for cluster_id, counts in self.health.counters().items():
+            for outcome, count in counts.items():
+                registry.counter(
+                    "sozu_http_health_checks_total", cluster=cluster_id, outcome=outcome
+                ).value = count
+        pool = self.server.pool
+        registry.counter("sozu_http_backend_pool_reused_total").value = pool.reused
+        registry.gauge("sozu_http_backend_pool_idle").value = len(pool)
+
+    def clear_metrics(self) -> None:
+        for counters in self._counters.values():
+            counters.clear()
+
+    def close(self) -> None:
+        self.health.close()

@@ -1,0 +1,138 @@
+"""Idle keep-alive connections to backends, registered with the readiness loop.
+
+A connection is pooled after a complete exchange the core declared reusable (RELEASE_BACK).
+While idle it stays registered with the loop: any readiness (the backend closed it, reset it,
+or sent bytes nobody asked for) drops it at once, so a connection taken from the pool was
+alive at the last poll and needs no peek (a request that cannot be replayed asks `verify`: a
+non-blocking peek then). Each backend address keeps at most `per_backend` idle connections,
+the most recently released first; those idle longer than `max_idle` are dropped when met.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections import deque
+
+from sozu.worker.shell.reactor import ERR, IN, Reactor
+
+Address = tuple[str, int]
+
+
+class _Idle:
+    """One pooled connection while nobody uses it (the loop's owner of its fd)."""
+
+    __slots__ = ("address", "armed", "pool", "since", "sock")
+
+    def __init__(self, pool: IdlePool, address: Address, sock: socket.socket, since: float):
+        self.pool = pool
+        self.address = address
+        self.sock = sock
+        self.since = since
+        self.armed = math.inf
+
+    def on_event(self, _mask: int) -> None:
+        self.pool.drop(self)
+
+    def deadline(self) -> float:
+        return math.inf
+
+    def expire(self, now: float) -> None:
+        pass
+
+    def abort(self, error: BaseException) -> None:
+        self.pool.drop(self)
+
+
+class IdlePool:
+    """Idle connections by backend address (see the module docstring)."""
+
+    def __init__(self, reactor: Reactor, *, per_backend: int = 64, max_idle: float = 60.0):
+        assert per_backend >= 1
+        assert max_idle > 0
+        self.reactor = reactor
+        self.per_backend = per_backend
+        self.max_idle = max_idle
+        self._idle: dict[Address, deque[_Idle]] = {}
+        self.reused = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._idle.values())
+
+    def give(self, address: Address, sock: socket.socket, now: float) -> None:
+        """Pool a connection registered with the loop (it stays registered, watched for
+        input: the cheapest way to learn that the backend closed it)."""
+        idle = _Idle(self, address, sock, now)
+        fd = sock.fileno()
+        self.reactor.rebind(fd, idle.on_event, idle)
+        self.reactor.modify(fd, IN | ERR)
+        queue = self._idle.setdefault(address, deque())
+        queue.append(idle)
+        if len(queue) > self.per_backend:
+            self._close(queue.popleft())
+
+    def take(self, address: Address, now: float, *, verify: bool = False) -> socket.socket | None:
+        """A live idle connection to `address`, still registered with the loop (the caller
+        rebinds it to its own handler), or None."""
+        queue = self._idle.get(address)
+        while queue:
+            idle = queue.pop()
+            if not queue:
+                del self._idle[address]
+            if now - idle.since > self.max_idle or (verify and not _quiet(idle.sock)):
+                self._close(idle)
+                self.dropped += 1
+                queue = self._idle.get(address)
+                continue
+            self.reused += 1
+            return idle.sock
+        return None
+
+    def drop(self, idle: _Idle) -> None:
+        """The backend closed (or spoke on) an idle connection: it goes."""
+        queue = self._idle.get(idle.address)
+        if queue is not None and idle in queue:
+            queue.remove(idle)
+            if not queue:
+                del self._idle[idle.address]
+        self.dropped += 1
+        self._close(idle)
+
+    def _close(self, idle: _Idle) -> None:
+        self.reactor.unregister(idle.sock.fileno())
+        idle.sock.close()
+
+    def forget(self, address: Address) -> None:
+        """Close every idle connection to a backend (removed from its cluster)."""
+        for idle in self._idle.pop(address, ()):
+            self._close(idle)
+
+    def addresses(self) -> list[Address]:
+        return list(self._idle)
+
+    def close(self) -> None:
+        for queue in self._idle.values():
+            for idle in queue:
+                self._close(idle)
+        self._idle.clear()
+
+    def check_invariants(self) -> None:
+        for address, queue in self._idle.items():
+            assert queue, f"empty idle queue kept for {address}"
+            assert len(queue) <= self.per_backend
+            times = [idle.since for idle in queue]
+            assert times == sorted(times), "idle queue not in release order"
+            for idle in queue:
+                assert idle.sock.fileno() in self.reactor, "an idle connection is watched"
+
+
+def _quiet(sock: socket.socket) -> bool:
+    """True when the connection is open and has nothing unread."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -1,1 +1,0 @@
-"""TCP proxying in a worker: backend choice and back-off, relaying, the listener shell."""
