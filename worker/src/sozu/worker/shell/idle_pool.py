@@ -14,7 +14,7 @@ import math
 import socket
 from collections import deque
 
-from sozu.worker.shell.reactor import ERR, IN, Reactor
+from sozu.worker.shell.reactor import IN, Reactor
 
 Address = tuple[str, int]
 
@@ -66,7 +66,9 @@ class IdlePool:
         idle = _Idle(self, address, sock, now)
         fd = sock.fileno()
         self.reactor.rebind(fd, idle.on_event, idle)
-        self.reactor.modify(fd, IN | ERR)
+        # IN only (hang-ups are reported anyway): the mask a session reading it uses too, so
+        # neither giving nor taking it costs an epoll_ctl.
+        self.reactor.modify(fd, IN)
         queue = self._idle.setdefault(address, deque())
         queue.append(idle)
         if len(queue) > self.per_backend:

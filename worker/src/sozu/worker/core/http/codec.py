@@ -42,10 +42,45 @@ class Framing(enum.Enum):
 
 Headers = list[tuple[bytes, bytes]]
 
+# Headers a proxy must look at or edit, by lowercase name: `special` bits of a parsed head.
+# A head with none of the bits a decision needs can be forwarded as received, with the
+# proxy's own headers added before its blank line (the fast path of header_edits).
+H_HOST = 1
+H_CONTENT_LENGTH = 2
+H_TRANSFER_ENCODING = 4
+H_CONNECTION = 8
+H_EXPECT = 16
+H_COOKIE = 32
+H_X_FORWARDED_FOR = 64
+H_FORWARDED = 128
+H_X_REAL_IP = 256
+H_X_FORWARDED_PROTO = 512
+H_X_FORWARDED_PORT = 1024
+H_X_REQUEST_ID = 2048
+H_STRICT_TRANSPORT_SECURITY = 4096
+H_SET_COOKIE = 8192
+_SPECIAL: dict[bytes, int] = {
+    b"host": H_HOST,
+    b"content-length": H_CONTENT_LENGTH,
+    b"transfer-encoding": H_TRANSFER_ENCODING,
+    b"connection": H_CONNECTION,
+    b"expect": H_EXPECT,
+    b"cookie": H_COOKIE,
+    b"x-forwarded-for": H_X_FORWARDED_FOR,
+    b"forwarded": H_FORWARDED,
+    b"x-real-ip": H_X_REAL_IP,
+    b"x-forwarded-proto": H_X_FORWARDED_PROTO,
+    b"x-forwarded-port": H_X_FORWARDED_PORT,
+    b"x-request-id": H_X_REQUEST_ID,
+    b"strict-transport-security": H_STRICT_TRANSPORT_SECURITY,
+    b"set-cookie": H_SET_COOKIE,
+}
+
 
 @dataclass(slots=True)
 class RequestHead:
-    """A parsed request head. `length` counts its bytes, blank line included."""
+    """A parsed request head. `length` counts its bytes, blank line included; `raw` holds
+    them; `special` has the H_* bits of the headers it carries."""
 
     method: bytes
     target: bytes
@@ -59,11 +94,13 @@ class RequestHead:
     authority: bytes | None
     path: bytes
     expect_continue: bool
+    raw: bytes = b""
+    special: int = 0
 
 
 @dataclass(slots=True)
 class ResponseHead:
-    """A parsed response head."""
+    """A parsed response head (`raw` and `special` as in RequestHead)."""
 
     status: int
     reason: bytes
@@ -73,17 +110,38 @@ class ResponseHead:
     framing: Framing
     content_length: int
     keep_alive: bool
+    raw: bytes = b""
+    special: int = 0
 
 
 class _Collector:
-    """The callbacks llhttp calls while it parses one head."""
+    """The callbacks llhttp calls while it parses one head: every header is kept, and the
+    ones a proxy decides on are noted as they pass (one pass over the headers)."""
 
-    __slots__ = ("headers", "reason", "url")
+    __slots__ = (
+        "chunked",
+        "connection",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "hosts",
+        "reason",
+        "special",
+        "url",
+    )
 
     def __init__(self) -> None:
         self.headers: Headers = []
         self.url = b""
         self.reason = b""
+        self.special = 0
+        self.host: bytes | None = None
+        self.hosts = 0
+        self.content_length = 0
+        self.chunked = False
+        self.connection: bytes | None = None
+        self.expect_continue = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -93,6 +151,22 @@ class _Collector:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        bit = _SPECIAL.get(name.lower())
+        if bit:
+            self.special |= bit
+            if bit == H_HOST:
+                self.hosts += 1
+                self.host = value
+            elif bit == H_CONTENT_LENGTH:
+                # llhttp refuses several or invalid lengths, and a length with chunked.
+                self.content_length = int(value)
+            elif bit == H_TRANSFER_ENCODING:
+                # llhttp already refused any coding list that does not end in chunked.
+                self.chunked = value.rstrip().lower().endswith(b"chunked")
+            elif bit == H_CONNECTION:
+                self.connection = value
+            elif bit == H_EXPECT:
+                self.expect_continue = value.lower() == b"100-continue"
 
 
 def find_head_end(buf: bytes | bytearray, limit: int) -> int:
@@ -108,21 +182,6 @@ def find_head_end(buf: bytes | bytearray, limit: int) -> int:
     if len(buf) >= limit:
         raise HeadError(431, f"head larger than {limit} bytes")
     return -1
-
-
-def _content_length(headers: Headers) -> int:
-    for name, value in headers:
-        if len(name) == 14 and name.lower() == b"content-length":
-            return int(value)
-    return 0
-
-
-def _is_chunked(headers: Headers) -> bool:
-    for name, value in headers:
-        if len(name) == 17 and name.lower() == b"transfer-encoding":
-            # llhttp already refused any coding list that does not end in chunked.
-            return value.rstrip().lower().endswith(b"chunked")
-    return False
 
 
 def parse_request_head(head: bytes) -> RequestHead:
@@ -142,25 +201,16 @@ def parse_request_head(head: bytes) -> RequestHead:
     method = parser.get_method()
     if method == b"CONNECT":
         raise HeadError(400, "CONNECT is not proxied")
-    headers = collector.headers
-    host: bytes | None = None
-    expect_continue = False
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"host":
-            if host is not None:
-                raise HeadError(400, "several Host headers")
-            host = value
-        elif lowered == b"expect" and value.lower() == b"100-continue":
-            expect_continue = True
+    if collector.hosts > 1:
+        raise HeadError(400, "several Host headers")
     target = collector.url
     authority, path = _split_target(target)
     if authority is None:
-        if host is None and version == "1.1":
+        if collector.host is None and version == "1.1":
             raise HeadError(400, "no Host header")
-        authority = host
-    chunked = _is_chunked(headers)
-    content_length = 0 if chunked else _content_length(headers)
+        authority = collector.host
+    chunked = collector.chunked
+    content_length = 0 if chunked else collector.content_length
     if chunked:
         framing = Framing.CHUNKED
     elif content_length:
@@ -171,20 +221,21 @@ def parse_request_head(head: bytes) -> RequestHead:
         method=method,
         target=target,
         version=version.encode(),
-        headers=headers,
+        headers=collector.headers,
         length=len(head),
         framing=framing,
         content_length=content_length,
-        keep_alive=_keep_alive(version, headers),
+        keep_alive=_keep_alive(version, collector.connection),
         upgrade=upgrade and method == b"GET",
         authority=authority,
         path=path,
-        expect_continue=expect_continue,
+        expect_continue=collector.expect_continue,
+        raw=head,
+        special=collector.special,
     )
 
 
-def _keep_alive(version: str, headers: Headers) -> bool:
-    connection = header_value(headers, b"connection")
+def _keep_alive(version: str, connection: bytes | None) -> bool:
     if version == "1.1":
         return not has_token(connection, b"close")
     return has_token(connection, b"keep-alive")
@@ -221,30 +272,27 @@ def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
     if version not in ("1.1", "1.0"):
         raise HeadError(502, f"unsupported HTTP version {version} in a response")
     status = parser.get_status_code()
-    headers = collector.headers
     content_length = 0
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         framing = Framing.NONE
-    elif _is_chunked(headers):
+    elif collector.chunked:
         framing = Framing.CHUNKED
+    elif collector.special & H_CONTENT_LENGTH:
+        content_length = collector.content_length
+        framing = Framing.LENGTH if content_length else Framing.NONE
     else:
-        has_length = any(
-            len(name) == 14 and name.lower() == b"content-length" for name, _ in headers
-        )
-        if has_length:
-            content_length = _content_length(headers)
-            framing = Framing.LENGTH if content_length else Framing.NONE
-        else:
-            framing = Framing.CLOSE
+        framing = Framing.CLOSE
     return ResponseHead(
         status=status,
         reason=collector.reason,
         version=version.encode(),
-        headers=headers,
+        headers=collector.headers,
         length=len(head),
         framing=framing,
         content_length=content_length,
-        keep_alive=_keep_alive(version, headers) and framing is not Framing.CLOSE,
+        keep_alive=_keep_alive(version, collector.connection) and framing is not Framing.CLOSE,
+        raw=head,
+        special=collector.special,
     )
 
 

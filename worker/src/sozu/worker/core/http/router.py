@@ -8,6 +8,7 @@ below it falls through to POST.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -33,6 +34,7 @@ _KINDS = {"PREFIX": PREFIX, "REGEX": REGEX, "EQUALS": EQUALS}
 ANY, WILDCARD, DOMAIN_REGEX, EXACT = 0, 1, 2, 3
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_authority(authority: str) -> tuple[str, int | None] | None:
     """The host (lowercased, IDNA for non-ASCII, trailing dot dropped) and port of an authority.
 

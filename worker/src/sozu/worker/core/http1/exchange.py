@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from sozu.worker.core.http.codec import (
+    H_CONNECTION,
     ChunkedScanner,
     Framing,
     HeadError,
@@ -21,7 +22,11 @@ from sozu.worker.core.http.codec import (
     find_head_end,
     parse_response_head,
 )
-from sozu.worker.core.http.header_edits import edit_response, serialize_head
+from sozu.worker.core.http.header_edits import (
+    edit_response,
+    fast_response_head,
+    serialize_head,
+)
 from sozu.worker.core.http1.actions import (
     CLOSE_BACK,
     CONNECT,
@@ -350,8 +355,47 @@ def _final_response(
             give_up(s, now, 502, "")
             return
     closing = not s.keep_alive or s.draining or framing is _CLOSE or not s.up_done
+    to_front = s.to_front
+    sticky = s.sticky_found is not None or s.cluster_config.sticky_session
+    hsts = ctx.hsts_for(s.frontend.hsts) if ctx.https else None
+    if (
+        not sticky
+        and not s.response_edits
+        and hsts is None
+        and response.raw.startswith(b"HTTP/1.1 ")
+        and not (closing and response.special & H_CONNECTION)
+    ):
+        # The common case: the head as received, plus Sozu-Id.
+        to_front += fast_response_head(
+            response.raw,
+            response.special,
+            request_id=s.request_id.encode(),
+            sozu_id_header=ctx.sozu_id_header,
+            closing=closing,
+        )
+        back_keep = response.keep_alive
+    else:
+        to_front += _edited_response_head(s, response, closing, hsts)
+        back_keep = s.back_keep
+    s.responding = True
+    s.closing = closing
+    s.status = response.status
+    # A request that said close (or HTTP/1.0 without keep-alive) leaves the backend free to
+    # close once it has answered, whatever its response says: never pooled.
+    s.back_keep = back_keep
+    _response_body(s, response, leftover, scanner, used, now)
+
+
+def _edited_response_head(
+    s: Http1Session, response: ResponseHead, closing: bool, hsts: bytes | None
+) -> bytes:
+    """The response head with every edit applied (sticky cookie, frontend edits, HSTS);
+    `back_keep` is set from what the backend said."""
+    cluster, backend, ctx = s.cluster, s.backend, s.ctx
+    assert cluster is not None
+    assert backend is not None
     sticky_value = None
-    if s.sticky_found is not None or s.cluster_config.sticky_session:
+    if s.sticky_found is not None or (s.cluster_config and s.cluster_config.sticky_session):
         sticky_value = ctx.sticky_id(cluster.cluster_id, backend.id).encode()
     edited = edit_response(
         response.headers,
@@ -362,18 +406,23 @@ def _final_response(
         sticky_value=sticky_value,
         sticky_found=s.sticky_found,
         edits=s.response_edits,
-        hsts=ctx.hsts_for(s.frontend.hsts) if ctx.https else None,
+        hsts=hsts,
     )
-    to_front = s.to_front
-    to_front += serialize_head(
-        b"HTTP/1.1 %d %s" % (response.status, response.reason), edited.headers
-    )
-    s.responding = True
-    s.closing = closing
-    s.status = response.status
-    # A request that said close (or HTTP/1.0 without keep-alive) leaves the backend free to
-    # close once it has answered, whatever its response says: never pooled.
     s.back_keep = edited.keep_alive and response.keep_alive
+    return serialize_head(b"HTTP/1.1 %d %s" % (response.status, response.reason), edited.headers)
+
+
+def _response_body(
+    s: Http1Session,
+    response: ResponseHead,
+    leftover: bytes | bytearray,
+    scanner: ChunkedScanner | None,
+    used: int,
+    now: float,
+) -> None:
+    """The start of the response body read with its head, and the relay phase after it."""
+    to_front = s.to_front
+    framing = response.framing
     s.back_extra = False
     if framing is _NONE:
         s.back_extra = bool(leftover)

@@ -10,16 +10,32 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from sozu.command.types import Cluster
+from sozu.command.types import Cluster, RequestHttpFrontend
 from sozu.worker.core.http.certificate_resolver import authority_matches
-from sozu.worker.core.http.codec import ChunkedScanner, Framing, RequestHead, header_value
-from sozu.worker.core.http.header_edits import compile_frontend_edits, edit_request, serialize_head
+from sozu.worker.core.http.codec import (
+    H_CONNECTION,
+    H_COOKIE,
+    H_X_REAL_IP,
+    ChunkedScanner,
+    Framing,
+    RequestHead,
+    header_value,
+)
+from sozu.worker.core.http.header_edits import (
+    FORWARDING_HEADERS,
+    compile_frontend_edits,
+    edit_request,
+    fast_request_head,
+    forwarding_block,
+    serialize_head,
+)
 from sozu.worker.core.http.policy import Redirect, Unauthorized, evaluate, rewrite_for
 from sozu.worker.core.http.router import parse_authority
 from sozu.worker.core.http1.answering import answer
 from sozu.worker.core.http1.exchange import connect_next
 
 if TYPE_CHECKING:
+    from sozu.worker.core.clusters import TcpCluster
     from sozu.worker.core.http1.session import Http1Session
 
 _NONE: Final = Framing.NONE
@@ -71,20 +87,28 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
     s.routed = True
     s.authority = text
     s.cluster_config = cluster_config
-    verdict = evaluate(
-        frontend,
-        cluster_config,
-        listener_scheme=ctx.scheme,
-        authority=text,
-        target=path,
-        # Only read for basic auth: no scan of the headers for the others.
-        authorization=(
-            header_value(head.headers, b"authorization") if frontend.required_auth else None
-        ),
-        # $HOST[0] / $PATH[0] are the whole host and path; the router's captures start at 1.
-        host_captures=(parsed[0], *match.host_captures),
-        path_captures=(path, *match.path_captures),
-    )
+    verdict = None
+    if (
+        frontend.redirect is not None
+        or frontend.cluster_id is None
+        or frontend.required_auth
+        or (cluster_config is not None and cluster_config.https_redirect)
+    ):
+        # Only these make `evaluate` answer instead of forwarding.
+        verdict = evaluate(
+            frontend,
+            cluster_config,
+            listener_scheme=ctx.scheme,
+            authority=text,
+            target=path,
+            # Only read for basic auth: no scan of the headers for the others.
+            authorization=(
+                header_value(head.headers, b"authorization") if frontend.required_auth else None
+            ),
+            # $HOST[0] / $PATH[0] are the whole host and path; the router's captures start at 1.
+            host_captures=(parsed[0], *match.host_captures),
+            path_captures=(path, *match.path_captures),
+        )
     if isinstance(verdict, Redirect):
         answer(
             s,
@@ -120,6 +144,41 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         rewrite_host, rewrite_path = rewrite.host, rewrite.path
     sticky_session = cluster_config.sticky_session
     request_id = s.request_id.encode()
+    special = head.special
+    closing = s.draining
+    if (
+        rewrite_host is None
+        and rewrite_path is None
+        and not frontend.headers
+        and not special & FORWARDING_HEADERS
+        and not (ctx.elide_x_real_ip and special & H_X_REAL_IP)
+        and not (sticky_session and special & H_COOKIE)
+        and not (closing and special & H_CONNECTION)
+    ):
+        # The common case: nothing of the head to change, the proxy's headers added.
+        block = s.forwarding
+        if block is None:
+            block = s.forwarding = forwarding_block(
+                s.peer,
+                https=ctx.https,
+                public_ip=ctx.public_ip,
+                public_port=ctx.public_port,
+                send_x_real_ip=ctx.send_x_real_ip,
+            )
+        s.request_bytes = fast_request_head(
+            head.raw,
+            special,
+            block,
+            request_id=request_id,
+            sozu_id_header=ctx.sozu_id_header,
+            closing=closing,
+        )
+        s.sticky_found = None
+        s.sticky = None
+        s.keep_alive = head.keep_alive and not closing
+        s.response_edits = ()
+        _linked(s, frontend, cluster, now)
+        return
     edits = edit_request(
         head.headers,
         request_id=request_id,
@@ -145,6 +204,13 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
     s.sticky = found.decode("latin-1") if found and sticky_session else None
     s.keep_alive = edits.keep_alive and head.keep_alive
     s.response_edits = compile_frontend_edits(frontend.headers).response if frontend.headers else ()
+    _linked(s, frontend, cluster, now)
+
+
+def _linked(
+    s: Http1Session, frontend: RequestHttpFrontend, cluster: TcpCluster, now: float
+) -> None:
+    """The request is ready to go: connect to a backend of its cluster."""
     s.frontend = frontend
     s.cluster = cluster
     s.started = now

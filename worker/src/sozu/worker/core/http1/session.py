@@ -72,6 +72,7 @@ class Http1Session:
         "draining",
         "fbuf",
         "flen",
+        "forwarding",
         "fresh",
         "front_ended",
         "frontend",
@@ -217,6 +218,8 @@ class Http1Session:
         self.bytes_out = 0  # bytes queued for the client
         self.session_id = ""
         self.per_ip_cluster: str | None = None
+        # The forwarding headers of this connection's requests, built once (header_edits).
+        self.forwarding: bytes | None = None
         self._init_request()
 
     def _init_request(self) -> None:
