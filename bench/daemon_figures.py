@@ -6,7 +6,7 @@ listener in front of a local backend, all on loopback, and prints:
   (the blocking client library, one request at a time; the CLI adds its own start-up);
 - the worker's RSS before and after 1,000 idle connections are proxied (and held open).
 Connection rates need a client and a backend faster than Python: measure them with wrk and
-nginx (see the bench harness in shared/bench), not here.
+nginx (bench/tcp_short.sh does, for short TCP connections), not here.
 
 Run: `uv run python bench/daemon_figures.py` (asserts nothing about time).
 """

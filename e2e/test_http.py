@@ -1,4 +1,4 @@
-"""HTTP/1.1 proxying through the real daemon (data-plane.md §2, §9.1): routing, default
+"""HTTP/1.1 proxying through the real daemon (docs/http.md): routing, default
 answers (404, 503, 502, 504, 408), keep-alive on both sides, 10 MB bodies both ways,
 WebSocket, forwarding headers, sticky sessions, request smuggling, https_redirect and a wrk
 smoke run. Backends are a real nginx or the small Python servers of `http_backends`."""

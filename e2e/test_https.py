@@ -1,4 +1,4 @@
-"""HTTPS listeners through the real daemon (data-plane.md §3, §9.1 41-48): SNI picks the
+"""HTTPS listeners through the real daemon (docs/http.md, TLS): SNI picks the
 certificate and the host routes, the served SAN must cover the authority (421), curl end to
 end with a 10 MB download, a certificate replaced live, and a client without SNI refused."""
 

@@ -1,5 +1,5 @@
 """Routing built entirely from the CLI on a running daemon, then used; refused commands change
-nothing (control-plane.md §8: duplicate listener, bad address, unknown cluster)."""
+nothing (duplicate listener, bad address, unknown cluster)."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ SANS_IO_MODULES = (
     "sozu.worker.core.http1.session",
     "sozu.worker.core.udp.manager",
     "simulation.udp",
+    "simulation.http1",
 )
 
 

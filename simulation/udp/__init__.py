@@ -1,4 +1,4 @@
-"""Deterministic simulation harness of the UDP flow core (udp.md §8).
+"""Deterministic simulation harness of the UDP flow core (docs/udp.md, Simulation).
 
 `python -m simulation.udp --seeds N | --seed S [--steps K] [--digests]`. Importing
 it loads neither trio nor socket (a test checks), so it runs anywhere the core runs.

@@ -1,4 +1,4 @@
-"""Reference model of the UDP flow core, written from udp.md §2 as plainly as possible.
+"""Reference model of the UDP flow core, written from docs/udp.md as plainly as possible.
 
 The simulator feeds every input to both the core and this model and requires identical output
 sequences. The model shares no state-keeping code with the core: flows are found by scanning,

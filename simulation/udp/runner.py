@@ -1,4 +1,4 @@
-"""The deterministic simulation harness of the UDP flow core (udp.md §8).
+"""The deterministic simulation harness of the UDP flow core (docs/udp.md, Simulation).
 
 One `random.Random(seed)` draws everything: actions from a weighted grammar, payloads, clock
 deltas, configurations, and "buggify" perturbations. Time is a virtual clock (integer
@@ -10,13 +10,14 @@ produced), so the same seed always yields the same digest.
 The core is built by an injectable factory, which is how the tests prove the harness catches
 deliberately broken cores.
 
-Adaptations of the §8 grammar: a few IPv6 clients and one IPv6 backend join the pools (so PROXY
-headers of every family are exercised); ids are monotonic here, so an "arbitrary id" is drawn
-from the ids this core issued plus 64 never-issued ones, and an abort picks a remembered id half
-of the time; a resolution picks its backend with an HRW BackendSelector on the flow's affinity
-key; every output sequence is compared with the reference model, not only tallied. Runs are
-1,500 steps per seed by default (upstream: 3,000) so that the 256-seed sweep, which is part of
-the test suite, stays near 20 s on two cores; `--steps` and SOZU_UDP_SIM_STEPS widen it.
+Differences from upstream's harness: a few IPv6 clients and one IPv6 backend join the pools
+(so PROXY headers of every family are exercised); ids are monotonic here, so an "arbitrary id"
+is drawn from the ids this core issued plus 64 never-issued ones, and an abort picks a
+remembered id half of the time; a resolution picks its backend with an HRW BackendSelector on
+the flow's affinity key; every output sequence is compared with the reference model, not only
+tallied. Runs are 1,500 steps per seed by default (upstream: 3,000) so that the 256-seed sweep,
+which is part of the test suite, stays near 20 s on two cores; `--steps` and
+SOZU_UDP_SIM_STEPS widen it.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ BACKENDS: tuple[Backend, ...] = (
 )
 DRAIN_PROBE_SOURCE: Address = ("10.9.9.9", 9999)
 
-# (weight, action) per udp.md §8.
+# (weight, action), the table of docs/udp.md, Simulation.
 ACTIONS: tuple[tuple[int, str], ...] = (
     (34, "client"),
     (16, "resolve"),

@@ -1,4 +1,5 @@
-"""Every dispatch rule and every error of the state (control-plane.md §3.2 and §8)."""
+"""Every dispatch rule and every error of the state (docs/command-protocol.md, What the state
+refuses)."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ def test_diff_between_empty_and_full() -> None:
     }
 
 
-# -- the three listener_diff cases of upstream 2.1.0 (control-plane.md §3.5) --------------------
+# -- the three listener_diff cases of upstream 2.1.0 (docs/command-protocol.md, Diff) -----------
 
 
 def listener_pair() -> tuple[ConfigState, ConfigState]:

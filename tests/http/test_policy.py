@@ -1,4 +1,4 @@
-"""Redirects, rewrites, Basic auth and the HSTS value (data-plane §2.9-§2.11)."""
+"""Redirects, rewrites, Basic auth and the HSTS value (docs/http.md, Frontend policies)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""`max_connections_per_ip` through an in-process worker (data-plane §1.3): the process-wide
-value from the ServerConfig for clusters without their own, a cluster's own value (0 =
-unlimited) winning; one slot per frontend connection and (cluster, client IP), held while the
-connection lives. HTTP answers 429 with `Retry-After` (the cluster's `retry_after`, else the
-process-wide one, 60 by default; none when 0) and closes; TCP closes the connection."""
+"""`max_connections_per_ip` through an in-process worker (docs/http.md, Connections per
+client IP): the process-wide value from the ServerConfig for clusters without their own, a
+cluster's own value (0 = unlimited) winning; one slot per frontend connection and (cluster,
+client IP), held while the connection lives. HTTP answers 429 with `Retry-After` (the
+cluster's `retry_after`, else the process-wide one, 60 by default; none when 0) and closes;
+TCP closes the connection."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import pytest
 from support.http1_driver import World, backend_head, get, ok, parse_responses
 
 from sozu.command.metrics import Histogram
+from sozu.command.types import Header
 from sozu.worker.core.http1.actions import CLOSE_FRONT, LINGER_FRONT
 
 POST_HEAD = b"POST /up HTTP/1.1\r\nHost: web.test\r\nContent-Length: 10\r\n\r\n"
@@ -97,7 +98,7 @@ def test_http10_without_keep_alive_is_closed_and_with_it_kept() -> None:
     assert d.client_open()
 
 
-def test_a_backend_that_says_close_is_not_pooled_and_the_client_is_told() -> None:
+def test_a_backend_that_says_close_is_not_pooled_and_the_client_connection_stays() -> None:
     w = World()
     w.web()
     d = w.session()
@@ -105,11 +106,51 @@ def test_a_backend_that_says_close_is_not_pooled_and_the_client_is_told() -> Non
     conn = d.connect()
     d.reply(ok(b"x", "Connection: close"))
     (response,) = parse_responses(d.take_client())
-    assert response.header("connection") == ["close"]
+    assert response.header("connection") == [], "hop-by-hop: not relayed"
     assert conn.closed
     assert d.client_open(), "the client connection stays: only the backend closes"
     d.send(get())
     assert d.connect() is not conn
+
+
+@pytest.mark.parametrize("edited", [False, True], ids=["as-received", "edited"])
+@pytest.mark.parametrize("value", ["close", "keep-alive, close"])
+def test_a_backend_close_is_not_relayed_to_a_client_connection_that_stays(
+    edited: bool, value: str
+) -> None:
+    """Regression (simulation seed 0x0): the backend's `Connection: close` reached the client,
+    whose connection then stayed open and served the request pipelined behind, which a client
+    told close takes for unanswered (RFC 9112 §9.6)."""
+    w = World()
+    w.cluster("web", [("b1", 8001)])
+    edits = (Header(position="RESPONSE", key="X-Edited", val="1"),) if edited else ()
+    w.frontend("web.test", "web", headers=edits)
+    d = w.session()
+    d.send(get("/1") + get("/2"))
+    first = d.connect()
+    d.reply(ok(b"x", f"Connection: {value}"))
+    second = d.connect()
+    assert first.closed
+    assert second is not first
+    d.reply(ok(b"y"))
+    responses = parse_responses(d.take_client())
+    assert [r.body for r in responses] == [b"x", b"y"]
+    assert [r.header("connection") for r in responses] == [[], []]
+    assert [r.header("x-edited") for r in responses] == ([["1"], ["1"]] if edited else [[], []])
+    assert d.client_open()
+    assert w.ctx.counters.pipelined_unanswered == 0
+
+
+def test_a_backend_close_while_the_client_connection_closes_is_said_once() -> None:
+    w = World()
+    w.web()
+    d = w.session()
+    d.send(get("/", "web.test", "Connection: close"))
+    d.connect()
+    d.reply(ok(b"x", "Connection: close"))
+    (response,) = parse_responses(d.take_client())
+    assert response.header("connection") == ["close"]
+    assert d.front_close == LINGER_FRONT
 
 
 def test_a_length_body_is_relayed_byte_exact_even_before_the_backend_is_connected() -> None:

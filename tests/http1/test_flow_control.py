@@ -1,6 +1,6 @@
 """Back pressure (what the core wants read while a buffer is over the listener's limit) and the
 timeouts of a stalled side: a client or backend that does not read, a client that stops
-sending its body (data-plane §1.5)."""
+sending its body (docs/http.md, Timeouts and Back pressure)."""
 
 from __future__ import annotations
 

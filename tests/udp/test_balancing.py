@@ -1,4 +1,5 @@
-"""Load balancing: udp.md §3.7 vectors bit for bit, §3.6 figures, scenarios 27-32, policies."""
+"""Load balancing: the reference values of docs/udp.md bit for bit, disruption and balance
+figures, scenarios 27-32, policies."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def moved(a: list[str], b: list[str]) -> float:
     return round(100 * sum(x != y for x, y in zip(a, b, strict=True)) / len(a), 1)
 
 
-# -- §3.7 test vectors
+# -- reference values
 
 
 def test_hash_backend_vectors() -> None:
@@ -115,7 +116,7 @@ def test_smallest_prime() -> None:
     ]
 
 
-# -- §3.6 disruption and balance
+# -- disruption and balance
 
 
 def test_disruption_figures_of_the_reference() -> None:

@@ -1,4 +1,5 @@
-"""udp.md §10 core scenarios 1-20, plus the core's own contracts (ids, timers, drops)."""
+"""Core scenarios 1-20 (docs/udp.md, Scenarios), plus the core's own contracts (ids, timers,
+drops)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""udp.md §10 helper scenarios 23-26 and 28: PROXY v2 bytes, limits, egress queue, health config."""
+"""Helper scenarios 23-26 and 28 (docs/udp.md, Scenarios): PROXY v2 bytes, limits, egress
+queue, health config."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The UDP trio shell over real loopback sockets (udp.md §10 end-to-end scenarios, in process)."""
+"""The UDP trio shell over real loopback sockets (the end-to-end behaviours of docs/udp.md, in
+process)."""
 
 from __future__ import annotations
 

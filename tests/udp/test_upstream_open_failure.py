@@ -1,6 +1,6 @@
 """A flow whose upstream socket cannot be opened is aborted and counted as a shed flow.
 
-udp.md §2.5: an upstream socket creation failure counts `udp.flows.shed` and aborts the flow.
+An upstream socket creation failure counts in `sozu_udp_flows_shed_total` and aborts the flow.
 A backend on the broadcast address makes `connect()` fail (EACCES without SO_BROADCAST), so
 every new flow to it is aborted; the listener keeps serving the flows that can open.
 """

@@ -31,6 +31,7 @@ from sozu.command.config_schema import (
     ListenerSection,
     listeners_by_address,
 )
+from sozu.command.request_checks import unhonoured_cluster_settings
 from sozu.command.route_patterns import PatternError, compile_regex
 
 _STATUS_CODE = re.compile(r"[1-5][0-9][0-9]")
@@ -248,6 +249,10 @@ class _Clusters:
                     join_index(f"{path}.authorized_hashes", index),
                     "expected 'user:<hex SHA-256 of the password>'",
                 )
+        for field, message in unhonoured_cluster_settings(
+            load_metric=cluster.load_metric, http2=cluster.http2
+        ):
+            self._warn(f"{path}.{field}", message)
         if cluster.protocol == "http":
             for index, frontend in enumerate(cluster.frontends):
                 self._http_frontend(join_index(f"{path}.frontends", index), frontend)

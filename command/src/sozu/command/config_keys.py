@@ -2,9 +2,10 @@
 protocol takes.
 
 Key patterns use `*` for a table key chosen by the user (a cluster id) and `[]` for an array
-element: `clusters.*.frontends[].hsts`. Every key of upstream Sōzu 2.1.0 (config-keys.md) is
-either a field of `config_schema` (implemented: carried into requests or honoured by the
-daemon) or listed in `UNIMPLEMENTED_KEYS` (accepted with one warning, then ignored).
+element: `clusters.*.frontends[].hsts`. Every key of upstream Sōzu 2.1.0 (listed in
+tests/config/test_config_upstream.py; docs/configuration.md says what each does) is either a
+field of `config_schema` (implemented: carried into requests or honoured by the daemon) or
+listed in `UNIMPLEMENTED_KEYS` (accepted with one warning, then ignored).
 """
 
 from __future__ import annotations

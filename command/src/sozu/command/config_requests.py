@@ -1,4 +1,4 @@
-"""A checked `Config` as the requests that build its state (control-plane.md §7.4-7.5).
+"""A checked `Config` as the requests that build its state (docs/configuration.md).
 
 Order: listeners (added inactive; HTTP, HTTPS, TCP, UDP), then per cluster in id order its
 `AddCluster`, its frontends (an `AddCertificate` before the HTTPS frontend that carries it)

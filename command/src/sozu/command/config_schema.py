@@ -1,6 +1,6 @@
 """The configuration file's schema: frozen sections with upstream key names and defaults.
 
-Key names follow upstream Sōzu 2.1.0 (reference/config-keys.md). A key whose default depends
+Key names follow upstream Sōzu 2.1.0 (docs/configuration.md). A key whose default depends
 on the listener protocol or the cluster kind is `None` when unset; `config_requests` applies
 the default. Values marked with a `ValueKind` are post-processed by the decoder: addresses are
 canonicalised, paths made absolute against the file's directory, answer files read.

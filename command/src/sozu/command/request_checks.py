@@ -5,6 +5,10 @@ The state refuses a request with any of these problems (InvalidValue) and the co
 loader names the key, so that whatever the supervisor accepts every worker can apply: a
 worker never compiles a pattern that fails, never writes a header value with CR or LF into
 a message, never logs a line broken by a control character.
+
+`unhonoured_cluster_settings` names the cluster settings that are accepted but not
+implemented: the configuration loader warns about them by key path, the supervisor logs them
+when a request carrying them is applied live.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from sozu.command.route_patterns import (
     compile_rewrite,
     split_hostname_pattern,
 )
-from sozu.command.types import Backend, Cluster, RequestHttpFrontend
+from sozu.command.types import Backend, Cluster, LoadMetric, RequestHttpFrontend
 
 Problem = tuple[str, str]  # (field, message)
 
@@ -113,4 +117,30 @@ def backend_problems(backend: Backend) -> list[Problem]:
     sticky = backend.sticky_id
     if sticky is not None and (len(sticky) > MAX_ID_LENGTH or not _COOKIE_VALUE.fullmatch(sticky)):
         problems.append(("sticky_id", f"sticky_id {sticky[:64]!r} is not a cookie value"))
+    return problems
+
+
+def unhonoured_cluster_settings(*, load_metric: LoadMetric | None, http2: bool) -> list[Problem]:
+    """(field, message) for each cluster setting that is accepted but not implemented.
+
+    LEAST_LOADED and POWER_OF_TWO compare the connections in use per backend (CONNECTIONS);
+    REQUESTS (requests in flight) and CONNECTION_TIME (a moving average of connect times) are
+    not measured. HTTP/2 to backends does not exist yet.
+    """
+    problems: list[Problem] = []
+    if load_metric is not None and load_metric != "CONNECTIONS":
+        problems.append(
+            (
+                "load_metric",
+                f"{load_metric} is not implemented and is ignored: least_loaded and "
+                "power_of_two compare the connections in use (CONNECTIONS)",
+            )
+        )
+    if http2:
+        problems.append(
+            (
+                "http2",
+                "HTTP/2 is not implemented and is ignored: backends are spoken to in HTTP/1.1",
+            )
+        )
     return problems

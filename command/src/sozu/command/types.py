@@ -116,7 +116,7 @@ class UdpHealthConfig(Record, frozen=True, kw_only=True):
 
 
 class UdpClusterConfig(Record, frozen=True, kw_only=True):
-    """Per-cluster UDP knobs (udp.md §7.2)."""
+    """Per-cluster UDP knobs (docs/udp.md, Configuration)."""
 
     affinity_key: UdpAffinityKey = "SOURCE_IP"
     responses: U64 = 0

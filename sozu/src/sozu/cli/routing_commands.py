@@ -93,14 +93,19 @@ def cluster_group() -> None:
 @click.option("-r", "--https-redirect", is_flag=True, help="Redirect HTTP to HTTPS.")
 @click.option("--send-proxy", is_flag=True, help="Send a PROXY protocol header (TCP).")
 @click.option("--expect-proxy", is_flag=True, help="Expect a PROXY protocol header (TCP).")
-@click.option("--http2", is_flag=True, help="Talk HTTP/2 to the backends.")
+@click.option(
+    "--http2",
+    is_flag=True,
+    help="Talk HTTP/2 to the backends (not implemented yet: the daemon logs a warning).",
+)
 @click.option(
     "--https-redirect-port", type=click.IntRange(1, 65535), help="Port of the HTTPS redirect."
 )
 @click.option(
     "--load-metric",
     type=click.Choice(["connections", "requests", "connection_time"]),
-    help="What least_loaded and power_of_two compare.",
+    help="What least_loaded and power_of_two compare (only connections is implemented; "
+    "the daemon logs a warning for the others).",
 )
 @click.option(
     "--answer-503",

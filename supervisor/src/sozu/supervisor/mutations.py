@@ -3,13 +3,15 @@
 Jobs run one at a time in submission order (the order requests arrived on the command
 socket), each under the state lock that worker start-ups also take. A refused request is a
 Failure and changes nothing anywhere; an accepted one is Ok, naming any worker that failed
-or stayed silent, which is then replaced by a worker launched with the full state.
+or stayed silent, which is then replaced by a worker launched with the full state. A setting
+an accepted request carries that sozu does not implement (a cluster's `http2`, a `load_metric`
+other than CONNECTIONS) is logged as a warning naming the field and the cluster.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,6 +23,7 @@ from sozu.command.channel import ConnectionLost
 from sozu.command.config import ConfigError, LoadedConfig, load_config
 from sozu.command.envelope import Response, failure, ok, processing
 from sozu.command.log_levels import parse_log_level
+from sozu.command.request_checks import unhonoured_cluster_settings
 from sozu.command.requests import Request, request_kind
 from sozu.command.responses import EventKind
 from sozu.command.state import ConfigState
@@ -104,6 +107,27 @@ def _field(request: Request, name: str) -> str | None:
         if isinstance(value, str):
             return value
     return None
+
+
+def unhonoured_settings(request: Request) -> list[str]:
+    """One warning per setting the request carries that sozu accepts but does not implement,
+    naming the field and the cluster (only AddCluster carries such settings)."""
+    if not isinstance(request, rq.AddCluster):
+        return []
+    cluster = request.cluster
+    return [
+        f"cluster {cluster.cluster_id!r}: {field}: {message}"
+        for field, message in unhonoured_cluster_settings(
+            load_metric=cluster.load_metric, http2=cluster.http2
+        )
+    ]
+
+
+def warn_unhonoured(requests: Iterable[Request]) -> None:
+    """Log the warnings of `unhonoured_settings` for requests just applied."""
+    for request in requests:
+        for warning in unhonoured_settings(request):
+            log.warning("%s", warning)
 
 
 class Mutations:
@@ -204,6 +228,7 @@ class Mutations:
         if outcome == "unchanged":
             await reply(ok(request_id, f"{kind}: nothing to change"))
             return
+        warn_unhonoured((request,))
         workers = self.pool.started_workers()
         await reply(
             processing(request_id, f"{kind} accepted, sending it to {len(workers)} workers")
@@ -248,6 +273,7 @@ class Mutations:
             return True
 
         report, applied = load_requests(self.state, requests, admit)
+        warn_unhonoured(applied)
         for request in bound:
             if request not in applied:
                 self.pool.sockets.close(request.proxy, request.address)
@@ -311,6 +337,7 @@ class Mutations:
                 bound.append(request)
         for request in requests:
             self.state.apply(request)
+        warn_unhonoured(requests)
         workers = self.pool.started_workers()
         problems: list[str] = []
         if requests:

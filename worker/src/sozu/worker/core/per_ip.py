@@ -1,11 +1,12 @@
 """Frontend connections per (cluster, client IP), against `max_connections_per_ip`.
 
-Upstream's rule (data-plane §1.3): each frontend connection routed to a cluster holds one slot
-for (cluster, source IP) until it ends, checked after routing and before a backend is chosen.
-A cluster's own `max_connections_per_ip` wins, even 0 (unlimited); None inherits the worker's
-process-wide value (ServerConfig, 0 = unlimited). The source IP is the PROXY protocol source
-when there is one. An HTTP refusal is a 429 whose `Retry-After` is the cluster's `retry_after`,
-else the process-wide one (0: no header); a TCP refusal closes the connection.
+Upstream's rule (see docs/http.md, Connections per client IP): each frontend connection
+routed to a cluster holds one slot for (cluster, source IP) until it ends, checked after
+routing and before a backend is chosen. A cluster's own `max_connections_per_ip` wins, even 0
+(unlimited); None inherits the worker's process-wide value (ServerConfig, 0 = unlimited). The
+source IP is the PROXY protocol source when there is one. An HTTP refusal is a 429 whose
+`Retry-After` is the cluster's `retry_after`, else the process-wide one (0: no header); a TCP
+refusal closes the connection.
 
 Slots are counted whatever the limit, so that a limit set later applies to the connections
 already open.

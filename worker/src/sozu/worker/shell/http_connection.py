@@ -49,12 +49,15 @@ class HttpConnection:
         "back",
         "back_address",
         "back_fd",
+        "back_mask",
         "connecting",
         "fd",
         "finished",
+        "front_mask",
         "linger_asked",
         "linger_until",
         "lingering",
+        "notified",
         "on_back_event",
         "on_front_event",
         "server",
@@ -74,11 +77,15 @@ class HttpConnection:
         self.back: socket.socket | None = None
         self.back_fd = -1
         self.back_address: tuple[str, int] | None = None
+        # What each fd is watched for (the loop's registration, kept here to skip its lookup).
+        self.front_mask = IN
+        self.back_mask = 0
         self.connecting = False
         self.armed = math.inf
         self.lingering = False
         self.linger_asked = False
         self.linger_until = math.inf
+        self.notified = False  # the TLS close_notify went out
         self.shut_back = False
         self.shut_front = False
         self.finished = False
@@ -195,7 +202,8 @@ class HttpConnection:
     def settle(self, now: float) -> None:
         """Send, act, watch: after every input of the core."""
         session = self.session
-        for _ in range(MAX_ROUNDS):
+        rounds = 0
+        while True:
             if session.to_back and self.back is not None and not self.connecting:
                 self._flush_back(now)
             if session.to_front:
@@ -205,12 +213,21 @@ class HttpConnection:
                 break
             session.actions = 0
             self._act(actions, now)
-        else:
-            raise RuntimeError(f"the session kept asking for actions: {session.actions}")
+            rounds += 1
+            if rounds == MAX_ROUNDS:
+                raise RuntimeError(f"the session kept asking for actions: {session.actions}")
         if session.done:
             self._close_front()
             return
-        # Tunnel half-closes, once everything before them was delivered.
+        if self.shut_back or self.shut_front:
+            self._half_close()
+        self._watch()
+        if session.deadline < self.armed and not self.lingering:
+            self.server.reactor.arm(self)
+
+    def _half_close(self) -> None:
+        """Tunnel half-closes, once everything before them was delivered."""
+        session = self.session
         if self.shut_back and self.back is not None and not session.to_back:
             with contextlib.suppress(OSError):
                 self.back.shutdown(socket.SHUT_WR)
@@ -219,8 +236,6 @@ class HttpConnection:
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(self.sock, socket.SHUT_WR)
             self.shut_front = False
-        self._watch()
-        self.server.reactor.arm(self)
 
     def _act(self, actions: int, now: float) -> None:
         session = self.session
@@ -283,14 +298,18 @@ class HttpConnection:
         self.back_address = address
         self.shut_back = False
         if registered:
+            # Pooled connections are watched for IN (idle_pool).
             self.server.reactor.rebind(self.back_fd, self.on_back_event, self)
+            self.back_mask = IN
         else:
             self.server.reactor.register(self.back_fd, OUT, self.on_back_event, self)
+            self.back_mask = OUT
 
     def _drop_back(self) -> None:
         back = self.back
         if back is not None:
             self.server.reactor.unregister(self.back_fd)
+            self.server.pool.closed(self.back_fd)
             back.close()
             self.back, self.back_fd, self.back_address = None, -1, None
             self.connecting = False
@@ -330,11 +349,12 @@ class HttpConnection:
 
     def _watch(self) -> None:
         session = self.session
-        reactor = self.server.reactor
         mask = IN if session.wants_front_read() else 0
         if session.to_front:
             mask |= OUT
-        reactor.modify(self.fd, mask)
+        if mask != self.front_mask:
+            self.front_mask = mask
+            self.server.reactor.modify(self.fd, mask)
         if self.back is not None:
             if self.connecting:
                 back_mask = OUT
@@ -342,7 +362,9 @@ class HttpConnection:
                 back_mask = IN if session.wants_back_read() else 0
                 if session.to_back:
                     back_mask |= OUT
-            reactor.modify(self.back_fd, back_mask)
+            if back_mask != self.back_mask:
+                self.back_mask = back_mask
+                self.server.reactor.modify(self.back_fd, back_mask)
 
     # -- the end
 
@@ -352,6 +374,7 @@ class HttpConnection:
         self._drop_back()
         if self.linger_asked and not self.finished:
             if self.tls:
+                self.notified = True
                 _close_notify(self.sock)
             try:
                 socket.socket.shutdown(self.sock, socket.SHUT_WR)
@@ -362,6 +385,7 @@ class HttpConnection:
             reactor = self.server.reactor
             self.linger_until = reactor.now() + LINGER
             reactor.modify(self.fd, IN)
+            self.front_mask = IN
             reactor.arm(self)
             return
         self._finish()
@@ -384,7 +408,8 @@ class HttpConnection:
         self._drop_back()
         server = self.server
         server.reactor.unregister(self.fd)
-        if self.tls and not self.lingering:
+        if self.tls and not self.notified:
+            self.notified = True
             _close_notify(self.sock)
         self.sock.close()
         if not self.session.done:

@@ -20,9 +20,10 @@ Address = tuple[str, int]
 
 
 class _Idle:
-    """One pooled connection while nobody uses it (the loop's owner of its fd)."""
+    """One pooled connection while nobody uses it (the loop's owner of its fd). The entry of
+    a socket is kept while the socket lives and reused each time it comes back."""
 
-    __slots__ = ("address", "armed", "pool", "since", "sock")
+    __slots__ = ("address", "armed", "handler", "pool", "since", "sock")
 
     def __init__(self, pool: IdlePool, address: Address, sock: socket.socket, since: float):
         self.pool = pool
@@ -30,6 +31,7 @@ class _Idle:
         self.sock = sock
         self.since = since
         self.armed = math.inf
+        self.handler = self.on_event
 
     def on_event(self, _mask: int) -> None:
         self.pool.drop(self)
@@ -54,6 +56,8 @@ class IdlePool:
         self.per_backend = per_backend
         self.max_idle = max_idle
         self._idle: dict[Address, deque[_Idle]] = {}
+        # Every socket's entry by fd, idle or not (bounded by the number of fds).
+        self._entries: dict[int, _Idle] = {}
         self.reused = 0
         self.dropped = 0
 
@@ -63,9 +67,15 @@ class IdlePool:
     def give(self, address: Address, sock: socket.socket, now: float) -> None:
         """Pool a connection registered with the loop (it stays registered, watched for
         input: the cheapest way to learn that the backend closed it)."""
-        idle = _Idle(self, address, sock, now)
         fd = sock.fileno()
-        self.reactor.rebind(fd, idle.on_event, idle)
+        idle = self._entries.get(fd)
+        if idle is None or idle.sock is not sock:
+            # (An entry of an earlier socket with this fd, closed by its session: replaced.)
+            idle = self._entries[fd] = _Idle(self, address, sock, now)
+        else:
+            idle.address = address
+            idle.since = now
+        self.reactor.rebind(fd, idle.handler, idle)
         # IN only (hang-ups are reported anyway): the mask a session reading it uses too, so
         # neither giving nor taking it costs an epoll_ctl.
         self.reactor.modify(fd, IN)
@@ -102,8 +112,15 @@ class IdlePool:
         self._close(idle)
 
     def _close(self, idle: _Idle) -> None:
-        self.reactor.unregister(idle.sock.fileno())
+        fd = idle.sock.fileno()
+        self.reactor.unregister(fd)
+        if self._entries.get(fd) is idle:
+            del self._entries[fd]
         idle.sock.close()
+
+    def closed(self, fd: int) -> None:
+        """A session closed a connection that came from the pool: its entry goes."""
+        self._entries.pop(fd, None)
 
     def forget(self, address: Address) -> None:
         """Close every idle connection to a backend (removed from its cluster)."""
@@ -118,6 +135,7 @@ class IdlePool:
             for idle in queue:
                 self._close(idle)
         self._idle.clear()
+        self._entries.clear()
 
     def check_invariants(self) -> None:
         for address, queue in self._idle.items():
@@ -127,6 +145,7 @@ class IdlePool:
             assert times == sorted(times), "idle queue not in release order"
             for idle in queue:
                 assert idle.sock.fileno() in self.reactor, "an idle connection is watched"
+                assert self._entries[idle.sock.fileno()] is idle
 
 
 def _quiet(sock: socket.socket) -> bool:

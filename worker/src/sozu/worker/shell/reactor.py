@@ -1,11 +1,14 @@
 """The worker's readiness loop: one epoll object, one trio task, plain synchronous handlers.
 
 Every data-plane socket (listeners, client and backend connections, pooled idle connections)
-is registered here with a handler, a callable taking the epoll event mask. `run` waits for the
-epoll fd to become readable through trio (so the worker's other tasks, the supervisor channel,
-health probes, metrics, run beside it), then handles ready events in batches: at most
-MAX_EVENTS per poll, and once it has run for YIELD_AFTER seconds without waiting it yields to
-trio before polling again, so that a saturated loop never starves the rest of the worker.
+is registered here with a handler, a callable taking the epoll event mask. When no trio task
+is runnable, `run` blocks in its own epoll object, where trio's epoll fd is registered too
+(trio_peek): a socket a trio task waits on wakes it, and it then yields to trio; its wait is
+bounded by its own and trio's next deadlines. Otherwise (or when trio's internals are not the
+expected ones) it waits for its epoll fd to become readable through trio. Ready events are
+handled in batches: at most MAX_EVENTS per poll, and once it has run for YIELD_AFTER seconds
+without waiting it yields to trio before polling again, so that a saturated loop never starves
+the rest of the worker (the supervisor channel, health probes, metrics).
 
 Timers: each timed object (a connection) has one deadline; the loop keeps one heap entry per
 object, lazily repaired: moving a deadline later costs nothing (the entry fires, sees the later
@@ -30,6 +33,8 @@ from typing import Final, Protocol
 
 import trio
 
+from sozu.worker.shell import trio_peek
+
 log = logging.getLogger("sozu.worker.loop")
 
 IN: Final = select.EPOLLIN
@@ -39,6 +44,9 @@ ERR: Final = select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 HUP: Final = select.EPOLLERR | select.EPOLLHUP
 MAX_EVENTS: Final = 256
 YIELD_AFTER: Final = 0.002
+# The longest blocking wait in the loop's own epoll (a bound, not a tick: wake-ups come from
+# the fds and deadlines).
+MAX_BLOCK: Final = 1.0
 
 Handler = Callable[[int], None]
 
@@ -109,6 +117,8 @@ class Reactor:
         # trio's clock is perf_counter plus an offset: `now()` reads it without trio.
         self._offset = 0.0
         self.closed = False
+        # True while `run` waits in its own epoll object when trio is idle (trio_peek).
+        self.direct = False
 
     def now(self) -> float:
         return time.perf_counter() + self._offset
@@ -208,30 +218,65 @@ class Reactor:
         except Exception:
             log.exception("aborting a failed connection failed too")
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Handle ready events until cancelled (then the epoll object is closed)."""
+    async def run(
+        self,
+        *,
+        direct_wait: bool = True,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Handle ready events until cancelled (then the epoll object is closed).
+
+        `direct_wait`: when trio has nothing runnable, block in the loop's own epoll object
+        (trio's nested in it) instead of a trio scheduler pass per batch (see trio_peek)."""
         self._offset = trio.current_time() - time.perf_counter()
         epoll = self._epoll
         handlers = self._handlers
         stats = self.stats
         perf_counter = time.perf_counter
+        side = trio_peek.peek() if direct_wait else None
+        trio_fd = -1
+        if side is not None:
+            trio_fd = side.fd
+            epoll.register(trio_fd, IN)
+            side.attach()
+        self.direct = side is not None
         task_status.started()
         yielded = perf_counter()
         try:
+            if side is not None:
+                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
             while True:
                 self._fire_timers(self.now())
                 events = epoll.poll(0, MAX_EVENTS)
                 if not events:
-                    with trio.move_on_at(self.next_deadline()) as self._waiting:
-                        await trio.lowlevel.wait_readable(epoll.fileno())
-                    self._waiting = None
+                    if side is None:
+                        with trio.move_on_at(self.next_deadline()) as self._waiting:
+                            await trio.lowlevel.wait_readable(epoll.fileno())
+                        self._waiting = None
+                        yielded = perf_counter()
+                        continue
+                    now = self.now()
+                    # trio's next timer, or this task's own deadline (-inf once cancelled).
+                    trio_deadline = min(side.next_deadline(), trio.current_effective_deadline())
+                    if not side.idle() or trio_deadline <= now:
+                        await trio.lowlevel.checkpoint()  # trio has something to do
+                        yielded = perf_counter()
+                        continue
+                    deadline = min(self.next_deadline(), trio_deadline, now + MAX_BLOCK)
+                    events = epoll.poll(max(deadline - now, 0.0), MAX_EVENTS)
                     yielded = perf_counter()
-                    continue
+                    if not events:
+                        continue
                 started = perf_counter()
+                trio_ready = False
                 for fd, mask in events:
                     handler = handlers.get(fd)
                     if handler is None:
-                        continue  # closed by an earlier handler of this batch
+                        # trio's epoll: one of its tasks has something to do. Or an fd
+                        # closed by an earlier handler of this batch.
+                        trio_ready = trio_ready or fd == trio_fd
+                        continue
                     try:
                         handler(mask)
                     except Exception as error:
@@ -246,9 +291,11 @@ class Reactor:
                 stats.batches += 1
                 stats.events += len(events)
                 stats.batch_seconds += done - started
-                if done - yielded > YIELD_AFTER:
+                if trio_ready or done - yielded > YIELD_AFTER:
                     await trio.lowlevel.checkpoint()
                     yielded = perf_counter()
         finally:
             self.closed = True
+            if side is not None:
+                side.detach()
             epoll.close()

@@ -1,4 +1,4 @@
-"""The trio shell around one UDP listener's FlowManager (udp.md §1.2, §2.6).
+"""The trio shell around one UDP listener's FlowManager (docs/udp.md, "The shell").
 
 It owns the sockets and the clock, the core owns every decision. Reading the listener is a
 drain loop into one reused buffer of `max_rx + 1` bytes (so an oversized datagram is seen as
@@ -134,7 +134,8 @@ class UdpListenerProxy:
         self._apply()
 
     def drain(self) -> None:
-        """Stop reading the listener; live flows keep answering until idle (DESIGN.md)."""
+        """Stop reading the listener; live flows keep answering until idle (docs/udp.md,
+        "The shell")."""
         self.core.drain(trio.current_time())
         self._read_scope.cancel()
         for fd in list(self._extra):

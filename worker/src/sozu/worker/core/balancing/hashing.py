@@ -1,4 +1,4 @@
-"""Portable 64-bit hashing used for backend placement (udp.md §3.3) and client affinity keys.
+"""Portable 64-bit hashing used for backend placement and client affinity keys (docs/udp.md).
 
 FNV-1a/64 over an explicit byte layout with a seeded offset basis, then the splitmix64
 finalizer. Never the builtin `hash()`: it depends on PYTHONHASHSEED and differs between
@@ -55,5 +55,5 @@ def hash_encoded(prefix_state: int, encoded_addr: bytes) -> int:
 
 
 def hash_backend(seed: int, key: int, addr: Address) -> int:
-    """udp.md §3.3: splitmix64(fnv1a(seed, le64(key) + family + ip + le16(port)))."""
+    """splitmix64(fnv1a(seed, le64(key) + family + ip + le16(port)))."""
     return hash_encoded(key_prefix_state(seed, key), encode_address(addr))

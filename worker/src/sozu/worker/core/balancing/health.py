@@ -1,9 +1,11 @@
-"""Rise/fall health hysteresis (udp.md §5), shared by the UDP prober and HTTP checks.
+"""Rise/fall health hysteresis, shared by the UDP prober and HTTP checks (docs/udp.md).
 
 A state starts Healthy. A success clears the failure streak and flips Unhealthy -> Healthy at
 `rise` consecutive successes; a failure clears the success streak and flips Healthy ->
-Unhealthy at `fall` consecutive failures. Both UDP probe kinds (TCP companion, UDP payload)
-feed the same state, so alternating results reset both streaks and never flip it.
+Unhealthy at `fall` consecutive failures. `HealthBook` feeds both UDP probe kinds (TCP
+companion, UDP payload) into one state per backend, as upstream does, so alternating results
+reset both streaks and never flip it; the UDP prober's `ClusterHealth`
+(`sozu.worker.core.udp.health`) keeps one `HealthState` per probe kind instead.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class HealthBook:
         return self._state(backend_id).record(success)
 
     def record_udp_probe(self, backend_id: str, success: bool) -> bool:
-        # Deliberately the same state as the TCP probe (upstream behaviour, udp.md §5).
+        # Deliberately the same state as the TCP probe: upstream's behaviour.
         return self._state(backend_id).record(success)
 
     def is_healthy(self, backend_id: str) -> bool:

@@ -1,4 +1,4 @@
-"""Rendezvous (highest random weight) hashing, udp.md §3.4.
+"""Rendezvous (highest random weight) hashing (docs/udp.md, Hashing: HRW and Maglev).
 
 Per candidate, `u = (hash + 0.5) / 2**64` and `score = -weight / ln(u)`; the highest score
 wins and ties keep the earlier candidate. Stateless: removing a non-winner never moves a key,

@@ -1,4 +1,4 @@
-"""Maglev consistent hashing, udp.md §3.5: a prime-sized, weighted lookup table.
+"""Maglev consistent hashing: a prime-sized, weighted lookup table (docs/udp.md, Hashing).
 
 The table is built once per backend set (never per datagram, never on a health change: a lookup
 probes forward past slots whose backend is not a candidate, which absorbs a partial outage and

@@ -1,4 +1,4 @@
-"""Per-cluster backend selection (udp.md §3.1): candidates, fail-open, then the cluster policy.
+"""Per-cluster backend selection: candidates, fail-open, then the cluster policy (docs/udp.md).
 
 Candidates are the healthy, not-backed-off, non-backup backends; else the healthy backups; else,
 when `fail_open` is set (the default, upstream's only behaviour), every backend not in retry

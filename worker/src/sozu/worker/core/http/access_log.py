@@ -1,4 +1,4 @@
-"""Access log lines of HTTP requests in upstream's text form (data-plane.md §7.1), sans-io.
+"""Access log lines of HTTP requests in upstream's text form, sans-io (docs/http.md, Access logs).
 
 `<rfc3339µs> <epoch ns> <pid> INFO-ACCESS|ERROR-ACCESS <tag>\t[<session> <request> <cluster>
 <backend>] <client> <backend address> <req>/<svc>/<resp>/<crtt>/<srtt> <in> <out> [<tags>,

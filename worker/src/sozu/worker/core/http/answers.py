@@ -1,7 +1,7 @@
 """Answers the proxy writes itself (404, 503, redirects…): built-ins and custom templates.
 
 Every answer, built-in or custom, is a template: a status line, header lines and a body with
-`%PLACEHOLDER`s (data-plane §2.6, §2.7). Templates are compiled once into literal parts and
+`%PLACEHOLDER`s (see docs/http.md, Answers). Templates are compiled once into literal parts and
 variable slots, so rendering only joins bytes. Custom templates come from the listener
 `answers` map and the cluster `answers` map (plus the legacy `answer_503`); the cluster's
 win over the listener's, which win over the built-ins. A value `file://<path>` is read when

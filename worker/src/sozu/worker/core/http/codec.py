@@ -13,7 +13,7 @@ HEAD, 1xx, 204 and 304, whatever the headers say. Chunked bodies are scanned by
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import re
 
 import httptools
 
@@ -77,96 +77,178 @@ _SPECIAL: dict[bytes, int] = {
 }
 
 
-@dataclass(slots=True)
 class RequestHead:
     """A parsed request head. `length` counts its bytes, blank line included; `raw` holds
-    them; `special` has the H_* bits of the headers it carries."""
-
-    method: bytes
-    target: bytes
-    version: bytes
-    headers: Headers
-    length: int
-    framing: Framing
-    content_length: int
-    keep_alive: bool
-    upgrade: bool
-    authority: bytes | None
-    path: bytes
-    expect_continue: bool
-    raw: bytes = b""
-    special: int = 0
-
-
-@dataclass(slots=True)
-class ResponseHead:
-    """A parsed response head (`raw` and `special` as in RequestHead)."""
-
-    status: int
-    reason: bytes
-    version: bytes
-    headers: Headers
-    length: int
-    framing: Framing
-    content_length: int
-    keep_alive: bool
-    raw: bytes = b""
-    special: int = 0
-
-
-class _Collector:
-    """The callbacks llhttp calls while it parses one head: every header is kept, and the
-    ones a proxy decides on are noted as they pass (one pass over the headers)."""
+    them; `special` has the H_* bits of the headers it carries. `headers` (name, value) pairs
+    are split from `raw` on first use: most requests are forwarded without them."""
 
     __slots__ = (
-        "chunked",
-        "connection",
+        "_headers",
+        "authority",
         "content_length",
         "expect_continue",
-        "headers",
-        "host",
-        "hosts",
-        "reason",
+        "framing",
+        "keep_alive",
+        "length",
+        "method",
+        "path",
+        "raw",
         "special",
-        "url",
+        "target",
+        "upgrade",
+        "version",
     )
 
-    def __init__(self) -> None:
-        self.headers: Headers = []
-        self.url = b""
-        self.reason = b""
-        self.special = 0
-        self.host: bytes | None = None
-        self.hosts = 0
-        self.content_length = 0
-        self.chunked = False
-        self.connection: bytes | None = None
-        self.expect_continue = False
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        length: int,
+        framing: Framing,
+        content_length: int,
+        keep_alive: bool,
+        upgrade: bool,
+        authority: bytes | None,
+        path: bytes,
+        expect_continue: bool,
+        raw: bytes,
+        special: int,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.length = length
+        self.framing = framing
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.authority = authority
+        self.path = path
+        self.expect_continue = expect_continue
+        self.raw = raw
+        self.special = special
+        self._headers: Headers | None = None
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = split_headers(self.raw)
+        return headers
 
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
+    def __repr__(self) -> str:
+        return f"RequestHead({self.method!r} {self.target!r} HTTP/{self.version.decode()})"
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        bit = _SPECIAL.get(name.lower())
-        if bit:
-            self.special |= bit
-            if bit == H_HOST:
-                self.hosts += 1
-                self.host = value
-            elif bit == H_CONTENT_LENGTH:
-                # llhttp refuses several or invalid lengths, and a length with chunked.
-                self.content_length = int(value)
-            elif bit == H_TRANSFER_ENCODING:
-                # llhttp already refused any coding list that does not end in chunked.
-                self.chunked = value.rstrip().lower().endswith(b"chunked")
-            elif bit == H_CONNECTION:
-                self.connection = value
-            elif bit == H_EXPECT:
-                self.expect_continue = value.lower() == b"100-continue"
+
+class ResponseHead:
+    """A parsed response head (`raw`, `special` and `headers` as in RequestHead)."""
+
+    __slots__ = (
+        "_headers",
+        "content_length",
+        "framing",
+        "keep_alive",
+        "length",
+        "raw",
+        "reason",
+        "special",
+        "status",
+        "version",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        length: int,
+        framing: Framing,
+        content_length: int,
+        keep_alive: bool,
+        raw: bytes,
+        special: int,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.length = length
+        self.framing = framing
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        self.raw = raw
+        self.special = special
+        self._headers: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = split_headers(self.raw)
+        return headers
+
+    def __repr__(self) -> str:
+        return f"ResponseHead({self.status} {self.reason!r} HTTP/{self.version.decode()})"
+
+
+def split_headers(raw: bytes) -> Headers:
+    """The (name, value) pairs of a head llhttp accepted: every line ends in CRLF, has no
+    folding, and reads `name:` then optional blanks (dropped) then the value (kept as is,
+    trailing blanks included, as llhttp reports it)."""
+    lines = raw.split(b"\r\n")
+    headers: Headers = []
+    append = headers.append
+    for line in lines[1:-2]:
+        name, _, value = line.partition(b":")
+        append((name, value.lstrip(b" \t")))
+    return headers
+
+
+# The headers a proxy decides on, found in one scan of a head llhttp accepted (a line starts
+# after CRLF, the name is followed by its colon, blanks before the value are not part of it).
+_SPECIAL_LINE = re.compile(
+    rb"\r\n(" + b"|".join(re.escape(name) for name in _SPECIAL) + rb"):[ \t]*([^\r]*)",
+    re.IGNORECASE,
+)
+
+
+class _NoCallbacks:
+    """llhttp validates and reports the start line; the headers are scanned afterwards."""
+
+    __slots__ = ()
+
+
+_NO_CALLBACKS = _NoCallbacks()
+
+
+def _scan_special(raw: bytes) -> tuple[int, bytes | None, int, int, bool, bytes | None, bool]:
+    """(special bits, last Host, Host count, Content-Length, chunked, last Connection,
+    Expect: 100-continue) of a head llhttp accepted."""
+    special = 0
+    host: bytes | None = None
+    hosts = 0
+    content_length = 0
+    chunked = False
+    connection: bytes | None = None
+    expect_continue = False
+    for match in _SPECIAL_LINE.finditer(raw):
+        name, value = match.groups()
+        bit = _SPECIAL[name.lower()]
+        special |= bit
+        if bit == H_HOST:
+            hosts += 1
+            host = value
+        elif bit == H_CONTENT_LENGTH:
+            # llhttp refuses several or invalid lengths, and a length with chunked.
+            content_length = int(value)
+        elif bit == H_TRANSFER_ENCODING:
+            # llhttp already refused any coding list that does not end in chunked.
+            chunked = value.rstrip().lower().endswith(b"chunked")
+        elif bit == H_CONNECTION:
+            connection = value
+        elif bit == H_EXPECT:
+            expect_continue = value.lower() == b"100-continue"
+    return special, host, hosts, content_length, chunked, connection, expect_continue
 
 
 def find_head_end(buf: bytes | bytearray, limit: int) -> int:
@@ -186,8 +268,7 @@ def find_head_end(buf: bytes | bytearray, limit: int) -> int:
 
 def parse_request_head(head: bytes) -> RequestHead:
     """Parse a complete request head (as delimited by `find_head_end`); HeadError(400) if bad."""
-    collector = _Collector()
-    parser = httptools.HttpRequestParser(collector)
+    parser = httptools.HttpRequestParser(_NO_CALLBACKS)
     upgrade = False
     try:
         parser.feed_data(head)
@@ -201,37 +282,38 @@ def parse_request_head(head: bytes) -> RequestHead:
     method = parser.get_method()
     if method == b"CONNECT":
         raise HeadError(400, "CONNECT is not proxied")
-    if collector.hosts > 1:
+    special, host, hosts, content_length, chunked, connection, expect_continue = _scan_special(head)
+    if hosts > 1:
         raise HeadError(400, "several Host headers")
-    target = collector.url
+    # llhttp accepted `method SP+ target SP+ HTTP/x.y CRLF`, the target without blanks.
+    line = head[: head.find(b"\r\n")]
+    target = line[len(method) : line.rindex(b" HTTP/")].strip(b" ")
     authority, path = _split_target(target)
     if authority is None:
-        if collector.host is None and version == "1.1":
+        if host is None and version == "1.1":
             raise HeadError(400, "no Host header")
-        authority = collector.host
-    chunked = collector.chunked
-    content_length = 0 if chunked else collector.content_length
+        authority = host
     if chunked:
+        content_length = 0
         framing = Framing.CHUNKED
     elif content_length:
         framing = Framing.LENGTH
     else:
         framing = Framing.NONE
     return RequestHead(
-        method=method,
-        target=target,
-        version=version.encode(),
-        headers=collector.headers,
-        length=len(head),
-        framing=framing,
-        content_length=content_length,
-        keep_alive=_keep_alive(version, collector.connection),
-        upgrade=upgrade and method == b"GET",
-        authority=authority,
-        path=path,
-        expect_continue=collector.expect_continue,
-        raw=head,
-        special=collector.special,
+        method,
+        target,
+        version.encode(),
+        len(head),
+        framing,
+        content_length,
+        _keep_alive(version, connection),
+        upgrade and method == b"GET",
+        authority,
+        path,
+        expect_continue,
+        head,
+        special,
     )
 
 
@@ -260,8 +342,7 @@ def _split_target(target: bytes) -> tuple[bytes | None, bytes]:
 
 def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
     """Parse a complete response head; HeadError(502) if the backend sent something invalid."""
-    collector = _Collector()
-    parser = httptools.HttpResponseParser(collector)
+    parser = httptools.HttpResponseParser(_NO_CALLBACKS)
     try:
         parser.feed_data(head)
     except httptools.HttpParserUpgrade:
@@ -272,27 +353,29 @@ def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
     if version not in ("1.1", "1.0"):
         raise HeadError(502, f"unsupported HTTP version {version} in a response")
     status = parser.get_status_code()
+    special, _, _, length, chunked, connection, _ = _scan_special(head)
     content_length = 0
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         framing = Framing.NONE
-    elif collector.chunked:
+    elif chunked:
         framing = Framing.CHUNKED
-    elif collector.special & H_CONTENT_LENGTH:
-        content_length = collector.content_length
+    elif special & H_CONTENT_LENGTH:
+        content_length = length
         framing = Framing.LENGTH if content_length else Framing.NONE
     else:
         framing = Framing.CLOSE
+    # llhttp accepted `HTTP/x.y SP ddd [SP reason] CRLF`.
+    reason = head[13 : head.find(b"\r\n")]
     return ResponseHead(
-        status=status,
-        reason=collector.reason,
-        version=version.encode(),
-        headers=collector.headers,
-        length=len(head),
-        framing=framing,
-        content_length=content_length,
-        keep_alive=_keep_alive(version, collector.connection) and framing is not Framing.CLOSE,
-        raw=head,
-        special=collector.special,
+        status,
+        reason,
+        version.encode(),
+        len(head),
+        framing,
+        content_length,
+        _keep_alive(version, connection) and framing is not Framing.CLOSE,
+        head,
+        special,
     )
 
 

@@ -142,7 +142,7 @@ def edit_request(
     rewrite_host: bytes | None = None,
     edits: Sequence[HeaderEdit] = (),
 ) -> RequestEdits:
-    """The request header block sent to the backend (data-plane §2.3).
+    """The request header block sent to the backend (docs/http.md, "Header edits").
 
     `peer` is the client (or PROXY source) address, None when unknown. Added headers come
     in upstream order: X-Forwarded-For, Forwarded, X-Real-IP, X-Forwarded-Port,
@@ -263,7 +263,7 @@ def edit_response(
     hsts: bytes | None = None,
     hsts_force: bool = False,
 ) -> ResponseEdits:
-    """The response header block sent to the client (data-plane §2.3, §2.8, §2.11).
+    """The response header block sent to the client (docs/http.md, "Header edits").
 
     `sticky_value` is the backend's sticky id when the cluster is sticky; a Set-Cookie is
     added when it differs from `sticky_found` (the request's cookie). HSTS is added when the

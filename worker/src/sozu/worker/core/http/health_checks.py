@@ -1,4 +1,4 @@
-"""Active HTTP health checks (data-plane.md §2.12), sans-io: schedule and rise/fall verdicts.
+"""Active HTTP health checks, sans-io: schedule and rise/fall verdicts (see docs/http.md).
 
 `HealthChecks` holds one `ClusterChecks` per cluster with a `health_check`. The shell feeds it
 the wanted configuration with `configure(...)`, launches what `due(now)` returns, reports each

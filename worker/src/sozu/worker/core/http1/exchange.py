@@ -1,6 +1,6 @@
 """The exchange of one request with a backend, for the session core: connect attempts, the
 request body relay, the response head and body relay, keep-or-drop of the backend connection,
-and the tunnel after a 101 (data-plane §2.4, §2.5, §2.12, §1.5).
+and the switch to a tunnel after a 101 (docs/http.md, "Keep-alive and framing", "Timeouts").
 
 The request body (Content-Length by count, chunked by `ChunkedScanner`) is relayed as raw
 bytes beside the response: a backend may answer before it has read the whole body, and that
@@ -27,14 +27,8 @@ from sozu.worker.core.http.header_edits import (
     fast_response_head,
     serialize_head,
 )
-from sozu.worker.core.http1.actions import (
-    CLOSE_BACK,
-    CONNECT,
-    RELEASE_BACK,
-    SHUTDOWN_BACK,
-    SHUTDOWN_FRONT,
-    TUNNEL,
-)
+from sozu.worker.core.http1 import tunnel
+from sozu.worker.core.http1.actions import CLOSE_BACK, CONNECT, RELEASE_BACK
 from sozu.worker.core.http1.answering import answer, log_request
 from sozu.worker.core.http1.states import (
     CONNECT_ATTEMPTS,
@@ -341,7 +335,7 @@ def _final_response(
     assert s.cluster_config is not None
     assert s.frontend is not None
     if response.status == 101 and head.upgrade:
-        _start_tunnel(s, response, leftover, now)
+        tunnel.start(s, response, leftover, now)
         return
     framing = response.framing
     scanner = None
@@ -363,7 +357,7 @@ def _final_response(
         and not s.response_edits
         and hsts is None
         and response.raw.startswith(b"HTTP/1.1 ")
-        and not (closing and response.special & H_CONNECTION)
+        and not (response.special & H_CONNECTION and (closing or not response.keep_alive))
     ):
         # The common case: the head as received, plus Sozu-Id.
         to_front += fast_response_head(
@@ -409,7 +403,12 @@ def _edited_response_head(
         hsts=hsts,
     )
     s.back_keep = edited.keep_alive and response.keep_alive
-    return serialize_head(b"HTTP/1.1 %d %s" % (response.status, response.reason), edited.headers)
+    headers = edited.headers
+    if not closing and not edited.keep_alive:
+        # The backend's close is about its own connection: the client's stays open, so it
+        # must not be told close (RFC 9112 §9.6).
+        headers = [(name, value) for name, value in headers if name.lower() != b"connection"]
+    return serialize_head(b"HTTP/1.1 %d %s" % (response.status, response.reason), headers)
 
 
 def _response_body(
@@ -534,71 +533,9 @@ def back_send_stalled(s: Http1Session, now: float) -> None:
         else:
             give_up(s, now, 504, "")
     elif state == S_TUNNEL:
-        end_tunnel(s, now)
+        tunnel.end(s, now)
         s.close_front(now, linger=False, count_pipelined=False)
     elif state == S_CLOSING:
         s.to_back.clear()
     else:  # pragma: no cover - to_back is empty in other states
         raise AssertionError(f"backend send timer in {STATE_NAMES[state]}")
-
-
-# -- the tunnel
-
-
-def _start_tunnel(
-    s: Http1Session, response: ResponseHead, leftover: bytes | bytearray, now: float
-) -> None:
-    ctx, counters = s.ctx, s.counters
-    headers = [*response.headers, (ctx.sozu_id_header, s.request_id.encode())]
-    s.to_front += serialize_head(b"HTTP/1.1 101 " + response.reason, headers)
-    s.to_front += leftover
-    if s.fbuf:
-        s.to_back += s.fbuf
-        s.fbuf.clear()
-    counters.websockets += 1
-    counters.websockets_active += 1
-    s.status = 101
-    s.responding = True
-    s.up_done = True
-    s.up_scanner = None
-    s.state = S_TUNNEL
-    s.actions |= TUNNEL
-    s.t_back = INF
-    s.t_read = now + max(ctx.front_timeout, ctx.back_timeout)
-    if s.front_ended:
-        s.tunnel_front_done = True
-        s.actions |= SHUTDOWN_BACK
-
-
-def tunnel_side_ended(s: Http1Session, now: float, *, front: bool) -> None:
-    """One side of the tunnel half-closed: pass it on; both done ends the tunnel."""
-    if front:
-        s.tunnel_front_done = True
-        s.actions |= SHUTDOWN_BACK
-    else:
-        s.tunnel_back_done = True
-        s.back_open = False
-        s.actions |= SHUTDOWN_FRONT
-    if s.tunnel_front_done and s.tunnel_back_done:
-        end_tunnel(s, now, flush_back=True)
-        s.close_front(now, linger=False, count_pipelined=False)
-
-
-def end_tunnel(s: Http1Session, now: float, *, flush_back: bool = False) -> None:
-    """The tunnel is over: its request is counted and logged; the backend connection closes
-    (after to_back is flushed when `flush_back`)."""
-    assert s.state == S_TUNNEL
-    s.counters.websockets_active -= 1
-    s.counters.count_status(101)
-    observe(s, now)
-    log_request(s, now)
-    if flush_back and s.to_back:
-        if s.back_opened:
-            assert s.cluster is not None
-            assert s.backend is not None
-            s.cluster.closed(s.backend.id)
-            s.back_opened = False
-        s.back_open = False
-        s.back_close_pending = True
-    else:
-        drop_back(s, keep=False)

@@ -1,5 +1,5 @@
 """What a parsed request head becomes: an answer (400, 421, 404, a redirect, 401, 503, 429) or
-an edited head on its way to a backend of its cluster (data-plane §2.2-2.10, §1.3).
+an edited head on its way to a backend of its cluster (docs/http.md, "Routing").
 
 Decisions come from the sans-io modules of `sozu.worker.core.http` (router, policy, header edits,
 certificate names); this module applies them to the session in order and leaves the per-IP

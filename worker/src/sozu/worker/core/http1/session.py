@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sozu.worker.core.http.codec import ChunkedScanner, RequestHead
-from sozu.worker.core.http1 import exchange
+from sozu.worker.core.http1 import exchange, tunnel
 from sozu.worker.core.http1.actions import CLOSE_BACK, CLOSE_FRONT, LINGER_FRONT, BackendTarget
 from sozu.worker.core.http1.answering import answer, count_requests, log_request
 from sozu.worker.core.http1.context import ListenerContext
@@ -334,7 +334,7 @@ class Http1Session:
             elif state == S_EXCHANGE and not self.up_done:
                 self.hang_up(now)  # the request body will never be complete
             elif state == S_TUNNEL:
-                exchange.tunnel_side_ended(self, now, front=True)
+                tunnel.side_ended(self, now, front=True)
         self._settle(now)
 
     def front_error(self, now: float) -> None:
@@ -392,10 +392,10 @@ class Http1Session:
             exchange.backend_ended(self, now, reset=reset)
         elif state == S_TUNNEL:
             if reset:
-                exchange.end_tunnel(self, now)
+                tunnel.end(self, now)
                 self.close_front(now, linger=False, count_pipelined=False)
             elif not self.tunnel_back_done:
-                exchange.tunnel_side_ended(self, now, front=False)
+                tunnel.side_ended(self, now, front=False)
         elif state == S_CLOSING and self.back_close_pending:
             self._close_back_now()
         self._settle(now)
@@ -474,7 +474,7 @@ class Http1Session:
             else:
                 self.hang_up(now)
         elif state == S_TUNNEL:
-            exchange.end_tunnel(self, now)
+            tunnel.end(self, now)
             self.close_front(now, linger=False, count_pipelined=False)
         else:  # pragma: no cover - no read timer is armed in other states
             raise AssertionError(f"read timer in {STATE_NAMES[state]}")
@@ -491,7 +491,7 @@ class Http1Session:
         progress is logged as it stands, the backend connection closed, what is queued for
         the client still goes out."""
         if self.state == S_TUNNEL:
-            exchange.end_tunnel(self, now)
+            tunnel.end(self, now)
         elif self.head is not None:
             exchange.drop_back(self, keep=False)
             if self.status:

@@ -1,4 +1,4 @@
-"""Core-local UDP configuration types (udp.md §7).
+"""Core-local UDP configuration types (the keys are in docs/udp.md, Configuration).
 
 The daemon maps protocol/config-file types onto these; the core never imports `sozu.command`.
 Times are float seconds.
@@ -19,7 +19,7 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 
 
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Routing and per-flow knobs for *new* flows (udp.md §7.3); `cluster == ""` is unrouted.
+    """Routing and per-flow knobs for *new* flows; `cluster == ""` is unrouted.
 
     A flow keeps the instance in force when it was admitted (its snapshot) for its lifetime.
     `requests`/`responses` of 0 mean unlimited.
@@ -67,7 +67,7 @@ _HEALTH_KEYS = {
 
 
 class UdpHealthSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """A cluster's UDP health block (udp.md §5, §7.2), defaults filled in.
+    """A cluster's UDP health block, defaults filled in (docs/udp.md, Health checks).
 
     `mode=None` (absent) probes like TCP_PROBE. The TCP companion probe runs whenever checks are
     enabled; the UDP probe also runs whenever a payload is set, whatever the mode. Unlike

@@ -1,4 +1,4 @@
-"""The flow core's metric counters (udp.md §6), plain integers the shell snapshots."""
+"""The flow core's metric counters, plain integers the shell snapshots (docs/metrics.md, UDP)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bounded egress FIFO for UDP sends that would block (udp.md §2.6), without sockets.
+"""Bounded egress FIFO for UDP sends that would block, without sockets (docs/udp.md, The shell).
 
 The shell tries a send directly; on would-block the datagram is queued and WRITABLE interest
 armed until the queue empties. While the queue is non-empty new datagrams are appended behind

@@ -1,4 +1,4 @@
-"""Per-flow state of the UDP core (udp.md §2.2) and its read-only view.
+"""Per-flow state of the UDP core (docs/udp.md, Flows) and its read-only view.
 
 Phases: AWAITING_BACKEND -> ESTABLISHED -> CLOSING, plus AWAITING_BACKEND -> CLOSING; no other
 edge. CLOSING is transient: the close path marks it and unlinks the flow in the same call, so a

@@ -1,4 +1,4 @@
-"""Flow keys and client affinity keys (udp.md §2.1, §3.2).
+"""Flow keys and client affinity keys (docs/udp.md, Admission ladder and Hashing).
 
 A `FlowKey` is `(ip, port)` with SOURCE_IP_PORT affinity and `(ip, 0)` with SOURCE_IP. The
 affinity key handed to the balancer is a seeded, portable 64-bit hash of the client address

@@ -1,10 +1,10 @@
-"""Health of a UDP cluster's backends (udp.md §5), sans-io: which probes are due, and verdicts.
+"""Health of a UDP cluster's backends, sans-io: which probes are due, and verdicts (docs/udp.md).
 
 The shell asks `due(now)` for the probes to launch, runs them, and reports each result with
 `record(...)`; it gets back the events to emit and applies `healthy(backend_id)` to the
 cluster's selector. Time is injected.
 
-Two upstream quirks (udp.md §11) are fixed here:
+Two upstream quirks are fixed here:
 - the TCP companion probe and the UDP probe each have their own rise/fall state, and a backend
   is healthy only while every probe kind that runs says so (upstream feeds both kinds into one
   state, so alternating results reset the streaks forever and never flip it);

@@ -1,4 +1,4 @@
-"""Records the shell feeds into the flow core (udp.md §1.1), for `FlowManager.handle_input`.
+"""Records the shell feeds into the flow core, for `FlowManager.handle_input`.
 
 The hot path uses the equivalent direct methods (`handle_client_datagram`, ...) and builds no
 record; these exist for uniform dispatch, traces and the simulator.

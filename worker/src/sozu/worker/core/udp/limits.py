@@ -1,4 +1,4 @@
-"""Pure sizing rules for a UDP listener (udp.md §2.5): the flow cap and the receive size.
+"""Pure sizing rules for a UDP listener: the flow cap and the receive size (docs/udp.md, Limits).
 
 The caller reads the rlimit and configuration; these functions only compute.
 """
@@ -28,7 +28,7 @@ def auto_max_flows(soft_nofile: int | None) -> int:
 def effective_max_flows(
     configured: int, soft_nofile: int | None, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> int:
-    """The listener's flow cap. Explicit values are verbatim; 0 means auto (udp.md §2.5).
+    """The listener's flow cap. Explicit values are verbatim; 0 means auto.
 
     Auto is clamped to `max_connections` (when non-zero) so UDP cannot starve the session slab.
     """

@@ -1,4 +1,4 @@
-"""The sans-io UDP flow core: one FlowManager per listener (udp.md §1-2, §9, §11).
+"""The sans-io UDP flow core: one FlowManager per listener (docs/udp.md, The flow core).
 
 It owns the flow table (key -> id), the flows (id -> Flow), admission and drop decisions, the
 `max_flows` cap, the affinity key, the per-flow teardown counters, the idle deadlines and the
@@ -6,7 +6,7 @@ one armed deadline, PROXY v2 header building, and a FIFO of outputs. It performs
 no clock (`now`, float seconds, comes with every call) and draws no randomness (the hash seed
 comes with the constructor).
 
-Deliberate differences from upstream (udp.md §11): flow ids are monotonic and never reused;
+Deliberate differences from upstream: flow ids are monotonic and never reused;
 `SendToBackend`/`SendToClient` carry the flow id; `CloseFlow` carries its reason; per-datagram
 metrics are counters, so each drop is counted once; ArmTimer is emitted at most once per call,
 last; the single buffered datagram's flush uses the flow's own snapshot timeouts.
@@ -60,7 +60,7 @@ _ESTABLISHED = FlowPhase.ESTABLISHED
 
 
 class InvariantViolation(AssertionError):
-    """The core's state broke one of udp.md §9's invariants (a bug, never a network event)."""
+    """The core's state broke one of its invariants (a bug, never a network event)."""
 
 
 class FlowManager:
@@ -463,7 +463,7 @@ class FlowManager:
             if deadline is not None:
                 self._out.append(ArmTimer(deadline))
 
-    # -- invariants (udp.md §9)
+    # -- invariants (listed in docs/udp.md, Invariants)
 
     def _after_call(self, now: float) -> None:
         if now < self._last_now:

@@ -1,4 +1,4 @@
-"""What the flow core asks its shell to do (udp.md §1.2), plus the reason enums.
+"""What the flow core asks its shell to do, plus the reason enums (docs/udp.md, The flow core).
 
 Outputs are frozen, tagged msgspec Structs; the shell dispatches with `match`. Payload-free
 outputs (drops, flow metrics) are prebuilt singletons so drop paths allocate nothing.

@@ -1,4 +1,4 @@
-"""PROXY protocol v2 headers for UDP (udp.md §4): send-only, DGRAM, no TLVs.
+"""PROXY protocol v2 headers for UDP: send-only, DGRAM, no TLVs (docs/udp.md, PROXY protocol).
 
 Source is the real client, destination the backend. Same-family pairs give the 28-byte (IPv4)
 or 52-byte (IPv6) header; mixed families (including a v4-mapped IPv6 against IPv4: nothing is

@@ -1,0 +1,70 @@
+"""Command line of the HTTP/1.1 session core simulation.
+
+    python -m simulation.http1                 # sweep seeds 0..255
+    python -m simulation.http1 --seeds 4096 --steps 3000
+    python -m simulation.http1 --seed 0x2a     # replay one seed verbosely (--trace: every call)
+
+Environment (flags win): SOZU_HTTP1_SIM_SEED replays one seed, SOZU_HTTP1_SIM_SEEDS and
+SOZU_HTTP1_SIM_STEPS widen the sweep. Prints one line per failing seed, then exactly
+`N passed, N failed`; exits 1 if any seed failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from simulation.http1.runner import (
+    DEFAULT_SEEDS,
+    DEFAULT_STEPS,
+    SessionFactory,
+    run_seed,
+    run_sweep,
+    summary_line,
+)
+from simulation.udp.env import env_int, parse_int
+from sozu.worker.core.http1.session import Http1Session
+
+
+def _int_arg(text: str) -> int:
+    try:
+        return parse_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None, factory: SessionFactory = Http1Session) -> int:
+    """Run the command line; `factory` builds the sessions (tests pass broken cores)."""
+    parser = argparse.ArgumentParser(prog="python -m simulation.http1")
+    parser.add_argument("--seeds", type=_int_arg, help=f"sweep seeds 0..N-1 ({DEFAULT_SEEDS})")
+    parser.add_argument("--first", type=_int_arg, default=0, help="first seed of the sweep")
+    parser.add_argument("--seed", type=_int_arg, help="replay one seed verbosely")
+    parser.add_argument("--steps", type=_int_arg, help=f"steps per seed ({DEFAULT_STEPS})")
+    parser.add_argument("--digests", action="store_true", help="print every seed's digest")
+    parser.add_argument("--trace", action="store_true", help="with --seed: print every core call")
+    args = parser.parse_args(argv)
+
+    def echo(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        env_seed = env_int("SOZU_HTTP1_SIM_SEED")
+        env_seeds = env_int("SOZU_HTTP1_SIM_SEEDS")
+        env_steps = env_int("SOZU_HTTP1_SIM_STEPS")
+    except ValueError as exc:
+        parser.error(str(exc))
+    steps = args.steps if args.steps is not None else env_steps or DEFAULT_STEPS
+    seed = args.seed if args.seed is not None else (None if args.seeds else env_seed)
+    if seed is not None:
+        result = run_seed(seed, steps, factory, echo=echo, progress=True, trace=args.trace)
+        results = [result]
+    else:
+        count = args.seeds if args.seeds is not None else env_seeds or DEFAULT_SEEDS
+        seeds = range(args.first, args.first + count)
+        results = run_sweep(seeds, steps, factory, echo=echo, digests=args.digests)
+    echo(summary_line(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
