@@ -5,12 +5,13 @@
 #
 # Both proxies front the same nginx backend (a 13-byte answer), over keep-alive backend
 # connections. For each proxy it prints the worker's user+system CPU (µs) per request:
-#   http-ka      wrk -t1 -c16, keep-alive client connections
+#   http-ka      wrk -t1 -c16 (CONNECTIONS=16), keep-alive client connections
 #   https-close  wrk -t1 -c16 -H "Connection: close": one full TLS handshake per request
 # and the requests per second wrk saw (client-bound on https-close: compare CPU there).
 # Prints figures only; asserts nothing.
 set -euo pipefail
 DURATION=${1:-5}
+CONNECTIONS=${CONNECTIONS:-16}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SOZU=${SOZU_BIN:-$ROOT/.venv/bin/sozu}
 DIR=$(mktemp -d)
@@ -76,10 +77,10 @@ SZ_PID=$("$SOZU" -c "$DIR/sozu.toml" status --json | python3 -c 'import json,sys
 
 measure() { # name pid url [wrk args...]
   local name=$1 pid=$2 url=$3; shift 3
-  wrk -t1 -c16 -d1s -H "Host: bench.test" "$@" "$url" >/dev/null 2>&1 # warm up
+  wrk -t1 -c"$CONNECTIONS" -d1s -H "Host: bench.test" "$@" "$url" >/dev/null 2>&1 # warm up
   local t0 t1 out
   t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
-  out=$(wrk -t1 -c16 -d"${DURATION}s" -H "Host: bench.test" "$@" "$url")
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: bench.test" "$@" "$url")
   t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
   python3 - "$name" "$t0" "$t1" "$out" <<'PY'
 import re, sys, os
@@ -95,7 +96,7 @@ print(f"{name:22s} {requests:8d} req  {rate:9.0f} req/s  {cpu * 1e6 / requests:7
       + (f"  non-2xx: {non2xx.group(1)}" if non2xx else ""))
 PY
 }
-echo "worker CPU per request, ${DURATION}s each, wrk -t1 -c16 (nginx $(nginx -v 2>&1 | sed 's/.*\///'))"
+echo "worker CPU per request, ${DURATION}s each, wrk -t1 -c$CONNECTIONS (nginx $(nginx -v 2>&1 | sed 's/.*\///'))"
 measure "nginx http-ka" "$NX_PID" "http://127.0.0.1:$NX_HTTP/"
 measure "sozu http-ka" "$SZ_PID" "http://127.0.0.1:$SZ_HTTP/"
 measure "nginx https-close" "$NX_PID" "https://127.0.0.1:$NX_HTTPS/" -H "Connection: close"

@@ -11,6 +11,7 @@ from sozu.worker.core.proxy_protocol import (
     ProxyProtocolError,
     build_v2,
     parse_v2,
+    v2_missing,
 )
 
 
@@ -80,3 +81,20 @@ def test_tlvs_are_skipped_within_the_length() -> None:
 def test_refusals(data: bytes, needle: str) -> None:
     with pytest.raises(ProxyProtocolError, match=needle):
         parse_v2(data)
+
+
+def test_v2_missing_asks_for_exactly_the_header() -> None:
+    header = build_v2(("127.0.0.5", 1234), ("127.0.0.1", 80))
+    following = b"\x16\x03\x01"  # a TLS record that must stay unread
+    assert v2_missing(b"") == 16
+    for cut in range(len(header)):
+        missing = v2_missing(header[:cut])
+        assert missing > 0
+        # Never more than the header: what follows it is left in the socket.
+        assert cut + missing <= len(header)
+    assert v2_missing(header) == 0
+    assert v2_missing(header + following) == 0
+    v6 = build_v2(("::1", 1), ("::1", 2))
+    assert v2_missing(v6[:16]) == len(v6) - 16
+    with pytest.raises(ProxyProtocolError):
+        v2_missing(b"GET / HTTP/1.1\r\n")

@@ -59,6 +59,18 @@ def build_v2(source: Address, destination: Address, *, stream: bool = True) -> b
     )
 
 
+def v2_missing(data: bytes | bytearray) -> int:
+    """How many more bytes complete the header that `data` starts (0: complete), so that a
+    reader can take exactly the header and leave what follows it (a TLS ClientHello) in the
+    socket. ProxyProtocolError as soon as the bytes cannot become a header."""
+    header = parse_v2(data)
+    if header is not None:
+        return 0
+    if len(data) < PREFIX_LENGTH:
+        return PREFIX_LENGTH - len(data)
+    return PREFIX_LENGTH + int.from_bytes(data[14:16], "big") - len(data)
+
+
 def parse_v2(data: bytes | bytearray | memoryview) -> ProxyHeader | None:
     """Parse a header from the start of `data`; None if more bytes are needed."""
     view = memoryview(data)

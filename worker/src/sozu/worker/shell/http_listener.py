@@ -3,7 +3,8 @@
 `HttpServer` is the worker's HTTP side on the loop: its listeners (by address), the idle
 backend pool and the connections it serves. An HTTPS connection first goes through its
 handshake, driven by readiness events and bounded by the listener's front timeout; a
-plain one starts its `Http1Session` at once.
+plain one starts its `Http1Session` at once. On an `expect_proxy` listener both first read
+their PROXY v2 header (`ProxyHeaderRead`), whose source address is then the client's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ssl
 
 from sozu.worker.core.http1.context import ListenerContext
 from sozu.worker.core.http1.session import Http1Session
+from sozu.worker.core.proxy_protocol import ProxyProtocolError, parse_v2, v2_missing
 from sozu.worker.shell.accepting import Acceptor, LoopListener
 from sozu.worker.shell.http_connection import HttpConnection
 from sozu.worker.shell.idle_pool import IdlePool
@@ -44,10 +46,94 @@ class HttpListener(LoopListener):
         counters = self.context.counters
         counters.accepted += 1
         counters.active += 1
+        if self.context.config.expect_proxy:
+            ProxyHeaderRead(self, client, peer).begin()
+        else:
+            self.proceed(client, peer)
+
+    def proceed(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        """The connection's client is known: its TLS handshake, or its session."""
         if self.tls is None:
             self.server.start_session(self, client, peer)
         else:
             TlsHandshake(self, client, peer).begin()
+
+
+class ProxyHeaderRead:
+    """A connection of an `expect_proxy` listener until its PROXY v2 header is read (bounded
+    by the front timeout). Exactly the header's bytes are read, what follows stays in the
+    socket for the TLS handshake or the session; the header's source becomes the client's
+    address. A LOCAL header (a load balancer's health check) closes the connection."""
+
+    __slots__ = ("armed", "buffer", "fd", "listener", "peer", "sock", "until")
+
+    def __init__(self, listener: HttpListener, client: socket.socket, peer: tuple[str, int]):
+        self.listener = listener
+        self.sock = client
+        self.peer = peer
+        self.fd = client.fileno()
+        self.buffer = bytearray()
+        self.armed = math.inf
+        self.until = math.inf
+
+    def begin(self) -> None:
+        reactor = self.listener.server.reactor
+        self.until = reactor.now() + self.listener.context.front_timeout
+        reactor.register(self.fd, IN, self.on_event, self)
+        reactor.arm(self)
+        self.on_event(IN)
+
+    def on_event(self, _mask: int) -> None:
+        buffer = self.buffer
+        counters = self.listener.context.counters
+        while True:
+            try:
+                missing = v2_missing(buffer)
+            except ProxyProtocolError as error:
+                counters.proxy_protocol_errors += 1
+                log.debug("PROXY header on %s refused: %s", self.listener.address, error)
+                self._fail()
+                return
+            if not missing:
+                break
+            try:
+                data = self.sock.recv(missing)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._fail()
+                return
+            if not data:
+                self._fail()  # closed before a whole header: a probe, closed silently
+                return
+            buffer += data
+        header = parse_v2(buffer)
+        assert header is not None
+        listener = self.listener
+        listener.server.reactor.unregister(self.fd)
+        self.until = math.inf
+        if header.source is None:
+            self._fail(registered=False)  # LOCAL or UNSPEC: nothing to serve
+            return
+        listener.proceed(self.sock, header.source)
+
+    def deadline(self) -> float:
+        return self.until
+
+    def expire(self, now: float) -> None:
+        self._fail()
+
+    def abort(self, error: BaseException) -> None:
+        self._fail()
+
+    def _fail(self, *, registered: bool = True) -> None:
+        server = self.listener.server
+        if registered:
+            server.reactor.unregister(self.fd)
+        self.until = math.inf
+        self.sock.close()
+        self.listener.context.counters.active -= 1
+        server.acceptor.released()
 
 
 class TlsHandshake:

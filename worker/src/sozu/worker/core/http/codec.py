@@ -231,8 +231,7 @@ def _scan_special(raw: bytes) -> tuple[int, bytes | None, int, int, bool, bytes 
     chunked = False
     connection: bytes | None = None
     expect_continue = False
-    for match in _SPECIAL_LINE.finditer(raw):
-        name, value = match.groups()
+    for name, value in _SPECIAL_LINE.findall(raw):
         bit = _SPECIAL[name.lower()]
         special |= bit
         if bit == H_HOST:
@@ -481,4 +480,6 @@ def has_token(value: bytes | None, token: bytes) -> bool:
     """True if a comma-separated header value (Connection, Upgrade) holds `token`."""
     if value is None:
         return False
+    if b"," not in value:
+        return value.strip().lower() == token
     return any(part.strip().lower() == token for part in value.split(b","))

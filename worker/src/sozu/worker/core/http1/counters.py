@@ -29,6 +29,7 @@ class HttpCounters:
     stale_connections: int = 0  # pooled backend connections found closed at reuse
     alpn_rejected: int = 0
     tls_handshakes: int = 0
+    proxy_protocol_errors: int = 0  # invalid PROXY headers on an expect_proxy listener
     # Requests still buffered when a connection closed after a response that said close.
     pipelined_unanswered: int = 0
     # final status of every response sent (proxied or generated) -> count
