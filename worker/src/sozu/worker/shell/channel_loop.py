@@ -125,6 +125,20 @@ _UDP_REQUESTS = (
 )
 
 
+def _cluster_id(request: Request) -> str:
+    """The one cluster a cluster-scoped request changes."""
+    if isinstance(request, rq.AddCluster):
+        return request.cluster.cluster_id
+    if isinstance(request, rq.AddBackend):
+        return request.backend.cluster_id
+    if isinstance(request, rq.AddTcpFrontend | rq.RemoveTcpFrontend):
+        return request.frontend.cluster_id
+    assert isinstance(
+        request, rq.RemoveCluster | rq.RemoveBackend | rq.SetHealthCheck | rq.RemoveHealthCheck
+    )
+    return request.cluster_id
+
+
 def _injected_refusal(request: Request) -> str | None:
     """Tests make workers refuse state requests with `SOZU_FAULT_REFUSE=<path>`: while that
     file exists, a request whose JSON contains the file's text is refused, as a worker-side
@@ -191,13 +205,18 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
     if response.status == "ok" and request.ROUTING == "state":
         if isinstance(request, rq.DeactivateListener | rq.RemoveListener):
             await proxies.stop_listener(request.proxy, request.address)
+        if isinstance(request, rq.AddTcpFrontend | rq.RemoveTcpFrontend):
+            proxies.tcp_frontend_changed(request.frontend.address)
         if isinstance(request, _CLUSTER_REQUESTS):
-            proxies.refresh_clusters()
+            proxies.refresh_cluster(_cluster_id(request))
         if isinstance(request, rq.UpdateTcpListener):
             proxies.refresh_listener(request.address)
         if isinstance(request, _HTTP_FRONT_REQUESTS):
-            proxies.http.refresh_routes(request.frontend.address)
-            proxies.refresh_clusters()
+            https = isinstance(request, rq.AddHttpsFrontend | rq.RemoveHttpsFrontend)
+            added = isinstance(request, rq.AddHttpFrontend | rq.AddHttpsFrontend)
+            proxies.http.frontend_changed(request.frontend, https=https, added=added)
+            if request.frontend.cluster_id is not None:
+                proxies.refresh_cluster(request.frontend.cluster_id)
         if isinstance(request, rq.UpdateHttpListener):  # UpdateHttpsListener too
             proxies.http.refresh_listener(request.address)
         if isinstance(request, _CERTIFICATE_REQUESTS):

@@ -88,6 +88,10 @@ class HttpHealthChecks:
         if not self._closed:
             nursery.start_soon(self._run)
 
+    def knows(self, cluster_id: str) -> bool:
+        """This cluster is checked, or its selector may carry verdicts of ours."""
+        return cluster_id in self._touched or self.checks.cluster(cluster_id) is not None
+
     def refresh(self) -> None:
         """Converge on the state: clusters, backends and checks added, changed or removed."""
         if self._closed:

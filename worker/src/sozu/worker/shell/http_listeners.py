@@ -21,7 +21,12 @@ import trio
 from sozu.command.log_targets import open_line_sink
 from sozu.command.metrics import Histogram, MetricsRegistry
 from sozu.command.state import ConfigState
-from sozu.command.types import Cluster, HttpListenerConfig, HttpsListenerConfig
+from sozu.command.types import (
+    Cluster,
+    HttpListenerConfig,
+    HttpsListenerConfig,
+    RequestHttpFrontend,
+)
 from sozu.worker.core.clusters import TcpCluster
 from sozu.worker.core.http.request_id import UlidGenerator
 from sozu.worker.core.http.router import Router
@@ -113,6 +118,14 @@ class HttpListeners:
         self._clusters = clusters
         # Counters outlive a deactivation so that totals never go back.
         self._counters: dict[str, HttpCounters] = {}
+        # Every frontend's cluster by (https, route key), and how many point at each cluster:
+        # kept from each frontend change (the state refuses duplicates and missing removals).
+        self._front_cluster: dict[tuple[bool, str], str | None] = {}
+        self._front_counts: dict[str, int] = {}
+        # Backend addresses by cluster, and how many backends use each (idle connections to
+        # an address no backend uses any more are closed).
+        self._cluster_addresses: dict[str, set[tuple[str, int]]] = {}
+        self._address_uses: dict[tuple[str, int], int] = {}
         self.health = HttpHealthChecks(state, clusters, on_event)
         # What every session reads: drain_timeout and the buffer limit come with ServerConfig.
         self.shared = SharedContext(
@@ -147,15 +160,9 @@ class HttpListeners:
             return None
         return config, cluster
 
-    def fronted_clusters(self) -> set[str]:
-        """Clusters that HTTP or HTTPS frontends point at."""
-        state = self.state
-        return {
-            front.cluster_id
-            for fronts in (state.http_fronts, state.https_fronts)
-            for front in fronts.values()
-            if front.cluster_id is not None
-        }
+    def fronted(self, cluster_id: str) -> bool:
+        """An HTTP or HTTPS frontend points at this cluster."""
+        return self._front_counts.get(cluster_id, 0) > 0
 
     def _router(self, address: str, https: bool) -> Router:
         fronts = self.state.https_fronts if https else self.state.http_fronts
@@ -222,10 +229,27 @@ class HttpListeners:
 
     # -- configuration changes
 
-    def refresh_routes(self, address: str) -> None:
-        listener = self.server.listeners.get(address)
-        if listener is not None:
-            listener.context.router = self._router(address, listener.tls is not None)
+    def frontend_changed(self, frontend: RequestHttpFrontend, *, https: bool, added: bool) -> None:
+        """One frontend was added or removed: its listener's router follows (no rebuild), and
+        the count of frontends per cluster."""
+        key = (https, frontend.route_key())
+        counts = self._front_counts
+        previous = self._front_cluster.pop(key, None)
+        if previous is not None:
+            counts[previous] -= 1
+            if not counts[previous]:
+                del counts[previous]
+        if added:
+            self._front_cluster[key] = frontend.cluster_id
+            if frontend.cluster_id is not None:
+                counts[frontend.cluster_id] = counts.get(frontend.cluster_id, 0) + 1
+        listener = self.server.listeners.get(frontend.address)
+        if listener is None or (listener.tls is not None) != https:
+            return  # built from the state when its listener starts
+        if added:
+            listener.context.router.add(frontend)
+        else:
+            listener.context.router.remove(frontend)
 
     def refresh_listener(self, address: str) -> None:
         listener = self.server.listeners.get(address)
@@ -243,15 +267,21 @@ class HttpListeners:
         if listener is not None and listener.tls is not None:
             listener.tls.load_state(self.state)
 
-    def refresh_clusters(self) -> None:
-        """Health checks, sticky ids from the state; idle connections to removed backends
-        closed."""
-        self.health.refresh()
+    def refresh_cluster(self, cluster_id: str) -> None:
+        """One cluster changed: its health checks, its sticky ids; idle connections to
+        addresses no backend uses any more closed."""
+        state = self.state
+        cluster = state.clusters.get(cluster_id)
+        if (cluster is not None and cluster.health_check is not None) or self.health.knows(
+            cluster_id
+        ):
+            self.health.refresh()
         shared = self.shared
-        shared.sticky_to_backend.clear()
-        shared.backend_to_sticky.clear()
-        addresses = set()
-        for cluster_id, backends in self.state.backends.items():
+        for backend_id in shared.sticky_to_backend.pop(cluster_id, {}).values():
+            shared.backend_to_sticky.pop((cluster_id, backend_id), None)
+        addresses: set[tuple[str, int]] = set()
+        backends = state.backends.get(cluster_id, ())
+        if backends:
             by_value = shared.sticky_to_backend.setdefault(cluster_id, {})
             for backend in backends:
                 value = backend.sticky_id or backend.backend_id
@@ -259,10 +289,36 @@ class HttpListeners:
                 shared.backend_to_sticky[(cluster_id, backend.backend_id)] = value
                 host, _, port = backend.address.rpartition(":")
                 addresses.add((host.strip("[]"), int(port)))
-        pool = self.server.pool
-        for address in pool.addresses():
-            if address not in addresses:
-                pool.forget(address)
+        old = self._cluster_addresses.pop(cluster_id, set())
+        if addresses:
+            self._cluster_addresses[cluster_id] = addresses
+        uses = self._address_uses
+        for address in addresses - old:
+            uses[address] = uses.get(address, 0) + 1
+        for address in old - addresses:
+            uses[address] -= 1
+            if not uses[address]:
+                del uses[address]
+                self.server.pool.forget(address)
+
+    def check_invariants(self) -> None:
+        """The indexes kept from each change say what a scan of the state says."""
+        state = self.state
+        expected: dict[str, int] = {}
+        for fronts in (state.http_fronts, state.https_fronts):
+            for front in fronts.values():
+                if front.cluster_id is not None:
+                    expected[front.cluster_id] = expected.get(front.cluster_id, 0) + 1
+        assert self._front_counts == expected, (self._front_counts, expected)
+        for address, listener in self.server.listeners.items():
+            fronts = state.https_fronts if listener.tls is not None else state.http_fronts
+            routed = {f.route_key() for f in listener.context.router.frontends()}
+            assert routed == {k for k, f in fronts.items() if f.address == address}
+        uses: dict[tuple[str, int], int] = {}
+        for addresses in self._cluster_addresses.values():
+            for backend_address in addresses:
+                uses[backend_address] = uses.get(backend_address, 0) + 1
+        assert uses == self._address_uses
 
     # -- metrics
 
