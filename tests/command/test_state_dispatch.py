@@ -336,13 +336,31 @@ def test_add_backend_upserts_on_id_and_address_without_cluster() -> None:
     heavier = backend(load_balancing_parameters=LoadBalancingParams(weight=7))
     assert state.apply(rq.AddBackend(backend=heavier)) == "changed"
     assert state.backends["c"] == [heavier]
-    state.apply(rq.AddBackend(backend=backend(address="127.0.0.1:9001")))
+    state.apply(rq.AddBackend(backend=backend("d", address="127.0.0.1:9001")))
     state.apply(rq.AddBackend(backend=backend("a")))
     assert [(b.backend_id, b.address) for b in state.backends["c"]] == [
         ("a", "127.0.0.1:9000"),
         ("b", "127.0.0.1:9000"),
-        ("b", "127.0.0.1:9001"),
+        ("d", "127.0.0.1:9001"),
     ]
+
+
+def test_a_backend_id_names_one_address_of_its_cluster() -> None:
+    """Workers key a backend's health, back-off, load and metrics by its id, and refuse a
+    cluster where one id names two addresses: a state holding such a pair had every worker
+    refuse it, and the supervisor replace its workers again and again."""
+    state = ConfigState()
+    state.apply(rq.AddBackend(backend=backend()))
+    error = refused(state, rq.AddBackend(backend=backend(address="127.0.0.1:9001")), AlreadyExists)
+    assert "already has backend 'b' at 127.0.0.1:9000" in str(error)
+    # The same id in another cluster, or another id at the same address, is fine.
+    other = Backend(cluster_id="d", backend_id="b", address="127.0.0.1:9001")
+    assert state.apply(rq.AddBackend(backend=other)) == "changed"
+    assert state.apply(rq.AddBackend(backend=backend("a"))) == "changed"
+    # Moved: removed, then added at its new address.
+    state.apply(rq.RemoveBackend(cluster_id="c", backend_id="b", address="127.0.0.1:9000"))
+    assert state.apply(rq.AddBackend(backend=backend(address="127.0.0.1:9001"))) == "changed"
+    state.check_invariants()
 
 
 def test_remove_backend_errors() -> None:

@@ -250,6 +250,19 @@ def test_diff_changed_backend_is_remove_then_add_and_cluster_is_one_add() -> Non
     assert kinds(current.diff(target)) == ["AddCluster", "RemoveBackend", "AddBackend"]
 
 
+def test_diff_moves_a_backend_id_to_another_address_removal_first() -> None:
+    """A backend id names one address per cluster: the diff frees it before adding it at its
+    new address (sorted by address, the new one would come first)."""
+    old = Backend(cluster_id="app", backend_id="b", address="127.0.0.1:9001")
+    new = msgspec.structs.replace(old, address="127.0.0.1:9000")
+    other = Backend(cluster_id="app", backend_id="a", address="127.0.0.1:8000")
+    current = apply_all(ConfigState(), [rq.AddBackend(backend=old)])
+    target = apply_all(ConfigState(), [rq.AddBackend(backend=new), rq.AddBackend(backend=other)])
+    steps = current.diff(target)
+    assert kinds(steps) == ["RemoveBackend", "AddBackend", "AddBackend"]
+    assert apply_all(current.copy(), steps) == target
+
+
 def test_diff_tcp_frontend_group_removal_re_adds_survivors() -> None:
     plain = RequestTcpFrontend(cluster_id="c", address="127.0.0.1:1234")
     tagged = RequestTcpFrontend(cluster_id="c", address="127.0.0.1:1234", tags={"k": "v"})

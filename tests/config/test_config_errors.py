@@ -57,6 +57,15 @@ CASES: list[tuple[str, str, str, str]] = [
         "unknown key",
     ),
     (
+        "one backend id at two addresses",
+        APP
+        + 'backends = [{ address = "127.0.0.1:1", backend_id = "b" },'
+        + ' { address = "[::1]:2", backend_id = "a" },'
+        + ' { address = "127.0.0.1:3", backend_id = "b" }]\n',
+        "clusters.app.backends[2].backend_id",
+        "backend id 'b' already names backends[0] at 127.0.0.1:1",
+    ),
+    (
         "bad backend address",
         APP + 'backends = [{ address = "127.0.0.1:1" }, { address = "x" }]\n',
         "clusters.app.backends[1].address",

@@ -251,8 +251,9 @@ def _id_of(cluster: Cluster) -> str:
     return cluster.cluster_id
 
 
-def _backend_identity(backend: Backend) -> tuple[str, str, str]:
-    return backend.cluster_id, backend.backend_id, backend.address
+def _backend_identity(backend: Backend) -> tuple[str, str]:
+    """A backend id names one backend (one address) of its cluster."""
+    return backend.cluster_id, backend.backend_id
 
 
 def _route(frontend: RequestHttpFrontend) -> str:

@@ -256,6 +256,7 @@ class _Builder:
         )
         _refuse(cluster_problems(record), path, path)
         backends: list[Request] = []
+        addresses: dict[str, tuple[int, str]] = {}  # backend id -> its first index, address
         for index, backend in enumerate(cluster.backends):
             params = None
             if backend.weight is not None:
@@ -272,6 +273,13 @@ class _Builder:
                 backup=backend.backup,
             )
             _refuse(backend_problems(entry), join_index(f"{path}.backends", index), path)
+            first, address = addresses.setdefault(backend_id, (index, entry.address))
+            if address != entry.address:
+                raise ConfigError(
+                    f"{join_index(f'{path}.backends', index)}.backend_id",
+                    f"backend id {backend_id!r} already names backends[{first}] at {address};"
+                    " a backend id names one address",
+                )
             backends.append(AddBackend(backend=entry))
         return [AddCluster(cluster=record), *frontends, *backends]
 

@@ -532,7 +532,18 @@ class ConfigState:
         position = next(
             (i for i, b in enumerate(current) if (b.backend_id, b.address) == identity), None
         )
-        if position is not None and current[position] == backend:
+        if position is None:
+            # A backend id names one backend of its cluster: workers key its health, back-off,
+            # load and metrics by id, and would refuse a cluster where it names two.
+            for other in current:
+                if other.backend_id == backend.backend_id:
+                    raise AlreadyExists(
+                        f"cluster {backend.cluster_id[:128]!r} already has backend "
+                        f"{backend.backend_id[:128]!r} at {other.address}; a backend id names "
+                        "one address (remove that backend first)",
+                        identical=False,
+                    )
+        elif current[position] == backend:
             return "unchanged"
         self._put(_backend_key(backend), backend)
         if position is not None:
@@ -647,8 +658,8 @@ class ConfigState:
         for cluster_id, backends in self.backends.items():
             _require(bool(backends), f"empty backend list for {cluster_id!r}")
             _require(backends == sorted(backends, key=_backend_order), "backends not sorted")
-            identities = {(b.backend_id, b.address) for b in backends}
-            _require(len(identities) == len(backends), f"duplicate backend in {cluster_id!r}")
+            identities = {b.backend_id for b in backends}
+            _require(len(identities) == len(backends), f"duplicate backend id in {cluster_id!r}")
             for backend in backends:
                 _require(backend.cluster_id == cluster_id, "backend filed under another cluster")
                 expected.put(_backend_key(backend), backend)

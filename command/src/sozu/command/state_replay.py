@@ -155,14 +155,16 @@ def _backend_map(state: ConfigState) -> dict[tuple[str, str, str], Backend]:
 
 
 def _diff_backends(current: ConfigState, target: ConfigState) -> Iterable[Request]:
+    """Removals first: a backend id that moves to another address is free again when its
+    new address is added (an id names one address per cluster)."""
     olds, news = _backend_map(current), _backend_map(target)
-    for key in sorted(olds.keys() | news.keys()):
-        old, new = olds.get(key), news.get(key)
-        if old == new:
-            continue
-        if old is not None:
+    changed = [key for key in sorted(olds.keys() | news.keys()) if olds.get(key) != news.get(key)]
+    for key in changed:
+        if key in olds:
             cluster_id, backend_id, address = key
             yield rq.RemoveBackend(cluster_id=cluster_id, backend_id=backend_id, address=address)
+    for key in changed:
+        new = news.get(key)
         if new is not None:
             yield rq.AddBackend(backend=new)
 

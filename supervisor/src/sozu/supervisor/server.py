@@ -108,7 +108,8 @@ class CommandServer:
     Each connection runs behind an exception boundary; at most MAX_CONNECTIONS are served at
     once (others are closed at once) and each may have MAX_IN_FLIGHT requests unanswered
     (more get a Failure). An answer the client does not read within SEND_TIMEOUT closes its
-    connection, so a client that stops reading never holds up a state change.
+    connection, so a client that stops reading never holds up a state change. A connection
+    closed on a protocol error or reset by its client is counted too.
     """
 
     def __init__(
@@ -180,10 +181,15 @@ class CommandServer:
                 try:
                     item = await connection.receive_request()
                 except ProtocolError as error:
+                    self.errors.counts[("command", "ProtocolError")] += 1
                     log.warning("command connection closed: %s", error)
                     break
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except trio.BrokenResourceError as error:
+                    # Reset by the client (it left with answers unread, or inside a frame).
+                    self.errors.record("command", error)
                     break
+                except trio.ClosedResourceError:
+                    break  # closed on our side (a slow reader): counted there
                 if item is None:
                     break
                 if isinstance(item, Rejected):

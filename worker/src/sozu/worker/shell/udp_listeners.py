@@ -199,6 +199,10 @@ class UdpListeners:
                 await served.proxy.serve(task_status=task_status)
         except OSError as error:
             log.error("UDP listener %s stopped: %s", address, error)
+        except Exception:
+            # Outside any flow's boundary (a bug of the listener task itself): this listener
+            # stops, the worker and its other listeners go on.
+            log.exception("UDP listener %s stopped by an internal error", address)
         finally:
             served.done.set()
 
@@ -335,6 +339,8 @@ class UdpListeners:
             # A flow aborted because its upstream socket could not be opened was shed too.
             shed = "sozu_udp_flows_shed_total"
             values[shed] = values.get(shed, 0) + shell.upstream_open_failed
+            for reason, count in shell.flow_errors.items():
+                values[f"error:{reason}"] = count
         for key, offset in self._offsets.get(address, {}).items():
             values[key] = values.get(key, 0) + offset
         return values
@@ -354,6 +360,10 @@ class UdpListeners:
                 if key.startswith("drop:"):
                     registry.counter(
                         "sozu_udp_datagrams_dropped_total", listener=address, reason=key[5:]
+                    ).value = value
+                elif key.startswith("error:"):
+                    registry.counter(
+                        "sozu_udp_flow_errors_total", listener=address, reason=key[6:]
                     ).value = value
                 else:
                     registry.counter(key, listener=address).value = value

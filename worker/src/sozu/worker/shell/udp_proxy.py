@@ -6,6 +6,12 @@ such); each flow gets one connected upstream socket, read by its own task, whose
 through the listener socket; one timer per listener follows the core's armed deadline; sends
 that would block wait in bounded queues (64 per flow, 256 per listener). Backend selection for
 `SelectBackend` is answered at once from the cluster's `BackendSelector`.
+
+Every piece of one flow's work (a client datagram, an upstream reply, one output of the core,
+an egress flush, the timer's closes) runs behind an exception boundary: an exception ends that
+flow only (aborted in the core, its upstream socket closed), is logged with its traceback and
+counted by reason (`ShellCounters.flow_errors`, `sozu_udp_flow_errors_total`). The listener
+keeps reading and the other flows keep going.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from sozu.worker.core.udp.outputs import (
 log = logging.getLogger("sozu.worker.udp")
 
 CHECKPOINT_EVERY: Final = 128
+# After the timer's work raised, the timer fires again this long after (never busy-looping).
+TIMER_RETRY: Final = 1.0
 Address = tuple[str, int]
 
 
@@ -49,12 +57,15 @@ class ShellCounters(msgspec.Struct):
     wq_full: int = 0
     send_error: int = 0
     unknown_flow: int = 0
+    # Flows ended because handling them raised, by reason (exception class name).
+    flow_errors: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class _Upstream:
-    __slots__ = ("backend_id", "opened_at", "queue", "scope", "send", "sock", "watching")
+    __slots__ = ("backend_id", "flow", "opened_at", "queue", "scope", "send", "sock", "watching")
 
-    def __init__(self, sock: socket.socket, backend_id: str, opened_at: float) -> None:
+    def __init__(self, flow: int, sock: socket.socket, backend_id: str, opened_at: float) -> None:
+        self.flow = flow
         self.sock = sock
         self.backend_id = backend_id
         self.opened_at = opened_at
@@ -211,9 +222,11 @@ class UdpListenerProxy:
                 if error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     continue  # an ICMP error about an earlier send: nothing to read
                 raise
-            core.handle_client_datagram(
-                trio.current_time(), (source[0], source[1]), memoryview(buffer)[:size]
-            )
+            client = (source[0], source[1])
+            try:
+                core.handle_client_datagram(trio.current_time(), client, memoryview(buffer)[:size])
+            except Exception as error:
+                self._flow_failed(self._client_flow(client), error)
             self._apply()
             spins += 1
             if spins % CHECKPOINT_EVERY == 0:
@@ -224,8 +237,13 @@ class UdpListenerProxy:
             with self._timer_scope:
                 await trio.sleep_forever()
             self._timer_scope = trio.CancelScope()
-            self.core.handle_timeout(trio.current_time())
-            self._apply()
+            now = trio.current_time()
+            try:
+                self.core.handle_timeout(now)
+            except Exception as error:
+                self._timer_failed(now, error)
+            else:
+                self._apply()
 
     async def _read_upstream(self, flow: int, upstream: _Upstream) -> None:
         sock = upstream.sock
@@ -248,7 +266,10 @@ class UdpListenerProxy:
                     continue  # ICMP port unreachable: the backend is down; idleness will tell
                 except OSError:
                     return  # the flow was closed (its socket with it)
-                self.core.handle_backend_datagram(trio.current_time(), flow, view[:size])
+                try:
+                    self.core.handle_backend_datagram(trio.current_time(), flow, view[:size])
+                except Exception as error:
+                    self._flow_failed(flow, error)
                 self._apply()
                 if flow not in self._upstreams:
                     return  # this reply closed the flow (responses reached)
@@ -261,9 +282,66 @@ class UdpListenerProxy:
     def _apply(self) -> None:
         core = self.core
         while (output := core.poll_output()) is not None:
-            self._do(output)
+            try:
+                self._do(output)
+            except Exception as error:
+                self._flow_failed(_flow_of(output), error)
         if not core.flow_count() and core.is_draining():
             self._drained.set()
+
+    # -- the per-flow exception boundary ---------------------------------------------------------
+
+    def _client_flow(self, client: Address) -> int | None:
+        try:
+            return self.core.client_flow(client)
+        except Exception:
+            log.exception("looking up the flow of %s failed", client)
+            return None
+
+    def _flow_failed(self, flow: int | None, error: Exception) -> None:
+        """Handling `flow` (None: no flow yet) raised: count, log, and end that flow only.
+
+        The core aborts the flow (its `CloseFlow` output, applied by the caller's `_apply`,
+        closes the upstream socket); if the core cannot, the shell closes its side at once.
+        """
+        reason = type(error).__name__
+        errors = self.counters.flow_errors
+        errors[reason] = errors.get(reason, 0) + 1
+        what = "UDP work outside any flow" if flow is None else f"UDP flow {flow}"
+        log.error("%s ended by an internal error", what, exc_info=error)
+        if flow is None:
+            return
+        try:
+            self.core.abort_flow(trio.current_time(), flow, CloseReason.ABORTED)
+        except Exception:
+            log.exception("aborting the failed UDP flow %d failed too", flow)
+            self._close_upstream(flow)
+
+    def _timer_failed(self, now: float, error: Exception) -> None:
+        """The timer's closes raised: the flows it was closing (those due) are closed one by
+        one, each behind the boundary; the timer is re-armed whatever the core now says."""
+        core = self.core
+        self._flow_failed(None, error)
+        try:
+            due = [
+                flow
+                for flow in core.flow_ids()
+                if (view := core.flow(flow)) is not None and view.idle_deadline <= now
+            ]
+        except Exception:
+            log.exception("listing the due UDP flows failed")
+            due = []
+        self._apply()
+        for flow in due:
+            try:
+                core.abort_flow(now, flow, CloseReason.IDLE)
+            except Exception as abort_error:
+                self._flow_failed(flow, abort_error)
+            self._apply()
+        deadline = self._timer_scope.deadline
+        if core.flow_count() and not now < deadline < float("inf"):
+            # No deadline (or a past one) armed with flows left: try again later.
+            self._timer_scope.deadline = now + TIMER_RETRY
 
     def _do(self, output: OutputT) -> None:
         match output:
@@ -313,7 +391,10 @@ class UdpListenerProxy:
             sock.close()
             self._upstream_failed(flow, backend_id, error)
             return
-        upstream = _Upstream(sock, backend_id, trio.current_time())
+        except BaseException:
+            sock.close()  # anything else (a port out of range, ...): the boundary ends the flow
+            raise
+        upstream = _Upstream(flow, sock, backend_id, trio.current_time())
         self._upstreams[flow] = upstream
         assert self._nursery is not None, "serve() must be running"
         self._nursery.start_soon(self._read_upstream, flow, upstream)
@@ -370,7 +451,12 @@ class UdpListenerProxy:
                     await trio.lowlevel.wait_writable(upstream.sock)
                 except (trio.ClosedResourceError, OSError):
                     return
-                queue.flush(upstream.send)
+                try:
+                    queue.flush(upstream.send)
+                except Exception as error:
+                    self._flow_failed(upstream.flow, error)
+                    self._apply()
+                    return
         upstream.watching = False
 
     async def _flush_client(
@@ -380,9 +466,24 @@ class UdpListenerProxy:
             while queue:
                 await trio.lowlevel.wait_writable(self.sock)
                 before = len(queue)
-                queue.flush(send)
+                try:
+                    queue.flush(send)
+                except Exception as error:
+                    # This client's flow ends; its queued replies are dropped as send errors.
+                    self._client_backlog -= before - len(queue)
+                    queue.send_errors += len(queue)
+                    self._flow_failed(self._client_flow(destination), error)
+                    self._apply()
+                    return
                 self._client_backlog -= before - len(queue)
         finally:
             self._client_backlog -= len(queue)
             del self._client_queues[destination]
             self.counters.send_error += queue.send_errors
+
+
+def _flow_of(output: OutputT) -> int | None:
+    """The flow an output is about (None for timers, metrics and drops)."""
+    if isinstance(output, SendToBackend | SendToClient | SelectBackend | OpenUpstream | CloseFlow):
+        return output.flow
+    return None

@@ -126,6 +126,10 @@ class FlowManager:
     def lookup(self, key: FlowKey) -> int | None:
         return self._table.get(key)
 
+    def client_flow(self, src: Address) -> int | None:
+        """The live flow a datagram from `src` would reach (the current affinity mode's key)."""
+        return self._table.get(self._key_of(src))
+
     def poll_output(self) -> OutputT | None:
         return self._out.popleft() if self._out else None
 
@@ -338,6 +342,9 @@ class FlowManager:
         """The flow key of a datagram, or None to reject it (INVALID). Rejects empty payloads."""
         if not payload:
             return None
+        return self._key_of(src)
+
+    def _key_of(self, src: Address) -> FlowKey:
         return src if self._cluster.affinity_with_port else (src[0], 0)
 
     def _has_room(self) -> bool:
