@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=_int_arg, help="replay one seed verbosely")
     parser.add_argument("--steps", type=_int_arg, help=f"steps per seed ({DEFAULT_STEPS})")
     parser.add_argument("--digests", action="store_true", help="print every seed's digest")
+    parser.add_argument(
+        "--fast-path", action="store_true", help="datagrams through the established-flow fast path"
+    )
     parser.add_argument("--trace", action="store_true", help="with --seed: print every input")
     args = parser.parse_args(argv)
 
@@ -53,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps if args.steps is not None else env_steps or DEFAULT_STEPS
     seed = args.seed if args.seed is not None else (None if args.seeds else env_seed)
     if seed is not None:
-        result = run_seed(seed, steps, echo=echo, progress=True, trace=args.trace)
+        result = run_seed(
+            seed, steps, echo=echo, progress=True, trace=args.trace, fast_path=args.fast_path
+        )
         results = [result]
     else:
         count = args.seeds if args.seeds is not None else env_seeds or DEFAULT_SEEDS
         seeds = range(args.first, args.first + count)
-        results = run_sweep(seeds, steps, echo=echo, digests=args.digests)
+        results = run_sweep(seeds, steps, echo=echo, digests=args.digests, fast_path=args.fast_path)
     echo(summary_line(results))
     return 0 if all(r.passed for r in results) else 1
 

@@ -58,10 +58,11 @@ def _port(sock: trio.socket.SocketType) -> int:
 
 
 def _failing_for(
-    method: Callable[..., Any], bad: Callable[..., bool]
+    method: Callable[..., Any], bad: Callable[..., bool], raised: list[int] | None = None
 ) -> tuple[Callable[..., Any], list[int]]:
-    """`method`, raising `Planted` (before doing anything) when `bad(*args)` is true."""
-    raised: list[int] = []
+    """`method`, raising `Planted` (before doing anything) when `bad(*args)` is true; each
+    raise is recorded in `raised` (a new list by default)."""
+    raised = [] if raised is None else raised
 
     def wrapper(*args: Any) -> Any:
         if bad(*args):
@@ -70,6 +71,22 @@ def _failing_for(
         return method(*args)
 
     return wrapper, raised
+
+
+def _plant(
+    monkeypatch: pytest.MonkeyPatch,
+    target: object,
+    names: tuple[str, ...],
+    bad: Callable[..., bool],
+) -> list[int]:
+    """Plant the bug in each of `names` (the fast and the full path of one event); the list
+    returned records every raise."""
+    raised: list[int] = []
+    for name in names:
+        wrapper, each = _failing_for(getattr(target, name), bad, raised)
+        assert each is raised
+        monkeypatch.setattr(target, name, wrapper)
+    return raised
 
 
 async def _others_still_served(address: Address, good: trio.socket.SocketType) -> None:
@@ -89,10 +106,12 @@ async def test_a_client_datagram_that_raises_ends_its_flow_only(
                 assert await ask(address, b"one", bad) == b"BK0:one"
                 assert proxy.flow_count == 2
                 core = proxy.core
-                wrapper, raised = _failing_for(
-                    core.handle_client_datagram, lambda _now, src, _payload: src[1] == _port(bad)
+                raised = _plant(
+                    monkeypatch,
+                    core,
+                    ("forward_established", "handle_client_datagram"),
+                    lambda _now, src, _payload: src[1] == _port(bad),
                 )
-                monkeypatch.setattr(core, "handle_client_datagram", wrapper)
 
                 assert await _unanswered(address, b"two", bad, proxy, 1) is None
                 assert raised == [1]
@@ -117,11 +136,12 @@ async def test_a_first_datagram_that_raises_before_admission_is_counted_and_drop
             good, bad = await _client(), await _client()
             with good, bad:
                 assert await ask(address, b"one", good) == b"BK0:one"
-                wrapper, _ = _failing_for(
-                    proxy.core.handle_client_datagram,
+                _plant(
+                    monkeypatch,
+                    proxy.core,
+                    ("forward_established", "handle_client_datagram"),
                     lambda _now, src, _payload: src[1] == _port(bad),
                 )
-                monkeypatch.setattr(proxy.core, "handle_client_datagram", wrapper)
                 for count in (1, 2, 3):
                     assert await _unanswered(address, b"x", bad, proxy, count) is None
                 assert proxy.counters.flow_errors == {"Planted": 3}
@@ -141,10 +161,12 @@ async def test_a_backend_reply_that_raises_ends_its_flow_only(
                 core = proxy.core
                 bad_flow = core.client_flow(("127.0.0.1", _port(bad)))
                 assert bad_flow is not None
-                wrapper, raised = _failing_for(
-                    core.handle_backend_datagram, lambda _now, flow, _payload: flow == bad_flow
+                raised = _plant(
+                    monkeypatch,
+                    core,
+                    ("return_established", "handle_backend_datagram"),
+                    lambda _now, flow, _payload: flow == bad_flow,
                 )
-                monkeypatch.setattr(core, "handle_backend_datagram", wrapper)
 
                 assert await _unanswered(address, b"two", bad, proxy, 1) is None
                 assert raised == [1]
@@ -292,10 +314,12 @@ async def test_the_worker_counts_flow_errors_by_listener_and_reason(
             assert await w.query(b"first") in ("alpha", "beta")
             proxy = w.proxies.udp.served_proxy(w.address)
             assert isinstance(proxy, UdpListenerProxy)
-            wrapper, raised = _failing_for(
-                proxy.core.handle_client_datagram, lambda _now, _src, payload: payload == b"bad"
+            raised = _plant(
+                monkeypatch,
+                proxy.core,
+                ("forward_established", "handle_client_datagram"),
+                lambda _now, _src, payload: payload == b"bad",
             )
-            monkeypatch.setattr(proxy.core, "handle_client_datagram", wrapper)
             assert await w.query(b"bad", patience=0.3) is None
             assert await w.query(b"bad", patience=0.3) is None
             while len(raised) < 2:  # noqa: ASYNC110 - counted by the listener task

@@ -15,6 +15,7 @@ from sozu.worker.core.balancing import Backend, BackendSelector, LoadBalancingPo
 from sozu.worker.core.proxy_protocol import parse_v2
 from sozu.worker.core.udp.config import ClusterConfig
 from sozu.worker.core.udp.manager import FlowManager
+from sozu.worker.shell.reactor import Reactor
 from sozu.worker.shell.udp_proxy import UdpListenerProxy
 
 Address = tuple[str, int]
@@ -69,7 +70,11 @@ async def running(
                 max_flows=max_flows,
                 max_rx_datagram_size=max_rx,
             )
-            proxy = UdpListenerProxy(listener, core, lambda _: selector if backends else None)
+            reactor = Reactor()
+            await nursery.start(reactor.run)
+            proxy = UdpListenerProxy(
+                listener, core, lambda _: selector if backends else None, reactor=reactor
+            )
             await nursery.start(proxy.serve)
             try:
                 yield listener.getsockname(), proxy
@@ -197,3 +202,33 @@ async def test_no_backend_aborts_the_flow() -> None:
             assert await ask(address, b"q") is None
             assert proxy.counters.no_backend == 1
             assert proxy.flow_count == 0
+
+
+async def test_least_loaded_weighs_live_flows_per_backend() -> None:
+    """Loads are the live flows of each backend: four long-lived clients spread two and two
+    (without loads LEAST_LOADED would send every flow to the first candidate); once two flows
+    of one backend close, the next client goes there."""
+    backends = [EchoBackend("BK0"), EchoBackend("BK1")]
+    with trio.fail_after(20):
+        async with running(
+            backends, policy=LoadBalancingPolicy.LEAST_LOADED, affinity_with_port=True
+        ) as (address, proxy):
+            clients = [trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+            answers = []
+            for client in clients:
+                await client.bind(("127.0.0.1", 0))
+                answer = await ask(address, b"hi", client)
+                assert answer is not None
+                answers.append(answer.split(b":")[0])
+            assert sorted(answers) == [b"BK0", b"BK0", b"BK1", b"BK1"]
+            assert proxy._loads["dns"] == {"BK0": 2, "BK1": 2}
+            for client, name in zip(clients, answers, strict=True):
+                flow = proxy.core.client_flow(("127.0.0.1", client.getsockname()[1]))
+                assert flow is not None
+                if name == b"BK0":
+                    proxy.core.abort_flow(proxy._now(), flow)
+            proxy._apply()
+            assert proxy._loads["dns"] == {"BK1": 2}
+            assert await ask(address, b"again") == b"BK0:again"
+            for client in clients:
+                client.close()

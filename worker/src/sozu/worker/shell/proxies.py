@@ -88,7 +88,7 @@ class Proxies:
         self.reactor = Reactor()
         self.acceptor = Acceptor(self.reactor, lambda: self.limit)
         self.tcp = TcpServer(self.acceptor)
-        self.udp = UdpListeners(state, self.registry, self._health_event)
+        self.udp = UdpListeners(state, self.registry, self._health_event, self.reactor)
         self.http = HttpListeners(
             state,
             self.registry,

@@ -28,6 +28,7 @@ from sozu.worker.core.udp.health import ClusterHealth, HealthEvent
 from sozu.worker.core.udp.limits import clamp_max_rx, effective_max_flows
 from sozu.worker.core.udp.manager import FlowManager
 from sozu.worker.core.udp.outputs import DropReason
+from sozu.worker.shell.reactor import Reactor
 from sozu.worker.shell.udp_health_prober import HealthProber
 from sozu.worker.shell.udp_proxy import ShellCounters, UdpListenerProxy
 
@@ -119,8 +120,12 @@ class UdpListeners:
         state: ConfigState,
         registry: MetricsRegistry,
         on_event: Callable[[HealthEvent], None],
+        reactor: Reactor,
     ) -> None:
         self.state = state
+        self.reactor = reactor
+        # Live flows per backend, by cluster, over every listener (loads for the selectors).
+        self._loads: dict[str, dict[str, int]] = {}
         self.registry = registry
         self._on_event = on_event
         self.max_connections = 0
@@ -176,7 +181,14 @@ class UdpListeners:
         def flow_closed(_backend_id: str, seconds: float) -> None:
             durations.observe(seconds)
 
-        proxy = UdpListenerProxy(sock, core, self._selectors.get, on_flow_closed=flow_closed)
+        proxy = UdpListenerProxy(
+            sock,
+            core,
+            self._selectors.get,
+            reactor=self.reactor,
+            loads=self._loads,
+            on_flow_closed=flow_closed,
+        )
         counters = self._shell_counters.setdefault(address, proxy.counters)
         proxy.counters = counters
         proxy.set_cluster(routing)

@@ -1,11 +1,18 @@
-"""The trio shell around one UDP listener's FlowManager (docs/udp.md, "The shell").
+"""The shell around one UDP listener's FlowManager, on the worker's readiness loop (docs/udp.md,
+"The shell").
 
-It owns the sockets and the clock, the core owns every decision. Reading the listener is a
-drain loop into one reused buffer of `max_rx + 1` bytes (so an oversized datagram is seen as
-such); each flow gets one connected upstream socket, read by its own task, whose replies go back
-through the listener socket; one timer per listener follows the core's armed deadline; sends
-that would block wait in bounded queues (64 per flow, 256 per listener). Backend selection for
-`SelectBackend` is answered at once from the cluster's `BackendSelector`.
+It owns the sockets and the clock, the core owns every decision. The listener socket and each
+flow's connected upstream socket are registered with the worker's `Reactor`; their handlers
+drain the socket (up to BUDGET datagrams per wake-up, the loop comes back for the rest) into
+one reused buffer of `max_rx + 1` bytes, so an oversized datagram is seen as such. A datagram
+of an established flow takes the core's fast path (`forward_established`,
+`return_established`: one lookup, counters, one send, no output records); everything else goes
+through the core's full path and its outputs. The listener's timer is the loop's: the proxy is
+a `Timed` whose deadline is the core's armed one. Sends that would block wait in bounded
+queues (64 per flow, 256 for the listener's replies) flushed when the socket is writable.
+Backend selection for `SelectBackend` is answered at once from the cluster's
+`BackendSelector`, with the cluster's live flows per backend as loads (LEAST_LOADED and
+POWER_OF_TWO weigh them as on TCP).
 
 Every piece of one flow's work (a client datagram, an upstream reply, one output of the core,
 an egress flush, the timer's closes) runs behind an exception boundary: an exception ends that
@@ -18,7 +25,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -40,12 +49,16 @@ from sozu.worker.core.udp.outputs import (
     SendToBackend,
     SendToClient,
 )
+from sozu.worker.shell.reactor import HUP, IN, OUT, Reactor
 
 log = logging.getLogger("sozu.worker.udp")
 
-CHECKPOINT_EVERY: Final = 128
+# Datagrams read from one socket per wake-up; the loop comes back for the rest (level-triggered).
+BUDGET: Final = 64
 # After the timer's work raised, the timer fires again this long after (never busy-looping).
 TIMER_RETRY: Final = 1.0
+# ICMP errors about earlier sends, reported on a later receive: nothing to read.
+_ICMP_ERRORS: Final = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 Address = tuple[str, int]
 
 
@@ -61,33 +74,6 @@ class ShellCounters(msgspec.Struct):
     flow_errors: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-class _Upstream:
-    __slots__ = ("backend_id", "flow", "opened_at", "queue", "scope", "send", "sock", "watching")
-
-    def __init__(self, flow: int, sock: socket.socket, backend_id: str, opened_at: float) -> None:
-        self.flow = flow
-        self.sock = sock
-        self.backend_id = backend_id
-        self.opened_at = opened_at
-        self.queue: WriteQueue[bytes] = WriteQueue(UPSTREAM_QUEUE_CAP)
-        self.send = _send_connected(sock)
-        self.scope = trio.CancelScope()
-        self.watching = False
-
-
-def _send_to(sock: socket.socket, destination: Address) -> Callable[[bytes], SendResult]:
-    def send(payload: bytes) -> SendResult:
-        try:
-            sock.sendto(payload, destination)
-        except BlockingIOError:
-            return SendResult.WOULD_BLOCK
-        except OSError:
-            return SendResult.ERROR
-        return SendResult.SENT
-
-    return send
-
-
 def _send_connected(sock: socket.socket) -> Callable[[bytes], SendResult]:
     def send(payload: bytes) -> SendResult:
         try:
@@ -101,8 +87,61 @@ def _send_connected(sock: socket.socket) -> Callable[[bytes], SendResult]:
     return send
 
 
+class _Upstream:
+    """One flow's connected upstream socket, registered with the loop (owner of its fd)."""
+
+    __slots__ = (
+        "armed",
+        "backend_id",
+        "cluster",
+        "fd",
+        "flow",
+        "opened_at",
+        "proxy",
+        "queue",
+        "send",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        proxy: UdpListenerProxy,
+        flow: int,
+        sock: socket.socket,
+        cluster: str,
+        backend_id: str,
+        opened_at: float,
+    ) -> None:
+        self.proxy = proxy
+        self.flow = flow
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.cluster = cluster
+        self.backend_id = backend_id
+        self.opened_at = opened_at
+        self.queue: WriteQueue[bytes] = WriteQueue(UPSTREAM_QUEUE_CAP)
+        self.send = _send_connected(sock)
+        self.armed = math.inf
+
+    def ready(self, mask: int) -> None:
+        self.proxy._upstream_ready(self, mask)
+
+    # Timed: an upstream has no timer of its own (the flow's idle deadline is the core's).
+    def deadline(self) -> float:
+        return math.inf
+
+    def expire(self, now: float) -> None:
+        pass
+
+    def abort(self, error: BaseException) -> None:
+        proxy = self.proxy
+        proxy._flow_failed(self.flow, error)
+        proxy._close_upstream(self.flow)
+        proxy._apply()
+
+
 class UdpListenerProxy:
-    """Serves one UDP listener socket with one FlowManager."""
+    """Serves one UDP listener socket with one FlowManager on the worker's loop."""
 
     def __init__(
         self,
@@ -110,45 +149,56 @@ class UdpListenerProxy:
         core: FlowManager,
         selector_of: Callable[[str], BackendSelector | None],
         *,
+        reactor: Reactor,
+        loads: dict[str, dict[str, int]] | None = None,
         on_flow_closed: Callable[[str, float], None] | None = None,
     ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.core = core
+        self._reactor = reactor
+        self._now = reactor.now
         self._selector_of = selector_of
+        # Live flows per backend, by cluster (shared by the listeners of one worker).
+        self._loads = loads if loads is not None else {}
         self._on_flow_closed = on_flow_closed
         self._buffer = bytearray(recv_buffer_size(core.max_rx_datagram_size()))
+        self._view = memoryview(self._buffer)
         self._upstreams: dict[int, _Upstream] = {}
-        self._client_queues: dict[Address, WriteQueue[bytes]] = {}
-        self._client_backlog = 0
-        self._nursery: trio.Nursery | None = None
-        self._timer_scope = trio.CancelScope()
-        self._read_scope = trio.CancelScope()
+        # Replies waiting for the listener socket to become writable, in order.
+        self._backlog: deque[tuple[bytes, Address]] = deque()
+        self._reading = False  # the listener is registered for reads
+        self._registered = False
         # Sockets of an empty slot this worker reads too (see `add_socket`), by fd.
-        self._extra: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
+        self._extra: dict[int, socket.socket] = {}
         self.counters = ShellCounters()
-        self._drained = trio.Event()
+        self._done = trio.Event()
+        # Timed (the loop's timer for this listener): the core's armed deadline.
+        self.armed = math.inf
+        self._deadline = math.inf
 
     # -- control (called from the worker's control task) --------------------------------------
 
     def set_cluster(self, config: ClusterConfig) -> None:
-        self.core.set_cluster(trio.current_time(), config)
+        self.core.set_cluster(self._now(), config)
         self._apply()
 
     def set_max_flows(self, max_flows: int) -> None:
-        self.core.set_max_flows(trio.current_time(), max_flows)
+        self.core.set_max_flows(self._now(), max_flows)
         self._apply()
 
     def set_max_rx_datagram_size(self, size: int) -> None:
-        self.core.set_max_rx_datagram_size(trio.current_time(), size)
+        self.core.set_max_rx_datagram_size(self._now(), size)
         self._buffer = bytearray(recv_buffer_size(size))
+        self._view = memoryview(self._buffer)
         self._apply()
 
     def drain(self) -> None:
         """Stop reading the listener; live flows keep answering until idle (docs/udp.md,
         "The shell")."""
-        self.core.drain(trio.current_time())
-        self._read_scope.cancel()
+        self.core.drain(self._now())
+        self._reading = False
+        self._watch_listener()
         for fd in list(self._extra):
             self.remove_socket(fd)
         self._apply()
@@ -156,138 +206,189 @@ class UdpListenerProxy:
     def add_socket(self, sock: socket.socket) -> None:
         """Read another socket bound to this listener's address (an empty slot's) into the
         same flows; replies leave through this listener's own socket (same address)."""
-        assert self._nursery is not None
         sock.setblocking(False)
-        scope = trio.CancelScope()
-        self._extra[sock.fileno()] = (sock, scope)
-        self._nursery.start_soon(self._read_extra, sock, scope)
+        fd = sock.fileno()
+        self._extra[fd] = sock
+        self._reactor.register(fd, IN, lambda mask: self._read(sock), self)
 
     def remove_socket(self, fd: int) -> None:
         """Stop reading an added socket and close this process's copy of it."""
-        entry = self._extra.pop(fd, None)
-        if entry is not None:
-            entry[1].cancel()
-            entry[0].close()
-
-    async def _read_extra(self, sock: socket.socket, scope: trio.CancelScope) -> None:
-        with scope:
-            try:
-                await self._read_listener(sock)
-            except OSError as error:
-                log.error("UDP listener socket %d stopped: %s", sock.fileno(), error)
+        sock = self._extra.pop(fd, None)
+        if sock is not None:
+            self._reactor.unregister(fd)
+            sock.close()
 
     def close_all(self) -> None:
-        self.core.close_all(trio.current_time())
+        self.core.close_all(self._now())
         self._apply()
-        self._timer_scope.deadline = float("inf")
+        self._deadline = math.inf
 
     @property
     def flow_count(self) -> int:
         return self.core.flow_count()
 
-    # -- tasks ----------------------------------------------------------------------------------
+    # -- serving --------------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled: the listener drain loop, the timer and the upstream readers."""
+        """Serve on the loop until cancelled, or drained with no flow left."""
+        self._reading = not self.core.is_draining()
+        self._reactor.register(
+            self.sock.fileno(), self._listener_mask(), self._listener_ready, self
+        )
+        self._registered = True
+        self._reactor.arm(self)
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._timer)
-                task_status.started()
-                with self._read_scope:
-                    await self._read_listener(self.sock)
-                # Draining: flows go on until the core has closed them all.
-                if self.core.flow_count():
-                    await self._drained.wait()
-                nursery.cancel_scope.cancel()
+            task_status.started()
+            await self._done.wait()
         finally:
-            for upstream in self._upstreams.values():
-                upstream.sock.close()  # cancelled with live flows: their sockets go too
-            self._upstreams.clear()
-            for extra, _ in self._extra.values():
-                extra.close()
-            self._extra.clear()
+            self._shutdown()
 
-    async def _read_listener(self, sock: socket.socket) -> None:
-        core = self.core
-        spins = 0
-        while True:
-            buffer = self._buffer
-            try:
-                size, source = sock.recvfrom_into(buffer)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except OSError as error:
-                if error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    continue  # an ICMP error about an earlier send: nothing to read
-                raise
-            client = (source[0], source[1])
-            try:
-                core.handle_client_datagram(trio.current_time(), client, memoryview(buffer)[:size])
-            except Exception as error:
-                self._flow_failed(self._client_flow(client), error)
+    def _shutdown(self) -> None:
+        reactor = self._reactor
+        if self._registered:
+            reactor.unregister(self.sock.fileno())
+            self._registered = False
+        for upstream in self._upstreams.values():
+            reactor.unregister(upstream.fd)
+            upstream.sock.close()  # stopped with live flows: their sockets go too
+        self._upstreams.clear()
+        for fd, extra in self._extra.items():
+            reactor.unregister(fd)
+            extra.close()
+        self._extra.clear()
+        self._deadline = math.inf
+        self._done.set()
+
+    def _listener_mask(self) -> int:
+        return (IN if self._reading else 0) | (OUT if self._backlog else 0)
+
+    def _watch_listener(self) -> None:
+        if self._registered:
+            self._reactor.modify(self.sock.fileno(), self._listener_mask())
+
+    # Timed: the listener's one timer.
+    def deadline(self) -> float:
+        return self._deadline
+
+    def expire(self, now: float) -> None:
+        self._deadline = math.inf
+        try:
+            self.core.handle_timeout(now)
+        except Exception as error:
+            self._timer_failed(now, error)
+        else:
             self._apply()
-            spins += 1
-            if spins % CHECKPOINT_EVERY == 0:
-                await trio.lowlevel.checkpoint()
 
-    async def _timer(self) -> None:
-        while True:
-            with self._timer_scope:
-                await trio.sleep_forever()
-            self._timer_scope = trio.CancelScope()
-            now = trio.current_time()
+    def abort(self, error: BaseException) -> None:
+        """A failure outside any flow's boundary: this listener stops, the worker goes on."""
+        log.error("UDP listener %s stopped by an internal error", self.sock, exc_info=error)
+        self._shutdown()
+
+    # -- handlers (called by the loop) ----------------------------------------------------------
+
+    def _listener_ready(self, mask: int) -> None:
+        if mask & OUT:
+            self._flush_backlog()
+        if mask & IN and self._reading:
+            self._read(self.sock)
+        elif mask & HUP and not mask & IN:
+            self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # clear a pending error
+
+    def _read(self, sock: socket.socket) -> None:
+        """Drain up to BUDGET client datagrams from `sock` (the listener's or an added one)."""
+        core = self.core
+        now_of = self._now
+        upstreams = self._upstreams
+        recvfrom_into = sock.recvfrom_into
+        buffer, view = self._buffer, self._view
+        for _ in range(BUDGET):
             try:
-                self.core.handle_timeout(now)
-            except Exception as error:
-                self._timer_failed(now, error)
-            else:
-                self._apply()
-
-    async def _read_upstream(self, flow: int, upstream: _Upstream) -> None:
-        sock = upstream.sock
-        buffer = bytearray(len(self._buffer))
-        view = memoryview(buffer)
-        spins = 0
-        with upstream.scope:
-            while True:
-                if len(buffer) != len(self._buffer):
-                    # max_rx changed live: read whole replies of the new size, or one cut to
-                    # the old buffer would pass the core's size check and reach the client cut.
-                    buffer = bytearray(len(self._buffer))
-                    view = memoryview(buffer)
-                try:
-                    size = sock.recv_into(buffer)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(sock)
+                size, source = recvfrom_into(buffer)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in _ICMP_ERRORS:
                     continue
-                except ConnectionRefusedError:
-                    continue  # ICMP port unreachable: the backend is down; idleness will tell
-                except OSError:
-                    return  # the flow was closed (its socket with it)
-                try:
-                    self.core.handle_backend_datagram(trio.current_time(), flow, view[:size])
-                except Exception as error:
-                    self._flow_failed(flow, error)
+                raise
+            if len(source) != 2:
+                source = (source[0], source[1])  # IPv6: drop flowinfo and scope id
+            payload = view[:size]
+            try:
+                now = now_of()
+                flow = core.forward_established(now, source, payload)
+                if flow >= 0:
+                    upstream = upstreams.get(flow)
+                    if upstream is None:
+                        self.counters.unknown_flow += 1
+                    elif upstream.queue:
+                        upstream.queue.push(bytes(payload))
+                    else:
+                        try:
+                            upstream.sock.send(payload)
+                        except BlockingIOError:
+                            upstream.queue.push(bytes(payload))
+                            self._reactor.modify(upstream.fd, IN | OUT)
+                        except OSError:
+                            self.counters.send_error += 1
+                    continue
+                core.handle_client_datagram(now, source, payload)
+            except Exception as error:
+                self._flow_failed(self._client_flow(source), error)
+            self._apply()
+
+    def _upstream_ready(self, upstream: _Upstream, mask: int) -> None:
+        flow = upstream.flow
+        if mask & OUT:
+            try:
+                if upstream.queue.flush(upstream.send):
+                    self._reactor.modify(upstream.fd, IN)
+            except Exception as error:
+                self._flow_failed(flow, error)
                 self._apply()
-                if flow not in self._upstreams:
-                    return  # this reply closed the flow (responses reached)
-                spins += 1
-                if spins % CHECKPOINT_EVERY == 0:
-                    await trio.lowlevel.checkpoint()
+                return
+        if not mask & (IN | HUP):
+            return
+        core = self.core
+        now_of = self._now
+        recv_into = upstream.sock.recv_into
+        buffer, view = self._buffer, self._view
+        for _ in range(BUDGET):
+            try:
+                size = recv_into(buffer)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable: the backend is down; idleness will tell
+            except OSError:
+                return
+            payload = view[:size]
+            try:
+                now = now_of()
+                client = core.return_established(now, flow, payload)
+                if client is not None:
+                    self._send_to_client(client, payload)
+                    continue
+                core.handle_backend_datagram(now, flow, payload)
+            except Exception as error:
+                self._flow_failed(flow, error)
+            self._apply()
+            if flow not in self._upstreams:
+                return  # this reply closed the flow (responses reached)
 
     # -- outputs --------------------------------------------------------------------------------
 
     def _apply(self) -> None:
         core = self.core
+        deadline = self._deadline
         while (output := core.poll_output()) is not None:
             try:
                 self._do(output)
             except Exception as error:
                 self._flow_failed(_flow_of(output), error)
+        if self._deadline != deadline:
+            self._reactor.arm(self)
         if not core.flow_count() and core.is_draining():
-            self._drained.set()
+            self._done.set()
 
     # -- the per-flow exception boundary ---------------------------------------------------------
 
@@ -298,7 +399,7 @@ class UdpListenerProxy:
             log.exception("looking up the flow of %s failed", client)
             return None
 
-    def _flow_failed(self, flow: int | None, error: Exception) -> None:
+    def _flow_failed(self, flow: int | None, error: BaseException) -> None:
         """Handling `flow` (None: no flow yet) raised: count, log, and end that flow only.
 
         The core aborts the flow (its `CloseFlow` output, applied by the caller's `_apply`,
@@ -312,7 +413,7 @@ class UdpListenerProxy:
         if flow is None:
             return
         try:
-            self.core.abort_flow(trio.current_time(), flow, CloseReason.ABORTED)
+            self.core.abort_flow(self._now(), flow, CloseReason.ABORTED)
         except Exception:
             log.exception("aborting the failed UDP flow %d failed too", flow)
             self._close_upstream(flow)
@@ -338,10 +439,10 @@ class UdpListenerProxy:
             except Exception as abort_error:
                 self._flow_failed(flow, abort_error)
             self._apply()
-        deadline = self._timer_scope.deadline
-        if core.flow_count() and not now < deadline < float("inf"):
+        if core.flow_count() and not now < self._deadline < math.inf:
             # No deadline (or a past one) armed with flows left: try again later.
-            self._timer_scope.deadline = now + TIMER_RETRY
+            self._deadline = now + TIMER_RETRY
+            self._reactor.arm(self)
 
     def _do(self, output: OutputT) -> None:
         match output:
@@ -349,10 +450,8 @@ class UdpListenerProxy:
                 upstream = self._upstreams.get(flow)
                 if upstream is None:
                     self.counters.unknown_flow += 1
-                elif upstream.queue.offer(payload, upstream.send) and not upstream.watching:
-                    upstream.watching = True
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._flush_upstream, upstream)
+                elif upstream.queue.offer(payload, upstream.send):
+                    self._reactor.modify(upstream.fd, IN | OUT)
             case SendToClient(dst=destination, payload=payload):
                 self._send_to_client(destination, payload)
             case SelectBackend(flow=flow, cluster=cluster, key=key):
@@ -362,14 +461,17 @@ class UdpListenerProxy:
             case CloseFlow(flow=flow):
                 self._close_upstream(flow)
             case ArmTimer(deadline=deadline):
-                self._timer_scope.deadline = deadline
+                self._deadline = deadline
             case _:
                 pass  # Metric and Drop: the core's counters already hold them
 
     def _select(self, flow: int, cluster: str, key: int) -> None:
         selector = self._selector_of(cluster)
-        backend: Backend | None = selector.select(key=key) if selector is not None else None
-        now = trio.current_time()
+        loads = self._loads.get(cluster)
+        backend: Backend | None = (
+            selector.select(key=key, loads=loads) if selector is not None else None
+        )
+        now = self._now()
         if backend is None:
             self.counters.no_backend += 1
             self.core.abort_flow(now, flow, CloseReason.ABORTED)
@@ -394,33 +496,40 @@ class UdpListenerProxy:
         except BaseException:
             sock.close()  # anything else (a port out of range, ...): the boundary ends the flow
             raise
-        upstream = _Upstream(flow, sock, backend_id, trio.current_time())
+        view = self.core.flow(flow)
+        cluster = view.config.cluster if view is not None else ""
+        upstream = _Upstream(self, flow, sock, cluster, backend_id, self._now())
         self._upstreams[flow] = upstream
-        assert self._nursery is not None, "serve() must be running"
-        self._nursery.start_soon(self._read_upstream, flow, upstream)
+        loads = self._loads.setdefault(cluster, {})
+        loads[backend_id] = loads.get(backend_id, 0) + 1
+        self._reactor.register(upstream.fd, IN, upstream.ready, upstream)
 
     def _upstream_failed(self, flow: int, backend_id: str, error: OSError) -> None:
         log.warning("upstream socket to %s for flow %d: %s", backend_id, flow, error)
         self.counters.upstream_open_failed += 1
-        self.core.abort_flow(trio.current_time(), flow, CloseReason.ABORTED)
+        self.core.abort_flow(self._now(), flow, CloseReason.ABORTED)
 
     def _close_upstream(self, flow: int) -> None:
         upstream = self._upstreams.pop(flow, None)
         if upstream is None:
             return  # a flow closed before its upstream opened (still awaiting a backend)
-        upstream.scope.cancel()
-        trio.lowlevel.notify_closing(upstream.sock)
+        self._reactor.unregister(upstream.fd)
         upstream.sock.close()
         self.counters.wq_full += upstream.queue.dropped_full
         self.counters.send_error += upstream.queue.send_errors
+        loads = self._loads.get(upstream.cluster)
+        if loads is not None:
+            left = loads.get(upstream.backend_id, 0) - 1
+            if left > 0:
+                loads[upstream.backend_id] = left
+            else:
+                loads.pop(upstream.backend_id, None)
         if self._on_flow_closed is not None:
-            self._on_flow_closed(upstream.backend_id, trio.current_time() - upstream.opened_at)
+            self._on_flow_closed(upstream.backend_id, self._now() - upstream.opened_at)
 
-    def _send_to_client(self, destination: Address, payload: bytes) -> None:
-        queue = self._client_queues.get(destination)
-        if queue is None:
-            # The common case sends at once and allocates nothing; a sender closure is built
-            # only when this client's replies have to wait for the socket.
+    def _send_to_client(self, destination: Address, payload: bytes | memoryview) -> None:
+        backlog = self._backlog
+        if not backlog:
             try:
                 self.sock.sendto(payload, destination)
                 return
@@ -429,57 +538,26 @@ class UdpListenerProxy:
             except OSError:
                 self.counters.send_error += 1
                 return
-            send = _send_to(self.sock, destination)
-            if self._client_backlog >= CLIENT_QUEUE_CAP:
-                self.counters.wq_full += 1
-                return
-            queue = self._client_queues[destination] = WriteQueue(CLIENT_QUEUE_CAP)
-            queue.push(payload)
-            self._client_backlog += 1
-            assert self._nursery is not None
-            self._nursery.start_soon(self._flush_client, destination, queue, send)
-        elif self._client_backlog >= CLIENT_QUEUE_CAP:
+        if len(backlog) >= CLIENT_QUEUE_CAP:
             self.counters.wq_full += 1
-        elif queue.push(payload):
-            self._client_backlog += 1
+            return
+        backlog.append((bytes(payload), destination))
+        if len(backlog) == 1:
+            self._watch_listener()
 
-    async def _flush_upstream(self, upstream: _Upstream) -> None:
-        queue = upstream.queue
-        with upstream.scope:
-            while queue:
-                try:
-                    await trio.lowlevel.wait_writable(upstream.sock)
-                except (trio.ClosedResourceError, OSError):
-                    return
-                try:
-                    queue.flush(upstream.send)
-                except Exception as error:
-                    self._flow_failed(upstream.flow, error)
-                    self._apply()
-                    return
-        upstream.watching = False
-
-    async def _flush_client(
-        self, destination: Address, queue: WriteQueue[bytes], send: Callable[[bytes], SendResult]
-    ) -> None:
-        try:
-            while queue:
-                await trio.lowlevel.wait_writable(self.sock)
-                before = len(queue)
-                try:
-                    queue.flush(send)
-                except Exception as error:
-                    # This client's flow ends; its queued replies are dropped as send errors.
-                    self._client_backlog -= before - len(queue)
-                    queue.send_errors += len(queue)
-                    self._flow_failed(self._client_flow(destination), error)
-                    self._apply()
-                    return
-                self._client_backlog -= before - len(queue)
-        finally:
-            self._client_backlog -= len(queue)
-            del self._client_queues[destination]
-            self.counters.send_error += queue.send_errors
+    def _flush_backlog(self) -> None:
+        backlog = self._backlog
+        sendto = self.sock.sendto
+        while backlog:
+            payload, destination = backlog[0]
+            try:
+                sendto(payload, destination)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.counters.send_error += 1
+            backlog.popleft()
+        self._watch_listener()
 
 
 def _flow_of(output: OutputT) -> int | None:

@@ -49,6 +49,11 @@ class DeadlineHeap:
             return True
         return heap[0][1] == flow.id
 
+    def owns_minimum(self, flow_id: int) -> bool:
+        """Whether `flow_id` holds the top entry (touching it may move the minimum)."""
+        heap = self._heap
+        return bool(heap) and heap[0][1] == flow_id
+
     def settle(self) -> float | None:
         """Repair the top until it is exact; return the minimum idle deadline or None."""
         heap = self._heap

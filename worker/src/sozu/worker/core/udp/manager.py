@@ -235,6 +235,72 @@ class FlowManager:
         if __debug__:
             self._after_call(now)
 
+    # -- the established-flow fast path
+
+    def forward_established(self, now: float, src: Address, payload: Payload) -> int:
+        """Fast path of `handle_client_datagram` for an established flow: return its id
+        after counting the datagram and refreshing the flow's deadline, exactly as the full
+        path would; the shell sends `payload` to that flow's upstream itself (the full path's
+        only output, `SendToBackend(flow, backend_addr, bytes(payload))`, is not built).
+
+        Returns -1 with nothing changed whenever the full path would do anything more (no
+        flow, not established, a PROXY header due, a cap this datagram reaches, a deadline
+        that moves the armed timer, an oversize, empty or unroutable datagram): the caller
+        then calls `handle_client_datagram`.
+        """
+        fid = self._table.get(src if self._cluster.affinity_with_port else (src[0], 0))
+        if fid is None or not payload or len(payload) > self._max_rx or not self._cluster.cluster:
+            return -1
+        flow = self._flows[fid]
+        cfg = flow.config
+        deadline = now + cfg.front_timeout
+        if (
+            flow.phase is not _ESTABLISHED
+            or flow.proxy_header is not None
+            or (cfg.requests and flow.requests_seen + 1 >= cfg.requests)
+            or deadline < flow.heap_key
+            or self._deadlines.owns_minimum(fid)
+            or self._timer_dirty
+        ):
+            return -1
+        flow.requests_seen += 1
+        flow.idle_deadline = deadline
+        flow.timer_gen = (flow.timer_gen + 1) & TIMER_GEN_MASK
+        c = self.counters
+        c.datagrams_in += 1
+        c.bytes_in += len(payload)
+        if __debug__:
+            self._after_call(now)
+        return fid
+
+    def return_established(self, now: float, flow_id: int, payload: Payload) -> Address | None:
+        """Fast path of `handle_backend_datagram`: the client to send `payload` to, after
+        counting it and refreshing the flow's deadline exactly as the full path would (whose
+        only output, `SendToClient(flow, client, bytes(payload))`, is not built); None with
+        nothing changed whenever the full path would do more (see `forward_established`)."""
+        flow = self._flows.get(flow_id)
+        if flow is None or len(payload) > self._max_rx:
+            return None
+        cfg = flow.config
+        deadline = now + cfg.back_timeout
+        if (
+            flow.phase is not _ESTABLISHED
+            or (cfg.responses and flow.responses_seen + 1 >= cfg.responses)
+            or deadline < flow.heap_key
+            or self._deadlines.owns_minimum(flow_id)
+            or self._timer_dirty
+        ):
+            return None
+        flow.responses_seen += 1
+        flow.idle_deadline = deadline
+        flow.timer_gen = (flow.timer_gen + 1) & TIMER_GEN_MASK
+        c = self.counters
+        c.datagrams_out += 1
+        c.bytes_out += len(payload)
+        if __debug__:
+            self._after_call(now)
+        return flow.client
+
     def handle_backend_resolved(
         self, now: float, flow_id: int, backend_id: str, addr: Address
     ) -> None:
