@@ -232,3 +232,23 @@ async def test_least_loaded_weighs_live_flows_per_backend() -> None:
             assert await ask(address, b"again") == b"BK0:again"
             for client in clients:
                 client.close()
+
+
+async def test_kernel_receive_drops_are_sampled_per_socket() -> None:
+    """Datagrams the kernel drops on a full listener queue are counted (SO_MEMINFO), once."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with listener, sender:
+        core = FlowManager(ClusterConfig(cluster="dns"), max_flows=4)
+        proxy = UdpListenerProxy(listener, core, lambda _: None, reactor=Reactor())
+        proxy.sample_kernel_drops()
+        assert proxy.counters.kernel_drops == 0
+        for _ in range(200):  # nobody reads: the queue fills, then the kernel drops
+            sender.sendto(b"x" * 512, listener.getsockname())
+        proxy.sample_kernel_drops()
+        dropped = proxy.counters.kernel_drops
+        assert 100 < dropped < 200
+        proxy.sample_kernel_drops()
+        assert proxy.counters.kernel_drops == dropped  # sampled twice, counted once

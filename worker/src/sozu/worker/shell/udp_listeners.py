@@ -353,6 +353,7 @@ class UdpListeners:
             values[shed] = values.get(shed, 0) + shell.upstream_open_failed
             for reason, count in shell.flow_errors.items():
                 values[f"error:{reason}"] = count
+            values["sozu_udp_kernel_drops_total"] = shell.kernel_drops
         for key, offset in self._offsets.get(address, {}).items():
             values[key] = values.get(key, 0) + offset
         return values
@@ -364,6 +365,8 @@ class UdpListeners:
 
     def fold_metrics(self) -> None:
         registry = self.registry
+        for served in self._served.values():
+            served.proxy.sample_kernel_drops()
         for address, core in self._cores.items():
             registry.gauge(
                 "sozu_udp_active_flows", listener=address

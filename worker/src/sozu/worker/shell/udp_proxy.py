@@ -27,8 +27,10 @@ import errno
 import logging
 import math
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 import msgspec
@@ -59,6 +61,9 @@ BUDGET: Final = 64
 TIMER_RETRY: Final = 1.0
 # ICMP errors about earlier sends, reported on a later receive: nothing to read.
 _ICMP_ERRORS: Final = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+# getsockopt(SOL_SOCKET, SO_MEMINFO): nine u32, the last the socket's drop count (sk_drops).
+SO_MEMINFO: Final = getattr(socket, "SO_MEMINFO", 55)
+_MEMINFO: Final = struct.Struct("9I")
 Address = tuple[str, int]
 
 
@@ -70,6 +75,9 @@ class ShellCounters(msgspec.Struct):
     wq_full: int = 0
     send_error: int = 0
     unknown_flow: int = 0
+    # Datagrams the kernel dropped on the listener's sockets (receive queue full), as
+    # SO_RXQ_OVFL reports them; sampled with SO_MEMINFO at metrics time.
+    kernel_drops: int = 0
     # Flows ended because handling them raised, by reason (exception class name).
     flow_errors: dict[str, int] = msgspec.field(default_factory=dict)
 
@@ -123,9 +131,6 @@ class _Upstream:
         self.send = _send_connected(sock)
         self.armed = math.inf
 
-    def ready(self, mask: int) -> None:
-        self.proxy._upstream_ready(self, mask)
-
     # Timed: an upstream has no timer of its own (the flow's idle deadline is the core's).
     def deadline(self) -> float:
         return math.inf
@@ -172,6 +177,7 @@ class UdpListenerProxy:
         # Sockets of an empty slot this worker reads too (see `add_socket`), by fd.
         self._extra: dict[int, socket.socket] = {}
         self.counters = ShellCounters()
+        self._drops_seen: dict[int, int] = {}  # by fd: the socket's drop count last sampled
         self._done = trio.Event()
         # Timed (the loop's timer for this listener): the core's armed deadline.
         self.armed = math.inf
@@ -226,6 +232,20 @@ class UdpListenerProxy:
     @property
     def flow_count(self) -> int:
         return self.core.flow_count()
+
+    def sample_kernel_drops(self) -> None:
+        """Add the kernel's receive drops on the sockets read since the last sample."""
+        seen = self._drops_seen
+        live: dict[int, int] = {}
+        for sock in (self.sock, *self._extra.values()):
+            try:
+                drops = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[8]
+            except OSError:
+                continue  # closed, or a kernel without SO_MEMINFO
+            fd = sock.fileno()
+            self.counters.kernel_drops += max(0, drops - seen.get(fd, 0))
+            live[fd] = drops
+        self._drops_seen = live
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -297,7 +317,8 @@ class UdpListenerProxy:
     def _read(self, sock: socket.socket) -> None:
         """Drain up to BUDGET client datagrams from `sock` (the listener's or an added one)."""
         core = self.core
-        now_of = self._now
+        # One reading of the clock per wake-up: deadlines are seconds, a wake-up ~0.1 ms.
+        now = self._now()
         upstreams = self._upstreams
         recvfrom_into = sock.recvfrom_into
         buffer, view = self._buffer, self._view
@@ -314,7 +335,6 @@ class UdpListenerProxy:
                 source = (source[0], source[1])  # IPv6: drop flowinfo and scope id
             payload = view[:size]
             try:
-                now = now_of()
                 flow = core.forward_established(now, source, payload)
                 if flow >= 0:
                     upstream = upstreams.get(flow)
@@ -349,8 +369,9 @@ class UdpListenerProxy:
         if not mask & (IN | HUP):
             return
         core = self.core
-        now_of = self._now
+        now = self._now()
         recv_into = upstream.sock.recv_into
+        sendto = self.sock.sendto
         buffer, view = self._buffer, self._view
         for _ in range(BUDGET):
             try:
@@ -363,10 +384,15 @@ class UdpListenerProxy:
                 return
             payload = view[:size]
             try:
-                now = now_of()
                 client = core.return_established(now, flow, payload)
                 if client is not None:
-                    self._send_to_client(client, payload)
+                    if self._backlog:
+                        self._send_to_client(client, payload)
+                    else:
+                        try:
+                            sendto(payload, client)
+                        except OSError:
+                            self._send_to_client(client, payload)  # would block, or an error
                     continue
                 core.handle_backend_datagram(now, flow, payload)
             except Exception as error:
@@ -502,7 +528,7 @@ class UdpListenerProxy:
         self._upstreams[flow] = upstream
         loads = self._loads.setdefault(cluster, {})
         loads[backend_id] = loads.get(backend_id, 0) + 1
-        self._reactor.register(upstream.fd, IN, upstream.ready, upstream)
+        self._reactor.register(upstream.fd, IN, partial(self._upstream_ready, upstream), upstream)
 
     def _upstream_failed(self, flow: int, backend_id: str, error: OSError) -> None:
         log.warning("upstream socket to %s for flow %d: %s", backend_id, flow, error)

@@ -29,6 +29,11 @@ class DeadlineHeap:
     def __len__(self) -> int:
         return len(self._heap)
 
+    @property
+    def heap(self) -> list[tuple[float, int]]:
+        """The heap list itself (never replaced: `rebuild` works in place)."""
+        return self._heap
+
     def entries(self) -> Iterator[tuple[float, int]]:
         return iter(self._heap)
 
@@ -48,11 +53,6 @@ class DeadlineHeap:
                 self.rebuild()
             return True
         return heap[0][1] == flow.id
-
-    def owns_minimum(self, flow_id: int) -> bool:
-        """Whether `flow_id` holds the top entry (touching it may move the minimum)."""
-        heap = self._heap
-        return bool(heap) and heap[0][1] == flow_id
 
     def settle(self) -> float | None:
         """Repair the top until it is exact; return the minimum idle deadline or None."""
@@ -84,7 +84,7 @@ class DeadlineHeap:
             self.rebuild()
 
     def clear(self) -> None:
-        self._heap.clear()
+        self._heap.clear()  # in place, as `rebuild`
 
     def rebuild(self) -> None:
         heap = []
@@ -92,7 +92,7 @@ class DeadlineHeap:
             flow.heap_key = flow.idle_deadline
             heap.append((flow.idle_deadline, flow.id))
         heapq.heapify(heap)
-        self._heap = heap
+        self._heap[:] = heap  # in place: the manager's fast path holds this list
 
     def violations(self) -> list[str]:
         """Consistency problems, for `FlowManager.check_invariants` (empty when sound)."""

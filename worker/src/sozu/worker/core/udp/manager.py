@@ -86,6 +86,7 @@ class FlowManager:
         self._table: dict[FlowKey, int] = {}
         self._next_id = 0
         self._deadlines = DeadlineHeap(self._flows)
+        self._heap = self._deadlines.heap  # read by the fast paths (who holds the minimum)
         self._armed: float | None = None
         self._timer_dirty = False
         self._out: deque[OutputT] = deque()
@@ -259,7 +260,7 @@ class FlowManager:
             or flow.proxy_header is not None
             or (cfg.requests and flow.requests_seen + 1 >= cfg.requests)
             or deadline < flow.heap_key
-            or self._deadlines.owns_minimum(fid)
+            or self._heap[0][1] == fid
             or self._timer_dirty
         ):
             return -1
@@ -287,7 +288,7 @@ class FlowManager:
             flow.phase is not _ESTABLISHED
             or (cfg.responses and flow.responses_seen + 1 >= cfg.responses)
             or deadline < flow.heap_key
-            or self._deadlines.owns_minimum(flow_id)
+            or self._heap[0][1] == flow_id
             or self._timer_dirty
         ):
             return None
