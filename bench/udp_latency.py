@@ -11,7 +11,8 @@ Without `--target`, the script starts an echo backend (a separate process: this 
 `--serve-echo`), measures it directly, then starts `sozu start` (one production worker, a UDP
 listener with `SOURCE_IP_PORT` affinity in front of that backend) and measures through it,
 with the worker's CPU time (utime + stime from /proc/<pid>/stat, pid from `Status`) per 10,000
-datagrams it proxied (client->backend plus backend->client, from its own counters).
+datagrams it proxied (client->backend plus backend->client, from its own counters); then the
+same through nginx's stream module (one worker) when nginx is installed.
 
 Run: `uv run python bench/udp_latency.py [--rate 2000] [--duration 10] [--sockets 32]`
 (asserts nothing about time; Linux only).
@@ -23,6 +24,7 @@ import argparse
 import contextlib
 import os
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -247,6 +249,51 @@ def through_sozu(backend_port: int, args: argparse.Namespace) -> None:
                     os.killpg(daemon.pid, signal.SIGKILL)
 
 
+def through_nginx(backend_port: int, args: argparse.Namespace) -> None:
+    """The same load through nginx's stream module (one worker), its worker CPU the same way
+    (datagrams counted from the client: each query and each answer once)."""
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx is None:
+        print("nginx: not installed, skipped")
+        return
+    listen = free_udp_port()
+    with tempfile.TemporaryDirectory(prefix="nginx-udp-bench-") as directory:
+        config = Path(directory) / "nginx.conf"
+        # Debian builds the stream module as a dynamic module.
+        stream = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+        module = f"load_module {stream};\n" if stream.exists() else ""
+        config.write_text(
+            f"{module}worker_processes 1;\ndaemon off;\npid {directory}/nginx.pid;\n"
+            f"error_log {directory}/error.log error;\nevents {{ worker_connections 4096; }}\n"
+            f"stream {{ server {{ listen 127.0.0.1:{listen} udp; "
+            f"proxy_pass 127.0.0.1:{backend_port}; proxy_timeout 30s; }} }}\n"
+        )
+        master = subprocess.Popen(
+            [nginx, "-p", directory, "-c", str(config)], stdin=subprocess.DEVNULL
+        )
+        try:
+            wait_answered(("127.0.0.1", listen), time.monotonic() + 20)
+            children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+            worker_pid = int(children[0])
+            cpu_before = cpu_seconds(worker_pid)
+            result = run_load(
+                ("127.0.0.1", listen), args.rate, args.duration, args.sockets, args.timeout
+            )
+            cpu = cpu_seconds(worker_pid) - cpu_before
+            datagrams = result.sent + len(result.latencies)
+            report("through nginx", result)
+            per = cpu / datagrams * 10_000 if datagrams else float("nan")
+            print(
+                f"nginx worker (pid {worker_pid}): {cpu:.2f} s CPU for {datagrams:,} proxied "
+                f"datagrams = {per * 1e3:.1f} ms per 10,000 datagrams"
+            )
+        finally:
+            master.terminate()
+            master.wait(timeout=15)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=2000.0, help="queries per second")
@@ -280,6 +327,7 @@ def main() -> None:
             "direct echo", run_load(direct, args.rate, args.duration, args.sockets, args.timeout)
         )
         through_sozu(backend_port, args)
+        through_nginx(backend_port, args)
     finally:
         echo.terminate()
         echo.wait(timeout=10)

@@ -47,6 +47,8 @@ YIELD_AFTER: Final = 0.002
 # The longest blocking wait in the loop's own epoll (a bound, not a tick: wake-ups come from
 # the fds and deadlines).
 MAX_BLOCK: Final = 1.0
+# A blocking poll that returned after this long waited (rather than found events ready).
+WAITED: Final = 0.0002
 
 Handler = Callable[[int], None]
 
@@ -247,27 +249,36 @@ class Reactor:
                 await trio.lowlevel.checkpoint()
                 await trio.lowlevel.checkpoint()
             while True:
-                self._fire_timers(self.now())
-                events = epoll.poll(0, MAX_EVENTS)
-                if not events:
-                    if side is None:
+                now = self.now()
+                self._fire_timers(now)
+                if side is None:
+                    events = epoll.poll(0, MAX_EVENTS)
+                    if not events:
                         with trio.move_on_at(self.next_deadline()) as self._waiting:
                             await trio.lowlevel.wait_readable(epoll.fileno())
                         self._waiting = None
                         yielded = perf_counter()
                         continue
-                    now = self.now()
+                else:
                     # trio's next timer, or this task's own deadline (-inf once cancelled).
                     trio_deadline = min(side.next_deadline(), trio.current_effective_deadline())
                     if not side.idle() or trio_deadline <= now:
-                        await trio.lowlevel.checkpoint()  # trio has something to do
-                        yielded = perf_counter()
-                        continue
-                    deadline = min(self.next_deadline(), trio_deadline, now + MAX_BLOCK)
-                    events = epoll.poll(max(deadline - now, 0.0), MAX_EVENTS)
-                    yielded = perf_counter()
-                    if not events:
-                        continue
+                        events = epoll.poll(0, MAX_EVENTS)
+                        if not events:
+                            await trio.lowlevel.checkpoint()  # trio has something to do
+                            yielded = perf_counter()
+                            continue
+                    else:
+                        # One system call per wake-up: block here, or come back at once with
+                        # what is ready (no separate non-blocking poll first).
+                        deadline = min(self.next_deadline(), trio_deadline, now + MAX_BLOCK)
+                        before = perf_counter()
+                        events = epoll.poll(max(deadline - now, 0.0), MAX_EVENTS)
+                        if not events:
+                            yielded = perf_counter()
+                            continue
+                        if perf_counter() - before > WAITED:
+                            yielded = perf_counter()  # it blocked: a wait, as trio's would be
                 started = perf_counter()
                 trio_ready = False
                 for fd, mask in events:
