@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = socket.socket(fileno=args.fd)
     scm = socket.socket(fileno=args.scm) if args.scm is not None else None
+    # What exists now (modules, classes, constants) lives as long as the worker: out of the
+    # collector's way, so a full collection walks only the objects of live connections and
+    # flows (with 20,000 flows, full collections paused the loop for tens of milliseconds).
+    gc.collect()
+    gc.freeze()
     try:
         core = WorkerCore(worker_id=args.id)
         return trio.run(serve_channel, core, channel, args.max_command_buffer_size, scm)

@@ -82,19 +82,6 @@ class ShellCounters(msgspec.Struct):
     flow_errors: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-def _send_connected(sock: socket.socket) -> Callable[[bytes], SendResult]:
-    def send(payload: bytes) -> SendResult:
-        try:
-            sock.send(payload)
-        except BlockingIOError:
-            return SendResult.WOULD_BLOCK
-        except OSError:
-            return SendResult.ERROR
-        return SendResult.SENT
-
-    return send
-
-
 class _Upstream:
     """One flow's connected upstream socket, registered with the loop (owner of its fd)."""
 
@@ -107,7 +94,6 @@ class _Upstream:
         "opened_at",
         "proxy",
         "queue",
-        "send",
         "sock",
     )
 
@@ -127,9 +113,25 @@ class _Upstream:
         self.cluster = cluster
         self.backend_id = backend_id
         self.opened_at = opened_at
-        self.queue: WriteQueue[bytes] = WriteQueue(UPSTREAM_QUEUE_CAP)
-        self.send = _send_connected(sock)
+        # Datagrams waiting for the socket to become writable: made on the first send that
+        # would block (most flows never need one; an empty deque costs about 600 bytes).
+        self.queue: WriteQueue[bytes] | None = None
         self.armed = math.inf
+
+    def pending(self) -> WriteQueue[bytes]:
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = WriteQueue(UPSTREAM_QUEUE_CAP)
+        return queue
+
+    def send(self, payload: bytes) -> SendResult:
+        try:
+            self.sock.send(payload)
+        except BlockingIOError:
+            return SendResult.WOULD_BLOCK
+        except OSError:
+            return SendResult.ERROR
+        return SendResult.SENT
 
     # Timed: an upstream has no timer of its own (the flow's idle deadline is the core's).
     def deadline(self) -> float:
@@ -178,6 +180,7 @@ class UdpListenerProxy:
         self._extra: dict[int, socket.socket] = {}
         self.counters = ShellCounters()
         self._drops_seen: dict[int, int] = {}  # by fd: the socket's drop count last sampled
+        self._quiet_until = -math.inf  # upstream-open failures are logged at most once a second
         self._done = trio.Event()
         # Timed (the loop's timer for this listener): the core's armed deadline.
         self.armed = math.inf
@@ -345,11 +348,8 @@ class UdpListenerProxy:
                     else:
                         try:
                             upstream.sock.send(payload)
-                        except BlockingIOError:
-                            upstream.queue.push(bytes(payload))
-                            self._reactor.modify(upstream.fd, IN | OUT)
                         except OSError:
-                            self.counters.send_error += 1
+                            self._to_backend(upstream, payload)  # would block, or an error
                     continue
                 core.handle_client_datagram(now, source, payload)
             except Exception as error:
@@ -360,7 +360,8 @@ class UdpListenerProxy:
         flow = upstream.flow
         if mask & OUT:
             try:
-                if upstream.queue.flush(upstream.send):
+                queue = upstream.queue
+                if queue is None or queue.flush(upstream.send):
                     self._reactor.modify(upstream.fd, IN)
             except Exception as error:
                 self._flow_failed(flow, error)
@@ -476,8 +477,8 @@ class UdpListenerProxy:
                 upstream = self._upstreams.get(flow)
                 if upstream is None:
                     self.counters.unknown_flow += 1
-                elif upstream.queue.offer(payload, upstream.send):
-                    self._reactor.modify(upstream.fd, IN | OUT)
+                else:
+                    self._to_backend(upstream, payload)
             case SendToClient(dst=destination, payload=payload):
                 self._send_to_client(destination, payload)
             case SelectBackend(flow=flow, cluster=cluster, key=key):
@@ -531,8 +532,19 @@ class UdpListenerProxy:
         self._reactor.register(upstream.fd, IN, partial(self._upstream_ready, upstream), upstream)
 
     def _upstream_failed(self, flow: int, backend_id: str, error: OSError) -> None:
-        log.warning("upstream socket to %s for flow %d: %s", backend_id, flow, error)
         self.counters.upstream_open_failed += 1
+        now = self._now()
+        if now >= self._quiet_until:
+            # At most one line a second: a flood of new sources meeting EMFILE or exhausted
+            # local ports is a flood of these (each is counted as shed).
+            self._quiet_until = now + 1.0
+            log.warning(
+                "upstream socket to %s for flow %d: %s (%d failed so far)",
+                backend_id,
+                flow,
+                error,
+                self.counters.upstream_open_failed,
+            )
         self.core.abort_flow(self._now(), flow, CloseReason.ABORTED)
 
     def _close_upstream(self, flow: int) -> None:
@@ -541,8 +553,10 @@ class UdpListenerProxy:
             return  # a flow closed before its upstream opened (still awaiting a backend)
         self._reactor.unregister(upstream.fd)
         upstream.sock.close()
-        self.counters.wq_full += upstream.queue.dropped_full
-        self.counters.send_error += upstream.queue.send_errors
+        queue = upstream.queue
+        if queue is not None:
+            self.counters.wq_full += queue.dropped_full
+            self.counters.send_error += queue.send_errors
         loads = self._loads.get(upstream.cluster)
         if loads is not None:
             left = loads.get(upstream.backend_id, 0) - 1
@@ -552,6 +566,20 @@ class UdpListenerProxy:
                 loads.pop(upstream.backend_id, None)
         if self._on_flow_closed is not None:
             self._on_flow_closed(upstream.backend_id, self._now() - upstream.opened_at)
+
+    def _to_backend(self, upstream: _Upstream, payload: bytes | memoryview) -> None:
+        """Send on the flow's upstream socket, or queue behind what already waits."""
+        queue = upstream.queue
+        if queue:
+            queue.push(bytes(payload))
+            return
+        try:
+            upstream.sock.send(payload)
+        except BlockingIOError:
+            upstream.pending().push(bytes(payload))
+            self._reactor.modify(upstream.fd, IN | OUT)
+        except OSError:
+            self.counters.send_error += 1
 
     def _send_to_client(self, destination: Address, payload: bytes | memoryview) -> None:
         backlog = self._backlog
