@@ -239,16 +239,10 @@ class FlowManager:
     # -- the established-flow fast path
 
     def forward_established(self, now: float, src: Address, payload: Payload) -> int:
-        """Fast path of `handle_client_datagram` for an established flow: return its id
-        after counting the datagram and refreshing the flow's deadline, exactly as the full
-        path would; the shell sends `payload` to that flow's upstream itself (the full path's
-        only output, `SendToBackend(flow, backend_addr, bytes(payload))`, is not built).
-
-        Returns -1 with nothing changed whenever the full path would do anything more (no
-        flow, not established, a PROXY header due, a cap this datagram reaches, a deadline
-        that moves the armed timer, an oversize, empty or unroutable datagram): the caller
-        then calls `handle_client_datagram`.
-        """
+        """Fast path of `handle_client_datagram`: the flow's id, after counting and refreshing
+        exactly as the full path; the shell sends `payload` itself (the full path's only
+        output, `SendToBackend`, is not built). -1 with nothing changed whenever the full
+        path would do more (see LIFECYCLE.md): then call `handle_client_datagram`."""
         fid = self._table.get(src if self._cluster.affinity_with_port else (src[0], 0))
         if fid is None or not payload or len(payload) > self._max_rx or not self._cluster.cluster:
             return -1
@@ -275,10 +269,8 @@ class FlowManager:
         return fid
 
     def return_established(self, now: float, flow_id: int, payload: Payload) -> Address | None:
-        """Fast path of `handle_backend_datagram`: the client to send `payload` to, after
-        counting it and refreshing the flow's deadline exactly as the full path would (whose
-        only output, `SendToClient(flow, client, bytes(payload))`, is not built); None with
-        nothing changed whenever the full path would do more (see `forward_established`)."""
+        """Fast path of `handle_backend_datagram`: the client to send `payload` to (see
+        `forward_established`); None with nothing changed when the full path would do more."""
         flow = self._flows.get(flow_id)
         if flow is None or len(payload) > self._max_rx:
             return None
