@@ -18,6 +18,7 @@ PACKAGES = {
     "curl": "curl",
     "openssl": "openssl",
     "wrk": "wrk",
+    "promtool": "prometheus",
 }
 
 # Programs living in sbin, which is not always on a regular user's PATH.

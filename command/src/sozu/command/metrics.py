@@ -56,9 +56,9 @@ class Counter:
     __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self.value = 0
+        self.value: float = 0  # whole counts, or seconds (`*_seconds_total`)
 
-    def inc(self, amount: int = 1) -> None:
+    def inc(self, amount: float = 1) -> None:
         assert amount >= 0, "counters only go up"
         self.value += amount
 

@@ -436,13 +436,9 @@ class Proxies:
         stats = self.reactor.stats
         registry.counter("sozu_event_loop_batches_total").value = stats.batches
         registry.counter("sozu_event_loop_events_total").value = stats.events
-        registry.counter("sozu_event_loop_busy_microseconds_total").value = int(
-            stats.batch_seconds * 1e6
-        )
+        registry.counter("sozu_event_loop_busy_seconds_total").value = stats.batch_seconds
         registry.counter("sozu_event_loop_timers_total").value = stats.timers
-        registry.counter("sozu_event_loop_timer_lag_microseconds_total").value = int(
-            stats.lag_total * 1e6
-        )
+        registry.counter("sozu_event_loop_timer_lag_seconds_total").value = stats.lag_total
         registry.gauge("sozu_event_loop_timer_lag_max_seconds").value = stats.lag_max
         for reason, count in stats.errors.items():
             registry.counter("sozu_worker_session_errors_total", reason=reason).value = count
