@@ -102,6 +102,8 @@ def test_the_metrics_endpoint_passes_promtool(start_daemon: DaemonFactory) -> No
         thread.join(5)
     for family in ("sozu_http_requests_total", "sozu_udp_datagrams_in_total"):
         assert family in text
+    # TLS counters belong to HTTPS listeners only.
+    assert "sozu_https_handshakes_total" not in text
     checked = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )

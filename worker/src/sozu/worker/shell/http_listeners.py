@@ -56,13 +56,16 @@ _LISTENER_COUNTERS = (
     ("sozu_http_retries_total", "retries"),
     ("sozu_http_backend_connect_errors_total", "backend_errors"),
     ("sozu_http_websocket_upgrades_total", "websockets"),
-    ("sozu_http_sni_authority_mismatch_total", "sni_mismatches"),
-    ("sozu_https_handshakes_total", "tls_handshakes"),
     ("sozu_http_rejected_per_ip_total", "rejected_per_ip"),
     ("sozu_http_backend_stale_connections_total", "stale_connections"),
-    ("sozu_https_alpn_rejected_http11_disabled_total", "alpn_rejected"),
     ("sozu_http_pipelined_unanswered_total", "pipelined_unanswered"),
     ("sozu_http_proxy_protocol_errors_total", "proxy_protocol_errors"),
+)
+# Only for HTTPS listeners (a plain HTTP listener has no TLS to count).
+_HTTPS_COUNTERS = (
+    ("sozu_http_sni_authority_mismatch_total", "sni_mismatches"),
+    ("sozu_https_handshakes_total", "tls_handshakes"),
+    ("sozu_https_alpn_rejected_http11_disabled_total", "alpn_rejected"),
 )
 _LISTENER_GAUGES = (
     ("sozu_http_active_connections", "active"),
@@ -327,6 +330,9 @@ class HttpListeners:
         for address, c in self._counters.items():
             for name, attribute in _LISTENER_COUNTERS:
                 registry.counter(name, listener=address).value = getattr(c, attribute)
+            if address in self.state.https_listeners or c.tls_handshakes:
+                for name, attribute in _HTTPS_COUNTERS:
+                    registry.counter(name, listener=address).value = getattr(c, attribute)
             for name, attribute in _LISTENER_GAUGES:
                 registry.gauge(name, listener=address).value = getattr(c, attribute)
             by_class: dict[str, int] = {}
