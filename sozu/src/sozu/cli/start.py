@@ -14,8 +14,8 @@ def start(ctx: click.Context, handoff: str | None) -> None:
     """Run the proxy (supervisor and workers) in the foreground.
 
     SIGTERM stops it softly, SIGINT hard. Without -c it runs the embedded default
-    configuration and prints where its command socket is; -s/--socket overrides the
-    configuration's command_socket.
+    configuration. Once ready it prints its command socket, metrics and routes;
+    -s/--socket overrides the configuration's command_socket.
     """
     if handoff is not None:
         # The supervisor re-executing itself for `sozu upgrade`.

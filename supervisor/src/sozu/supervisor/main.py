@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 from pathlib import Path
 
 import trio
@@ -13,6 +12,7 @@ import trio
 from sozu.command import state as state_module
 from sozu.command.config import LoadedConfig, load_config
 from sozu.command.state import ConfigState
+from sozu.supervisor.announce import ready_lines
 from sozu.supervisor.daemon_io import (
     StartupError,
     bind_metrics_socket,
@@ -66,8 +66,9 @@ def run(
 ) -> int:
     """Run the daemon; the process exit status (0 after a stop, 1 if it cannot start).
 
-    `announce` prints where the command socket and metrics are once the daemon is ready (for
-    the embedded default configuration, whose paths the user did not choose).
+    Once the daemon is ready it prints where its command socket and metrics are and the
+    routes it serves (`announce`: the embedded default configuration, with a hint on how to
+    try it).
     """
     config = loaded.config
     setup_logging(config.log_level, config.log_target)
@@ -92,13 +93,16 @@ def run(
         assert command_socket is not None
 
         def on_ready() -> None:
-            if announce:
-                assert command_socket is not None
-                print(f"sozu is running (embedded default configuration), pid {os.getpid()}")
-                print(f"  command socket: {command_socket.path.absolute()}")
-                if address is not None:
-                    print(f"  metrics: http://{address}/metrics")
-                sys.stdout.flush()
+            assert command_socket is not None
+            assert state is not None
+            lines = ready_lines(
+                state,
+                pid=os.getpid(),
+                command_socket=str(command_socket.path.absolute()),
+                metrics=address,
+                embedded=announce,
+            )
+            print("\n".join(lines), flush=True)
 
         supervisor = Supervisor(
             loaded,
