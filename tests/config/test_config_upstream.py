@@ -128,15 +128,14 @@ def test_upstream_file_loads_with_one_warning_per_unimplemented_key(
             "handle_process_affinity",
             "zombie_check_interval",
             "accept_queue_timeout",
-            "metrics.address",
-            "metrics.tagged_metrics",
-            "metrics.prefix",
         )
     )
     assert ConfigSummary.of(loaded).describe() == (
         "3 listeners, 2 clusters, 3 frontends, 3 backends, 2 certificates"
     )
     config = loaded.config
+    assert config.metrics.address == "127.0.0.1:8125"  # statsd export
+    assert (config.metrics.tagged_metrics, config.metrics.prefix) == (False, "sozu")
     assert config.command_socket == str(tmp_path / "command_folder" / "sock")
     assert config.max_command_buffer_size == 163840
     (http,) = [r.listener for r in loaded.requests if isinstance(r, AddHttpListener)]

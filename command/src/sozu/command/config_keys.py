@@ -33,11 +33,6 @@ UNIMPLEMENTED_KEYS: Final[tuple[str, ...]] = (
     "access_logs_colored",
     "audit_logs_target",
     "audit_logs_json_target",
-    # StatsD export: we export Prometheus (`metrics.prometheus_address`).
-    "metrics.address",
-    "metrics.tagged_metrics",
-    "metrics.prefix",
-    "metrics.detail",
 )
 
 _UNIMPLEMENTED: Final = frozenset(UNIMPLEMENTED_KEYS)

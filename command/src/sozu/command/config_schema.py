@@ -97,9 +97,13 @@ class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class MetricsSection(Section, frozen=True, kw_only=True):
-    """`[metrics]`; upstream's statsd keys are recognised but not implemented."""
+    """`[metrics]`: the Prometheus endpoint, and upstream's statsd export (`address`)."""
 
     prometheus_address: SocketAddress | None = None
+    address: SocketAddress | None = None  # statsd over UDP
+    tagged_metrics: bool = False
+    prefix: str = "sozu"
+    detail: Literal["process", "frontend", "cluster", "backend"] = "cluster"
 
 
 class HeaderSection(Section, frozen=True, kw_only=True):

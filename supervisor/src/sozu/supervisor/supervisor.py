@@ -12,16 +12,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
+import msgspec
 import trio
 from prometheus_client.core import Metric
 from prometheus_client.registry import CollectorRegistry
 
 from sozu.command import requests as rq
+from sozu.command.addresses import to_sockaddr
 from sozu.command.build import build_id
 from sozu.command.channel import ConnectionLost
 from sozu.command.config import LoadedConfig
 from sozu.command.envelope import RequestEnvelope, Response, failure, ok
-from sozu.command.metrics import MetricsAggregator
+from sozu.command.metrics import MetricsAggregator, MetricsSnapshot, Sample
 from sozu.command.requests import Request, request_kind
 from sozu.command.responses import (
     EmptySlot,
@@ -51,6 +53,7 @@ from sozu.supervisor.prometheus_endpoint import (
 )
 from sozu.supervisor.server import CommandServer, CommandSocket
 from sozu.supervisor.state_saver import StateSaver
+from sozu.supervisor.statsd import StatsdExporter
 from sozu.supervisor.workers import UpgradeError, Worker, WorkerPool
 
 log = logging.getLogger("sozu.supervisor")
@@ -138,6 +141,7 @@ class Supervisor:
             self.pool, self.metrics, min(STATUS_PATIENCE, config.worker_timeout)
         )
         self.saver: StateSaver | None = None
+        self.statsd: StatsdExporter | None = None
         if config.automatic_state_save and config.saved_state is not None:
             self.saver = StateSaver(state, Path(config.saved_state))
             self.mutations.on_change = self.saver.mark_dirty
@@ -215,6 +219,16 @@ class Supervisor:
                         self.command_socket.path,
                     )
                     root.start_soon(self.collector.run)
+                    statsd = self.config.metrics
+                    if statsd.address is not None:
+                        self.statsd = StatsdExporter(
+                            self._statsd_totals,
+                            to_sockaddr(statsd.address),
+                            prefix=statsd.prefix,
+                            tagged=statsd.tagged_metrics,
+                            detail=statsd.detail,
+                        )
+                        root.start_soon(self.statsd.run)
                     if self.saver is not None:
                         await self.saver.save_now()
                         root.start_soon(self.saver.run)
@@ -237,6 +251,16 @@ class Supervisor:
             finally:
                 self.pool.kill_all()
                 self.pool.sockets.close_all()
+
+    def _statsd_totals(self) -> MetricsSnapshot:
+        """The workers' totals and the supervisor's own gauges (configuration, workers)."""
+        totals = self.metrics.totals()
+        own = [
+            Sample(f"sozu_configuration_{kind}", (), float(count))
+            for kind, count in self.state.counts().items()
+        ]
+        own.append(Sample("sozu_workers_running", (), float(len(self.pool.running_workers()))))
+        return msgspec.structs.replace(totals, gauges=(*totals.gauges, *own))
 
     def _registry(self) -> CollectorRegistry:
         def gauges() -> dict[str, float]:
