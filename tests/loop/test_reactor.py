@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import socket
+import weakref
 
 import trio
 
-from sozu.worker.shell.reactor import IN, Reactor
+from sozu.worker.shell.reactor import COMPACT_AFTER, IN, Reactor
 
 
 class Timed:
@@ -123,3 +125,32 @@ async def test_a_saturated_loop_yields_to_other_tasks() -> None:
         right.close()
     assert calls > 50, "the loop ran between the other task's turns"
     assert reactor.stats.batches >= calls // 256
+
+
+def test_disarmed_and_replaced_entries_are_let_go() -> None:
+    """A closed connection's heap entry must not keep it alive until its old deadline: once
+    stale entries are the majority (and over COMPACT_AFTER) the heap is rebuilt without them;
+    live entries keep firing in order."""
+    reactor = Reactor()
+    live = [Timed(1000.0 + index) for index in range(10)]
+    for timed in live:
+        reactor.arm(timed)
+    closed = [Timed(2000.0 + index) for index in range(3 * COMPACT_AFTER)]
+    refs = [weakref.ref(timed) for timed in closed]
+    for timed in closed:
+        reactor.arm(timed)
+    for timed in closed:
+        reactor.disarm(timed)
+        assert timed.armed == math.inf
+    del closed, timed
+    gc.collect()
+    alive = sum(ref() is not None for ref in refs)
+    assert alive <= COMPACT_AFTER + 1, alive  # what is left waits for the next compaction
+    assert len(reactor._timers) <= len(live) + COMPACT_AFTER + 1
+    # Moving a deadline earlier leaves a stale entry too; the live ones still fire in order.
+    moved = live[5]
+    moved.at = 500.0
+    reactor.arm(moved)
+    reactor._fire_timers(1004.5)
+    assert [t.fired for t in live] == [[1004.5]] * 6 + [[]] * 4
+    reactor._epoll.close()

@@ -408,6 +408,7 @@ class HttpConnection:
         self._drop_back()
         server = self.server
         server.reactor.unregister(self.fd)
+        server.reactor.disarm(self)
         if self.tls and not self.notified:
             self.notified = True
             _close_notify(self.sock)

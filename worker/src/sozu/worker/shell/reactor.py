@@ -47,6 +47,9 @@ YIELD_AFTER: Final = 0.002
 # The longest blocking wait in the loop's own epoll (a bound, not a tick: wake-ups come from
 # the fds and deadlines).
 MAX_BLOCK: Final = 1.0
+# The timer heap is rebuilt without its stale entries once there are more than this many and
+# they are the majority.
+COMPACT_AFTER: Final = 256
 # A blocking poll that returned after this long waited (rather than found events ready).
 WAITED: Final = 0.0002
 
@@ -112,6 +115,10 @@ class Reactor:
         self._owners: dict[int, Timed] = {}
         self._masks: dict[int, int] = {}
         self._timers: list[tuple[float, int, Timed]] = []
+        # Heap entries no longer live (replaced by an earlier one, or disarmed): each holds its
+        # object until it surfaces, so the heap is rebuilt once they outnumber the live ones
+        # (a closed connection must not be kept for its whole front timeout).
+        self._stale = 0
         self._sequence = itertools.count()
         self.stats = LoopStats()
         # The cancel scope bounding the loop's current wait (None while it runs handlers).
@@ -168,11 +175,30 @@ class Reactor:
         handler, or from a trio task while the loop waits: the wait is shortened)."""
         deadline = timed.deadline()
         if deadline < timed.armed:
+            if timed.armed != math.inf:
+                self._stale += 1  # the entry at the later deadline is stale now
             timed.armed = deadline
             heapq.heappush(self._timers, (deadline, next(self._sequence), timed))
+            if self._stale > COMPACT_AFTER and 2 * self._stale > len(self._timers):
+                self._compact()
             waiting = self._waiting
             if waiting is not None and deadline < waiting.deadline:
                 waiting.deadline = deadline
+
+    def disarm(self, timed: Timed) -> None:
+        """`timed` is done (its connection closed): its entry no longer counts, and the heap
+        lets go of it at the next compaction."""
+        if timed.armed != math.inf:
+            timed.armed = math.inf
+            self._stale += 1
+            if self._stale > COMPACT_AFTER and 2 * self._stale > len(self._timers):
+                self._compact()
+
+    def _compact(self) -> None:
+        # In place: `_fire_timers` holds this list while it runs expiries that may arm.
+        self._timers[:] = [entry for entry in self._timers if entry[2].armed == entry[0]]
+        heapq.heapify(self._timers)
+        self._stale = 0
 
     def _fire_timers(self, now: float) -> None:
         timers = self._timers
@@ -180,7 +206,9 @@ class Reactor:
         while timers and timers[0][0] <= now:
             entry_deadline, _, timed = heapq.heappop(timers)
             if timed.armed != entry_deadline:
-                continue  # a stale entry: an earlier one replaced it
+                if self._stale:
+                    self._stale -= 1
+                continue  # a stale entry: an earlier one replaced it, or disarmed
             timed.armed = math.inf
             deadline = timed.deadline()
             if deadline > now:

@@ -257,6 +257,7 @@ class TcpConnection:
         if not self.session.done:
             self.session.error(now)  # the worker stops, or an internal error
         server.reactor.unregister(self.fd)
+        server.reactor.disarm(self)
         self.sock.close()
         server.connection_closed(self, now - self.started)
 
