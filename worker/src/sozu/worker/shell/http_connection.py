@@ -29,7 +29,7 @@ from sozu.worker.core.http1.actions import (
     SHUTDOWN_FRONT,
 )
 from sozu.worker.core.http1.session import Http1Session
-from sozu.worker.shell.reactor import ERR, IN, OUT
+from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
 
 if TYPE_CHECKING:
     from sozu.worker.shell.http_listener import HttpServer
@@ -90,8 +90,8 @@ class HttpConnection:
         self.shut_front = False
         self.finished = False
         # Bound once: the loop calls these for every event.
-        self.on_front_event = self.on_front
-        self.on_back_event = self.on_back
+        self.on_front_event: Handler = self.on_front
+        self.on_back_event: Handler = self.on_back
 
     def begin(self, now: float) -> None:
         self.server.reactor.register(self.fd, IN, self.on_front_event, self)
@@ -409,6 +409,9 @@ class HttpConnection:
         server = self.server
         server.reactor.unregister(self.fd)
         server.reactor.disarm(self)
+        # The bound handlers refer back to this connection: without them it is freed at once
+        # by reference counting, not later by a full collection.
+        self.on_front_event = self.on_back_event = _ended
         if self.tls and not self.notified:
             self.notified = True
             _close_notify(self.sock)
@@ -425,3 +428,7 @@ def _close_notify(sock: socket.socket) -> None:
     assert isinstance(sock, ssl.SSLSocket)
     with contextlib.suppress(ssl.SSLError, OSError, ValueError):
         sock.unwrap()
+
+
+def _ended(_mask: int) -> None:
+    """The handler of a finished connection (never registered: the loop let go of it)."""

@@ -21,7 +21,7 @@ from sozu.worker.core.tcp_session import (
     PIPE_START,
     TcpSession,
 )
-from sozu.worker.shell.reactor import ERR, HUP, IN, OUT
+from sozu.worker.shell.reactor import ERR, HUP, IN, OUT, Handler
 from sozu.worker.shell.relay import Direction
 
 if TYPE_CHECKING:
@@ -63,8 +63,8 @@ class TcpConnection:
         self.armed = math.inf
         self.finished = False
         self.started = 0.0
-        self.on_front_event = self.on_front
-        self.on_back_event = self.on_back
+        self.on_front_event: Handler = self.on_front
+        self.on_back_event: Handler = self.on_back
 
     def begin(self, now: float) -> None:
         self.started = now
@@ -258,8 +258,15 @@ class TcpConnection:
             self.session.error(now)  # the worker stops, or an internal error
         server.reactor.unregister(self.fd)
         server.reactor.disarm(self)
+        # The bound handlers refer back to this connection: without them it is freed at once
+        # by reference counting, not later by a full collection.
+        self.on_front_event = self.on_back_event = _ended
         self.sock.close()
         server.connection_closed(self, now - self.started)
+
+
+def _ended(_mask: int) -> None:
+    """The handler of a finished connection (never registered: the loop let go of it)."""
 
 
 __all__ = ["PIPE", "TcpConnection"]
