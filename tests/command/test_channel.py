@@ -386,8 +386,18 @@ async def test_blocking_client_garbage_answer(tmp_path: Path) -> None:
 
 
 def test_missing_socket_is_daemon_unavailable(tmp_path: Path) -> None:
-    with pytest.raises(DaemonUnavailable, match="No such file"):
+    with pytest.raises(DaemonUnavailable, match="No such file") as caught:
         CommandClient.connect(tmp_path / "missing.sock")
+    assert "the daemon is not running, or uses another socket" in str(caught.value)
+
+
+def test_a_stale_socket_file_says_the_daemon_is_not_running(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as left:
+        left.bind(str(path))  # bound, never listening, then closed: what a dead daemon leaves
+    with pytest.raises(DaemonUnavailable, match="Connection refused") as caught:
+        CommandClient.connect(path)
+    assert "left by a daemon that is not running" in str(caught.value)
 
 
 def test_refused_socket_is_daemon_unavailable(tmp_path: Path) -> None:

@@ -103,6 +103,10 @@ class CommandClient:
         except OSError as error:
             sock.close()
             reason = "timed out" if isinstance(error, TimeoutError) else error.strerror or error
+            if isinstance(error, ConnectionRefusedError):
+                reason = f"{reason} (a socket file left by a daemon that is not running)"
+            elif isinstance(error, FileNotFoundError):
+                reason = f"{reason} (the daemon is not running, or uses another socket)"
             raise DaemonUnavailable(
                 f"cannot connect to the command socket {os.fspath(path)}: {reason}"
             ) from error

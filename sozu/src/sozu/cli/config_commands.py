@@ -7,6 +7,7 @@ import msgspec
 
 from sozu.cli.context import ConfigFailure, SozuGroup, cli_state, echo_warnings
 from sozu.command.config import ConfigError, ConfigSummary, load_config
+from sozu.command.config_default import DEFAULT_CONFIG
 
 
 @click.group("config", cls=SozuGroup)
@@ -38,3 +39,9 @@ def check(ctx: click.Context) -> None:
         click.echo(msgspec.json.encode(document))
     else:
         click.echo(f"config OK: {summary.describe()}")
+
+
+@config_group.command("default")
+def default() -> None:
+    """Print the embedded default configuration (what `sozu start` runs without -c)."""
+    click.echo(DEFAULT_CONFIG, nl=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import click
 
 from sozu.cli.certificate_commands import certificate_group
@@ -26,9 +28,27 @@ from sozu.cli.metrics_commands import metrics_group
 from sozu.cli.routing_commands import backend_group, cluster_group, frontend_group, listener_group
 from sozu.cli.start import start
 from sozu.cli.state_commands import state_group
+from sozu.command.build import build_id
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`sozu 0.1.0 (build <id>)`: the build id is what `sozu status` shows per process."""
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"sozu {importlib.metadata.version('sozu')} (build {build_id()})")
+    ctx.exit()
 
 
 @click.group(cls=SozuGroup, root=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version and build id, then exit.",
+)
 def sozu() -> None:
     """sozu: a hot-reconfigurable reverse proxy and load balancer.
 
