@@ -277,13 +277,44 @@ def _divergent(response: Response) -> list[str]:
     )
 
 
+def _hash_table(response: Response, main: ClusterHashes) -> str:
+    """One row per cluster: the supervisor's hash, then each worker's (`=` when equal, the
+    worker's own hash, or `-` when it lacks the cluster, so a divergence stands out)."""
+    workers: list[tuple[str, dict[str, str] | None]] = []
+    if isinstance(response.content, WorkerResponses):
+        for key in sorted((k for k in response.content.map if k != "main"), key=_worker_order):
+            answer = response.content.map[key].content
+            workers.append((key, answer.map if isinstance(answer, ClusterHashes) else None))
+    width = max(len("CLUSTER"), *(len(cluster_id) for cluster_id in main.map))
+    header = f"{'CLUSTER':<{width}}  {'SUPERVISOR':<16}" + "".join(
+        f"  {'WORKER ' + key:<16}" for key, _ in workers
+    )
+    lines = [header.rstrip()]
+    for cluster_id, digest in sorted(main.map.items()):
+        row = f"{cluster_id:<{width}}  {digest:<16}"
+        for _, hashes in workers:
+            theirs = None if hashes is None else hashes.get(cluster_id)
+            cell = (
+                "?"
+                if hashes is None
+                else "-"
+                if theirs is None
+                else ("=" if theirs == digest else theirs)
+            )
+            row += f"  {cell:<16}"
+        lines.append(row.rstrip())
+    return "\n".join(lines)
+
+
+def _worker_order(key: str) -> tuple[int, str]:
+    return (int(key), "") if key.isdigit() else (1 << 30, key)
+
+
 def _render_clusters(response: Response) -> str:
     content = _main_content(response)
     lines: list[str] = []
     if isinstance(content, ClusterHashes):
-        lines += [f"{cluster_id}  {digest}" for cluster_id, digest in content.map.items()]
-        if not content.map:
-            lines.append("no clusters")
+        lines.append(_hash_table(response, content) if content.map else "no clusters")
     elif isinstance(content, ClusterInformations):
         for info in content.clusters:
             config = info.configuration
@@ -588,10 +619,13 @@ def _render_frontends(response: Response) -> str:
             )
     for proxy, stream_fronts in (("tcp", content.tcp), ("udp", content.udp)):
         for stream_front in stream_fronts:
-            lines.append(f"{proxy:<5} {stream_front.address:<24} {stream_front.cluster_id}")
+            lines.append(
+                f"{proxy:<5} {stream_front.address:<24} {'-':<28} {'-':<6} {'-':<16} "
+                f"{stream_front.cluster_id}"
+            )
     if not lines:
         return "no frontends"
-    header = f"{'PROTO':<5} {'ADDRESS':<24} {'HOSTNAME / CLUSTER':<28} {'METHOD':<6} {'PATH':<16}"
+    header = f"{'PROTO':<5} {'ADDRESS':<24} {'HOSTNAME':<28} {'METHOD':<6} {'PATH':<16}"
     return "\n".join([f"{header} CLUSTER", *lines])
 
 
