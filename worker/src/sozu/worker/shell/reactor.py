@@ -13,7 +13,9 @@ the rest of the worker (the supervisor channel, health probes, metrics).
 Timers: each timed object (a connection) has one deadline; the loop keeps one heap entry per
 object, lazily repaired: moving a deadline later costs nothing (the entry fires, sees the later
 deadline and is pushed again), moving it earlier pushes a new entry (the old one is skipped
-when it pops). The loop's wait is bounded by the earliest entry.
+when it pops). An object that is done calls `disarm`; once stale entries are the majority
+the heap is rebuilt without them, so none keeps a closed connection alive. The loop's wait is
+bounded by the earliest entry.
 
 A handler that raises ends its own connection, never the loop: the exception is logged,
 counted by reason and handed to the handler's owner (`abort`).
