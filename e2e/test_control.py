@@ -105,7 +105,7 @@ def test_reload_logging_frontends_socket_metrics_and_hard_stop(
     elsewhere = tmp_path / "elsewhere.toml"
     elsewhere.write_text(f'command_socket = "{tmp_path / "nothing.sock"}"\n')
     assert sozu_cli("-c", str(elsewhere), "status").returncode == 69
-    result = sozu_cli("-c", str(elsewhere), "-j", "status", "-s", str(daemon.socket_path))
+    result = sozu_cli("-c", str(elsewhere), "-j", "status", "--socket", str(daemon.socket_path))
     assert result.returncode == 0, result.stderr
     assert msgspec.json.decode(result.stdout)["supervisor"]["state_hash"] == state_hash
 

@@ -102,7 +102,7 @@ def test_start_uses_the_socket_option(
     position: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    options = ["-s", "run/other.sock"]
+    options = ["--socket", "run/other.sock"]
     args = [*options, "start"] if position == "before" else ["start", *options]
     result = CliRunner().invoke(sozu, args)
     assert result.exit_code == 0, result.output
@@ -125,6 +125,6 @@ def test_start_refuses_a_socket_path_too_long_for_a_unix_socket(
 ) -> None:
     result = CliRunner().invoke(sozu, ["start", "--socket", "/tmp/" + "x" * 120])
     assert result.exit_code == 2
-    assert "'-s' / '--socket'" in result.output
+    assert "'--socket'" in result.output
     assert "too long for a unix socket" in result.output
     assert started == []

@@ -1,7 +1,7 @@
 """Global options of the `sozu` CLI, accepted before or after any subcommand.
 
 click has no global options, so `SozuGroup` and `SozuCommand` add `-c/--config`, `-j/--json`,
-`-t/--timeout` and `-s/--socket` to every group and command; each occurrence updates the one
+`-t/--timeout` and `--socket` to every group and command; each occurrence updates the one
 `CliState` kept on the root context, the last one on the command line winning. One option has
 one meaning in a command: a command whose own option takes one of the short names, like
 `cluster add -s`, keeps it and takes only the long form of the global one; a command whose own
@@ -84,7 +84,9 @@ def _global_options(*, root: bool) -> list[click.Parameter]:
             help="Command timeout in milliseconds (default: ctl_command_timeout).",
         ),
         click.Option(
-            ["-s", "--socket"],
+            # Long form only: `-s` keeps upstream's meanings in subcommands (sticky id, sticky
+            # session), so that no command talks to another daemon by mistake.
+            ["--socket"],
             type=click.Path(dir_okay=False, path_type=Path),
             metavar="PATH",
             expose_value=False,
@@ -149,17 +151,17 @@ def load_or_fail(state: CliState) -> LoadedConfig:
 
 
 def with_socket_option(state: CliState, loaded: LoadedConfig) -> LoadedConfig:
-    """The configuration whose `command_socket` is `-s/--socket` when given (`sozu start`)."""
+    """The configuration whose `command_socket` is `--socket` when given (`sozu start`)."""
     if state.socket is None:
         return loaded
     try:
         return with_command_socket(loaded, state.socket)
     except ConfigError as error:
-        raise click.BadParameter(error.message, param_hint="'-s' / '--socket'") from None
+        raise click.BadParameter(error.message, param_hint="'--socket'") from None
 
 
 def command_socket(state: CliState, loaded: LoadedConfig) -> str:
-    """The socket to talk to: `-s/--socket`, else the configuration's `command_socket`."""
+    """The socket to talk to: `--socket`, else the configuration's `command_socket`."""
     return str(state.socket) if state.socket is not None else loaded.config.command_socket
 
 

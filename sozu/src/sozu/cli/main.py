@@ -52,7 +52,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 def sozu() -> None:
     """sozu: a hot-reconfigurable reverse proxy and load balancer.
 
-    -c/--config, -j/--json, -t/--timeout and -s/--socket are accepted before or after any
+    -c/--config, -j/--json, -t/--timeout and --socket are accepted before or after any
     subcommand.
     """
 

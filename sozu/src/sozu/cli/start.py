@@ -15,7 +15,7 @@ def start(ctx: click.Context, handoff: str | None) -> None:
 
     SIGTERM stops it softly, SIGINT hard. Without -c it runs the embedded default
     configuration. Once ready it prints its command socket, metrics and routes;
-    -s/--socket overrides the configuration's command_socket.
+    --socket overrides the configuration's command_socket.
     """
     if handoff is not None:
         # The supervisor re-executing itself for `sozu upgrade`.
