@@ -132,6 +132,11 @@ class _Decoder:
     def _literal(self, raw: object, allowed: tuple[object, ...], path: str) -> object:
         if raw in allowed and type(raw) is type(allowed[0]):
             return raw
+        if isinstance(raw, str) and all(isinstance(choice, str) for choice in allowed):
+            # Names in any case (`ROUND_ROBIN`, `round_robin`), as upstream and the CLI take them.
+            for choice in allowed:
+                if raw.casefold() == str(choice).casefold():
+                    return choice
         choices = ", ".join(str(choice) for choice in allowed)
         raise ConfigError(path, f"invalid value {show_value(raw)} (expected one of: {choices})")
 

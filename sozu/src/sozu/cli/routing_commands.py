@@ -86,7 +86,7 @@ def cluster_group() -> None:
 @click.option("-i", "--id", "cluster_id", required=True, help="Cluster id.")
 @click.option(
     "--load-balancing-policy",
-    type=click.Choice([a.lower() for a in LOAD_BALANCING_ALGORITHMS]),
+    type=click.Choice([a.lower() for a in LOAD_BALANCING_ALGORITHMS], case_sensitive=False),
     help="Default: hrw for UDP clusters, round_robin otherwise.",
 )
 @click.option("-s", "--sticky-session", is_flag=True, help="Sticky sessions (HTTP).")
@@ -103,7 +103,7 @@ def cluster_group() -> None:
 )
 @click.option(
     "--load-metric",
-    type=click.Choice(["connections", "requests", "connection_time"]),
+    type=click.Choice(["connections", "requests", "connection_time"], case_sensitive=False),
     help="What least_loaded and power_of_two compare (only connections is implemented; "
     "the daemon logs a warning for the others).",
 )
@@ -135,7 +135,9 @@ def cluster_group() -> None:
     "--retry-after", type=click.IntRange(0, 2**32 - 1), help="Retry-After seconds of a 429."
 )
 @click.option(
-    "--udp-affinity", type=click.Choice(["source_ip", "source_ip_port"]), help="UDP flow key."
+    "--udp-affinity",
+    type=click.Choice(["source_ip", "source_ip_port"], case_sensitive=False),
+    help="UDP flow key.",
 )
 @click.option("--udp-responses", type=click.IntRange(0), help="UDP: answers per flow (0: any).")
 @click.option("--udp-requests", type=click.IntRange(0), help="UDP: queries per flow (0: any).")
@@ -145,7 +147,7 @@ def cluster_group() -> None:
 )
 @click.option(
     "--udp-health-mode",
-    type=click.Choice(["tcp_probe", "udp_probe", "health_off"]),
+    type=click.Choice(["tcp_probe", "udp_probe", "health_off"], case_sensitive=False),
     help="UDP backend health probing.",
 )
 @click.option("--udp-health-tcp-port", type=click.IntRange(1, 65535), help="TCP probe port.")
