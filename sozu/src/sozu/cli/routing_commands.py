@@ -489,7 +489,11 @@ def _tcp_listener_update(ctx: click.Context, /, address: str, **options: Any) ->
 @click.option("--public-address", help="Address announced to backends.")
 @click.option("--front-timeout", type=_seconds, help="Seconds.")
 @click.option("--back-timeout", type=_seconds, help="Seconds.")
-@click.option("--max-flows", type=click.IntRange(0), help="Flow cap (0: none).")
+@click.option(
+    "--max-flows",
+    type=click.IntRange(0),
+    help="Live UDP flows per worker (0: automatic, from the fd limit and max_connections).",
+)
 @click.option("--max-rx-datagram-size", type=click.IntRange(1, 65535), help="Bytes per datagram.")
 @click.pass_context
 def _udp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> None:
@@ -503,7 +507,11 @@ def _udp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> No
 @click.option("--public-address", help="Address announced to backends.")
 @click.option("--front-timeout", type=_seconds, help="Seconds.")
 @click.option("--back-timeout", type=_seconds, help="Seconds.")
-@click.option("--max-flows", type=click.IntRange(0), help="Flow cap (0: none).")
+@click.option(
+    "--max-flows",
+    type=click.IntRange(0),
+    help="Live UDP flows per worker (0: automatic, from the fd limit and max_connections).",
+)
 @click.option("--max-rx-datagram-size", type=click.IntRange(1, 65535), help="Bytes per datagram.")
 @click.pass_context
 def _udp_listener_update(ctx: click.Context, /, address: str, **options: Any) -> None:
