@@ -195,7 +195,19 @@ class _Decoder:
         if "\x00" in value:
             # No system call takes one: reading the file would raise ValueError, not OSError.
             raise ConfigError(path, f"path {value!r} contains a NUL character")
-        return os.path.normpath(self.base_dir / value)
+        beside = os.path.normpath(self.base_dir / value)
+        if os.path.isabs(value) or os.path.exists(beside):
+            return beside
+        # Upstream resolves relative paths against the working directory: when the file is
+        # not next to the configuration but is there, that one is used, and said.
+        here = os.path.normpath(Path.cwd() / value)
+        if here != beside and os.path.exists(here):
+            self.warnings.append(
+                f"note: {path}: {value!r} is not in the configuration's folder; "
+                f"using {here} (from the working directory)"
+            )
+            return here
+        return beside
 
     def _read_answer(self, file: str, path: str) -> str:
         try:
