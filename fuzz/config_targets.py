@@ -7,9 +7,9 @@ import atexit
 import functools
 import shutil
 import tempfile
-import tomllib
 from pathlib import Path
 
+import tomli
 from hypothesis import given
 from hypothesis import strategies as st
 from support import fuzz_checks as checks
@@ -33,8 +33,8 @@ def config_text(data: bytes) -> None:
     except UnicodeDecodeError:
         return  # load_config refuses it before parsing
     try:
-        tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError):
+        tomli.loads(text)
+    except (tomli.TOMLDecodeError, RecursionError):
         valid = False
     else:
         valid = True

@@ -57,3 +57,28 @@ def test_the_cli_takes_policy_names_in_any_case(policy: str) -> None:
     (option,) = [p for p in add.params if p.name == "load_balancing_policy"]
     ctx = click.Context(add)
     assert option.type.convert(policy, option, ctx) == policy.lower()
+
+
+def test_toml_1_1_inline_tables_may_span_lines(tmp_path: Path) -> None:
+    """Upstream's own documentation writes frontends and backends as multi-line inline
+    tables (TOML 1.1, with trailing commas)."""
+    file = tmp_path / "sozu.toml"
+    file.write_text(
+        """
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:8080"
+[clusters.app]
+protocol = "http"
+frontends = [
+    { address = "127.0.0.1:8080",
+      hostname = "a.test",
+    },
+]
+backends = [{ address = "127.0.0.1:9000", backend_id = "b1",
+              weight = 10 }]
+"""
+    )
+    loaded = load_config(file)
+    (cluster,) = [r.cluster for r in loaded.requests if isinstance(r, AddCluster)]
+    assert cluster.cluster_id == "app"

@@ -65,7 +65,7 @@ def test_deeply_nested_state_file_record_names_its_line() -> None:
 
 
 def test_deeply_nested_toml_is_a_config_error(tmp_path: Path) -> None:
-    # tomllib recursed into RecursionError from 500 levels of arrays or inline tables
+    # tomllib (and tomli) recursed into RecursionError from 500 levels of arrays or inline tables
     for text in ("a = " + "[" * 500 + "]" * 500, "a = " + "{b=" * 500 + "1" + "}" * 500):
         with pytest.raises(ConfigError, match="nested too deeply"):
             parse_config(text, base_dir=tmp_path)

@@ -13,13 +13,13 @@ import difflib
 import functools
 import os
 import re
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import tomli
 
 from sozu.command.addresses import format_address, parse_address
 from sozu.command.config_error import ConfigError, join_index, join_key, show_value
@@ -32,12 +32,13 @@ _FILE_SCHEME = "file://"
 
 
 def parse_toml(text: str) -> dict[str, Any]:
-    """Parse TOML text; a syntax error names its line and column."""
+    """Parse TOML text (TOML 1.1 with `tomli`: inline tables may span lines, as upstream's own
+    documentation writes them); a syntax error names its line and column."""
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
+        return tomli.loads(text)
+    except tomli.TOMLDecodeError as error:
         raise ConfigError("", f"invalid TOML: {error}") from None
-    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+    except RecursionError:  # tomli recurses once per level of nested arrays and tables
         raise ConfigError("", "invalid TOML: arrays or tables nested too deeply") from None
 
 
