@@ -98,7 +98,7 @@ def test_frontend_table() -> None:
     lines = _render_frontends(ok("1", content=content)).splitlines()
     assert lines[0].split()[:2] == ["PROTO", "ADDRESS"]
     assert lines[1].split() == ["http", "127.0.0.1:80", "example.com", "*", "/", "web"]
-    assert lines[2].split() == ["tcp", "127.0.0.1:5432", "db"]
+    assert lines[2].split() == ["tcp", "127.0.0.1:5432", "-", "-", "-", "db"]
     assert _render_frontends(ok("2", content=FrontendList())) == "no frontends"
 
 
