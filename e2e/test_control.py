@@ -101,7 +101,10 @@ def test_reload_logging_frontends_socket_metrics_and_hard_stop(
         ("new", f"127.0.0.1:{new_port}")
     ]
 
-    # -s after the subcommand, with a configuration that points elsewhere.
+    # `-t 0`: no command timeout (upstream's meaning).
+    assert sozu_cli("-t", "0", "-c", str(daemon.config_path), "status").returncode == 0
+
+    # --socket after the subcommand, with a configuration that points elsewhere.
     elsewhere = tmp_path / "elsewhere.toml"
     elsewhere.write_text(f'command_socket = "{tmp_path / "nothing.sock"}"\n')
     assert sozu_cli("-c", str(elsewhere), "status").returncode == 69

@@ -138,7 +138,7 @@ def test_json_output_of_an_invalid_file(write_config: Callable[[str], Path]) -> 
 
 @pytest.mark.parametrize(
     "args",
-    [["config", "check", "--bogus"], ["config", "check", "-t", "0"], ["nope"], ["-t"]],
+    [["config", "check", "--bogus"], ["config", "check", "-t", "-1"], ["nope"], ["-t"]],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
     assert run(*args).exit_code == 2

@@ -77,11 +77,11 @@ def _global_options(*, root: bool) -> list[click.Parameter]:
         ),
         click.Option(
             ["-t", "--timeout"],
-            type=click.IntRange(min=1),
+            type=click.IntRange(min=0),
             metavar="MS",
             expose_value=False,
             callback=_store("timeout_ms"),
-            help="Command timeout in milliseconds (default: ctl_command_timeout).",
+            help="Command timeout in milliseconds; 0: none (default: ctl_command_timeout).",
         ),
         click.Option(
             # Long form only: `-s` keeps upstream's meanings in subcommands (sticky id, sticky

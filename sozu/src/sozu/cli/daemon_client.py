@@ -72,7 +72,9 @@ def call(
     state = cli_state(ctx)
     loaded = load_or_fail(state)
     config = loaded.config
-    timeout_ms = state.timeout_ms or default_timeout_ms or config.ctl_command_timeout
+    timeout_ms: int | None = state.timeout_ms or default_timeout_ms or config.ctl_command_timeout
+    if state.timeout_ms == 0:
+        timeout_ms = None  # `-t 0`: wait as long as the daemon takes (upstream's meaning)
     try:
         with CommandClient.connect(
             command_socket(state, loaded), max_frame_size=config.max_command_buffer_size
