@@ -371,7 +371,16 @@ _backend_id = click.option("--backend-id", required=True, help="Backend id.")
 @_backend_id
 @_address
 @click.option("-s", "--sticky-id", help="Sticky session id.")
-@click.option("-b", "--backup", is_flag=True, help="Use only when no other backend is up.")
+@click.option(
+    "-b",
+    "--backup",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value=True,
+    default=False,
+    metavar="[BOOL]",
+    help="Use only when no other backend is up (`-b`, or upstream's `-b true|false`).",
+)
 @click.option("-w", "--weight", type=click.IntRange(0, 255), help="Load-balancing weight.")
 @click.pass_context
 def backend_add(
