@@ -147,11 +147,29 @@ _route_options = _apply(
         "cluster_id",
         help="Cluster to route to; without it the frontend denies (401).",
     ),
-    click.option("--path", "--path-prefix", "path_prefix", help="Path prefix to match."),
+    click.option("-p", "--path", "--path-prefix", "path_prefix", help="Path prefix to match."),
     click.option("--path-regex", help="Path regular expression to match."),
     click.option("--path-equals", help="Exact path to match."),
     click.option("-m", "--method", help="HTTP method to match (default: any)."),
+    click.argument("target", nargs=-1, metavar="[id CLUSTER | deny]"),
 )
+
+
+def _target(options: dict[str, Any]) -> None:
+    """Upstream's positional forms: `... id CLUSTER` routes to CLUSTER, `... deny` denies
+    (401); folded into `cluster_id` (`-i CLUSTER` is the same as `id CLUSTER`)."""
+    target = options.pop("target")
+    if not target:
+        return
+    if target == ("deny",):
+        cluster = None
+    elif len(target) == 2 and target[0] == "id":
+        cluster = target[1]
+    else:
+        raise click.UsageError(f"expected `id CLUSTER` or `deny`, got {' '.join(target)!r}")
+    if options.get("cluster_id") not in (None, cluster):
+        raise click.UsageError("-i/--id and the positional `id CLUSTER` / `deny` disagree")
+    options["cluster_id"] = cluster
 
 
 def _frontend_group(proxy: HttpProxy) -> click.Group:
@@ -200,6 +218,7 @@ def _frontend_group(proxy: HttpProxy) -> click.Group:
     @(_hsts_options if https else _apply())
     @click.pass_context
     def add(ctx: click.Context, /, **options: Any) -> None:
+        _target(options)
         hsts = _hsts(options) if https else None
         path = _path_rule(
             options.pop("path_prefix"), options.pop("path_regex"), options.pop("path_equals")
@@ -228,6 +247,7 @@ def _frontend_group(proxy: HttpProxy) -> click.Group:
     @_route_options
     @click.pass_context
     def remove(ctx: click.Context, /, **options: Any) -> None:
+        _target(options)
         path = _path_rule(
             options.pop("path_prefix"), options.pop("path_regex"), options.pop("path_equals")
         )
