@@ -1,6 +1,6 @@
 """Upstream's CLI spellings against a live daemon: positional `id CLUSTER` and `deny` on HTTP
-frontends, `-p` for the path prefix, policy names in upper case, `backend add -b true`, `-t 0`;
-each exits 0 and has the effect upstream's has."""
+frontends, `-p` for the path prefix, `-i` on stream frontends, policy names in upper case,
+`backend add -b true`, `-t 0`; each exits 0 and has the effect upstream's has."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_upstream_spellings_change_the_state_as_upstream_would(
     start_daemon: DaemonFactory,
 ) -> None:
     port = free_port()
-    address = f"127.0.0.1:{port}"
+    address, tcp = f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"
     daemon = start_daemon(extra=listener(port))
     daemon.wait_running()
     steps = [
@@ -27,10 +27,15 @@ def test_upstream_spellings_change_the_state_as_upstream_would(
         ("frontend", "http", "add", "-a", address, "--hostname", "b.test", "deny"),
         ("backend", "add", "-i", "web", "--backend-id", "w1", "-a", "127.0.0.1:9", "-b", "true"),
         ("-t", "0", "status"),
+        ("listener", "tcp", "add", "-a", tcp),
+        ("cluster", "add", "-i", "db"),
+        ("frontend", "tcp", "add", "-i", "db", "-a", tcp),
     ]  # fmt: skip
     for step in steps:
         result = daemon.sozu(*step)
         assert result.returncode == 0, (step, result.stderr)
+    stream = daemon.sozu_json("frontend", "list", "--tcp")["content"]["tcp"]
+    assert [(f["cluster_id"], f["address"]) for f in stream] == [("db", tcp)]
     fronts = daemon.sozu_json("frontend", "list", "--http")["content"]["http"]
     routes = {
         # (the JSON leaves out defaults: a path's kind is PREFIX unless said)

@@ -609,7 +609,7 @@ def _frontend_command(
     kind = f"{verb.capitalize()}{proxy.capitalize()}Frontend"
 
     @group.command(verb, help=f"{verb.capitalize()} a {proxy} frontend of a cluster.")
-    @click.option("--id", "cluster_id", required=True, help="Cluster id.")
+    @click.option("-i", "--id", "cluster_id", required=True, help="Cluster id.")
     @_address
     @click.option("--tags", "--tag", "tags", multiple=True, help="KEY=VALUE (repeatable).")
     @click.pass_context
