@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 import pytest
 
+from sozu.cli.http_commands import _headers
 from sozu.cli.main import sozu
 
 BASE = ["-i", "app", "--backend-id", "b1", "-a", "127.0.0.1:9000"]
@@ -34,3 +35,22 @@ def test_backend_add_takes_backup_as_a_flag_or_a_boolean(extra: list[str], backu
 def test_a_backup_value_that_is_not_a_boolean_is_a_usage_error() -> None:
     with pytest.raises(click.BadParameter):
         _backend_add().make_context("add", [*BASE, "-b", "maybe"])
+
+
+@pytest.mark.parametrize(
+    ("spelling", "expected"),
+    [
+        ("request:X-A=1", ("REQUEST", "X-A", "1")),
+        ("request=X-A=1", ("REQUEST", "X-A", "1")),  # upstream's
+        ("response=X-B=a:b", ("RESPONSE", "X-B", "a:b")),
+        ("both:X-C=", ("BOTH", "X-C", "")),
+    ],
+)
+def test_header_edits_in_both_spellings(spelling: str, expected: tuple[str, str, str]) -> None:
+    (header,) = _headers((spelling,))
+    assert (header.position, header.key, header.val) == expected
+
+
+def test_a_header_edit_without_a_position_is_refused() -> None:
+    with pytest.raises(click.BadParameter, match="request=KEY=VALUE"):
+        _headers(("X-A=1",))

@@ -126,11 +126,16 @@ def _headers(values: tuple[str, ...]) -> tuple[Header, ...]:
     headers = []
     for value in values:
         position, colon, rest = value.partition(":")
+        upstream_position, equals, upstream_rest = value.partition("=")
+        if equals and _HEADER_POSITIONS.get(upstream_position.lower()) is not None:
+            # Upstream's spelling: `request=KEY=VALUE`.
+            position, colon, rest = upstream_position, ":", upstream_rest
         key, equal, val = rest.partition("=")
         where = _HEADER_POSITIONS.get(position.lower())
         if not colon or not equal or where is None:
             raise click.BadParameter(
-                f"{value!r} is not request|response|both:KEY=VALUE", param_hint="--header"
+                f"{value!r} is not request|response|both:KEY=VALUE (or request=KEY=VALUE)",
+                param_hint="--header",
             )
         if not _TOKEN.match(key):
             raise click.BadParameter(f"{key!r} is not a header name", param_hint="--header")
