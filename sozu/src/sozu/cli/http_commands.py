@@ -277,6 +277,9 @@ def _h2_option(name: str) -> Decorator:
     return click.option(flag, name, type=click.IntRange(0, 2**32 - 1), hidden=True)
 
 
+# The statuses of upstream's `--answer-NNN FILE` listener options.
+ANSWER_CODES = (301, 400, 401, 404, 408, 413, 421, 429, 502, 503, 504, 507)
+
 _http_listener_options = _apply(
     routing._address,
     click.option("--public-address", help="Address announced to backends."),
@@ -285,6 +288,15 @@ _http_listener_options = _apply(
         "answers",
         multiple=True,
         help="CODE=FILE: custom answer template for that status (repeatable).",
+    ),
+    *(
+        click.option(
+            f"--answer-{code}",
+            f"answer_{code}",
+            metavar="FILE",
+            help=f"Upstream's spelling of --answer {code}=FILE.",
+        )
+        for code in ANSWER_CODES
     ),
     click.option(
         "--expect-proxy/--no-expect-proxy", default=None, help="Expect a PROXY protocol header."
@@ -306,10 +318,35 @@ _tls_listener_options = _apply(
         multiple=True,
         help="TLS_V12, TLS_V13, ... (repeatable or comma-separated).",
     ),
-    click.option("--cipher-list", multiple=True, help="TLS 1.2 ciphers (repeatable or a,b,...)."),
-    click.option("--cipher-suites", multiple=True, help="TLS 1.3 suites (repeatable or a,b,...)."),
-    click.option("--signature-algorithms", multiple=True, help="Repeatable or a,b,..."),
-    click.option("--groups-list", multiple=True, help="Key exchange groups (repeatable or a,b)."),
+    # (`--tls-*`: upstream's spellings)
+    click.option(
+        "--cipher-list",
+        "--tls-cipher-list",
+        "cipher_list",
+        multiple=True,
+        help="TLS 1.2 ciphers (repeatable or a,b,...).",
+    ),
+    click.option(
+        "--cipher-suites",
+        "--tls-cipher-suites",
+        "cipher_suites",
+        multiple=True,
+        help="TLS 1.3 suites (repeatable or a,b,...).",
+    ),
+    click.option(
+        "--signature-algorithms",
+        "--tls-signature-algorithms",
+        "signature_algorithms",
+        multiple=True,
+        help="Repeatable or a,b,...",
+    ),
+    click.option(
+        "--groups-list",
+        "--tls-groups-list",
+        "groups_list",
+        multiple=True,
+        help="Key exchange groups (repeatable or a,b).",
+    ),
     click.option("--send-tls13-tickets", type=click.IntRange(0), help="TLS 1.3 session tickets."),
     click.option(
         "--alpn-protocols", multiple=True, help="h2, http/1.1 (repeatable or comma-separated)."
@@ -331,7 +368,12 @@ _TLS_LISTS = ("cipher_list", "cipher_suites", "signature_algorithms", "groups_li
 def _listener_fields(options: dict[str, Any], https: bool, *, update: bool) -> dict[str, Any]:
     """Request fields of the given options; None and empty lists are left out."""
     fields: dict[str, Any] = {}
-    codes = answers(options.pop("answers"))
+    named = tuple(
+        f"{code}={file}"
+        for code in ANSWER_CODES
+        if (file := options.pop(f"answer_{code}")) is not None
+    )
+    codes = answers((*options.pop("answers"), *named))
     if codes:
         fields["answers"] = codes
     if https:
