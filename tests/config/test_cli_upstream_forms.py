@@ -81,3 +81,17 @@ def test_https_listener_takes_the_tls_spellings() -> None:
     args = ["-a", "127.0.0.1:8443", "--tls-cipher-list", "ECDHE-RSA-AES128-GCM-SHA256"]
     context = _listener_command("add", "https").make_context("add", args)
     assert context.params["cipher_list"] == ("ECDHE-RSA-AES128-GCM-SHA256",)
+
+
+def test_hsts_disabled_is_no_hsts() -> None:
+    base = ["-a", "127.0.0.1:8443"]
+    context = _listener_command("update", "https").make_context(
+        "update", [*base, "--hsts-disabled"]
+    )
+    fields = _listener_fields(dict(context.params), True, update=True)
+    assert fields["hsts"].enabled is False
+    clash = _listener_command("update", "https").make_context(
+        "update", [*base, "--hsts", "--hsts-disabled"]
+    )
+    with pytest.raises(click.UsageError):
+        _listener_fields(dict(clash.params), True, update=True)

@@ -68,6 +68,7 @@ _hsts_options = _apply(
         default=None,
         help="Send Strict-Transport-Security (--no-hsts: an explicit 'disabled' policy).",
     ),
+    click.option("--hsts-disabled", is_flag=True, help="Upstream's spelling of --no-hsts."),
     click.option("--hsts-max-age", type=click.IntRange(0, 2**32 - 1), help="Seconds."),
     click.option("--hsts-include-subdomains", is_flag=True, help="Add includeSubDomains."),
     click.option("--hsts-preload", is_flag=True, help="Add preload."),
@@ -84,6 +85,10 @@ _HSTS_DETAILS = ("hsts_max_age", "hsts_include_subdomains", "hsts_preload")
 def _hsts(options: dict[str, Any]) -> HstsConfig | None:
     """The HSTS policy of `--hsts*`; a detail given alone implies `--hsts`."""
     enabled: bool | None = options.pop("hsts")
+    if options.pop("hsts_disabled"):
+        if enabled:
+            raise click.UsageError("--hsts and --hsts-disabled contradict each other")
+        enabled = False
     details = {
         "max_age": options.pop("hsts_max_age"),
         "include_subdomains": options.pop("hsts_include_subdomains") or None,
