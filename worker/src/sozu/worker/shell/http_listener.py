@@ -59,22 +59,59 @@ class HttpListener(LoopListener):
             TlsHandshake(self, client, peer).begin()
 
 
-class ProxyHeaderRead:
+class _Opening:
+    """A connection before its session: waiting for its PROXY header or its TLS handshake,
+    bounded by the listener's front timeout. It owns its fd on the loop until it hands the
+    socket on (`_handed_over`) or ends (`_fail`); both disarm its timer, so that its entry
+    does not keep it (and its socket) alive until the old deadline."""
+
+    __slots__ = ("armed", "fd", "listener", "peer", "sock", "until")
+
+    def __init__(self, listener: HttpListener, sock: socket.socket, peer: tuple[str, int]):
+        self.listener = listener
+        self.sock = sock
+        self.peer = peer
+        self.fd = sock.fileno()
+        self.armed = math.inf
+        self.until = math.inf
+
+    def deadline(self) -> float:
+        return self.until
+
+    def expire(self, now: float) -> None:
+        self._fail()
+
+    def abort(self, error: BaseException) -> None:
+        self._fail()
+
+    def _handed_over(self) -> None:
+        reactor = self.listener.server.reactor
+        reactor.unregister(self.fd)
+        self.until = math.inf
+        reactor.disarm(self)
+
+    def _fail(self, *, registered: bool = True) -> None:
+        server = self.listener.server
+        if registered:
+            server.reactor.unregister(self.fd)
+        self.until = math.inf
+        server.reactor.disarm(self)
+        self.sock.close()
+        self.listener.context.counters.active -= 1
+        server.acceptor.released()
+
+
+class ProxyHeaderRead(_Opening):
     """A connection of an `expect_proxy` listener until its PROXY v2 header is read (bounded
     by the front timeout). Exactly the header's bytes are read, what follows stays in the
     socket for the TLS handshake or the session; the header's source becomes the client's
     address. A LOCAL header (a load balancer's health check) closes the connection."""
 
-    __slots__ = ("armed", "buffer", "fd", "listener", "peer", "sock", "until")
+    __slots__ = ("buffer",)
 
     def __init__(self, listener: HttpListener, client: socket.socket, peer: tuple[str, int]):
-        self.listener = listener
-        self.sock = client
-        self.peer = peer
-        self.fd = client.fileno()
+        super().__init__(listener, client, peer)
         self.buffer = bytearray()
-        self.armed = math.inf
-        self.until = math.inf
 
     def begin(self) -> None:
         reactor = self.listener.server.reactor
@@ -109,48 +146,25 @@ class ProxyHeaderRead:
             buffer += data
         header = parse_v2(buffer)
         assert header is not None
-        listener = self.listener
-        listener.server.reactor.unregister(self.fd)
-        self.until = math.inf
+        self._handed_over()
         if header.source is None:
             self._fail(registered=False)  # LOCAL or UNSPEC: nothing to serve
             return
-        listener.proceed(self.sock, header.source)
-
-    def deadline(self) -> float:
-        return self.until
-
-    def expire(self, now: float) -> None:
-        self._fail()
-
-    def abort(self, error: BaseException) -> None:
-        self._fail()
-
-    def _fail(self, *, registered: bool = True) -> None:
-        server = self.listener.server
-        if registered:
-            server.reactor.unregister(self.fd)
-        self.until = math.inf
-        self.sock.close()
-        self.listener.context.counters.active -= 1
-        server.acceptor.released()
+        self.listener.proceed(self.sock, header.source)
 
 
-class TlsHandshake:
+class TlsHandshake(_Opening):
     """An HTTPS connection until its handshake is done (then it becomes an HttpConnection)."""
 
-    __slots__ = ("armed", "fd", "listener", "peer", "sock", "until")
+    __slots__ = ()
+    sock: ssl.SSLSocket
 
     def __init__(self, listener: HttpListener, client: socket.socket, peer: tuple[str, int]):
         assert listener.tls is not None
-        self.listener = listener
-        self.peer = peer
-        self.sock = listener.tls.context.wrap_socket(
+        sock = listener.tls.context.wrap_socket(
             client, server_side=True, do_handshake_on_connect=False
         )
-        self.fd = self.sock.fileno()
-        self.armed = math.inf
-        self.until = math.inf
+        super().__init__(listener, sock, peer)
 
     def begin(self) -> None:
         reactor = self.listener.server.reactor
@@ -179,31 +193,12 @@ class TlsHandshake:
             self._fail()
             return
         listener.context.counters.tls_handshakes += 1
-        reactor.unregister(self.fd)
-        self.until = math.inf
+        self._handed_over()
         if listener.disable_http11 and self.sock.selected_alpn_protocol() != "h2":
             listener.context.counters.alpn_rejected += 1
             self._fail(registered=False)
             return
         listener.server.start_session(listener, self.sock, self.peer)
-
-    def deadline(self) -> float:
-        return self.until
-
-    def expire(self, now: float) -> None:
-        self._fail()
-
-    def abort(self, error: BaseException) -> None:
-        self._fail()
-
-    def _fail(self, *, registered: bool = True) -> None:
-        server = self.listener.server
-        if registered:
-            server.reactor.unregister(self.fd)
-        self.until = math.inf
-        self.sock.close()
-        self.listener.context.counters.active -= 1
-        server.acceptor.released()
 
 
 class HttpServer:
