@@ -154,3 +154,28 @@ def test_disarmed_and_replaced_entries_are_let_go() -> None:
     reactor._fire_timers(1004.5)
     assert [t.fired for t in live] == [[1004.5]] * 6 + [[]] * 4
     reactor._epoll.close()
+
+
+def test_an_owner_is_disarmed_when_its_last_fd_goes() -> None:
+    """Two fds of one owner (a client and a backend connection): unregistering one keeps its
+    timer; the last one disarms it. A fd rebound to another owner moves with it."""
+    reactor = Reactor()
+    owner, pool = Timed(100.0), Timed()
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        front, back = pairs[0][0].fileno(), pairs[1][0].fileno()
+        reactor.register(front, IN, lambda _mask: None, owner)
+        reactor.register(back, IN, lambda _mask: None, owner)
+        reactor.arm(owner)
+        assert owner.armed == 100.0
+        reactor.rebind(back, lambda _mask: None, pool)  # the backend goes to the idle pool
+        assert owner.armed == 100.0
+        reactor.unregister(front)  # the connection ends
+        assert owner.armed == math.inf
+        reactor.unregister(back)
+        assert reactor._fds_of == {}
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+        reactor._epoll.close()

@@ -408,7 +408,6 @@ class HttpConnection:
         self._drop_back()
         server = self.server
         server.reactor.unregister(self.fd)
-        server.reactor.disarm(self)
         # The bound handlers refer back to this connection: without them it is freed at once
         # by reference counting, not later by a full collection.
         self.on_front_event = self.on_back_event = _ended

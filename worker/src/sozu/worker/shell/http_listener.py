@@ -62,8 +62,7 @@ class HttpListener(LoopListener):
 class _Opening:
     """A connection before its session: waiting for its PROXY header or its TLS handshake,
     bounded by the listener's front timeout. It owns its fd on the loop until it hands the
-    socket on (`_handed_over`) or ends (`_fail`); both disarm its timer, so that its entry
-    does not keep it (and its socket) alive until the old deadline."""
+    socket on (`_handed_over`) or ends (`_fail`); unregistering its fd disarms its timer."""
 
     __slots__ = ("armed", "fd", "listener", "peer", "sock", "until")
 
@@ -85,17 +84,14 @@ class _Opening:
         self._fail()
 
     def _handed_over(self) -> None:
-        reactor = self.listener.server.reactor
-        reactor.unregister(self.fd)
+        self.listener.server.reactor.unregister(self.fd)
         self.until = math.inf
-        reactor.disarm(self)
 
     def _fail(self, *, registered: bool = True) -> None:
         server = self.listener.server
         if registered:
             server.reactor.unregister(self.fd)
         self.until = math.inf
-        server.reactor.disarm(self)
         self.sock.close()
         self.listener.context.counters.active -= 1
         server.acceptor.released()

@@ -114,7 +114,6 @@ class IdlePool:
     def _close(self, idle: _Idle) -> None:
         fd = idle.sock.fileno()
         self.reactor.unregister(fd)
-        self.reactor.disarm(idle)
         if self._entries.get(fd) is idle:
             del self._entries[fd]
         idle.sock.close()

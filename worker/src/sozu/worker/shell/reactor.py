@@ -13,9 +13,9 @@ the rest of the worker (the supervisor channel, health probes, metrics).
 Timers: each timed object (a connection) has one deadline; the loop keeps one heap entry per
 object, lazily repaired: moving a deadline later costs nothing (the entry fires, sees the later
 deadline and is pushed again), moving it earlier pushes a new entry (the old one is skipped
-when it pops). An object that is done calls `disarm`; once stale entries are the majority
-the heap is rebuilt without them, so none keeps a closed connection alive. The loop's wait is
-bounded by the earliest entry.
+when it pops). An owner whose last fd is unregistered (its connection closed, or its socket
+handed on) is disarmed; once stale entries are the majority the heap is rebuilt without them,
+so none keeps a closed connection alive. The loop's wait is bounded by the earliest entry.
 
 A handler that raises ends its own connection, never the loop: the exception is logged,
 counted by reason and handed to the handler's owner (`abort`).
@@ -116,6 +116,8 @@ class Reactor:
         self._handlers: dict[int, Handler] = {}
         self._owners: dict[int, Timed] = {}
         self._masks: dict[int, int] = {}
+        # How many registered fds each owner has (by id: an owner is alive while registered).
+        self._fds_of: dict[int, int] = {}
         self._timers: list[tuple[float, int, Timed]] = []
         # Heap entries no longer live (replaced by an earlier one, or disarmed): each holds its
         # object until it surfaces, so the heap is rebuilt once they outnumber the live ones
@@ -142,6 +144,7 @@ class Reactor:
         self._handlers[fd] = handler
         self._owners[fd] = owner
         self._masks[fd] = mask
+        self._hold(owner)
 
     def modify(self, fd: int, mask: int) -> None:
         """Change what `fd` is watched for (no system call when unchanged)."""
@@ -153,16 +156,36 @@ class Reactor:
         """Give a registered fd another handler (a pooled connection taken by a session)."""
         assert fd in self._handlers, fd
         self._handlers[fd] = handler
-        self._owners[fd] = owner
+        previous = self._owners[fd]
+        if previous is not owner:
+            self._owners[fd] = owner
+            self._hold(owner)
+            self._let_go(previous)
 
     def unregister(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:
-            del self._owners[fd]
+            owner = self._owners.pop(fd)
             del self._masks[fd]
+            self._let_go(owner)
             # Already closed: the kernel dropped it from the epoll set by itself; or the loop
             # is over (the worker stops) and its epoll object with it.
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
+
+    def _hold(self, owner: Timed) -> None:
+        key = id(owner)
+        self._fds_of[key] = self._fds_of.get(key, 0) + 1
+
+    def _let_go(self, owner: Timed) -> None:
+        """`owner` lost one registered fd; with none left it is done (its connection closed,
+        or its socket handed on): its timer entry is disarmed."""
+        key = id(owner)
+        left = self._fds_of[key] - 1
+        if left:
+            self._fds_of[key] = left
+        else:
+            del self._fds_of[key]
+            self.disarm(owner)
 
     def __contains__(self, fd: int) -> bool:
         return fd in self._handlers
@@ -177,24 +200,26 @@ class Reactor:
         handler, or from a trio task while the loop waits: the wait is shortened)."""
         deadline = timed.deadline()
         if deadline < timed.armed:
-            if timed.armed != math.inf:
-                self._stale += 1  # the entry at the later deadline is stale now
+            stale = timed.armed != math.inf  # the entry at the later deadline
             timed.armed = deadline
             heapq.heappush(self._timers, (deadline, next(self._sequence), timed))
-            if self._stale > COMPACT_AFTER and 2 * self._stale > len(self._timers):
-                self._compact()
+            if stale:
+                self._one_more_stale()
             waiting = self._waiting
             if waiting is not None and deadline < waiting.deadline:
                 waiting.deadline = deadline
 
     def disarm(self, timed: Timed) -> None:
-        """`timed` is done (its connection closed): its entry no longer counts, and the heap
-        lets go of it at the next compaction."""
+        """`timed` is done: its entry no longer counts, and the heap lets go of it at the next
+        compaction. Owners are disarmed when their last fd is unregistered."""
         if timed.armed != math.inf:
             timed.armed = math.inf
-            self._stale += 1
-            if self._stale > COMPACT_AFTER and 2 * self._stale > len(self._timers):
-                self._compact()
+            self._one_more_stale()
+
+    def _one_more_stale(self) -> None:
+        self._stale += 1
+        if self._stale > COMPACT_AFTER and 2 * self._stale > len(self._timers):
+            self._compact()
 
     def _compact(self) -> None:
         # In place: `_fire_timers` holds this list while it runs expiries that may arm.

@@ -257,7 +257,6 @@ class TcpConnection:
         if not self.session.done:
             self.session.error(now)  # the worker stops, or an internal error
         server.reactor.unregister(self.fd)
-        server.reactor.disarm(self)
         # The bound handlers refer back to this connection: without them it is freed at once
         # by reference counting, not later by a full collection.
         self.on_front_event = self.on_back_event = _ended

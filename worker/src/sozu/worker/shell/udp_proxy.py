@@ -280,7 +280,6 @@ class UdpListenerProxy:
             extra.close()
         self._extra.clear()
         self._deadline = math.inf
-        reactor.disarm(self)
         self._done.set()
 
     def _listener_mask(self) -> int:
