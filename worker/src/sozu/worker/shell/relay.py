@@ -21,7 +21,6 @@ CHUNK: Final = 65536
 # Pipes are grown to this (fewer splice calls and loop wake-ups per megabyte); the kernel
 # allocates their pages only as bytes wait in them.
 PIPE_SIZE: Final = 262144
-F_SETPIPE_SZ: Final = 1031
 # Reads per readiness event: a busy connection does not hold the loop for long.
 MAX_PUMPS: Final = 16
 HAS_SPLICE: Final = hasattr(os, "splice")
@@ -42,7 +41,7 @@ class PipePool:
         self.created += 1
         pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         with contextlib.suppress(OSError):  # over the per-user limit: the default size
-            fcntl.fcntl(pipe[1], F_SETPIPE_SZ, PIPE_SIZE)
+            fcntl.fcntl(pipe[1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         return pipe
 
     def give(self, pipe: tuple[int, int], *, empty: bool) -> None:
