@@ -348,8 +348,8 @@ class UdpListenerProxy:
                     else:
                         try:
                             upstream.sock.send(payload)
-                        except OSError:
-                            self._to_backend(upstream, payload)  # would block, or an error
+                        except OSError as error:
+                            self._backend_send_failed(upstream, payload, error)
                     continue
                 core.handle_client_datagram(now, source, payload)
             except Exception as error:
@@ -392,8 +392,8 @@ class UdpListenerProxy:
                     else:
                         try:
                             sendto(payload, client)
-                        except OSError:
-                            self._send_to_client(client, payload)  # would block, or an error
+                        except OSError as error:
+                            self._client_send_failed(client, payload, error)
                     continue
                 core.handle_backend_datagram(now, flow, payload)
             except Exception as error:
@@ -545,7 +545,7 @@ class UdpListenerProxy:
                 error,
                 self.counters.upstream_open_failed,
             )
-        self.core.abort_flow(self._now(), flow, CloseReason.ABORTED)
+        self.core.abort_flow(now, flow, CloseReason.ABORTED)
 
     def _close_upstream(self, flow: int) -> None:
         upstream = self._upstreams.pop(flow, None)
@@ -575,23 +575,41 @@ class UdpListenerProxy:
             return
         try:
             upstream.sock.send(payload)
-        except BlockingIOError:
+        except OSError as error:
+            self._backend_send_failed(upstream, payload, error)
+
+    def _backend_send_failed(
+        self, upstream: _Upstream, payload: bytes | memoryview, error: OSError
+    ) -> None:
+        """A send to the backend failed: a full socket queues the datagram (and watches for
+        room), anything else drops it and counts."""
+        if isinstance(error, BlockingIOError):
             upstream.pending().push(bytes(payload))
             self._reactor.modify(upstream.fd, IN | OUT)
-        except OSError:
+        else:
             self.counters.send_error += 1
 
     def _send_to_client(self, destination: Address, payload: bytes | memoryview) -> None:
+        if self._backlog:
+            self._queue_for_client(destination, payload)
+            return
+        try:
+            self.sock.sendto(payload, destination)
+        except OSError as error:
+            self._client_send_failed(destination, payload, error)
+
+    def _client_send_failed(
+        self, destination: Address, payload: bytes | memoryview, error: OSError
+    ) -> None:
+        """A send to a client failed: a full listener socket queues the datagram behind it,
+        anything else drops it and counts."""
+        if isinstance(error, BlockingIOError):
+            self._queue_for_client(destination, payload)
+        else:
+            self.counters.send_error += 1
+
+    def _queue_for_client(self, destination: Address, payload: bytes | memoryview) -> None:
         backlog = self._backlog
-        if not backlog:
-            try:
-                self.sock.sendto(payload, destination)
-                return
-            except BlockingIOError:
-                pass
-            except OSError:
-                self.counters.send_error += 1
-                return
         if len(backlog) >= CLIENT_QUEUE_CAP:
             self.counters.wq_full += 1
             return
