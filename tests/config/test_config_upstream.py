@@ -164,7 +164,7 @@ def test_every_upstream_key_is_either_implemented_or_listed() -> None:
         "back_timeout", "connect_timeout", "zombie_check_interval", "accept_queue_timeout",
         "evict_on_queue_full", "request_timeout", "worker_timeout",
     }  # fmt: skip
-    ours = {"drain_timeout", "worker_max_restarts_per_minute", "debug"}
+    ours = {"drain_timeout", "worker_max_restarts_per_minute", "debug", "etcd"}
     listed = {key for key in UNIMPLEMENTED_KEYS if "." not in key}
     assert set(Config.__struct_fields__) | listed == top_level | ours
     assert not set(Config.__struct_fields__) & listed

@@ -26,6 +26,7 @@ from sozu.command.config_schema import (
     MIN_H2_BUFFER_SIZE,
     ClusterSection,
     Config,
+    EtcdSection,
     FrontendSection,
     ListenerProtocol,
     ListenerSection,
@@ -68,6 +69,53 @@ def _check_top_level(config: Config) -> None:
             "min_buffers", f"{config.min_buffers} exceeds max_buffers ({config.max_buffers})"
         )
     check_command_socket(config.command_socket)
+    if config.etcd is not None:
+        _check_etcd(config.etcd)
+
+
+def _check_etcd(etcd: EtcdSection) -> None:
+    if not etcd.endpoints:
+        raise ConfigError("etcd.endpoints", "at least one endpoint is needed")
+    for index, endpoint in enumerate(etcd.endpoints):
+        problem = endpoint_problem(endpoint)
+        if problem is not None:
+            raise ConfigError(join_index("etcd.endpoints", index), problem)
+    schemes = {endpoint.split("://", 1)[0] for endpoint in etcd.endpoints}
+    if len(schemes) > 1:
+        raise ConfigError("etcd.endpoints", "mixes http:// and https:// endpoints")
+    if schemes == {"http"}:
+        for key in ("ca", "certificate", "key"):
+            if getattr(etcd, key) is not None:
+                raise ConfigError(f"etcd.{key}", "needs https:// endpoints")
+    if (etcd.certificate is None) != (etcd.key is None):
+        missing = "key" if etcd.key is None else "certificate"
+        raise ConfigError(f"etcd.{missing}", "missing: certificate and key go together")
+    if (etcd.user is None) != (etcd.password is None):
+        missing = "password" if etcd.password is None else "user"
+        raise ConfigError(f"etcd.{missing}", "missing: user and password go together")
+    if not etcd.prefix.strip("/"):
+        raise ConfigError("etcd.prefix", f"{etcd.prefix!r} is not a key prefix")
+    if etcd.instance_id is not None and not _INSTANCE_ID.fullmatch(etcd.instance_id):
+        raise ConfigError(
+            "etcd.instance_id",
+            f"{etcd.instance_id!r}: letters, digits, '.', '_' and '-' only (1 to 128)",
+        )
+    if etcd.retry_min > etcd.retry_max:
+        raise ConfigError("etcd.retry_min", f"{etcd.retry_min} exceeds retry_max")
+
+
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why `endpoint` is not `http(s)://host:port` (None when it is)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return f"{endpoint!r} is not an http:// or https:// URL"
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not colon or not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{endpoint!r}: expected {scheme}://host:port"
+    return None
 
 
 def check_command_socket(path: str) -> None:

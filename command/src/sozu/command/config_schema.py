@@ -106,6 +106,25 @@ class MetricsSection(Section, frozen=True, kw_only=True):
     detail: Literal["process", "frontend", "cluster", "backend"] = "cluster"
 
 
+class EtcdSection(Section, frozen=True, kw_only=True):
+    """`[etcd]` (ours): follow a fleet's desired state in etcd (see fleet_layout.py)."""
+
+    # `http://host:port` or `https://host:port`, one per member of the cluster.
+    endpoints: tuple[str, ...]
+    prefix: str = "/sozu"
+    # Unset: the host name.
+    instance_id: str | None = None
+    # PEM files: the CA that signed the members' certificates, and our client certificate.
+    ca: FilePath | None = None
+    certificate: FilePath | None = None
+    key: FilePath | None = None
+    user: str | None = None
+    password: str | None = None
+    # Seconds between connection attempts while etcd is unreachable (doubling up to the max).
+    retry_min: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.2
+    retry_max: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
+
+
 class HeaderSection(Section, frozen=True, kw_only=True):
     """A header edit of an HTTP frontend; an empty value deletes the header."""
 
@@ -276,6 +295,7 @@ class Config(Section, frozen=True, kw_only=True):
     drain_timeout: Seconds = 60
     worker_max_restarts_per_minute: U32 = 5
     debug: bool = False
+    etcd: EtcdSection | None = None
     listeners: tuple[ListenerSection, ...] = ()
     clusters: dict[str, ClusterSection] = {}
 
