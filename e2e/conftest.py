@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from e2e.support.daemon import Daemon, DaemonFactory  # noqa: E402
+from e2e.support.etcd import EtcdMember  # noqa: E402
 
 
 @pytest.fixture
@@ -43,3 +44,13 @@ def start_daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
 def daemon(start_daemon: DaemonFactory) -> Daemon:
     """A running daemon with two workers."""
     return start_daemon()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdMember]:
+    """A real etcd member on loopback (no TLS, no authentication), removed after the test."""
+    member = EtcdMember.start(tmp_path / "etcd")
+    try:
+        yield member
+    finally:
+        member.remove()

@@ -19,6 +19,8 @@ PACKAGES = {
     "openssl": "openssl",
     "wrk": "wrk",
     "promtool": "prometheus",
+    "etcd": "etcd-server",
+    "etcdctl": "etcd-client",
 }
 
 # Programs living in sbin, which is not always on a regular user's PATH.
