@@ -141,3 +141,27 @@ def test_prefixes() -> None:
     assert normalize_prefix("sozu") == "/sozu/"
     assert normalize_prefix("/fleet/a/") == "/fleet/a/"
     assert relative_kvs("/p/", [(b"/p/state/x", b"1"), (b"/q/state/y", b"2")]) == {"state/x": b"1"}
+
+
+def test_an_address_map_moves_listeners_and_what_uses_them() -> None:
+    from support.state_strategies import build_state
+
+    from sozu.command.types import HttpListenerConfig, PathRule, RequestHttpFrontend
+
+    desired = build_state(
+        [
+            rq.AddHttpListener(listener=HttpListenerConfig(address="0.0.0.0:80")),
+            rq.ActivateListener(address="0.0.0.0:80", proxy="HTTP"),
+            rq.AddHttpFrontend(
+                frontend=RequestHttpFrontend(
+                    address="0.0.0.0:80", hostname="a.example", path=PathRule(value="/")
+                )
+            ),
+        ]
+    )
+    kvs = state_to_kv(desired)
+    local = build_target(kvs, address_map={"0.0.0.0:80": "127.0.0.2:8080"})
+    assert list(local.http_listeners) == ["127.0.0.2:8080"]
+    assert local.http_listeners["127.0.0.2:8080"].active
+    assert [f.address for f in local.http_fronts.values()] == ["127.0.0.2:8080"]
+    assert build_target(kvs, address_map={"10.0.0.1:1": "10.0.0.2:1"}) == desired

@@ -76,3 +76,17 @@ def test_errors_name_the_key(
         load_config(write_config(text))
     assert raised.value.path == path
     assert fragment in raised.value.message
+
+
+def test_address_map(write_config: Callable[[str], Path]) -> None:
+    text = OK + '[etcd.address_map]\n"0.0.0.0:80" = "127.0.0.2:8080"\n'
+    etcd = load_config(write_config(text)).config.etcd
+    assert etcd is not None
+    assert etcd.address_map == {"0.0.0.0:80": "127.0.0.2:8080"}
+    for bad, path in (
+        ('"0.0.0.0:80" = "127.0.0.2:0"', 'etcd.address_map."0.0.0.0:80"'),
+        ('"nowhere" = "127.0.0.2:1"', "etcd.address_map.nowhere"),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            load_config(write_config(OK + f"[etcd.address_map]\n{bad}\n"))
+        assert raised.value.path == path, raised.value

@@ -18,6 +18,7 @@ import re
 
 import msgspec
 
+from sozu.command.addresses import format_address, parse_address
 from sozu.command.config_error import ConfigError, join_index, join_key
 from sozu.command.config_keys import LISTENER_KEYS, LISTENER_TLS_KEYS, TCP_FRONTEND_KEYS
 from sozu.command.config_schema import (
@@ -102,6 +103,18 @@ def _check_etcd(etcd: EtcdSection) -> None:
         )
     if etcd.retry_min > etcd.retry_max:
         raise ConfigError("etcd.retry_min", f"{etcd.retry_min} exceeds retry_max")
+    for desired in etcd.address_map:
+        try:
+            ip, port = parse_address(desired)
+        except ValueError:
+            raise ConfigError(
+                join_key("etcd.address_map", desired), "not a socket address"
+            ) from None
+        if format_address(ip, port) != desired:
+            raise ConfigError(
+                join_key("etcd.address_map", desired),
+                f"write it as {format_address(ip, port)!r}",
+            )
 
 
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")

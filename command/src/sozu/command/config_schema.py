@@ -123,6 +123,8 @@ class EtcdSection(Section, frozen=True, kw_only=True):
     # Seconds between connection attempts while etcd is unreachable (doubling up to the max).
     retry_min: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.2
     retry_max: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
+    # Listener addresses of the desired state -> the ones this instance binds instead.
+    address_map: dict[str, ListenAddress] = {}
 
 
 class HeaderSection(Section, frozen=True, kw_only=True):

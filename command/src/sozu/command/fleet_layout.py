@@ -262,11 +262,31 @@ def _check_identity(key: str, kind: str, parts: list[str], request: Request) -> 
     return [request]
 
 
-def target_requests(kvs: Mapping[str, bytes]) -> list[tuple[str, Request]]:
+def _mapped(request: Request, address_map: Mapping[str, str]) -> Request:
+    """`request` with its listener address moved as `address_map` says (if it says)."""
+    replace = msgspec.structs.replace
+    if isinstance(request, rq.ActivateListener | rq.AddCertificate):
+        local = address_map.get(request.address)
+        return request if local is None else replace(request, address=local)
+    for field in ("listener", "frontend"):
+        inner = getattr(request, field, None)
+        if inner is not None:
+            local = address_map.get(inner.address)
+            if local is None:
+                return request
+            return replace(request, **{field: replace(inner, address=local)})
+    return request
+
+
+def target_requests(
+    kvs: Mapping[str, bytes], address_map: Mapping[str, str] | None = None
+) -> list[tuple[str, Request]]:
     """(key, request) pairs that build the state `kvs` describes, in replay order.
 
     `kvs` maps keys relative to the prefix to values; keys outside `state/` and the generation
-    key are ignored. LayoutError names the first key that is malformed.
+    key are ignored. LayoutError names the first key that is malformed. `address_map` moves
+    listener addresses (desired -> local: listeners, frontends and certificates on them) for
+    an instance that cannot bind the fleet's addresses as they are.
     """
     by_kind: dict[str, list[tuple[str, Request]]] = {kind: [] for kind in _KIND_ORDER}
     for key in sorted(kvs):
@@ -277,7 +297,7 @@ def target_requests(kvs: Mapping[str, bytes]) -> list[tuple[str, Request]]:
         _expect(key, all(parts), "empty key component")
         request = _decode(key, kvs[key])
         for one in _check_identity(key, kind, parts, request):
-            by_kind[kind].append((key, one))
+            by_kind[kind].append((key, _mapped(one, address_map) if address_map else one))
     listeners = by_kind.pop("listeners")
     # Every listener is added before any is activated, as in a replay.
     ordered = [p for p in listeners if not isinstance(p[1], rq.ActivateListener)]
@@ -287,11 +307,15 @@ def target_requests(kvs: Mapping[str, bytes]) -> list[tuple[str, Request]]:
     return ordered
 
 
-def build_target(kvs: Mapping[str, bytes], max_request_size: int | None = None) -> ConfigState:
+def build_target(
+    kvs: Mapping[str, bytes],
+    max_request_size: int | None = None,
+    address_map: Mapping[str, str] | None = None,
+) -> ConfigState:
     """The state `kvs` describes; LayoutError naming the key of the first refused object."""
     state = ConfigState()
     state.max_request_size = max_request_size
-    for key, request in target_requests(kvs):
+    for key, request in target_requests(kvs, address_map):
         try:
             state.apply(request)
         except StateError as error:

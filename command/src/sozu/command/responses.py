@@ -111,6 +111,37 @@ class EmptySlot(msgspec.Struct, frozen=True, kw_only=True):
     adopted_by: int | None = None
 
 
+FleetPhase = Literal["connecting", "following", "waiting_generation", "unreachable"]
+
+
+class FleetRefusal(msgspec.Struct, frozen=True, kw_only=True):
+    """A desired state this instance refused: the key at fault, the revision, why."""
+
+    key: str
+    revision: int
+    message: str
+
+
+class FleetStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How an instance follows the desired state in etcd (see fleet_sync.py)."""
+
+    instance_id: str
+    prefix: str
+    phase: FleetPhase
+    # The supervisor's state hash (every worker's is compared with it in `sozu status`).
+    state_hash: str = ""
+    version: str = ""
+    endpoint: str
+    # The last revision read or watched, and the last one whose state is applied.
+    seen_revision: int = 0
+    applied_revision: int = 0
+    generation: int | None = None
+    refused: FleetRefusal | None = None
+    refusals: int = 0
+    # Why etcd could not be reached, while it cannot.
+    unreachable: str | None = None
+
+
 class StatusReport(Content, tag="Status", frozen=True, kw_only=True):
     """`sozu status`: the supervisor and its live workers (and empty slots, if any)."""
 
@@ -119,6 +150,8 @@ class StatusReport(Content, tag="Status", frozen=True, kw_only=True):
     empty_slots: tuple[EmptySlot, ...] = ()
     # Why a worker's state differs from the supervisor's, when known.
     problems: tuple[str, ...] = ()
+    # Set when the instance follows a desired state in etcd.
+    fleet: FleetStatus | None = None
 
 
 class WorkerInfos(Content, tag="Workers", frozen=True, kw_only=True):

@@ -18,6 +18,7 @@ from sozu.cli.daemon_commands import (
     status,
     upgrade,
 )
+from sozu.cli.fleet_commands import fleet_group
 from sozu.cli.health_check_commands import health_check_group
 from sozu.cli.http_commands import (
     add_listener_commands,
@@ -73,6 +74,7 @@ sozu.add_command(listener_group)
 sozu.add_command(frontend_group)
 sozu.add_command(certificate_group)
 sozu.add_command(metrics_group)
+sozu.add_command(fleet_group)
 
 cluster_group.add_command(health_check_group)
 frontend_group.add_command(http_frontend_group)

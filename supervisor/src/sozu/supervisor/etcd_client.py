@@ -192,6 +192,22 @@ class EtcdClient:
         pairs = [(unb64(kv["key"]), unb64(kv.get("value", ""))) for kv in answer.get("kvs", ())]
         return revision, pairs
 
+    async def latest_mod_revision(self, prefix: bytes) -> int:
+        """The revision of the last put under `prefix` that is still there (0: none)."""
+        answer = await self.call(
+            "kv/range",
+            {
+                "key": b64(prefix),
+                "range_end": b64(prefix_end(prefix)),
+                "limit": "1",
+                "sort_order": "DESCEND",
+                "sort_target": "MOD",
+                "keys_only": True,
+            },
+        )
+        kvs = answer.get("kvs", ())
+        return int(kvs[0]["mod_revision"]) if kvs else 0
+
     async def get(self, key: bytes) -> tuple[int, bytes | None]:
         """The revision of the read and the value of `key` (None: absent)."""
         answer = await self.call("kv/range", {"key": b64(key)})

@@ -309,16 +309,42 @@ class Mutations:
             return
         try:
             target = target_state(loaded)
-            requests = self.state.diff(target)
-            check = ConfigState()
-            for request in self.state.generate_requests():
-                check.apply(request)
-            check.max_request_size = self.state.max_request_size
-            for request in requests:
-                check.apply(request)
+            requests, problems = await self.converge(
+                target,
+                lambda count, workers: reply(
+                    processing(request_id, f"sending {count} requests to {workers} workers")
+                ),
+            )
         except StateError as error:
             await reply(failure(request_id, f"{source}: {error}"))
             return
+        except BindRefused as error:
+            await reply(failure(request_id, f"{source}: {error}"))
+            return
+        workers = self.pool.started_workers()
+        self.events.publish("CONFIGURATION_RELOADED", message=source)
+        message = (
+            f"reloaded {source}: {len(requests)} requests applied; "
+            f"{self.summary('ReloadConfiguration', len(workers), problems)}"
+        )
+        await reply(ok(request_id, message))
+
+    async def converge(
+        self,
+        target: ConfigState,
+        sending: Callable[[int, int], Awaitable[object]] | None = None,
+    ) -> tuple[list[Request], list[str]]:
+        """Apply `diff(state, target)` to the supervisor's state and every worker; run it as a
+        job (under the state lock). Returns the requests and the workers' problems.
+
+        Nothing changes when the target cannot be reached: StateError (a request the state
+        refuses) or BindRefused (a listener the target activates cannot be bound).
+        """
+        requests = self.state.diff(target)
+        check = self.state.copy()
+        check.max_request_size = self.state.max_request_size
+        for request in requests:
+            check.apply(request)
         assert check.hash() == target.hash(), "diff does not converge"
         bound: list[rq.ActivateListener] = []
         for request in requests:
@@ -331,9 +357,7 @@ class Mutations:
                 except OSError as error:
                     for done in bound:
                         self.pool.sockets.close(done.proxy, done.address)
-                    message = f"cannot bind {request.proxy} listener {request.address}: {error}"
-                    await reply(failure(request_id, f"{source}: {message}"))
-                    return
+                    raise BindRefused(request.proxy, request.address, error) from None
                 bound.append(request)
         for request in requests:
             self.state.apply(request)
@@ -341,18 +365,10 @@ class Mutations:
         workers = self.pool.started_workers()
         problems: list[str] = []
         if requests:
-            await reply(
-                processing(
-                    request_id, f"sending {len(requests)} requests to {len(workers)} workers"
-                )
-            )
+            if sending is not None:
+                await sending(len(requests), len(workers))
             problems = await self.fan_out(requests, workers)
-        self.events.publish("CONFIGURATION_RELOADED", message=source)
-        message = (
-            f"reloaded {source}: {len(requests)} requests applied; "
-            f"{self.summary('ReloadConfiguration', len(workers), problems)}"
-        )
-        await reply(ok(request_id, message))
+        return requests, problems
 
     async def set_logging(self, request_id: str, level_filter: str, reply: Reply) -> None:
         """Set the log level of the supervisor, every worker and the workers launched later."""
@@ -449,6 +465,15 @@ class Mutations:
 
 
 DEFAULT_SOURCE_NAME = "<default>"
+
+
+class BindRefused(Exception):
+    """A listener a new state activates cannot be bound."""
+
+    def __init__(self, proxy: str, address: str, error: OSError) -> None:
+        super().__init__(f"cannot bind {proxy} listener {address}: {error}")
+        self.proxy = proxy
+        self.address = address
 
 
 async def _nobody(response: Response) -> bool:

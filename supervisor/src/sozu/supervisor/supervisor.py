@@ -41,6 +41,7 @@ from sozu.command.statefile import StateFileError, read_state_file, save_state
 from sozu.supervisor.boundaries import ErrorCounts, reason_of
 from sozu.supervisor.daemon_io import StartupError, sd_notify
 from sozu.supervisor.events import EventHub
+from sozu.supervisor.fleet_sync import FleetSync, fleet_families
 from sozu.supervisor.handoff import Handoff
 from sozu.supervisor.main_upgrade import build_handoff, exec_with_handoff, preflight, quiesce
 from sozu.supervisor.metrics_poll import MetricsCollector
@@ -164,6 +165,14 @@ class Supervisor:
             self.metrics.restore_retired(handoff.retired_metrics)
             for kind, result, count in handoff.command_counts:
                 self.command_counts[(kind, result)] = count
+        self.fleet: FleetSync | None = None
+        if config.etcd is not None:
+            self.fleet = FleetSync(
+                config.etcd,
+                self.mutations,
+                config.max_command_buffer_size,
+                version=self.build_id,
+            )
         self.done = trio.Event()
         self._root: trio.Nursery | None = None
 
@@ -219,6 +228,9 @@ class Supervisor:
                         self.command_socket.path,
                     )
                     root.start_soon(self.collector.run)
+                    if self.fleet is not None:
+                        root.start_soon(self.fleet.run)
+                        root.start_soon(self.fleet.report)
                     statsd = self.config.metrics
                     if statsd.address is not None:
                         self.statsd = StatsdExporter(
@@ -297,6 +309,8 @@ class Supervisor:
         for (kind, result), count in sorted(self.command_counts.items()):
             commands.add_sample("sozu_commands_total", {"kind": kind, "result": result}, count)
         families = [workers, restarts, commands, *self.errors.families()]
+        if self.fleet is not None:
+            families += fleet_families(self.fleet)
         if self.saver is not None:
             saves = Metric("sozu_state_saves", "automatic state saves written", "counter")
             saves.add_sample("sozu_state_saves_total", {}, float(self.saver.writes))
@@ -342,6 +356,15 @@ class Supervisor:
             nursery.start_soon(reply, failure(request_id, "the daemon is stopping"))
         elif isinstance(request, rq.HardStop):
             task(root, partial(self.stop, True, request_id))
+        elif self.fleet is not None and (
+            isinstance(request, rq.LoadState | rq.ReloadConfiguration)
+            or (is_sequenced(request) and not isinstance(request, rq.SoftStop))
+        ):
+            message = (
+                f"{kind} refused: this instance follows the desired state in etcd "
+                f"(prefix {self.fleet.prefix}); change it there (sozu fleet push, etcdctl put)"
+            )
+            nursery.start_soon(reply, failure(request_id, message))
         elif isinstance(request, rq.SoftStop):
             queue(partial(self.stop, False, request_id))
         elif isinstance(request, rq.LoadState):
@@ -564,6 +587,7 @@ class Supervisor:
             problems=tuple(
                 f"{w.name()}: {w.problem}" for w in workers if w.problem and w.state != "draining"
             ),
+            fleet=self.fleet.status() if self.fleet is not None else None,
         )
 
     def save(self, request_id: str, path: str) -> Response:
