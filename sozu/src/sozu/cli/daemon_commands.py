@@ -118,6 +118,8 @@ def status_document(report: StatusReport) -> dict[str, object]:
         document["empty_slots"] = [msgspec.to_builtins(slot) for slot in report.empty_slots]
     if report.problems:
         document["problems"] = list(report.problems)
+    if report.fleet is not None:
+        document["fleet"] = msgspec.to_builtins(report.fleet)
     return document
 
 
@@ -142,6 +144,20 @@ def status_text(report: StatusReport) -> str:
         )
         lines.append(f"slot {empty.slot} EMPTY: {empty.reason}; {adopted} (`sozu relaunch`)")
     lines.extend(f"PROBLEM: {problem}" for problem in report.problems)
+    fleet = report.fleet
+    if fleet is not None:
+        line = (
+            f"fleet: {fleet.instance_id} {fleet.phase} at {fleet.endpoint} "
+            f"(prefix {fleet.prefix}), applied revision {fleet.applied_revision}"
+        )
+        if fleet.unreachable:
+            line += f"; etcd unreachable: {fleet.unreachable}"
+        lines.append(line)
+        if fleet.refused is not None:
+            refused = fleet.refused
+            lines.append(
+                f"FLEET REFUSED: {refused.key} at revision {refused.revision}: {refused.message}"
+            )
     return "\n".join(lines)
 
 

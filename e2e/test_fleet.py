@@ -1,0 +1,200 @@
+"""A fleet: one real etcd, two real daemons following the desired state kept there.
+
+Both instances converge on what `sozu fleet push` writes and route real HTTP traffic by it
+(the second one binds the fleet's listener on 127.0.0.2 through `[etcd] address_map`, as two
+instances cannot share one address on one machine); they refuse local state changes; an
+invalid object put with `etcdctl` is refused whole by both, naming the key and revision,
+until it is removed; with etcd stopped they keep serving, and catch up once it is back.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from e2e.support.daemon import Daemon, DaemonFactory, wait_for
+from e2e.support.etcd import EtcdMember
+from e2e.support.net import free_port
+
+pytestmark = pytest.mark.e2e
+
+CONVERGE = 10.0
+PREFIX = "/fleet-test"
+HOST = "fleet.test"
+
+
+class NamedHttp:
+    """An HTTP server on 127.0.0.1 answering every GET with its name."""
+
+    def __init__(self, name: str) -> None:
+        body = name.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, NamedHttp]]:
+    servers = {name: NamedHttp(name) for name in ("alpha", "beta")}
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            server.close()
+
+
+def desired(port: int, backend: NamedHttp, name: str) -> str:
+    return (
+        f'[[listeners]]\nprotocol = "http"\naddress = "127.0.0.1:{port}"\n\n'
+        f'[clusters.web]\nprotocol = "http"\n'
+        f'frontends = [{{ address = "127.0.0.1:{port}", hostname = "{HOST}" }}]\n'
+        f'backends = [{{ address = "{backend.address}", backend_id = "{name}" }}]\n'
+    )
+
+
+def etcd_section(etcd: EtcdMember, instance: str, mapped: str = "") -> str:
+    return (
+        f'[etcd]\nendpoints = ["{etcd.endpoint}"]\nprefix = "{PREFIX}"\n'
+        f'instance_id = "{instance}"\nretry_min = 0.1\nretry_max = 0.5\n{mapped}'
+    )
+
+
+def served_by(address: str) -> str | None:
+    try:
+        response = httpx.get(f"http://{address}/", headers={"Host": HOST}, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.text if response.status_code == 200 else None
+
+
+def fleet_of(daemon: Daemon) -> dict[str, Any]:
+    status = daemon.status()
+    assert status is not None
+    fleet: dict[str, Any] = status["fleet"]
+    return fleet
+
+
+def test_two_instances_follow_etcd(
+    tmp_path: Path,
+    etcd: EtcdMember,
+    start_daemon: DaemonFactory,
+    backends: dict[str, NamedHttp],
+) -> None:
+    port = free_port()
+    fronts = {"a": f"127.0.0.1:{port}", "b": f"127.0.0.2:{port}"}
+    moved = f'[etcd.address_map]\n"127.0.0.1:{port}" = "127.0.0.2:{port}"\n'
+    a = start_daemon(name="a", extra=etcd_section(etcd, "inst-a"))
+    b = start_daemon(name="b", extra=etcd_section(etcd, "inst-b", moved))
+    fleet = (a, b)
+
+    def converge_on(name: str) -> None:
+        for front in fronts.values():
+            wait_for(
+                lambda front=front: served_by(front) == name or None,  # type: ignore[misc]
+                timeout=CONVERGE,
+                what=f"{front} served by {name}",
+            )
+        for daemon in fleet:
+            wait_for(daemon.running_status, timeout=CONVERGE, what="every worker's hash equal")
+
+    def push(name: str) -> dict[str, Any]:
+        path = tmp_path / f"desired-{name}.toml"
+        path.write_text(desired(port, backends[name], name))
+        result = a.sozu("-j", "fleet", "push", "-f", str(path))
+        assert result.returncode == 0, result.stderr + result.stdout
+        document: dict[str, Any] = json.loads(result.stdout)
+        return document
+
+    # Converge on a pushed state, through both instances.
+    pushed = push("alpha")
+    assert pushed["puts"] == 4  # listener, cluster, frontend, backend
+    assert pushed["transactions"] == 1
+    converge_on("alpha")
+    assert fleet_of(a)["phase"] == "following"
+    assert fleet_of(b)["applied_revision"] >= pushed["revision"]
+
+    # A change reaches both.
+    push("beta")
+    converge_on("beta")
+
+    # Local state changes are refused while following etcd.
+    refused = b.sozu("cluster", "add", "-i", "local")
+    assert refused.returncode == 1
+    assert "follows the desired state in etcd" in refused.stderr + refused.stdout
+
+    # An invalid object: refused whole by both, naming key and revision; fixed, converged.
+    bad_key = f"{PREFIX}/state/backends/web/broken"
+    put = etcd.etcdctl(
+        "put",
+        "-w",
+        "json",
+        bad_key,
+        '{"type":"AddBackend","backend":{"cluster_id":"web","backend_id":"broken",'
+        '"address":"not-an-address"}}',
+    )
+    assert put.returncode == 0, put.stderr
+    bad_revision = int(json.loads(put.stdout)["header"]["revision"])
+    for daemon in fleet:
+        refusal = wait_for(
+            lambda d=daemon: fleet_of(d).get("refused"),  # type: ignore[misc]
+            timeout=CONVERGE,
+            what="refusal reported",
+        )
+        assert refusal["key"] == bad_key
+        assert refusal["revision"] == bad_revision
+        assert "invalid value" in refusal["message"]
+    assert all(served_by(front) == "beta" for front in fronts.values())
+    status = a.sozu("fleet", "status")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count(f"refused {bad_key} at revision {bad_revision}") == 2, status.stdout
+    assert etcd.etcdctl("del", bad_key).returncode == 0
+    for daemon in fleet:
+        wait_for(
+            lambda d=daemon: "refused" not in fleet_of(d) or None,  # type: ignore[misc]
+            timeout=CONVERGE,
+            what="refusal cleared",
+        )
+
+    # etcd gone: every instance keeps serving; back: they catch up.
+    etcd.stop()
+    for daemon in fleet:
+        wait_for(
+            lambda d=daemon: fleet_of(d)["phase"] == "unreachable" or None,  # type: ignore[misc]
+            timeout=CONVERGE,
+            what="etcd seen unreachable",
+        )
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert [served_by(front) for front in fronts.values()] == ["beta", "beta"]
+    etcd.start_again()
+    push("alpha")
+    converge_on("alpha")
+    status_document = json.loads(a.sozu("-j", "fleet", "status").stdout)
+    instances = {i["instance_id"]: i for i in status_document["instances"]}
+    assert set(instances) == {"inst-a", "inst-b"}
+    assert all(i["converged"] for i in instances.values()), instances
