@@ -23,6 +23,7 @@ import pytest
 from e2e.support.daemon import Daemon, DaemonFactory, wait_for
 from e2e.support.etcd import EtcdMember
 from e2e.support.net import free_port
+from e2e.test_etcd_client import make_tls
 
 pytestmark = pytest.mark.e2e
 
@@ -198,3 +199,90 @@ def test_two_instances_follow_etcd(
     instances = {i["instance_id"]: i for i in status_document["instances"]}
     assert set(instances) == {"inst-a", "inst-b"}
     assert all(i["converged"] for i in instances.values()), instances
+
+
+def test_a_half_written_generation_is_not_applied(
+    tmp_path: Path, etcd: EtcdMember, start_daemon: DaemonFactory, backends: dict[str, NamedHttp]
+) -> None:
+    """A multi-batch push: nothing is applied until its generation key says complete."""
+    port = free_port()
+    daemon = start_daemon(name="a", extra=etcd_section(etcd, "inst-a"))
+    first = tmp_path / "first.toml"
+    first.write_text(desired(port, backends["alpha"], "alpha"))
+    assert daemon.sozu("fleet", "push", "-f", str(first)).returncode == 0
+    wait_for(lambda: served_by(f"127.0.0.1:{port}") == "alpha" or None, timeout=CONVERGE)
+
+    generation = f"{PREFIX}/state/generation"
+    assert etcd.etcdctl("put", generation, '{"generation": 7, "complete": false}').returncode == 0
+    wait_for(
+        lambda: fleet_of(daemon)["phase"] == "waiting_generation" or None,
+        timeout=CONVERGE,
+        what="waiting for the generation",
+    )
+    change = (
+        '{"type":"AddBackend","backend":{"cluster_id":"web","backend_id":"beta",'
+        f'"address":"{backends["beta"].address}"}}}}'
+    )
+    assert etcd.etcdctl("del", f"{PREFIX}/state/backends/web/alpha").returncode == 0
+    assert etcd.etcdctl("put", f"{PREFIX}/state/backends/web/beta", change).returncode == 0
+    time.sleep(1)
+    assert served_by(f"127.0.0.1:{port}") == "alpha"
+    assert etcd.etcdctl("put", generation, '{"generation": 7, "complete": true}').returncode == 0
+    wait_for(lambda: served_by(f"127.0.0.1:{port}") == "beta" or None, timeout=CONVERGE)
+    assert fleet_of(daemon)["generation"] == 7
+
+    # A push larger than one transaction: batches, then the flip.
+    many = tmp_path / "many.toml"
+    clusters = "".join(
+        f'[clusters.c{i}]\nprotocol = "tcp"\n'
+        f'backends = [{{ address = "127.0.0.1:{1000 + i}", backend_id = "b{i}" }}]\n'
+        for i in range(150)
+    )
+    many.write_text(desired(port, backends["alpha"], "alpha") + clusters)
+    result = daemon.sozu("-j", "fleet", "push", "-f", str(many))
+    assert result.returncode == 0, result.stderr
+    pushed = json.loads(result.stdout)
+    assert pushed["transactions"] == 5, pushed  # open, 3 batches (302 changes), flip
+    assert pushed["generation"] == 8
+    wait_for(lambda: served_by(f"127.0.0.1:{port}") == "alpha" or None, timeout=CONVERGE)
+    status = wait_for(daemon.running_status, timeout=CONVERGE)
+    assert status["fleet"]["applied_revision"] == pushed["revision"]
+    diff = daemon.sozu("fleet", "diff", "-f", str(first))
+    assert diff.returncode == 0
+    assert diff.stdout.count("\n- ") + diff.stdout.startswith("- ") == 300
+
+
+def test_etcd_with_tls_and_authentication(
+    tmp_path: Path, start_daemon: DaemonFactory, backends: dict[str, NamedHttp]
+) -> None:
+    """Private keys of certificates live in etcd: the instance speaks TLS with a client
+    certificate and authenticates; without the password it reads nothing."""
+    tls = make_tls(tmp_path / "tls")
+    member = EtcdMember.start(tmp_path / "etcd-tls", tls=tls)
+    try:
+        member.enable_auth("rootpw")
+        credentials = (
+            f'ca = "{tls.ca}"\ncertificate = "{tls.client_cert}"\nkey = "{tls.client_key}"\n'
+            'user = "root"\n'
+        )
+        port = free_port()
+        good = start_daemon(
+            name="a", extra=etcd_section(member, "inst-a") + credentials + 'password = "rootpw"\n'
+        )
+        bad = start_daemon(
+            name="b", extra=etcd_section(member, "inst-b") + credentials + 'password = "wrong"\n'
+        )
+        path = tmp_path / "desired.toml"
+        path.write_text(desired(port, backends["alpha"], "alpha"))
+        result = good.sozu("fleet", "push", "-f", str(path))
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: served_by(f"127.0.0.1:{port}") == "alpha" or None, timeout=CONVERGE)
+        assert fleet_of(good)["phase"] == "following"
+        refused = wait_for(lambda: fleet_of(bad).get("unreachable"), timeout=CONVERGE)
+        assert "authentication failed" in refused
+        assert "applied_revision" not in fleet_of(bad)
+        denied = bad.sozu("fleet", "status")
+        assert denied.returncode == 1
+        assert "authentication failed" in denied.stderr
+    finally:
+        member.remove()

@@ -67,12 +67,14 @@ def _desired(path: Path) -> ConfigState:
 
 
 def _unreachable(ctx: click.Context, error: Exception) -> None:
-    message = f"etcd unreachable: {error}"
+    """Exit 69 when etcd cannot be reached, 1 when it refuses (authentication, ...)."""
+    reachable = isinstance(error, EtcdError)
+    message = f"etcd refused: {error}" if reachable else f"etcd unreachable: {error}"
     if cli_state(ctx).json:
-        print_json({"status": "unavailable", "message": message})
+        print_json({"status": "failure" if reachable else "unavailable", "message": message})
     else:
         click.echo(message, err=True)
-    ctx.exit(EXIT_UNAVAILABLE)
+    ctx.exit(1 if reachable else EXIT_UNAVAILABLE)
 
 
 def _show_plan(plan: PushPlan) -> None:
