@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from typing import Any, Final, NoReturn
 
 import httpx
 import msgspec
+
+# httpx logs every request at INFO: a watched fleet would fill the daemon's log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # etcd 3.4 refuses a transaction with more operations (--max-txn-ops).
 MAX_TXN_OPS: Final = 128

@@ -202,7 +202,13 @@ class FleetSync:
                 return
         self.phase = "following"
         try:
+            started = trio.current_time()
             target = build_target(self.mirror, self.max_request_size, self.etcd.address_map)
+            log.debug(
+                "fleet: target of revision %d built in %.3f s",
+                revision,
+                trio.current_time() - started,
+            )
         except LayoutError as error:
             self._refuse(error.key, revision, error.message)
             return
@@ -228,11 +234,13 @@ class FleetSync:
             try:
                 if self.mutations.state.hash() == target.hash():
                     return
+                started = trio.current_time()
                 requests, problems = await self.mutations.converge(target)
                 self.applies += 1
                 log.info(
-                    "fleet: %d requests applied%s",
+                    "fleet: %d requests applied in %.3f s%s",
                     len(requests),
+                    trio.current_time() - started,
                     f" ({'; '.join(problems)})" if problems else "",
                 )
             except StateError as error:
