@@ -362,6 +362,13 @@ class RequestMux:
         `ValueError` if `request_id` is already in flight. Cancelling a call abandons it: a
         late answer then goes to `on_unsolicited`.
         """
+        pending = await self.send(request, request_id=request_id)
+        return await pending.answer(on_processing=on_processing)
+
+    async def send(self, request: Request, *, request_id: str | None = None) -> PendingCall:
+        """Send `request` now; its answer is awaited later with `PendingCall.answer()` (calls
+        sent one after the other from one task reach the peer in that order). A pending call
+        that is not awaited must be `abandon()`ed."""
         if request_id is None:
             request_id = self.new_request_id(request)
         if self._closed is not None:
@@ -372,29 +379,61 @@ class RequestMux:
         # what this call asked for.
         send, receive = trio.open_memory_channel[Response](math.inf)
         self._pending[request_id] = send
+        pending = PendingCall(self, request_id, send, receive)
         try:
-            try:
-                await self._connection.send_request(request_id, request)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-                reason = self._closed or self._connection.error or repr(error)
-                raise ConnectionLost(f"cannot send {request_id}: {reason}") from error
-            async for response in receive:
+            await self._connection.send_request(request_id, request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            pending.abandon()
+            reason = self._closed or self._connection.error or repr(error)
+            raise ConnectionLost(f"cannot send {request_id}: {reason}") from error
+        except BaseException:
+            pending.abandon()
+            raise
+        return pending
+
+
+class PendingCall:
+    """A request sent through a `RequestMux` whose final answer is still to be read."""
+
+    __slots__ = ("_mux", "_receive", "_send", "request_id")
+
+    def __init__(
+        self,
+        mux: RequestMux,
+        request_id: str,
+        send: trio.MemorySendChannel[Response],
+        receive: trio.MemoryReceiveChannel[Response],
+    ) -> None:
+        self._mux = mux
+        self.request_id = request_id
+        self._send = send
+        self._receive = receive
+
+    async def answer(self, *, on_processing: ResponseCallback | None = None) -> Response:
+        """The final answer; `ConnectionLost` if the connection ends first. Abandoned when
+        this returns, raises or is cancelled (a late answer goes to `on_unsolicited`)."""
+        try:
+            async for response in self._receive:
                 if response.status != "processing":
                     return response
                 if on_processing is not None:
                     on_processing(response)
-            raise ConnectionLost(f"no answer to {request_id}: {self._closed}")
+            raise ConnectionLost(f"no answer to {self.request_id}: {self._mux._closed}")
         finally:
-            if self._pending.get(request_id) is send:
-                del self._pending[request_id]
-            send.close()
-            receive.close()
+            self.abandon()
+
+    def abandon(self) -> None:
+        if self._mux._pending.get(self.request_id) is self._send:
+            del self._mux._pending[self.request_id]
+        self._send.close()
+        self._receive.close()
 
 
 __all__ = [
     "RECEIVE_SIZE",
     "ConnectionLost",
     "FramedConnection",
+    "PendingCall",
     "Rejected",
     "RequestMux",
     "ResponseCallback",
