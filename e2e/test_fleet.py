@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -21,9 +23,10 @@ import httpx
 import pytest
 
 from e2e.support.daemon import Daemon, DaemonFactory, wait_for
-from e2e.support.etcd import EtcdMember
+from e2e.support.etcd import EtcdMember, start_cluster
 from e2e.support.net import free_port
 from e2e.test_etcd_client import make_tls
+from sozu.supervisor.fleet_sync import REPORT_LEASE_TTL
 
 pytestmark = pytest.mark.e2e
 
@@ -286,3 +289,80 @@ def test_etcd_with_tls_and_authentication(
         assert "authentication failed" in denied.stderr
     finally:
         member.remove()
+
+
+def test_three_members_leader_killed_and_an_instance_killed(
+    tmp_path: Path, start_daemon: DaemonFactory, backends: dict[str, NamedHttp]
+) -> None:
+    """A 3-member etcd: the leader killed, the next change still converges everywhere; an
+    instance killed: its report goes with its lease; restarted, it converges from scratch."""
+    members = start_cluster(tmp_path / "cluster", 3)
+    try:
+        endpoints = [m.endpoint for m in members]
+        port = free_port()
+        moved = f'[etcd.address_map]\n"127.0.0.1:{port}" = "127.0.0.2:{port}"\n'
+
+        def section(instance: str, order: list[str], extra: str = "") -> str:
+            listed = ", ".join(f'"{e}"' for e in order)
+            return (
+                f'[etcd]\nendpoints = [{listed}]\nprefix = "{PREFIX}"\n'
+                f'instance_id = "{instance}"\nretry_min = 0.1\nretry_max = 0.5\n{extra}'
+            )
+
+        a = start_daemon(name="a", extra=section("inst-a", endpoints))
+        b = start_daemon(name="b", extra=section("inst-b", endpoints[::-1], moved))
+        fronts = [f"127.0.0.1:{port}", f"127.0.0.2:{port}"]
+
+        def push(name: str) -> None:
+            path = tmp_path / f"{name}.toml"
+            path.write_text(desired(port, backends[name], name))
+            result = a.sozu("fleet", "push", "-f", str(path))
+            assert result.returncode == 0, result.stderr
+
+        def converge_on(name: str) -> None:
+            for front in fronts:
+                wait_for(
+                    lambda front=front: served_by(front) == name or None,  # type: ignore[misc]
+                    timeout=CONVERGE,
+                    what=f"{front} served by {name}",
+                )
+
+        push("alpha")
+        converge_on("alpha")
+
+        (leader,) = [m for m in members if m.is_leader()]
+        leader.stop()
+        # The push and both instances find the other members.
+        wait_for(
+            lambda: (
+                a.sozu("fleet", "push", "-f", str(tmp_path / "alpha.toml")).returncode == 0 or None
+            ),
+            timeout=CONVERGE,
+            what="a new leader",
+        )
+        push("beta")
+        converge_on("beta")
+
+        # An instance killed: its report expires with its lease; restarted, it converges.
+        def reported() -> set[str]:
+            document = json.loads(b.sozu("-j", "fleet", "status").stdout)
+            return {i["instance_id"] for i in document["instances"]}
+
+        assert reported() == {"inst-a", "inst-b"}
+        os.killpg(a.process.pid, signal.SIGKILL)
+        a.process.wait(timeout=10)
+        wait_for(
+            lambda: reported() == {"inst-b"} or None,
+            timeout=REPORT_LEASE_TTL + CONVERGE,
+            what="inst-a's report gone",
+        )
+        restarted = Daemon.launch(a.config_path, a.socket_path, 2)
+        try:
+            restarted.wait_running(timeout=CONVERGE)
+            wait_for(lambda: served_by(fronts[0]) == "beta" or None, timeout=CONVERGE)
+            wait_for(lambda: reported() == {"inst-a", "inst-b"} or None, timeout=CONVERGE)
+        finally:
+            restarted.stop()
+    finally:
+        for member in members:
+            member.remove()

@@ -43,6 +43,9 @@ class EtcdMember:
     tls: EtcdTls | None = None
     process: subprocess.Popen[bytes] | None = None
     data_dir: Path | None = None
+    name: str = "m0"
+    # `name=http://127.0.0.1:port,...` of every member (None: a cluster of this one).
+    initial_cluster: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -51,22 +54,34 @@ class EtcdMember:
 
     @classmethod
     def start(cls, directory: Path, tls: EtcdTls | None = None) -> EtcdMember:
+        member = cls.prepare(directory, tls=tls)
+        member.start_again()
+        return member
+
+    @classmethod
+    def prepare(
+        cls, directory: Path, *, tls: EtcdTls | None = None, name: str = "m0"
+    ) -> EtcdMember:
+        """A member with its ports and data directory, not started."""
         require_program("etcd")
         directory.mkdir(parents=True, exist_ok=True)
-        member = cls(directory, free_port(), free_port(), tls)
+        member = cls(directory, free_port(), free_port(), tls, name=name)
         # Memory-backed when possible: fsyncs on a shared disk would slow every write.
         shm = Path("/dev/shm")
         base = shm if shm.is_dir() and os.access(shm, os.W_OK) else directory
         member.data_dir = Path(tempfile.mkdtemp(prefix="sozu-etcd-", dir=base))
-        member.start_again()
         return member
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
 
     def start_again(self) -> None:
         assert self.process is None or self.process.poll() is not None
         command = [
             require_program("etcd"),
             "--name",
-            "m0",
+            self.name,
             "--data-dir",
             str(self.data_dir),
             "--listen-client-urls",
@@ -78,7 +93,9 @@ class EtcdMember:
             "--initial-advertise-peer-urls",
             f"http://127.0.0.1:{self.peer_port}",
             "--initial-cluster",
-            f"m0=http://127.0.0.1:{self.peer_port}",
+            self.initial_cluster or f"{self.name}={self.peer_url}",
+            "--initial-cluster-token",
+            "sozu-e2e",
             # Two shared cores: no election because a heartbeat came late.
             "--heartbeat-interval",
             "250",
@@ -99,7 +116,8 @@ class EtcdMember:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
             )
-        self.wait_ready()
+        if self.initial_cluster is None:
+            self.wait_ready()
 
     def _client(self) -> httpx.Client:
         if self.tls is None:
@@ -163,6 +181,11 @@ class EtcdMember:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
 
+    def is_leader(self) -> bool:
+        with self._client() as client:
+            answer = client.post(f"{self.endpoint}/v3/maintenance/status", json={}).json()
+        return bool(answer["leader"] == answer["header"]["member_id"])
+
     def remove(self) -> None:
         """Stop it and delete its data."""
         self.stop()
@@ -174,3 +197,20 @@ class EtcdMember:
             return (self.directory / "etcd.log").read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+
+def start_cluster(directory: Path, size: int) -> list[EtcdMember]:
+    """`size` members forming one cluster, all ready (stop them with `remove()`)."""
+    members = [EtcdMember.prepare(directory / f"m{i}", name=f"m{i}") for i in range(size)]
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
+    try:
+        for member in members:
+            member.initial_cluster = initial
+            member.start_again()
+        for member in members:
+            member.wait_ready()
+    except BaseException:
+        for member in members:
+            member.remove()
+        raise
+    return members
