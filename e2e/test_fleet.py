@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -366,3 +367,34 @@ def test_three_members_leader_killed_and_an_instance_killed(
     finally:
         for member in members:
             member.remove()
+
+
+def test_a_listener_that_cannot_be_bound_refuses_the_state(
+    tmp_path: Path, etcd: EtcdMember, start_daemon: DaemonFactory, backends: dict[str, NamedHttp]
+) -> None:
+    port, taken_port = free_port(), free_port()
+    daemon = start_daemon(name="a", extra=etcd_section(etcd, "inst-a"))
+    first = tmp_path / "first.toml"
+    first.write_text(desired(port, backends["alpha"], "alpha"))
+    assert daemon.sozu("fleet", "push", "-f", str(first)).returncode == 0
+    wait_for(lambda: served_by(f"127.0.0.1:{port}") == "alpha" or None, timeout=CONVERGE)
+    before = wait_for(daemon.running_status, timeout=CONVERGE)["supervisor"]["state_hash"]
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken_port))
+        squatter.listen()
+        second = tmp_path / "second.toml"
+        second.write_text(
+            desired(port, backends["beta"], "beta")
+            + f'\n[[listeners]]\nprotocol = "tcp"\naddress = "127.0.0.1:{taken_port}"\n'
+        )
+        result = daemon.sozu("-j", "fleet", "push", "-f", str(second))
+        assert result.returncode == 0, result.stderr
+        revision = json.loads(result.stdout)["revision"]
+        refusal = wait_for(lambda: fleet_of(daemon).get("refused"), timeout=CONVERGE)
+        assert refusal["key"] == f"{PREFIX}/state/listeners/tcp/127.0.0.1:{taken_port}"
+        assert refusal["revision"] == revision
+        assert "cannot bind" in refusal["message"]
+        # Nothing of that revision was applied: not even the backend change.
+        assert served_by(f"127.0.0.1:{port}") == "alpha"
+        assert daemon.status()["supervisor"]["state_hash"] == before  # type: ignore[index]
