@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from e2e.support.backends import NamedEcho
 from e2e.support.daemon import Daemon, DaemonFactory, wait_for
 from e2e.support.etcd import EtcdMember, start_cluster
 from e2e.support.net import free_port
@@ -73,13 +74,39 @@ def backends() -> Iterator[dict[str, NamedHttp]]:
             server.close()
 
 
-def desired(port: int, backend: NamedHttp, name: str) -> str:
-    return (
+def desired(port: int, backend: NamedHttp, name: str, tcp: tuple[int, str] | None = None) -> str:
+    """An HTTP route to `backend`; with `tcp` = (port, backend address), a TCP route too."""
+    text = (
         f'[[listeners]]\nprotocol = "http"\naddress = "127.0.0.1:{port}"\n\n'
         f'[clusters.web]\nprotocol = "http"\n'
         f'frontends = [{{ address = "127.0.0.1:{port}", hostname = "{HOST}" }}]\n'
         f'backends = [{{ address = "{backend.address}", backend_id = "{name}" }}]\n'
     )
+    if tcp is not None:
+        tcp_port, echo = tcp
+        text += (
+            f'\n[[listeners]]\nprotocol = "tcp"\naddress = "127.0.0.1:{tcp_port}"\n\n'
+            f'[clusters.db]\nprotocol = "tcp"\n'
+            f'frontends = [{{ address = "127.0.0.1:{tcp_port}" }}]\n'
+            f'backends = [{{ address = "{echo}", backend_id = "echo" }}]\n'
+        )
+    return text
+
+
+def tcp_greeting(address: str) -> str | None:
+    """The name a NamedEcho backend says first, through the proxy at `address`."""
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2) as sock:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(64)
+                if not chunk:
+                    return None
+                data += chunk
+    except OSError:
+        return None
+    return data.decode().strip()
 
 
 def etcd_section(etcd: EtcdMember, instance: str, mapped: str = "") -> str:
@@ -104,15 +131,28 @@ def fleet_of(daemon: Daemon) -> dict[str, Any]:
     return fleet
 
 
+@pytest.fixture
+def echo() -> Iterator[NamedEcho]:
+    server = NamedEcho("echo-1")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 def test_two_instances_follow_etcd(
     tmp_path: Path,
     etcd: EtcdMember,
     start_daemon: DaemonFactory,
     backends: dict[str, NamedHttp],
+    echo: NamedEcho,
 ) -> None:
-    port = free_port()
+    port, tcp_port = free_port(), free_port()
     fronts = {"a": f"127.0.0.1:{port}", "b": f"127.0.0.2:{port}"}
-    moved = f'[etcd.address_map]\n"127.0.0.1:{port}" = "127.0.0.2:{port}"\n'
+    moved = (
+        f'[etcd.address_map]\n"127.0.0.1:{port}" = "127.0.0.2:{port}"\n'
+        f'"127.0.0.1:{tcp_port}" = "127.0.0.2:{tcp_port}"\n'
+    )
     a = start_daemon(name="a", extra=etcd_section(etcd, "inst-a"))
     b = start_daemon(name="b", extra=etcd_section(etcd, "inst-b", moved))
     fleet = (a, b)
@@ -129,7 +169,7 @@ def test_two_instances_follow_etcd(
 
     def push(name: str) -> dict[str, Any]:
         path = tmp_path / f"desired-{name}.toml"
-        path.write_text(desired(port, backends[name], name))
+        path.write_text(desired(port, backends[name], name, (tcp_port, echo.address)))
         result = a.sozu("-j", "fleet", "push", "-f", str(path))
         assert result.returncode == 0, result.stderr + result.stdout
         document: dict[str, Any] = json.loads(result.stdout)
@@ -137,9 +177,11 @@ def test_two_instances_follow_etcd(
 
     # Converge on a pushed state, through both instances.
     pushed = push("alpha")
-    assert pushed["puts"] == 4  # listener, cluster, frontend, backend
+    assert pushed["puts"] == 8  # (listener, cluster, frontend, backend) x (http, tcp)
     assert pushed["transactions"] == 1
     converge_on("alpha")
+    for host in ("127.0.0.1", "127.0.0.2"):
+        assert tcp_greeting(f"{host}:{tcp_port}") == "echo-1"
     assert fleet_of(a)["phase"] == "following"
     assert fleet_of(b)["applied_revision"] >= pushed["revision"]
 
@@ -203,6 +245,7 @@ def test_two_instances_follow_etcd(
     instances = {i["instance_id"]: i for i in status_document["instances"]}
     assert set(instances) == {"inst-a", "inst-b"}
     assert all(i["converged"] for i in instances.values()), instances
+    assert all(len(i["workers"]) == 2 for i in instances.values()), instances
 
 
 def test_a_half_written_generation_is_not_applied(

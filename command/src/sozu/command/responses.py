@@ -140,6 +140,8 @@ class FleetStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     refusals: int = 0
     # Why etcd could not be reached, while it cannot.
     unreachable: str | None = None
+    # Worker id -> its state hash, as last asked.
+    workers: dict[str, str] = {}
 
 
 class StatusReport(Content, tag="Status", frozen=True, kw_only=True):

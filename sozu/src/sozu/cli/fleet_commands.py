@@ -190,6 +190,9 @@ def status_command(ctx: click.Context) -> None:
     for report in reports:
         line = f"{report.instance_id}: {report.phase}, applied revision {report.applied_revision}"
         line += ", converged" if converged(report, latest) else ", NOT converged"
+        behind = [w for w, h in sorted(report.workers.items()) if h != report.state_hash]
+        if behind:
+            line += f"; workers {', '.join(behind)} differ from the supervisor's state hash"
         if report.refused is not None:
             refused = report.refused
             line += f"; refused {refused.key} at revision {refused.revision}: {refused.message}"
@@ -201,4 +204,9 @@ def status_command(ctx: click.Context) -> None:
 
 
 def converged(report: FleetStatus, latest: int) -> bool:
-    return report.refused is None and report.applied_revision >= latest
+    """No refusal, the latest revision applied, every worker with the supervisor's hash."""
+    return (
+        report.refused is None
+        and report.applied_revision >= latest
+        and all(h == report.state_hash for h in report.workers.values())
+    )

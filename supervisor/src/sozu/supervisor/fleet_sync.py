@@ -110,7 +110,18 @@ class FleetSync:
             refused=self.refused,
             refusals=self.refusals,
             unreachable=self.unreachable,
+            workers={
+                str(worker.id): worker.state_hash
+                for worker in self.mutations.pool.live_workers()
+                if worker.state != "draining"
+            },
         )
+
+    async def _refresh_workers(self) -> None:
+        """Ask every running worker for its state hash (for the report)."""
+        async with trio.open_nursery() as nursery:
+            for worker in self.mutations.pool.live_workers():
+                nursery.start_soon(self.mutations.pool.refresh, worker, REPORT_POLL * 8)
 
     async def run(self) -> None:
         """Follow etcd until cancelled; never raises for etcd's sake."""
@@ -144,7 +155,12 @@ class FleetSync:
                     delay = self.etcd.retry_min
                     written = b""
                     renewed = trio.current_time()
+                    reported_revision = -1
                     while True:
+                        if reported_revision != self.applied_revision:
+                            # A change was applied: the workers' hashes are worth asking.
+                            reported_revision = self.applied_revision
+                            await self._refresh_workers()
                         document = msgspec.json.encode(self.status())
                         if document != written:
                             await client.put(key, document, lease)
@@ -154,6 +170,7 @@ class FleetSync:
                             if await client.keep_alive(lease) <= 0:
                                 break  # the lease expired meanwhile: a new one
                             renewed = trio.current_time()
+                            await self._refresh_workers()
                 except (EtcdUnavailable, EtcdError) as error:
                     log.debug("fleet: cannot report to etcd: %s", error)
                     await trio.sleep(delay)
