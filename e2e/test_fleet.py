@@ -26,7 +26,7 @@ import pytest
 from e2e.support.backends import NamedEcho
 from e2e.support.daemon import Daemon, DaemonFactory, wait_for
 from e2e.support.etcd import EtcdMember, start_cluster
-from e2e.support.net import free_port
+from e2e.support.net import free_port, prometheus_series
 from e2e.test_etcd_client import make_tls
 from sozu.supervisor.fleet_sync import REPORT_LEASE_TTL
 
@@ -415,8 +415,12 @@ def test_three_members_leader_killed_and_an_instance_killed(
 def test_a_listener_that_cannot_be_bound_refuses_the_state(
     tmp_path: Path, etcd: EtcdMember, start_daemon: DaemonFactory, backends: dict[str, NamedHttp]
 ) -> None:
-    port, taken_port = free_port(), free_port()
-    daemon = start_daemon(name="a", extra=etcd_section(etcd, "inst-a"))
+    port, taken_port, metrics_port = free_port(), free_port(), free_port()
+    daemon = start_daemon(
+        name="a",
+        extra=f'[metrics]\nprometheus_address = "127.0.0.1:{metrics_port}"\n\n'
+        + etcd_section(etcd, "inst-a"),
+    )
     first = tmp_path / "first.toml"
     first.write_text(desired(port, backends["alpha"], "alpha"))
     assert daemon.sozu("fleet", "push", "-f", str(first)).returncode == 0
@@ -441,3 +445,8 @@ def test_a_listener_that_cannot_be_bound_refuses_the_state(
         # Nothing of that revision was applied: not even the backend change.
         assert served_by(f"127.0.0.1:{port}") == "alpha"
         assert daemon.status()["supervisor"]["state_hash"] == before  # type: ignore[index]
+        series = prometheus_series(metrics_port)
+        assert series[("sozu_fleet_refusing", frozenset())] == 1
+        assert series[("sozu_fleet_refused_total", frozenset())] == 1
+        assert series[("sozu_fleet_following", frozenset())] == 1
+        assert series[("sozu_fleet_applied_revision", frozenset())] < revision
