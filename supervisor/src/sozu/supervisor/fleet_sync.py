@@ -95,6 +95,8 @@ class FleetSync:
         self.unreachable: str | None = None
         # The desired state as last read: keys relative to the prefix -> values.
         self.mirror: dict[str, bytes] = {}
+        # Seconds before the next attempt while etcd cannot be reached.
+        self._delay = etcd.retry_min
 
     def status(self) -> FleetStatus:
         return FleetStatus(
@@ -125,7 +127,6 @@ class FleetSync:
 
     async def run(self) -> None:
         """Follow etcd until cancelled; never raises for etcd's sake."""
-        delay = self.etcd.retry_min
         async with self.client_factory(self.etcd) as client:
             while True:
                 try:
@@ -138,10 +139,8 @@ class FleetSync:
                         log.warning("fleet: etcd unreachable (%s); serving the last state", error)
                     self.phase = "unreachable"
                     self.unreachable = str(error)
-                await trio.sleep(delay)
-                delay = min(delay * 2, self.etcd.retry_max)
-                if self.phase == "following":
-                    delay = self.etcd.retry_min
+                await trio.sleep(self._delay)
+                self._delay = min(self._delay * 2, self.etcd.retry_max)
 
     async def report(self) -> None:
         """Keep `<prefix>/instances/<instance_id>` up to date, attached to a lease that
@@ -183,6 +182,7 @@ class FleetSync:
         if self.phase == "unreachable":
             log.info("fleet: etcd reachable again at %s (revision %d)", self.endpoint, revision)
         self.unreachable = None
+        self._delay = self.etcd.retry_min  # reached: the next failure starts the back-off over
         self.mirror = relative_kvs(self.prefix, pairs)
         self.seen_revision = revision
         await self._settle(revision)
