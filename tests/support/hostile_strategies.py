@@ -294,6 +294,8 @@ class ValueStrategies:
             return st.booleans()
         if isinstance(info, mi.IntType):
             return _ints(info, hostile)
+        if isinstance(info, mi.FloatType):
+            return _floats(info, hostile)
         if isinstance(info, mi.StrType):
             return self.text(struct, field, item, hostile)
         if isinstance(info, mi.LiteralType):
@@ -319,6 +321,22 @@ def _ints(info: mi.IntType, hostile: bool) -> st.SearchStrategy[int]:
     if not hostile:
         return in_range
     return st.one_of(in_range, st.sampled_from((low - 1, high + 1)), ints_at_edges)
+
+
+def _floats(info: mi.FloatType, hostile: bool) -> st.SearchStrategy[float]:
+    low = info.ge if info.ge is not None else info.gt
+    high = info.le if info.le is not None else info.lt
+    in_range = st.floats(
+        min_value=low,
+        max_value=high,
+        exclude_min=info.ge is None and info.gt is not None,
+        exclude_max=info.le is None and info.lt is not None,
+        allow_nan=False,
+    )
+    if not hostile:
+        return in_range
+    edges = tuple(v for v in (low, high) if v is not None)
+    return st.one_of(in_range, st.sampled_from((*edges, -1.0, 0.0, 1e308)))
 
 
 REQUEST_VALUES: Final = ValueStrategies()
