@@ -467,9 +467,23 @@ def _listener_update(proxy: HttpProxy) -> click.Command:
     )
     @_http_listener_options
     @(_tls_listener_options if https else _apply())
+    @(
+        click.option(
+            "--reset-alpn",
+            is_flag=True,
+            help="ALPN back to the default (h2, http/1.1).",
+        )
+        if https
+        else _apply()
+    )
     @click.pass_context
     def update(ctx: click.Context, /, **options: Any) -> None:
+        reset_alpn = bool(options.pop("reset_alpn", False))
+        if reset_alpn and options["alpn_protocols"]:
+            raise click.UsageError("--reset-alpn contradicts --alpn-protocols")
         fields = _listener_fields(options, https, update=True)
+        if reset_alpn:
+            fields["alpn_protocols"] = ()  # empty: the default, as upstream
         routing.send(ctx, routing._build(lambda: cls(**fields)))
 
     return update

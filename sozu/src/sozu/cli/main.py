@@ -27,6 +27,7 @@ from sozu.cli.http_commands import (
 )
 from sozu.cli.metrics_commands import metrics_group
 from sozu.cli.routing_commands import backend_group, cluster_group, frontend_group, listener_group
+from sozu.cli.runtime_commands import cluster_h2_group, connection_limit_group
 from sozu.cli.start import start
 from sozu.cli.state_commands import state_group
 from sozu.command.build import build_id
@@ -75,8 +76,10 @@ sozu.add_command(frontend_group)
 sozu.add_command(certificate_group)
 sozu.add_command(metrics_group)
 sozu.add_command(fleet_group)
+sozu.add_command(connection_limit_group)
 
 cluster_group.add_command(health_check_group)
+cluster_group.add_command(cluster_h2_group)
 frontend_group.add_command(http_frontend_group)
 frontend_group.add_command(https_frontend_group)
 add_listener_commands(listener_group)

@@ -1,4 +1,4 @@
-"""`sozu state save|load -f FILE`: the routing state to and from a state file."""
+"""`sozu state save|load -f FILE`: the routing state to and from a state file; `state stats`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import click
 from sozu.cli.context import SozuGroup
 from sozu.cli.daemon_client import run
 from sozu.command import requests as rq
+from sozu.command.envelope import Response
+from sozu.command.responses import RequestCounts
 
 _file = click.option(
     "-f",
@@ -39,3 +41,21 @@ def save(ctx: click.Context, path: Path) -> None:
 def load(ctx: click.Context, path: Path) -> None:
     """Merge FILE into the daemon's state; existing identical records are skipped."""
     run(ctx, rq.LoadState(path=str(path.absolute())), default_timeout_ms=60_000)
+
+
+def _counts_text(response: Response) -> str:
+    counts = response.content
+    if not isinstance(counts, RequestCounts):
+        return response.message
+    if not counts.map:
+        return "no request received yet"
+    width = max(len(kind) for kind in counts.map)
+    return "\n".join(f"{kind:<{width}}  {n}" for kind, n in sorted(counts.map.items()))
+
+
+@state_group.command("stats")
+@click.pass_context
+def stats(ctx: click.Context) -> None:
+    """How many state requests of each kind the supervisor received since it started
+    (refused ones included)."""
+    run(ctx, rq.CountRequests(), render=_counts_text)

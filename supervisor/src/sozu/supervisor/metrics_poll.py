@@ -11,7 +11,7 @@ import trio
 from sozu.command import requests as rq
 from sozu.command.channel import ConnectionLost
 from sozu.command.metrics import Labels, MetricsAggregator, MetricsSnapshot
-from sozu.command.responses import MetricsReport, MetricValue
+from sozu.command.responses import AvailableMetrics, MetricsReport, MetricValue
 from sozu.supervisor.workers import Worker, WorkerPool
 
 log = logging.getLogger("sozu.supervisor")
@@ -153,4 +153,28 @@ class MetricsCollector:
                 for worker_id, snapshot in sorted(self._latest.items())
             }
         sections = report_sections(self.aggregator.totals(), names)
+        if request.no_clusters:
+            return MetricsReport(main=sections.main, workers=workers)
+        if request.cluster_ids or request.backend_ids:
+            # Upstream's filters: only the clusters and backends named (a backend by its id
+            # or as "cluster/backend"), without the process-wide series.
+            clusters = {k: v for k, v in sections.clusters.items() if k in request.cluster_ids}
+            backends = {
+                key: values
+                for key, values in sections.backends.items()
+                if key in request.backend_ids
+                or key.partition("/")[2] in request.backend_ids
+                or key.partition("/")[0] in request.cluster_ids
+            }
+            return MetricsReport(workers=workers, clusters=clusters, backends=backends)
         return msgspec.structs.replace(sections, workers=workers)
+
+    def available(self) -> AvailableMetrics:
+        """The metric names there are: process-wide ones and per-cluster or per-backend ones."""
+        proxy: set[str] = set()
+        cluster: set[str] = set()
+        for name, labels, _ in _series(self.aggregator.totals(), ()):
+            (cluster if any(key == "cluster" for key, _ in labels) else proxy).add(name)
+        return AvailableMetrics(
+            proxy_metrics=tuple(sorted(proxy)), cluster_metrics=tuple(sorted(cluster))
+        )

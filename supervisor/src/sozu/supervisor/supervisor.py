@@ -27,6 +27,8 @@ from sozu.command.metrics import MetricsAggregator, MetricsSnapshot, Sample
 from sozu.command.requests import Request, request_kind
 from sozu.command.responses import (
     EmptySlot,
+    MaxConnectionsPerIp,
+    RequestCounts,
     StatusReport,
     SupervisorInfo,
     WorkerAnswer,
@@ -418,10 +420,30 @@ class Supervisor:
             return self.save(request_id, request.path)
         if isinstance(request, rq.QueryMetrics):
             await self.collector.poll_once()
+            if request.list:
+                return ok(request_id, content=self.collector.available())
             return ok(request_id, content=self.collector.report(request))
         if isinstance(request, rq.ConfigureMetrics):
+            if request.config != "CLEAR":
+                self.pool.cluster_metrics = request.config == "ENABLED"
             main = ok(request_id, f"metrics {request.config.lower()}")
             return await self.query_everyone(request_id, request, main)
+        if isinstance(request, rq.SetMaxConnectionsPerIp):
+            self.pool.max_connections_per_ip = request.limit
+            main = ok(request_id, f"connection limit per (cluster, client IP): {request.limit}")
+            return await self.query_everyone(request_id, request, main)
+        if isinstance(request, rq.QueryMaxConnectionsPerIp):
+            limit = MaxConnectionsPerIp(limit=self.pool.max_connections_per_ip)
+            return ok(request_id, content=limit)
+        if isinstance(request, rq.QueryCertificatesFromWorkers):
+            # Each worker answers from the certificates it loaded (its copy of the state).
+            query = rq.QueryCertificatesFromTheState(
+                domain=request.domain, fingerprint=request.fingerprint
+            )
+            main = answer_query(self.state, request_id, query)
+            return await self.query_everyone(request_id, query, main)
+        if isinstance(request, rq.CountRequests):
+            return ok(request_id, content=RequestCounts(map=dict(self.state.request_counts)))
         if isinstance(request, rq.UpgradeWorker):
             return await self.upgrade_worker(request_id, request.worker_id, wait=request.wait)
         if isinstance(request, rq.LaunchWorker):

@@ -170,6 +170,10 @@ class WorkerPool:
         self.slots = [Slot(index) for index in range(config.worker_count)]
         # Given to each worker in its ServerConfig; `sozu logging` changes it.
         self.log_level = config.log_level
+        # Runtime settings given to each new worker too (not persisted, as upstream):
+        # `sozu connection-limit` and `sozu metrics enable|disable` change them.
+        self.max_connections_per_ip = config.max_connections_per_ip
+        self.cluster_metrics = not config.disable_cluster_metrics
         instance = str(Path(config.command_socket).absolute())
         self.sockets = ListenerSockets(config.worker_count, AddressClaims(instance))
         self.stopping = False
@@ -392,9 +396,9 @@ class WorkerPool:
             access_logs=config.access_logs_target is not None,
             debug=self.debug,
             access_logs_target=config.access_logs_target,
-            max_connections_per_ip=config.max_connections_per_ip,
+            max_connections_per_ip=self.max_connections_per_ip,
             retry_after=config.retry_after,
-            disable_cluster_metrics=config.disable_cluster_metrics,
+            disable_cluster_metrics=not self.cluster_metrics,
             log_target=config.log_target,
             takeover_path=takeover_path(config.command_socket, worker.id),
         )

@@ -188,7 +188,13 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
     if isinstance(request, rq.ConfigureMetrics):
         if request.config == "CLEAR":
             proxies.clear_metrics()
+        else:
+            # Upstream's meaning: DISABLED stops the per-cluster and per-backend series.
+            proxies.cluster_metrics = request.config == "ENABLED"
         return ok(request_id)
+    if isinstance(request, rq.SetMaxConnectionsPerIp):
+        proxies.per_ip.configure(request.limit, proxies.per_ip.default_retry_after)
+        return ok(request_id, f"at most {request.limit} connections per (cluster, client IP)")
     response = core.handle(request_id, request)
     if isinstance(request, rq.ServerConfig) and response.status == "ok":
         proxies.configure(
