@@ -104,6 +104,9 @@ TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("connection-limit remove", ("connection-limit", "remove")),
     ("state save", ("state", "save", "-f", "{state}")),
     ("state load", ("state", "load", "-f", "{state}")),
+    ("state save --format upstream", ("state", "save", "-f", "{upstream_state}",
+                                      "--format", "upstream")),
+    ("state load (upstream's format)", ("state", "load", "-f", "{upstream_state}")),
     ("state stats", ("state", "stats")),
     ("frontend http remove", ("frontend", "http", "remove", "-a", "{http}",
                               "--hostname", "a.test", "-p", "/api", "--method", "GET",
@@ -203,6 +206,7 @@ def test_every_upstream_command_path_exits_0_against_a_live_daemon(
         "udp": f"127.0.0.1:{free_port()}",
         "answer": str(answer),
         "state": str(tmp_path / "state.json"),
+        "upstream_state": str(tmp_path / "upstream-state.json"),
         **_pem_files(tmp_path),
     }
     daemon = start_daemon(extra=listener(free_port()), worker_count=1)
@@ -218,10 +222,10 @@ def test_every_upstream_command_path_exits_0_against_a_live_daemon(
         assert result.returncode == 0, (name, filled, result.stdout, result.stderr)
         if name == "shutdown":
             break
-        _check_effect(daemon, name)
+        _check_effect(daemon, name, values)
 
 
-def _check_effect(daemon: Daemon, name: str) -> None:
+def _check_effect(daemon: Daemon, name: str, values: dict[str, str]) -> None:
     """What the steps without a test of their own must have done."""
     if name == "listener https update --reset-alpn":
         (https,) = daemon.sozu_json("listener", "list")["content"]["https"].values()
@@ -238,6 +242,11 @@ def _check_effect(daemon: Daemon, name: str) -> None:
         assert _limit(daemon) == 5
     elif name == "connection-limit remove":
         assert _limit(daemon) == 0
+    elif name == "state save --format upstream":
+        records = Path(values["upstream_state"]).read_bytes().split(b"\n\0")
+        assert records[-1] == b""
+        kinds = {next(iter(json.loads(r)["content"]["request_type"])) for r in records[:-1]}
+        assert {"ADD_CLUSTER", "ADD_BACKEND", "ADD_HTTP_FRONTEND", "ADD_UDP_LISTENER"} <= kinds
     elif name == "state stats":
         counts = daemon.sozu_json("state", "stats")["content"]["map"]
         assert counts["AddCluster"] >= 4  # two adds, two `cluster h2`

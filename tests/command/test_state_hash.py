@@ -281,3 +281,19 @@ def test_removing_everything_returns_to_the_empty_hash() -> None:
     state.apply(rq.RemoveBackend(cluster_id="a", backend_id="1", address="127.0.0.1:1"))
     state.apply(rq.RemoveCluster(cluster_id="a"))
     assert state.hash() == empty
+
+
+def test_equal_objects_hash_the_same_whether_defaults_are_given_or_not() -> None:
+    from sozu.command.types import HttpsListenerConfig
+
+    implicit, explicit = ConfigState(), ConfigState()
+    implicit.apply(rq.AddHttpsListener(listener=HttpsListenerConfig(address="127.0.0.1:443")))
+    given = HttpsListenerConfig(
+        address="127.0.0.1:443",
+        alpn_protocols=tuple(["h2", "http/1.1"]),  # equal to the default, another object
+        versions=tuple(["TLS_V1_2", "TLS_V1_3"]),
+        sticky_name="".join(["SOZU", "BALANCEID"]),
+    )
+    explicit.apply(rq.AddHttpsListener(listener=given))
+    assert implicit == explicit
+    assert implicit.hash() == explicit.hash()

@@ -419,6 +419,8 @@ FilePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern="^
 class SaveState(Request, tag="SaveState", frozen=True, kw_only=True):
     ROUTING: ClassVar[Routing] = "main"
     path: FilePath
+    # "upstream": upstream Sōzu's `\n\0`-separated JSON (see statefile_upstream.py).
+    format: Literal["sozu", "upstream"] = "sozu"
 
 
 class LoadState(Request, tag="LoadState", frozen=True, kw_only=True):

@@ -21,10 +21,37 @@ _CLUSTER_KINDS: Final = frozenset(
 )
 
 
+def canonical(value: msgspec.Struct) -> msgspec.Struct:
+    """`value` with every field equal to its default holding the default object itself.
+
+    msgspec leaves a default off the wire only when the field holds that very object, so
+    without this two equal objects (one built from defaults, one given an equal tuple or
+    string) would encode, and hash, differently.
+    """
+    changes: dict[str, object] = {}
+    for field in msgspec.structs.fields(value):
+        current = getattr(value, field.name)
+        if isinstance(current, msgspec.Struct):
+            inner = canonical(current)
+            if inner is not current:
+                changes[field.name] = inner
+        elif isinstance(current, tuple) and current and isinstance(current[0], msgspec.Struct):
+            items = tuple(canonical(item) for item in current)
+            if any(a is not b for a, b in zip(items, current, strict=True)):
+                changes[field.name] = items
+        if (
+            field.default is not msgspec.NODEFAULT
+            and current is not field.default
+            and current == field.default
+        ):
+            changes[field.name] = field.default
+    return msgspec.structs.replace(value, **changes) if changes else value
+
+
 def object_digest(key: ObjectKey, value: msgspec.Struct) -> int:
     """The digest of one keyed object, as an integer."""
     hasher = hashlib.sha256(_encoder.encode(key))
-    hasher.update(_encoder.encode(value))
+    hasher.update(_encoder.encode(canonical(value)))
     return int.from_bytes(hasher.digest(), "big")
 
 

@@ -22,6 +22,13 @@ from sozu.command.requests import Request
 from sozu.command.responses import LoadStateReport
 from sozu.command.state import ConfigState
 from sozu.command.state_errors import AlreadyExists, StateError
+from sozu.command.statefile_upstream import (
+    RECORD_SEPARATOR,
+    UpstreamFormatError,
+    dump_upstream_state,
+    looks_upstream,
+    parse_upstream_state,
+)
 
 STATE_FILE_VERSION: Final = 1
 MAX_RECORD_BYTES: Final = 2_000_000
@@ -57,9 +64,16 @@ def dump_state(state: ConfigState) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-def save_state(state: ConfigState, path: Path) -> int:
-    """Atomically write the state file; returns the number of records written."""
-    data = dump_state(state)
+def save_state(state: ConfigState, path: Path, *, upstream: bool = False) -> int:
+    """Atomically write the state file (sozu's format, or upstream's); returns the number of
+    records written. A state upstream's format cannot carry raises UpstreamFormatError (a
+    ValueError) naming what, and writes nothing."""
+    if upstream:
+        data = dump_upstream_state(state)
+        count = data.count(RECORD_SEPARATOR)
+    else:
+        data = dump_state(state)
+        count = data.count(b"\n") - 1
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -71,7 +85,7 @@ def save_state(state: ConfigState, path: Path) -> int:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return data.count(b"\n") - 1
+    return count
 
 
 def parse_state(data: bytes, source: str = "state file") -> list[Request]:
@@ -117,10 +131,17 @@ def parse_state(data: bytes, source: str = "state file") -> list[Request]:
 
 
 def read_state_file(path: Path) -> list[Request]:
+    """The requests of a state file in sozu's format or upstream's (told apart by its
+    first line)."""
     try:
         data = path.read_bytes()
     except OSError as error:
         raise StateFileError(f"{path}: {error.strerror or error}") from None
+    if looks_upstream(data):
+        try:
+            return parse_upstream_state(data, str(path), MAX_RECORD_BYTES)
+        except UpstreamFormatError as error:
+            raise StateFileError(str(error)) from None
     return parse_state(data, str(path))
 
 

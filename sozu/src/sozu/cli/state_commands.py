@@ -18,7 +18,7 @@ _file = click.option(
     "path",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="State file (JSON lines).",
+    help="State file.",
 )
 
 
@@ -29,17 +29,27 @@ def state_group() -> None:
 
 @state_group.command("save")
 @_file
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["sozu", "upstream"]),
+    default="sozu",
+    show_default=True,
+    help="upstream: Sōzu's own state file (`state load` reads both).",
+)
 @click.pass_context
-def save(ctx: click.Context, path: Path) -> None:
+def save(ctx: click.Context, path: Path, file_format: str) -> None:
     """Write the daemon's state to FILE (written by the daemon, atomically)."""
-    run(ctx, rq.SaveState(path=str(path.absolute())))
+    request = rq.SaveState(path=str(path.absolute()), format=file_format)  # type: ignore[arg-type]
+    run(ctx, request)
 
 
 @state_group.command("load")
 @_file
 @click.pass_context
 def load(ctx: click.Context, path: Path) -> None:
-    """Merge FILE into the daemon's state; existing identical records are skipped."""
+    """Merge FILE (sozu's format or upstream's) into the daemon's state; existing identical
+    records are skipped."""
     run(ctx, rq.LoadState(path=str(path.absolute())), default_timeout_ms=60_000)
 
 

@@ -417,7 +417,7 @@ class Supervisor:
             infos = tuple(self.pool.info(w, state_hash) for w in self.pool.live_workers())
             return ok(request_id, content=WorkerInfos(workers=infos))
         if isinstance(request, rq.SaveState):
-            return self.save(request_id, request.path)
+            return self.save(request_id, request.path, upstream=request.format == "upstream")
         if isinstance(request, rq.QueryMetrics):
             await self.collector.poll_once()
             if request.list:
@@ -612,9 +612,9 @@ class Supervisor:
             fleet=self.fleet.status() if self.fleet is not None else None,
         )
 
-    def save(self, request_id: str, path: str) -> Response:
+    def save(self, request_id: str, path: str, *, upstream: bool = False) -> Response:
         try:
-            count = save_state(self.state, Path(path))
+            count = save_state(self.state, Path(path), upstream=upstream)
         except (OSError, ValueError) as error:
             return failure(request_id, f"cannot save the state to {path}: {error}")
         self.events.publish("STATE_SAVED", message=path)
