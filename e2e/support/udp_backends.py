@@ -33,6 +33,10 @@ class Received:
         self.peer = peer
 
 
+# A datagram `burst:N:...` is answered N times (`name:burst:N:...#0` to `#N-1`).
+BURST = b"burst:"
+
+
 class NamedUdpEcho:
     """A threaded UDP responder on 127.0.0.1, with a TCP listener on the same port."""
 
@@ -84,7 +88,13 @@ class NamedUdpEcho:
                 with self._lock:
                     self.datagrams += 1
                     self.received.append(Received(header, payload, (peer[0], peer[1])))
-                self._udp.sendto(self.name.encode() + b":" + payload, peer)
+                answer = self.name.encode() + b":" + payload
+                if payload.startswith(BURST):
+                    # Several replies to one datagram, sent back to back.
+                    for index in range(int(payload[len(BURST) :].split(b":")[0])):
+                        self._udp.sendto(answer + b"#%d" % index, peer)
+                    continue
+                self._udp.sendto(answer, peer)
             except OSError:
                 return
 

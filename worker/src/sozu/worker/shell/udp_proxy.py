@@ -57,6 +57,7 @@ log = logging.getLogger("sozu.worker.udp")
 
 # Datagrams read from one socket per wake-up; the loop comes back for the rest (level-triggered).
 BUDGET: Final = 64
+PROBE_EVERY: Final = 8
 # After the timer's work raised, the timer fires again this long after (never busy-looping).
 TIMER_RETRY: Final = 1.0
 # ICMP errors about earlier sends, reported on a later receive: nothing to read.
@@ -94,6 +95,8 @@ class _Upstream:
         "opened_at",
         "proxy",
         "queue",
+        "reads",
+        "single",
         "sock",
     )
 
@@ -117,6 +120,11 @@ class _Upstream:
         # would block (most flows never need one; an empty deque costs about 600 bytes).
         self.queue: WriteQueue[bytes] | None = None
         self.armed = math.inf
+        # True while wake-ups find one reply each (request-reply traffic): then one read per
+        # wake-up, without the read that would only find the socket empty; every
+        # PROBE_EVERY-th wake-up drains it again to notice a backlog.
+        self.single = False
+        self.reads = 0
 
     def pending(self) -> WriteQueue[bytes]:
         queue = self.queue
@@ -374,15 +382,24 @@ class UdpListenerProxy:
         recv_into = upstream.sock.recv_into
         sendto = self.sock.sendto
         buffer, view = self._buffer, self._view
+        single = upstream.single
+        if single:
+            upstream.reads += 1
+            if upstream.reads >= PROBE_EVERY:
+                upstream.reads = 0
+                single = False
+        read = 0
         for _ in range(BUDGET):
             try:
                 size = recv_into(buffer)
             except BlockingIOError:
+                upstream.single = read == 1
                 return
             except ConnectionRefusedError:
                 continue  # ICMP port unreachable: the backend is down; idleness will tell
             except OSError:
                 return
+            read += 1
             payload = view[:size]
             try:
                 client = core.return_established(now, flow, payload)
@@ -394,6 +411,8 @@ class UdpListenerProxy:
                             sendto(payload, client)
                         except OSError as error:
                             self._client_send_failed(client, payload, error)
+                    if single:
+                        return
                     continue
                 core.handle_backend_datagram(now, flow, payload)
             except Exception as error:
