@@ -18,11 +18,12 @@ from sozu.command.envelope import (
     ProtocolError,
     RequestEnvelope,
     Response,
+    decode_request,
     failure,
     ok,
     processing,
 )
-from sozu.command.framing import encode_frame
+from sozu.command.framing import FrameReader, encode_frame
 from sozu.command.requests import (
     ListWorkers,
     RemoveCluster,
@@ -444,3 +445,32 @@ async def test_interrupted_send_closes_the_connection() -> None:
             # The peer sees a cut frame: a protocol error, not a wrong answer.
             with pytest.raises(ProtocolError, match="connection closed inside a frame"):
                 await client.receive_response()
+
+
+async def test_a_batch_goes_out_in_one_write_in_order_and_each_call_gets_its_answer() -> None:
+    left, right = socket.socketpair()
+    mux = RequestMux(FramedConnection.from_socket(left, max_frame_size=2_000_000))
+    ids = [f"c{index}" for index in range(50)]
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mux.run)
+            pendings = await mux.send_batch([RemoveCluster(cluster_id=i) for i in ids])
+            assert mux.in_flight == 50
+            # Every frame is written by the time send_batch returns: one read gets them all.
+            reader = FrameReader()
+            reader.feed(right.recv(1 << 20))
+            envelopes = []
+            while (frame := reader.next_frame()) is not None:
+                assert isinstance(frame, bytes)
+                envelopes.append(decode_request(frame))
+            removed = [e.request for e in envelopes]
+            assert [r.cluster_id for r in removed if isinstance(r, RemoveCluster)] == ids
+            assert [e.id for e in envelopes] == [p.request_id for p in pendings]
+            server = FramedConnection.from_socket(right, max_frame_size=2_000_000)
+            for envelope in reversed(envelopes):
+                await server.send_response(ok(envelope.id, envelope.id))
+            answers = [await pending.answer() for pending in pendings]
+            assert [a.message for a in answers] == [e.id for e in envelopes]
+            assert mux.in_flight == 0
+            await mux.aclose()
+            await server.aclose()

@@ -180,6 +180,17 @@ class FramedConnection:
     ) -> None:
         await self.send_payload(encode_request(request_id, request, version))
 
+    async def send_requests(self, calls: list[tuple[str, Request]]) -> None:
+        """Send several requests in one write (their frames in order, nothing between)."""
+        frames = b"".join(encode_frame(encode_request(rid, request)) for rid, request in calls)
+        async with self._send_lock:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                await self._stream.send_all(frames)
+            except BaseException as error:
+                await self._close_broken(f"send interrupted: {error!r}")
+                raise
+
     async def send_response(self, response: Response) -> None:
         """Send an answer; one over the maximum frame size is replaced by a Failure naming it."""
         payload = encode_response(response)
@@ -390,6 +401,33 @@ class RequestMux:
             pending.abandon()
             raise
         return pending
+
+    async def send_batch(self, requests: list[Request]) -> list[PendingCall]:
+        """`send` for several requests at once, in one write: their answers are awaited later,
+        in order, with each `PendingCall.answer()`."""
+        if self._closed is not None:
+            raise ConnectionLost(f"cannot send: {self._closed}")
+        calls: list[tuple[str, Request]] = []
+        pendings: list[PendingCall] = []
+        for request in requests:
+            request_id = self.new_request_id(request)
+            assert request_id not in self._pending
+            send, receive = trio.open_memory_channel[Response](math.inf)
+            self._pending[request_id] = send
+            pendings.append(PendingCall(self, request_id, send, receive))
+            calls.append((request_id, request))
+        try:
+            await self._connection.send_requests(calls)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            for pending in pendings:
+                pending.abandon()
+            reason = self._closed or self._connection.error or repr(error)
+            raise ConnectionLost(f"cannot send: {reason}") from error
+        except BaseException:
+            for pending in pendings:
+                pending.abandon()
+            raise
+        return pendings
 
 
 class PendingCall:

@@ -8,8 +8,9 @@ cluster, its backends and its frontends) are kept the same way for QueryClusters
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -21,6 +22,13 @@ _CLUSTER_KINDS: Final = frozenset(
 )
 
 
+@functools.cache
+def field_defaults(cls: type[msgspec.Struct]) -> tuple[tuple[str, Any], ...]:
+    """(name, default) of every field of a struct class (`msgspec.NODEFAULT` where there is
+    none, or a factory); cached: `msgspec.structs.fields` evaluates annotations each call."""
+    return tuple((field.name, field.default) for field in msgspec.structs.fields(cls))
+
+
 def canonical(value: msgspec.Struct) -> msgspec.Struct:
     """`value` with every field equal to its default holding the default object itself.
 
@@ -28,23 +36,21 @@ def canonical(value: msgspec.Struct) -> msgspec.Struct:
     without this two equal objects (one built from defaults, one given an equal tuple or
     string) would encode, and hash, differently.
     """
-    changes: dict[str, object] = {}
-    for field in msgspec.structs.fields(value):
-        current = getattr(value, field.name)
-        if isinstance(current, msgspec.Struct):
+    changes: dict[str, Any] = {}
+    for name, default in field_defaults(type(value)):
+        current = getattr(value, name)
+        if current is default:
+            continue
+        if default is not msgspec.NODEFAULT and current == default:
+            changes[name] = default
+        elif isinstance(current, msgspec.Struct):
             inner = canonical(current)
             if inner is not current:
-                changes[field.name] = inner
-        elif isinstance(current, tuple) and current and isinstance(current[0], msgspec.Struct):
+                changes[name] = inner
+        elif type(current) is tuple and current and isinstance(current[0], msgspec.Struct):
             items = tuple(canonical(item) for item in current)
             if any(a is not b for a, b in zip(items, current, strict=True)):
-                changes[field.name] = items
-        if (
-            field.default is not msgspec.NODEFAULT
-            and current is not field.default
-            and current == field.default
-        ):
-            changes[field.name] = field.default
+                changes[name] = items
     return msgspec.structs.replace(value, **changes) if changes else value
 
 

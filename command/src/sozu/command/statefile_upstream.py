@@ -28,6 +28,7 @@ from sozu.command import requests as rq
 from sozu.command.addresses import AddressError, format_address, parse_address
 from sozu.command.requests import Request
 from sozu.command.state import ConfigState
+from sozu.command.state_hash import field_defaults
 from sozu.command.types import (
     DEFAULT_ALPN,
     CertificateAndKey,
@@ -254,7 +255,7 @@ def to_upstream(record: msgspec.Struct, message: str, where: str) -> dict[str, A
     cls, fields = _MESSAGES[message]
     assert isinstance(record, cls), (record, cls)
     out: dict[str, Any] = {}
-    defaults = {f.name: f.default for f in msgspec.structs.fields(cls)}
+    defaults = dict(field_defaults(cls))
     for name in record.__struct_fields__:
         value = getattr(record, name)
         spec = fields.get(name)
@@ -315,13 +316,13 @@ def from_upstream(document: Any, message: str, where: str) -> msgspec.Struct:
     if message == "HttpsListenerConfig" and values.get("alpn_protocols") == []:
         values["alpn_protocols"] = list(DEFAULT_ALPN)  # upstream: empty means the default
     # A value equal to its default is left to the class (it then stays off the wire).
-    for field in msgspec.structs.fields(cls):
+    for name, default in field_defaults(cls):
         if (
-            field.name in values
-            and field.default is not msgspec.NODEFAULT
-            and values[field.name] == msgspec.to_builtins(field.default)
+            name in values
+            and default is not msgspec.NODEFAULT
+            and values[name] == msgspec.to_builtins(default)
         ):
-            del values[field.name]
+            del values[name]
     try:
         return msgspec.convert(values, cls)
     except msgspec.ValidationError as error:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +43,24 @@ Job = Callable[[], Awaitable[None]]
 MAX_QUEUED_JOBS = 1000
 # Requests of one change in flight to one worker at a time.
 FAN_OUT_WINDOW = 256
+# Requests sent to a worker in one write (an activation always goes alone, after its sockets).
+FAN_OUT_BATCH = 64
+
+
+def _batches(requests: list[Request]) -> Iterator[list[Request]]:
+    """`requests` in order, in runs of at most FAN_OUT_BATCH; an ActivateListener alone."""
+    batch: list[Request] = []
+    for request in requests:
+        if isinstance(request, rq.ActivateListener) or len(batch) >= FAN_OUT_BATCH:
+            if batch:
+                yield batch
+            batch = []
+        batch.append(request)
+        if isinstance(request, rq.ActivateListener):
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 @dataclass(slots=True)
@@ -455,8 +473,9 @@ class Mutations:
                 return True
 
             try:
-                for request in requests:
-                    if isinstance(request, rq.ActivateListener):
+                for batch in _batches(requests):
+                    if isinstance(batch[0], rq.ActivateListener):
+                        request = batch[0]
                         while window:
                             if not await settle_oldest():
                                 return
@@ -466,13 +485,15 @@ class Mutations:
                             problems.append(f"worker {worker.id} did not get the sockets ({error})")
                             self.pool.replace(worker, "listener sockets not delivered")
                             return
+                    while len(window) + len(batch) > FAN_OUT_WINDOW:
+                        if not await settle_oldest():
+                            return
                     try:
-                        window.append((request, await worker.mux.send(request)))
+                        pendings = await worker.mux.send_batch(batch)
                     except ConnectionLost as error:
                         problems.append(f"worker {worker.id} lost ({error})")
                         return
-                    if len(window) >= FAN_OUT_WINDOW and not await settle_oldest():
-                        return
+                    window.extend(zip(batch, pendings, strict=True))
                 while window:
                     if not await settle_oldest():
                         return
