@@ -1,10 +1,11 @@
-"""A fleet: one real etcd, two real daemons following the desired state kept there.
+"""A fleet: real etcd, real daemons following the desired state kept there.
 
-Both instances converge on what `sozu fleet push` writes and route real HTTP traffic by it
-(the second one binds the fleet's listener on 127.0.0.2 through `[etcd] address_map`, as two
-instances cannot share one address on one machine); they refuse local state changes; an
-invalid object put with `etcdctl` is refused whole by both, naming the key and revision,
-until it is removed; with etcd stopped they keep serving, and catch up once it is back.
+Three instances converge on what `sozu fleet push` writes and route real HTTP, TCP and UDP
+traffic by it (the second and third bind the fleet's listeners on 127.0.0.2 and 127.0.0.3
+through `[etcd] address_map`, as instances cannot share one address on one machine); they
+refuse local state changes; an invalid object put with `etcdctl` is refused whole by all,
+naming the key and revision, until it is removed; with etcd stopped they keep serving, and
+catch up once it is back.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from e2e.support.backends import NamedEcho
 from e2e.support.daemon import Daemon, DaemonFactory, wait_for
 from e2e.support.etcd import EtcdMember, start_cluster
 from e2e.support.net import free_port, prometheus_series
+from e2e.support.udp_backends import NamedUdpEcho
 from e2e.test_etcd_client import make_tls
 from sozu.supervisor.fleet_sync import REPORT_LEASE_TTL
 
@@ -74,8 +76,15 @@ def backends() -> Iterator[dict[str, NamedHttp]]:
             server.close()
 
 
-def desired(port: int, backend: NamedHttp, name: str, tcp: tuple[int, str] | None = None) -> str:
-    """An HTTP route to `backend`; with `tcp` = (port, backend address), a TCP route too."""
+def desired(
+    port: int,
+    backend: NamedHttp,
+    name: str,
+    tcp: tuple[int, str] | None = None,
+    udp: tuple[int, str] | None = None,
+) -> str:
+    """An HTTP route to `backend`; with `tcp` (or `udp`) = (port, backend address), a TCP (or
+    UDP) route too."""
     text = (
         f'[[listeners]]\nprotocol = "http"\naddress = "127.0.0.1:{port}"\n\n'
         f'[clusters.web]\nprotocol = "http"\n'
@@ -90,7 +99,28 @@ def desired(port: int, backend: NamedHttp, name: str, tcp: tuple[int, str] | Non
             f'frontends = [{{ address = "127.0.0.1:{tcp_port}" }}]\n'
             f'backends = [{{ address = "{echo}", backend_id = "echo" }}]\n'
         )
+    if udp is not None:
+        udp_port, dns = udp
+        text += (
+            f'\n[[listeners]]\nprotocol = "udp"\naddress = "127.0.0.1:{udp_port}"\n'
+            "front_timeout = 1\nback_timeout = 1\n\n"
+            f'[clusters.dns]\nprotocol = "tcp"\n'
+            f'frontends = [{{ address = "127.0.0.1:{udp_port}" }}]\n'
+            f'backends = [{{ address = "{dns}", backend_id = "dns" }}]\n\n'
+            f'[clusters.dns.udp]\naffinity_key = "SOURCE_IP_PORT"\n'
+        )
     return text
+
+
+def udp_answer(host: str, port: int, payload: bytes) -> bytes | None:
+    """The answer to one datagram sent through the proxy at host:port (None: no answer)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1)
+        sock.sendto(payload, (host, port))
+        try:
+            return sock.recv(65535)
+        except OSError:
+            return None
 
 
 def tcp_greeting(address: str) -> str | None:
@@ -140,22 +170,29 @@ def echo() -> Iterator[NamedEcho]:
         server.close()
 
 
-def test_two_instances_follow_etcd(
+def test_three_instances_follow_etcd(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     etcd: EtcdMember,
     start_daemon: DaemonFactory,
     backends: dict[str, NamedHttp],
     echo: NamedEcho,
 ) -> None:
-    port, tcp_port = free_port(), free_port()
-    fronts = {"a": f"127.0.0.1:{port}", "b": f"127.0.0.2:{port}"}
-    moved = (
-        f'[etcd.address_map]\n"127.0.0.1:{port}" = "127.0.0.2:{port}"\n'
-        f'"127.0.0.1:{tcp_port}" = "127.0.0.2:{tcp_port}"\n'
-    )
+    port, tcp_port, udp_port = free_port(), free_port(), free_port()
+    hosts = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+    fronts = {host: f"{host}:{port}" for host in hosts}
+
+    def moved(host: str) -> str:
+        return "[etcd.address_map]\n" + "".join(
+            f'"127.0.0.1:{p}" = "{host}:{p}"\n' for p in (port, tcp_port, udp_port)
+        )
+
     a = start_daemon(name="a", extra=etcd_section(etcd, "inst-a"))
-    b = start_daemon(name="b", extra=etcd_section(etcd, "inst-b", moved))
-    fleet = (a, b)
+    b = start_daemon(name="b", extra=etcd_section(etcd, "inst-b", moved(hosts[1])))
+    c = start_daemon(name="c", extra=etcd_section(etcd, "inst-c", moved(hosts[2])))
+    fleet = (a, b, c)
+    dns = NamedUdpEcho("dns-1")
+    request.addfinalizer(dns.close)
 
     def converge_on(name: str) -> None:
         for front in fronts.values():
@@ -169,7 +206,10 @@ def test_two_instances_follow_etcd(
 
     def push(name: str) -> dict[str, Any]:
         path = tmp_path / f"desired-{name}.toml"
-        path.write_text(desired(port, backends[name], name, (tcp_port, echo.address)))
+        routes = desired(
+            port, backends[name], name, (tcp_port, echo.address), (udp_port, dns.address)
+        )
+        path.write_text(routes)
         result = a.sozu("-j", "fleet", "push", "-f", str(path))
         assert result.returncode == 0, result.stderr + result.stdout
         document: dict[str, Any] = json.loads(result.stdout)
@@ -177,11 +217,12 @@ def test_two_instances_follow_etcd(
 
     # Converge on a pushed state, through both instances.
     pushed = push("alpha")
-    assert pushed["puts"] == 8  # (listener, cluster, frontend, backend) x (http, tcp)
+    assert pushed["puts"] == 12  # (listener, cluster, frontend, backend) x (http, tcp, udp)
     assert pushed["transactions"] == 1
     converge_on("alpha")
-    for host in ("127.0.0.1", "127.0.0.2"):
+    for host in hosts:
         assert tcp_greeting(f"{host}:{tcp_port}") == "echo-1"
+        assert udp_answer(host, udp_port, b"q") == b"dns-1:q"
     assert fleet_of(a)["phase"] == "following"
     assert fleet_of(b)["applied_revision"] >= pushed["revision"]
 
@@ -218,7 +259,7 @@ def test_two_instances_follow_etcd(
     assert all(served_by(front) == "beta" for front in fronts.values())
     status = a.sozu("fleet", "status")
     assert status.returncode == 0, status.stderr
-    assert status.stdout.count(f"refused {bad_key} at revision {bad_revision}") == 2, status.stdout
+    assert status.stdout.count(f"refused {bad_key} at revision {bad_revision}") == 3, status.stdout
     assert etcd.etcdctl("del", bad_key).returncode == 0
     for daemon in fleet:
         wait_for(
@@ -237,13 +278,13 @@ def test_two_instances_follow_etcd(
         )
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
-        assert [served_by(front) for front in fronts.values()] == ["beta", "beta"]
+        assert [served_by(front) for front in fronts.values()] == ["beta"] * 3
     etcd.start_again()
     push("alpha")
     converge_on("alpha")
     status_document = json.loads(a.sozu("-j", "fleet", "status").stdout)
     instances = {i["instance_id"]: i for i in status_document["instances"]}
-    assert set(instances) == {"inst-a", "inst-b"}
+    assert set(instances) == {"inst-a", "inst-b", "inst-c"}
     assert all(i["converged"] for i in instances.values()), instances
     assert all(len(i["workers"]) == 2 for i in instances.values()), instances
 
