@@ -30,6 +30,7 @@ from sozu.cli.routing_commands import backend_group, cluster_group, frontend_gro
 from sozu.cli.runtime_commands import cluster_h2_group, connection_limit_group
 from sozu.cli.start import start
 from sozu.cli.state_commands import state_group
+from sozu.cli.top_command import top
 from sozu.command.build import build_id
 
 
@@ -77,6 +78,7 @@ sozu.add_command(certificate_group)
 sozu.add_command(metrics_group)
 sozu.add_command(fleet_group)
 sozu.add_command(connection_limit_group)
+sozu.add_command(top)
 
 cluster_group.add_command(health_check_group)
 cluster_group.add_command(cluster_h2_group)

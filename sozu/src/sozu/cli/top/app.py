@@ -1,0 +1,112 @@
+"""`sozu top`'s terminal: keys in, frames out, the terminal restored however it ends (q,
+SIGINT, SIGTERM, SIGHUP)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from types import FrameType
+
+from rich.console import Console
+from rich.live import Live
+
+from sozu.cli.top.model import History
+from sozu.cli.top.render import PANES, View, frame
+from sozu.cli.top.source import Source
+
+FRAME_INTERVAL = 0.1  # redraw at most ten times a second
+
+
+class Stop(Exception):
+    """A signal asked to leave."""
+
+
+def handle_key(view: View, key: str) -> bool:
+    """Apply one key to the view; False when it asks to quit."""
+    if view.editing_filter:
+        if key in ("\r", "\n", "\x1b"):
+            view.editing_filter = False
+            if key == "\x1b":
+                view.filter = ""
+        elif key in ("\x7f", "\b"):
+            view.filter = view.filter[:-1]
+        elif key.isprintable():
+            view.filter += key
+        return True
+    if key in ("q", "\x03"):
+        return False
+    if key in PANES:
+        if key != view.pane:
+            view.pane, view.sort_column, view.descending = key, 0, False
+    elif key == "s":
+        columns = len(PANES[view.pane][1])
+        view.sort_column = (view.sort_column + 1) % columns if columns else 0
+    elif key == "S":
+        view.descending = not view.descending
+    elif key == "/":
+        view.editing_filter = True
+    return True
+
+
+@contextlib.contextmanager
+def _raw_terminal() -> Iterator[None]:
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+
+    def leave(signum: int, _frame: FrameType | None) -> None:
+        raise Stop(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, leave) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        tty.setcbreak(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_interactive(source: Source, console: Console) -> None:
+    history, view = History(), View()
+    source.start()
+    try:
+        with _raw_terminal(), Live(console=console, screen=True, auto_refresh=False) as live:
+            while True:
+                if source.samples:
+                    sample = source.samples[-1]
+                    if history.latest is None or sample.at > history.latest.at:
+                        history.add(sample)
+                view.events = list(source.events)
+                view.error = source.error
+                size = console.size
+                live.update(
+                    frame(history, view, size.width, size.height, time.time()), refresh=True
+                )
+                ready, _, _ = select.select([sys.stdin], [], [], FRAME_INTERVAL)
+                if ready:
+                    key = os.read(sys.stdin.fileno(), 1).decode(errors="replace")
+                    if not handle_key(view, key):
+                        return
+    except (KeyboardInterrupt, Stop):
+        return
+    finally:
+        source.stop()
+
+
+def run_snapshots(source: Source, console: Console, frames: int, pane: str) -> None:
+    """Poll `frames + 1` samples (the first has no rate yet) and print a frame after each."""
+    history, view = History(), View(pane=pane)
+    size = console.size
+    for index in range(frames + 1):
+        if index:
+            time.sleep(source.refresh)
+        history.add(source.sample_now())
+        if index:
+            console.print(frame(history, view, size.width, size.height, time.time()))
