@@ -2,8 +2,10 @@
 
 `Daemon.start(directory)` writes a configuration (a command socket in a short temporary
 directory, `debug = true`), starts `python -m sozu.cli start -c FILE` and waits until
-`sozu -j status` shows every worker running. `stop()` shuts it down through the CLI and kills
-whatever is left, so a failing test never leaves processes behind.
+`sozu -j status` shows every worker running. `Daemon.start_file(config_path, ...)` does the
+same for a configuration the test wrote whole (`short_directory()` gives a place for its
+command socket). `stop()` shuts it down through the CLI and kills whatever is left, so a
+failing test never leaves processes behind.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def wait_for(
         time.sleep(0.05)
 
 
+def short_directory() -> Path:
+    """A new directory under /tmp whose paths are short enough for a unix socket (108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="sozu-e2e-", dir="/tmp"))
+
+
 def sozu_cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run the `sozu` CLI (as `python -m sozu.cli`) and capture its output."""
     return subprocess.run(
@@ -70,8 +77,7 @@ class Daemon:
         cls, directory: Path, *, worker_count: int = 2, worker_timeout: int = 5, extra: str = ""
     ) -> tuple[Path, Path]:
         """A configuration file in `directory`; its command socket lives in a short path."""
-        socket_dir = Path(tempfile.mkdtemp(prefix="sozu-e2e-", dir="/tmp"))
-        socket_path = socket_dir / "sozu.sock"
+        socket_path = short_directory() / "sozu.sock"
         config_path = directory / "sozu.toml"
         config_path.write_text(
             f'command_socket = "{socket_path}"\n'
@@ -105,8 +111,19 @@ class Daemon:
         config_path, socket_path = cls.write_config(
             directory, worker_count=worker_count, worker_timeout=worker_timeout, extra=extra
         )
+        return cls.start_file(
+            config_path, socket_path, worker_count=worker_count, cleanup=socket_path.parent
+        )
+
+    @classmethod
+    def start_file(
+        cls, config_path: Path, socket_path: Path, *, worker_count: int, cleanup: Path | None
+    ) -> Daemon:
+        """Start `sozu start -c config_path` (a file whose `command_socket` is `socket_path`)
+        and wait until its `worker_count` workers run; `cleanup` is removed when it stops."""
         daemon = cls.launch(config_path, socket_path, worker_count)
-        daemon._cleanup.append(socket_path.parent)
+        if cleanup is not None:
+            daemon._cleanup.append(cleanup)
         try:
             daemon.wait_running()
         except BaseException:
