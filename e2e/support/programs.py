@@ -21,6 +21,7 @@ PACKAGES = {
     "promtool": "prometheus",
     "etcd": "etcd-server",
     "etcdctl": "etcd-client",
+    "tmux": "tmux",
 }
 
 # Programs living in sbin, which is not always on a regular user's PATH.

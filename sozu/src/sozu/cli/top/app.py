@@ -78,22 +78,30 @@ def run_interactive(source: Source, console: Console) -> None:
     source.start()
     try:
         with _raw_terminal(), Live(console=console, screen=True, auto_refresh=False) as live:
+            dirty, drawn_size = True, None
             while True:
-                if source.samples:
-                    sample = source.samples[-1]
-                    if history.latest is None or sample.at > history.latest.at:
-                        history.add(sample)
-                view.events = list(source.events)
-                view.error = source.error
+                if source.changed.is_set():
+                    source.changed.clear()
+                    dirty = True
+                    if source.samples:
+                        sample = source.samples[-1]
+                        if history.latest is None or sample.at > history.latest.at:
+                            history.add(sample)
+                    view.events = list(source.events)
+                    view.error = source.error
                 size = console.size
-                live.update(
-                    frame(history, view, size.width, size.height, time.time()), refresh=True
-                )
+                if dirty or size != drawn_size:
+                    # Drawn only when something changed: an idle screen costs no CPU.
+                    live.update(
+                        frame(history, view, size.width, size.height, time.time()), refresh=True
+                    )
+                    dirty, drawn_size = False, size
                 ready, _, _ = select.select([sys.stdin], [], [], FRAME_INTERVAL)
                 if ready:
                     key = os.read(sys.stdin.fileno(), 1).decode(errors="replace")
                     if not handle_key(view, key):
                         return
+                    dirty = True
     except (KeyboardInterrupt, Stop):
         return
     finally:
