@@ -86,6 +86,12 @@ def test_the_recorded_load_shows_in_the_overview_and_the_clusters() -> None:
     assert set(clusters) == {"web", "dns"}
     assert isinstance(clusters["web"][1], float)
     assert clusters["web"][1] > 10
+    requests, ok, not_found = clusters["web"][1], clusters["web"][3], clusters["web"][4]
+    assert isinstance(requests, float)
+    assert isinstance(ok, float)
+    assert isinstance(not_found, float)
+    assert not_found > 0  # the backend's 404s, counted for its cluster
+    assert abs(ok + not_found - requests) <= 0.05 * requests + 2  # responses ~ requests
     assert clusters["dns"][0] == "dns"  # a UDP cluster: its series are per backend
 
 

@@ -67,5 +67,16 @@ async def test_cluster_and_backend_series_follow_disable_cluster_metrics(disable
             "sozu_backend_connections_total",
             "sozu_backend_up",
             "sozu_http_cluster_requests_total",
+            "sozu_http_cluster_status_total",
             "sozu_http_response_time_seconds",
         } <= labelled(snapshot)
+        assert (
+            sample(
+                snapshot,
+                "sozu_http_cluster_status_total",
+                listener=listener,
+                cluster="web",
+                status="2xx",
+            )
+            == 1
+        )

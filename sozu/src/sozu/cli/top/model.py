@@ -197,7 +197,8 @@ class History:
     # -- pane rows: tuples of cells, the first a name; numbers stay numbers (for sorting)
 
     def cluster_rows(self) -> list[tuple[str | float | None, ...]]:
-        """cluster, req/s, p99 (s), conns/s, active, connect errors/s, backends up/total."""
+        """cluster, req/s, p99 (s), 2xx/s, 4xx/s, 5xx/s, active connections, backend connect
+        errors/s, backends up/total."""
         pair = self._pair()
         if pair is None:
             return []
@@ -223,12 +224,23 @@ class History:
                     previous = before.metrics.backends.get(key, {})
                     name = "sozu_backend_connect_errors_total"
                     errors += max(0.0, total(values, name) - total(previous, name)) / elapsed
+            statuses = {
+                status: max(
+                    0.0,
+                    total(now, "sozu_http_cluster_status_total", status=status)
+                    - total(then, "sozu_http_cluster_status_total", status=status),
+                )
+                / elapsed
+                for status in ("2xx", "4xx", "5xx")
+            }
             rows.append(
                 (
                     cluster_id,
                     rate("sozu_http_cluster_requests_total"),
                     p99,
-                    rate("sozu_cluster_connections_total"),
+                    statuses["2xx"],
+                    statuses["4xx"],
+                    statuses["5xx"],
                     total(now, "sozu_cluster_active_connections"),
                     errors,
                     f"{up}/{len(own)}",

@@ -17,7 +17,10 @@ Row = tuple[str | float | None, ...]
 # Pane key -> (title, column headers).
 PANES: dict[str, tuple[str, tuple[str, ...]]] = {
     "o": ("overview", ()),
-    "c": ("clusters", ("cluster", "req/s", "p99", "conn/s", "active", "err/s", "up")),
+    "c": (
+        "clusters",
+        ("cluster", "req/s", "p99", "2xx/s", "4xx/s", "5xx/s", "active", "err/s", "up"),
+    ),
     "b": ("backends", ("backend", "state", "healthy", "active", "conn/s", "err/s")),
     "l": ("listeners", ("address", "proto", "active", "open")),
     "u": ("udp", ("listener", "in/s", "out/s", "flows", "created", "evicted", "shed", "drops")),

@@ -351,6 +351,17 @@ class HttpListeners:
                 registry.counter(
                     "sozu_http_cluster_requests_total", listener=address, cluster=cluster_id
                 ).value = count
+            by_cluster: dict[tuple[str, str], int] = {}
+            for (cluster_id, status), count in c.cluster_statuses.items():
+                key2 = (cluster_id, _status_class(status))
+                by_cluster[key2] = by_cluster.get(key2, 0) + count
+            for (cluster_id, status_class), count in by_cluster.items():
+                registry.counter(
+                    "sozu_http_cluster_status_total",
+                    listener=address,
+                    cluster=cluster_id,
+                    status=status_class,
+                ).value = count
         for address, served in self.server.listeners.items():
             tls = served.tls
             if tls is None:

@@ -88,6 +88,9 @@ def answer(
         )
         close = True
     s.counters.count_answer(code)
+    routed_to = cluster_id or (s.cluster_config.cluster_id if s.cluster_config else "")
+    if routed_to:
+        s.counters.count_cluster_status(routed_to, code)
     s.to_front += rendered.data
     s.status = code
     if s.log_on:

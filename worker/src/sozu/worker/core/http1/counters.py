@@ -37,9 +37,15 @@ class HttpCounters:
     # status of every answer sozu generated itself -> count
     answers: dict[int, int] = field(default_factory=dict)
     cluster_requests: dict[str, int] = field(default_factory=dict)
+    # (cluster id, final status) of every response of a request routed to a cluster -> count
+    cluster_statuses: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def count_status(self, status: int) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def count_cluster_status(self, cluster_id: str, status: int) -> None:
+        key = (cluster_id, status)
+        self.cluster_statuses[key] = self.cluster_statuses.get(key, 0) + 1
 
     def count_answer(self, status: int) -> None:
         self.answers[status] = self.answers.get(status, 0) + 1
@@ -57,6 +63,9 @@ class HttpCounters:
                 assert value >= 0, (name, value)
         assert all(count > 0 for count in self.statuses.values())
         assert all(count > 0 for count in self.answers.values())
+        assert all(count > 0 for count in self.cluster_statuses.values())
+        # A response routed to a cluster is also a status sent.
+        assert sum(self.cluster_statuses.values()) <= sum(self.statuses.values())
         # Every generated answer is also a status sent.
         for status, count in self.answers.items():
             assert self.statuses.get(status, 0) >= count, (status, count)

@@ -469,6 +469,7 @@ def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
     )
     drop_back(s, keep=keep_back)
     s.counters.count_status(s.status)
+    s.counters.count_cluster_status(cluster.cluster_id, s.status)
     if s.ctx.shared.histogram is not None:
         observe(s, now)
     if s.log_on:

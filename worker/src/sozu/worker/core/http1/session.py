@@ -496,6 +496,8 @@ class Http1Session:
             exchange.drop_back(self, keep=False)
             if self.status:
                 self.counters.count_status(self.status)
+                if self.cluster is not None:
+                    self.counters.count_cluster_status(self.cluster.cluster_id, self.status)
                 exchange.observe(self, now)
             log_request(self, now)
         self.close_front(now, linger=False, count_pipelined=False)
