@@ -98,3 +98,12 @@ def test_keys_switch_panes_sort_filter_and_quit() -> None:
     assert handle_key(view, "\x1b")
     assert view.filter == ""
     assert handle_key(view, "q") is False
+
+
+def test_certificates_close_to_expiry_are_red() -> None:
+    from sozu.cli.top.render import _cell
+
+    assert _cell("days", 13.0).style == "bold red"
+    assert _cell("days", 14.0).style == ""
+    assert _cell("hash", "differs").style == "bold red"
+    assert _cell("hash", "ok").style == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sozu.command import requests as rq
+from sozu.command.certificates import inspect_certificate
 from sozu.command.envelope import Response, failure, ok
 from sozu.command.requests import Request
 from sozu.command.responses import (
@@ -107,7 +108,12 @@ def answer_query(state: ConfigState, request_id: str, request: Request) -> Respo
                     address=address,
                     fingerprint=fp,
                     names=stored.certificate.names,
-                    expired_at=stored.expired_at,
+                    # The expiry given with the certificate, else the certificate's own.
+                    expired_at=(
+                        stored.expired_at
+                        if stored.expired_at is not None
+                        else inspect_certificate(stored.certificate.certificate).not_after
+                    ),
                 )
                 for address, by_fingerprint in sorted(state.certificates.items())
                 for fp, stored in sorted(by_fingerprint.items())
