@@ -154,3 +154,27 @@ def test_top_ends_on_sigterm_with_the_terminal_restored(
         assert (tmp_path / "before").read_text() == (tmp_path / "after").read_text()
     finally:
         session.close()
+
+
+def test_top_ends_quietly_when_its_terminal_goes_away(
+    served: tuple[Daemon, int], tmp_path: Path
+) -> None:
+    """Closing the terminal (the pty hangs up) ends `sozu top` without a traceback: reading
+    and leaving the screen on a dead terminal fail, restoring its settings too."""
+    tmux_path = require_program("tmux")
+    daemon, _ = served
+    top = shlex.join([sys.executable, "-m", "sozu.cli", "-c", str(daemon.config_path), "top"])
+    stderr = tmp_path / "stderr"
+    session = Tmux(tmux_path, f"top-{free_port()}", f"{top} 2> {shlex.quote(str(stderr))}")
+    try:
+        wait_for(lambda: "requests/s" in session.screen() or None, timeout=10, what="overview")
+        found = subprocess.run(
+            ["pgrep", "-f", f"^{sys.executable} -m sozu.cli -c {daemon.config_path} top"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        pids = found.stdout.split()
+        assert len(pids) == 1, found
+    finally:
+        session.close()
+    wait_for(lambda: not Path(f"/proc/{pids[0]}").exists() or None, timeout=10, what="exit")
+    assert stderr.read_text() == ""

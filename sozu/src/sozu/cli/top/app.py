@@ -68,7 +68,8 @@ def _raw_terminal() -> Iterator[None]:
         tty.setcbreak(fd)
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        with contextlib.suppress(termios.error):  # a terminal that hung up has no settings
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -99,10 +100,16 @@ def run_interactive(source: Source, console: Console) -> None:
                 ready, _, _ = select.select([sys.stdin], [], [], FRAME_INTERVAL)
                 if ready:
                     key = os.read(sys.stdin.fileno(), 1).decode(errors="replace")
+                    if not key:
+                        return  # end of input: the terminal is gone
                     if not handle_key(view, key):
                         return
                     dirty = True
     except (KeyboardInterrupt, Stop):
+        return
+    except OSError:
+        # Reading from or drawing on a terminal that hung up (leaving the alternate screen
+        # writes to it too); the only I/O here is the terminal's, the sockets are the source's.
         return
     finally:
         source.stop()
