@@ -40,7 +40,8 @@ from sozu.cli.top.source import Source
 @click.pass_context
 def top(ctx: click.Context, refresh_ms: int, frames: int | None, pane: str) -> None:
     """A live view of the proxy: rates, latency, clusters, backends, listeners, UDP flows,
-    certificates, workers and events (keys: o c b l u t w e, s/S sort, / filter, q quit)."""
+    certificates, workers and events (keys: o c b l u t w e, s/S sort, / filter, j/k/g/G
+    scroll, : command palette, q quit)."""
     state = cli_state(ctx)
     loaded = load_or_fail(state)
     source = Source(

@@ -28,8 +28,49 @@ class Stop(Exception):
     """A signal asked to leave."""
 
 
+def run_command(view: View, text: str) -> bool:
+    """A palette command: a pane's title (or its start), `sort COLUMN [desc]` (a header or
+    its start), `filter TEXT`, `quit`; False when it asks to quit."""
+    view.palette, view.message = None, ""
+    words = text.split()
+    if not words:
+        return True
+    verb, rest = words[0].lower(), words[1:]
+    if verb in ("q", "quit"):
+        return False
+    if verb == "filter":
+        view.filter, view.scroll = " ".join(rest), None
+        return True
+    if verb == "sort" and rest:
+        headers = PANES[view.pane][1]
+        wanted = rest[0].lower()
+        for index, header in enumerate(headers):
+            if header.lower().startswith(wanted):
+                view.sort_column = index
+                view.descending = len(rest) > 1 and rest[1].lower() in ("desc", "down")
+                return True
+        view.message = f"no column {rest[0]!r} in {PANES[view.pane][0]}"
+        return True
+    keys = [key for key, (title, _) in PANES.items() if title.startswith(verb)]
+    if len(keys) == 1 and not rest:
+        return handle_key(view, keys[0])
+    view.message = f"unknown command: {text.strip()}"
+    return True
+
+
 def handle_key(view: View, key: str) -> bool:
     """Apply one key to the view; False when it asks to quit."""
+    if view.palette is not None:
+        if key in ("\r", "\n"):
+            return run_command(view, view.palette)
+        if key == "\x1b":
+            view.palette = None
+        elif key in ("\x7f", "\b"):
+            view.palette = view.palette[:-1]
+        elif key.isprintable():
+            view.palette += key
+        return True
+    view.message = ""  # shown until the next key
     if view.editing_filter:
         if key in ("\r", "\n", "\x1b"):
             view.editing_filter = False
@@ -45,6 +86,7 @@ def handle_key(view: View, key: str) -> bool:
     if key in PANES:
         if key != view.pane:
             view.pane, view.sort_column, view.descending = key, 0, False
+            view.scroll = None
     elif key == "s":
         columns = len(PANES[view.pane][1])
         view.sort_column = (view.sort_column + 1) % columns if columns else 0
@@ -52,6 +94,16 @@ def handle_key(view: View, key: str) -> bool:
         view.descending = not view.descending
     elif key == "/":
         view.editing_filter = True
+    elif key == ":":
+        view.palette = ""
+    elif key == "j":
+        view.scroll = (view.scroll or 0) + 1
+    elif key == "k":
+        view.scroll = max((view.scroll or 0) - 1, 0)
+    elif key == "g":
+        view.scroll = 0
+    elif key == "G":
+        view.scroll = None
     return True
 
 

@@ -43,6 +43,22 @@ class View:
     editing_filter: bool = False
     events: list[str] = field(default_factory=list)
     error: str | None = None
+    # Rows scrolled past; None: the first rows (the last ones for events, which grow).
+    scroll: int | None = None
+    # The command palette's text while it is open (`:`), and what the last command said.
+    palette: str | None = None
+    message: str = ""
+
+
+def window(count: int, room: int, scroll: int | None, *, tail: bool = False) -> slice:
+    """The rows shown: `room` of `count` from the scroll position (clamped), else the
+    first ones, or with `tail` the last ones."""
+    last_start = max(count - room, 0)
+    if scroll is None:
+        start = last_start if tail else 0
+    else:
+        start = min(scroll, last_start)
+    return slice(start, start + room)
 
 
 def _seconds(value: float | None) -> str:
@@ -99,10 +115,11 @@ def _table(headers: Sequence[str], rows: Sequence[Row], view: View, limit: int) 
             overflow="ellipsis",
             justify="left" if index == 0 else "right",
         )
-    for row in rows[:limit]:
+    shown = window(len(rows), limit, view.scroll)
+    for row in rows[shown]:
         table.add_row(*(_cell(h, v) for h, v in zip(headers, row, strict=False)))
-    if len(rows) > limit:
-        table.add_row(Text(f"... {len(rows) - limit} more", style="dim"))
+    if len(rows) > shown.stop:
+        table.add_row(Text(f"... {len(rows) - shown.stop} more (j/k)", style="dim"))
     return table
 
 
@@ -152,12 +169,17 @@ def frame(history: History, view: View, width: int, height: int, now_epoch: floa
     if view.pane == "o":
         body = _overview(history, width)
     elif view.pane == "e":
-        body = Text("\n".join(view.events[-body_height:]) or "no events yet")
+        shown = window(len(view.events), body_height, view.scroll, tail=True)
+        body = Text("\n".join(view.events[shown]) or "no events yet")
     else:
         rows = filter_rows(rows_of(history, view.pane, now_epoch), view.filter)
         rows = sort_rows(rows, view.sort_column, view.descending)
         body = _table(headers, rows, view, max(1, body_height - 1))
-    if view.editing_filter:
+    if view.palette is not None:
+        status = Text(f":{view.palette}_  (pane, sort COLUMN [desc], filter TEXT, quit)")
+    elif view.message:
+        status = Text(view.message, style="red")
+    elif view.editing_filter:
         status = Text(f"filter: {view.filter}_", style="bold")
     elif view.error:
         status = Text(view.error, style="red")
