@@ -1,6 +1,7 @@
 """`sozu top` in a real terminal (tmux) against a real daemon under a request loop: the
-overview shows the requests, the clusters pane lists the cluster, `q` exits 0, SIGTERM ends
-it too, and either way the terminal settings are what they were before."""
+overview shows the requests, the clusters pane lists the cluster, `q` exits 0, SIGTERM, SIGHUP
+and SIGINT end it too, and either way the terminal settings are what they were before; closing
+the terminal ends it without a traceback."""
 
 from __future__ import annotations
 
@@ -135,8 +136,9 @@ def test_top_shows_the_load_and_quits_on_q(served: tuple[Daemon, int], tmp_path:
         session.close()
 
 
-def test_top_ends_on_sigterm_with_the_terminal_restored(
-    served: tuple[Daemon, int], tmp_path: Path
+@pytest.mark.parametrize("signal_name", ["TERM", "HUP", "INT"])
+def test_top_ends_on_a_signal_with_the_terminal_restored(
+    served: tuple[Daemon, int], tmp_path: Path, signal_name: str
 ) -> None:
     tmux_path = require_program("tmux")
     daemon, _ = served
@@ -149,7 +151,7 @@ def test_top_ends_on_sigterm_with_the_terminal_restored(
         )  # fmt: skip
         pids = found.stdout.split()
         assert len(pids) == 1, found
-        subprocess.run(["kill", "-TERM", pids[0]], check=True, timeout=10)
+        subprocess.run(["kill", f"-{signal_name}", pids[0]], check=True, timeout=10)
         wait_for(lambda: (tmp_path / "rc").exists() or None, timeout=10, what="exit")
         assert (tmp_path / "before").read_text() == (tmp_path / "after").read_text()
     finally:
