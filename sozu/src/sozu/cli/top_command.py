@@ -10,9 +10,12 @@ import click
 from rich.console import Console
 
 from sozu.cli.context import SozuCommand, cli_state, command_socket, load_or_fail
+from sozu.cli.daemon_client import DaemonFailure, DaemonUnreachable
 from sozu.cli.top.app import run_interactive, run_snapshots
 from sozu.cli.top.render import PANES
 from sozu.cli.top.source import Source
+from sozu.command.client import CommandTimeout, DaemonUnavailable
+from sozu.command.envelope import ProtocolError
 
 
 @click.command("top", cls=SozuCommand)
@@ -54,8 +57,11 @@ def top(ctx: click.Context, refresh_ms: int, frames: int | None, pane: str) -> N
                           force_terminal=False if no_color else None)  # fmt: skip
         try:
             run_snapshots(source, console, frames, pane)
-        except OSError as error:
-            raise click.ClickException(f"cannot reach the daemon: {error}") from None
+        except DaemonUnavailable as error:
+            raise DaemonUnreachable(str(error)) from None  # exit 69, as every command
+        except (CommandTimeout, ProtocolError, RuntimeError, OSError) as error:
+            # RuntimeError: a query the daemon refused (its message).
+            raise DaemonFailure(str(error)) from None
         return
     if not sys.stdin.isatty():
         raise click.UsageError("sozu top needs a terminal (or --snapshot N)")
