@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+from typing import ClassVar
 
 import click
 
@@ -18,7 +20,6 @@ from sozu.cli.daemon_commands import (
     status,
     upgrade,
 )
-from sozu.cli.fleet_commands import fleet_group
 from sozu.cli.health_check_commands import health_check_group
 from sozu.cli.http_commands import (
     add_listener_commands,
@@ -30,7 +31,6 @@ from sozu.cli.routing_commands import backend_group, cluster_group, frontend_gro
 from sozu.cli.runtime_commands import cluster_h2_group, connection_limit_group
 from sozu.cli.start import start
 from sozu.cli.state_commands import state_group
-from sozu.cli.top_command import top
 from sozu.command.build import build_id
 
 
@@ -42,7 +42,28 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
-@click.group(cls=SozuGroup, root=True, context_settings={"help_option_names": ["-h", "--help"]})
+class RootGroup(SozuGroup):
+    """The `sozu` group: commands with heavy imports (httpx and trio for `fleet`, rich for
+    `top`) are imported only when run or listed, so that every other command starts fast."""
+
+    LAZY: ClassVar[dict[str, tuple[str, str]]] = {
+        "fleet": ("sozu.cli.fleet_commands", "fleet_group"),
+        "top": ("sozu.cli.top_command", "top"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            module, attribute = self.LAZY[cmd_name]
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=RootGroup, root=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-V",
     "--version",
@@ -76,9 +97,7 @@ sozu.add_command(listener_group)
 sozu.add_command(frontend_group)
 sozu.add_command(certificate_group)
 sozu.add_command(metrics_group)
-sozu.add_command(fleet_group)
 sozu.add_command(connection_limit_group)
-sozu.add_command(top)
 
 cluster_group.add_command(health_check_group)
 cluster_group.add_command(cluster_h2_group)
