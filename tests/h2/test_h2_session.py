@@ -207,3 +207,42 @@ def test_a_stream_opened_after_goaway_is_refused() -> None:
     assert later not in client.inner
     resets = [e for e in client.of(h2.events.StreamReset) if isinstance(e, h2.events.StreamReset)]
     assert [(e.stream_id, e.error_code) for e in resets] == [(later, ErrorCodes.REFUSED_STREAM)]
+
+
+def test_rapid_reset_ends_the_connection_with_enhance_your_calm() -> None:
+    world = World(h2_max_rst_stream_per_window=3)
+    world.cluster("a", [("a1", 8001)])
+    world.frontend("a.test", "a")
+    client = Client(world)
+    for _ in range(4):
+        stream = client.get("a.test")
+        client.c.reset_stream(stream)
+        client.exchange()
+        if client.s.done:
+            break
+    assert client.s.done
+    terminated = client.of(h2.events.ConnectionTerminated)
+    assert [e.error_code for e in terminated if isinstance(e, h2.events.ConnectionTerminated)] == [
+        ErrorCodes.ENHANCE_YOUR_CALM
+    ]
+    assert world.ctx.counters.h2_rapid_resets == 1
+    assert len(client.inner) == 4  # the fourth reset was the one over the limit
+
+
+def test_resets_spread_over_windows_are_allowed() -> None:
+    world = World(h2_max_rst_stream_per_window=3)
+    world.cluster("a", [("a1", 8001)])
+    world.frontend("a.test", "a")
+    client = Client(world)
+    global NOW
+    start = NOW
+    try:
+        for _ in range(6):
+            stream = client.get("a.test")
+            client.c.reset_stream(stream)
+            client.exchange()
+            NOW += 0.6  # two resets per window at most
+    finally:
+        NOW = start
+    assert not client.s.done
+    assert world.ctx.counters.h2_rapid_resets == 0

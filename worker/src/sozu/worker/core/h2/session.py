@@ -41,6 +41,9 @@ INF = math.inf
 DEFAULT_MAX_CONCURRENT_STREAMS = 100
 DEFAULT_MAX_HEADER_LIST_SIZE = 65536
 DEFAULT_INITIAL_WINDOW = 1048576
+DEFAULT_MAX_RST_STREAM_PER_WINDOW = 100
+# The window the per-window h2_max_* flood limits count over, in seconds.
+FLOOD_WINDOW = 1.0
 
 
 class H2Stream:
@@ -87,6 +90,10 @@ class H2Session:
             config.h2_max_header_list_size or DEFAULT_MAX_HEADER_LIST_SIZE,
         )
         self.connection_window = config.h2_initial_connection_window or DEFAULT_INITIAL_WINDOW
+        self.max_resets = config.h2_max_rst_stream_per_window or DEFAULT_MAX_RST_STREAM_PER_WINDOW
+        # Rapid reset (CVE-2023-44487): client resets counted per FLOOD_WINDOW.
+        self.resets = 0
+        self.resets_since = -INF
         # -- read by the shell
         self.to_front = bytearray()
         self.opened: list[tuple[int, Http1Session]] = []
@@ -136,6 +143,8 @@ class H2Session:
                 self._end_in(event.stream_id, now)
             elif isinstance(event, StreamReset):
                 self._cancel(event.stream_id)
+                if self._rapid_reset(now):
+                    return
             elif isinstance(event, (WindowUpdated, RemoteSettingsChanged)):
                 for stream_id in list(self.streams):
                     self._pump(stream_id)
@@ -306,6 +315,22 @@ class H2Session:
         except (ProtocolError, StreamClosedError):
             stream.ended_out = True
             self.cancelled.append(stream_id)
+
+    def _rapid_reset(self, now: float) -> bool:
+        """Count a client reset; past the listener's limit in one window the connection
+        ends with GOAWAY ENHANCE_YOUR_CALM (True)."""
+        if now - self.resets_since >= FLOOD_WINDOW:
+            self.resets_since = now
+            self.resets = 0
+        self.resets += 1
+        if self.resets <= self.max_resets:
+            return False
+        self.counters.h2_rapid_resets += 1
+        self.goaway_sent = True
+        self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self.last_stream)
+        self._flush()
+        self._finish()
+        return True
 
     def _forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
