@@ -36,6 +36,7 @@ def test_loading_the_core_loads_no_io_module() -> None:
     code = (
         "import sys\n"
         "import sozu.worker.core.http1.session, sozu.worker.core.http1.actions\n"
+        "import sozu.worker.core.h2.session\n"
         "print(','.join(m for m in ('trio', 'socket', 'ssl', 'select', 'random') "
         "if m in sys.modules))\n"
     )

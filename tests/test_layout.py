@@ -30,6 +30,7 @@ SANS_IO_MODULES = (
     "sozu.worker.core.clusters",
     "sozu.worker.core.tcp_session",
     "sozu.worker.core.http1.session",
+    "sozu.worker.core.h2.session",
     "sozu.worker.core.udp.manager",
     "simulation.udp",
     "simulation.http1",

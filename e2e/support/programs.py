@@ -18,6 +18,8 @@ PACKAGES = {
     "curl": "curl",
     "openssl": "openssl",
     "wrk": "wrk",
+    "nghttp": "nghttp2-client",
+    "h2load": "nghttp2-client",
     "promtool": "prometheus",
     "etcd": "etcd-server",
     "etcdctl": "etcd-client",

@@ -268,14 +268,24 @@ def test_cipher_list_restricts_tls12_ciphers() -> None:
     assert cipher[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
 
 
-def test_alpn_negotiates_http11_only() -> None:
+def test_alpn_offers_h2_in_the_listener_order() -> None:
     tls = ListenerTls(listener())
-    assert any(w.startswith("alpn_protocols:") and "h2" in w for w in tls.warnings)
-    result = handshake(tls, "default.test", client_context(alpn=["h2", "http/1.1"]))
-    assert result.server.selected_alpn_protocol() == "http/1.1"
-    assert result.client.selected_alpn_protocol() == "http/1.1"
+    assert not any(w.startswith("alpn_protocols:") for w in tls.warnings)
+    result = handshake(tls, "default.test", client_context(alpn=["http/1.1", "h2"]))
+    assert result.server.selected_alpn_protocol() == "h2"
+    assert result.client.selected_alpn_protocol() == "h2"
+    only_h1 = handshake(tls, "default.test", client_context(alpn=["http/1.1"]))
+    assert only_h1.server.selected_alpn_protocol() == "http/1.1"
     plain = handshake(tls, "default.test")
     assert plain.server.selected_alpn_protocol() is None
+
+
+def test_alpn_order_prefers_http11_when_listed_first() -> None:
+    tls = ListenerTls(listener(alpn_protocols=("http/1.1", "h2")))
+    result = handshake(tls, "default.test", client_context(alpn=["h2", "http/1.1"]))
+    assert result.server.selected_alpn_protocol() == "http/1.1"
+    h2_only = handshake(tls, "default.test", client_context(alpn=["h2"]))
+    assert h2_only.server.selected_alpn_protocol() == "h2"
 
 
 def test_warnings_name_the_fields() -> None:

@@ -14,10 +14,12 @@ import math
 import socket
 import ssl
 
+from sozu.worker.core.h2.session import H2Session
 from sozu.worker.core.http1.context import ListenerContext
 from sozu.worker.core.http1.session import Http1Session
 from sozu.worker.core.proxy_protocol import ProxyProtocolError, parse_v2, v2_missing
 from sozu.worker.shell.accepting import Acceptor, LoopListener
+from sozu.worker.shell.h2_connection import H2FrontConnection
 from sozu.worker.shell.http_connection import HttpConnection
 from sozu.worker.shell.idle_pool import IdlePool
 from sozu.worker.shell.reactor import IN, OUT
@@ -205,11 +207,14 @@ class HttpServer:
         self.reactor = acceptor.reactor
         self.pool = IdlePool(acceptor.reactor)
         self.listeners: dict[str, HttpListener] = {}
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[HttpConnection | H2FrontConnection] = set()
 
     def start_session(
         self, listener: HttpListener, sock: socket.socket, peer: tuple[str, int]
     ) -> None:
+        if isinstance(sock, ssl.SSLSocket) and sock.selected_alpn_protocol() == "h2":
+            self._start_h2(listener, sock, peer)
+            return
         session = Http1Session(listener.context, peer)
         if isinstance(sock, ssl.SSLSocket):
             served = served_certificate(sock)
@@ -221,7 +226,20 @@ class HttpServer:
         self.connections.add(connection)
         connection.begin(self.reactor.now())
 
-    def connection_closed(self, connection: HttpConnection) -> None:
+    def _start_h2(self, listener: HttpListener, sock: ssl.SSLSocket, peer: tuple[str, int]) -> None:
+        served = served_certificate(sock)
+        session = H2Session(
+            listener.context,
+            peer,
+            served_names=served.names if served is not None else (),
+            sni=served.server_name if served is not None else None,
+            default_cert=served.default_used if served is not None else False,
+        )
+        connection = H2FrontConnection(self, sock, session)
+        self.connections.add(connection)
+        connection.begin(self.reactor.now())
+
+    def connection_closed(self, connection: HttpConnection | H2FrontConnection) -> None:
         self.connections.discard(connection)
         connection.session.counters.active -= 1
         self.acceptor.released()

@@ -66,6 +66,11 @@ _HTTPS_COUNTERS = (
     ("sozu_http_sni_authority_mismatch_total", "sni_mismatches"),
     ("sozu_https_handshakes_total", "tls_handshakes"),
     ("sozu_https_alpn_rejected_http11_disabled_total", "alpn_rejected"),
+    ("sozu_h2_connections_total", "h2_connections"),
+    ("sozu_h2_streams_total", "h2_streams"),
+    ("sozu_h2_refused_streams_total", "h2_refused_streams"),
+    ("sozu_h2_protocol_errors_total", "h2_protocol_errors"),
+    ("sozu_h2_rapid_reset_total", "h2_rapid_resets"),
 )
 _LISTENER_GAUGES = (
     ("sozu_http_active_connections", "active"),

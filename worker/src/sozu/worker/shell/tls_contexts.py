@@ -236,9 +236,7 @@ class ListenerTls:
         elif groups:
             warn("groups_list: only a single group can be set with Python's ssl; defaults used")
 
-        alpn = [p for p in config.alpn_protocols if p == "http/1.1"]
-        if "h2" in config.alpn_protocols:
-            warn("alpn_protocols: h2 is not offered yet; only http/1.1 is negotiated")
+        alpn = [p for p in config.alpn_protocols if p in ("h2", "http/1.1")]
 
         return _Settings(
             minimum=versions[0],

@@ -30,6 +30,11 @@ class HttpCounters:
     alpn_rejected: int = 0
     tls_handshakes: int = 0
     proxy_protocol_errors: int = 0  # invalid PROXY headers on an expect_proxy listener
+    h2_connections: int = 0  # connections that negotiated h2
+    h2_streams: int = 0  # request streams opened on them
+    h2_refused_streams: int = 0  # streams reset for a malformed request (smuggling checks)
+    h2_rapid_resets: int = 0  # connections ended by the rapid reset defence
+    h2_protocol_errors: int = 0  # connections ended by GOAWAY PROTOCOL_ERROR (or another code)
     # Requests still buffered when a connection closed after a response that said close.
     pipelined_unanswered: int = 0
     # final status of every response sent (proxied or generated) -> count

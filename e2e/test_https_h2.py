@@ -1,0 +1,229 @@
+"""HTTP/2 on an HTTPS listener through the real daemon, to nginx speaking HTTP/1.1: curl
+`--http2` routed by host, two clusters on one h2 connection (a client on the `h2` library),
+a malformed request stream reset without reaching a backend, nghttp, and a bounded h2load
+run with zero errors."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+import trustme
+
+from e2e.support.daemon import DaemonFactory
+from e2e.support.http_backends import cluster, listener
+from e2e.support.net import free_port
+from e2e.support.nginx import BIG_FILE_SIZE, Nginx, nginx_backends
+from e2e.support.programs import require_program
+
+pytestmark = pytest.mark.e2e
+
+IO_TIMEOUT = 15.0
+
+
+@dataclass
+class H2Site:
+    port: int
+    nginx: Nginx
+    ca_file: Path
+    ca: trustme.CA
+
+
+@pytest.fixture
+def h2_site(start_daemon: DaemonFactory, tmp_path: Path) -> Iterator[H2Site]:
+    """An HTTPS listener (default ALPN: h2, http/1.1) with one certificate for `alpha.test`
+    and `beta.test`, each routed to its own nginx cluster."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("alpha.test", "beta.test")
+    cert, key, ca_file = tmp_path / "site.crt", tmp_path / "site.key", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    listen = free_port()
+    with nginx_backends(tmp_path / "nginx", "alpha", "beta") as nginx:
+        config = listener(listen, "https")
+        for name in ("alpha", "beta"):
+            frontend: dict[str, object] = {
+                "address": f"127.0.0.1:{listen}",
+                "hostname": f"{name}.test",
+                "certificate": str(cert),
+                "key": str(key),
+            }
+            config += cluster(
+                name, [frontend], [{"address": nginx.address(name), "backend_id": name}]
+            )
+        start_daemon(extra=config)
+        yield H2Site(listen, nginx, ca_file, ca)
+
+
+def _curl(site: H2Site, *args: str) -> subprocess.CompletedProcess[str]:
+    curl = require_program("curl")
+    resolve: list[str] = []
+    for name in ("alpha", "beta"):
+        resolve += ["--resolve", f"{name}.test:{site.port}:127.0.0.1"]
+    return subprocess.run(
+        [curl, "-sS", "--http2", "--cacert", str(site.ca_file), *resolve, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_curl_http2_is_routed_by_authority(h2_site: H2Site, tmp_path: Path) -> None:
+    for name in ("alpha", "beta"):
+        result = _curl(
+            h2_site, "-w", "\\n%{http_version} %{http_code}", f"https://{name}.test:{h2_site.port}/"
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{name}\n\n2 200", result.stdout
+    result = _curl(h2_site, f"https://alpha.test:{h2_site.port}/headers")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "request: GET /headers HTTP/1.1" in lines
+    assert f"host: alpha.test:{h2_site.port}" in lines
+    assert "x-forwarded-proto: https" in lines
+    downloaded = tmp_path / "big.bin"
+    result = _curl(
+        h2_site, "-o", str(downloaded), f"https://alpha.test:{h2_site.port}/files/big.bin"
+    )
+    assert result.returncode == 0, result.stderr
+    assert downloaded.stat().st_size == BIG_FILE_SIZE
+    assert downloaded.read_bytes() == h2_site.nginx.big_file.read_bytes()
+
+
+def _h2_exchange(
+    site: H2Site, requests: list[list[tuple[str, str]]], body: bytes | None = None
+) -> dict[int, tuple[list[tuple[bytes, bytes]], bytes, int | None]]:
+    """Send `requests` as streams of one h2 connection; return per stream id its response
+    headers, body and reset code (None when it ended normally)."""
+    context = ssl.create_default_context(cafile=str(site.ca_file))
+    context.set_alpn_protocols(["h2"])
+    results: dict[int, tuple[list[tuple[bytes, bytes]], bytes, int | None]] = {}
+    with (
+        socket.create_connection(("127.0.0.1", site.port), timeout=IO_TIMEOUT) as raw,
+        context.wrap_socket(raw, server_hostname="alpha.test") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "h2"
+        # No client-side header checks: the tests send malformed requests on purpose.
+        config = h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        pending: dict[int, tuple[list[tuple[bytes, bytes]], bytearray]] = {}
+        for headers in requests:
+            stream_id = conn.get_next_available_stream_id()
+            conn.send_headers(stream_id, headers, end_stream=body is None)
+            if body is not None:
+                conn.send_data(stream_id, body, end_stream=True)
+            pending[stream_id] = ([], bytearray())
+        tls.sendall(conn.data_to_send())
+        while len(results) < len(requests):
+            data = tls.recv(65536)
+            assert data, "the connection closed before every stream ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    pending[event.stream_id][0].extend(event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    pending[event.stream_id][1].extend(event.data)
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    got = pending[event.stream_id]
+                    results[event.stream_id] = (got[0], bytes(got[1]), None)
+                elif isinstance(event, h2.events.StreamReset):
+                    got = pending[event.stream_id]
+                    results[event.stream_id] = (got[0], bytes(got[1]), int(event.error_code))
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    # Streams not ended yet are reported with the GOAWAY's code, negated.
+                    for stream_id, got in pending.items():
+                        if stream_id not in results:
+                            code = -int(event.error_code)
+                            results[stream_id] = (got[0], bytes(got[1]), code)
+            tls.sendall(conn.data_to_send())
+    return results
+
+
+def _request(authority: str, path: str = "/", **extra: str) -> list[tuple[str, str]]:
+    headers = [(":method", "GET"), (":scheme", "https"), (":authority", authority)]
+    return [*headers, (":path", path), *extra.items()]
+
+
+def test_streams_of_one_connection_reach_two_clusters(h2_site: H2Site) -> None:
+    results = _h2_exchange(
+        h2_site, [_request("alpha.test"), _request("beta.test"), _request("alpha.test")]
+    )
+    bodies = [results[i][1] for i in sorted(results)]
+    assert bodies == [b"alpha\n", b"beta\n", b"alpha\n"]
+    for headers, _, reset in results.values():
+        assert reset is None
+        assert (b":status", b"200") in headers
+        assert not any(name in (b"connection", b"keep-alive") for name, _ in headers)
+
+
+def test_a_malformed_stream_is_reset_and_the_others_are_served(h2_site: H2Site) -> None:
+    # A body longer than its content-length: never relayed; the connection ends with GOAWAY
+    # PROTOCOL_ERROR (reported by the helper as -1).
+    post = [(":method", "POST"), (":scheme", "https"), (":authority", "alpha.test")]
+    lying = [*post, (":path", "/upload/x"), ("content-length", "2")]
+    results = _h2_exchange(h2_site, [lying], body=b"0123456789")
+    assert [reset for _, _, reset in results.values()] == [-1]
+    # A connection-specific header: that stream alone is reset with PROTOCOL_ERROR.
+    bad = _request("alpha.test", "/", **{"connection": "keep-alive"})
+    results = _h2_exchange(h2_site, [bad, _request("beta.test")])
+    assert [results[k][2] for k in sorted(results)] == [1, None]
+    assert [results[k][1] for k in sorted(results)] == [b"", b"beta\n"]
+
+
+def test_nghttp_fetches_both_hosts(h2_site: H2Site) -> None:
+    nghttp = require_program("nghttp")
+    for name in ("alpha", "beta"):
+        result = subprocess.run(
+            [nghttp, "-H", f":authority: {name}.test", f"https://127.0.0.1:{h2_site.port}/"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout == f"{name}\n", result.stdout
+
+
+def test_h2load_bounded_run_has_no_error(h2_site: H2Site) -> None:
+    h2load = require_program("h2load")
+    result = subprocess.run(
+        [
+            h2load,
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-m",
+            "10",
+            f"--connect-to=127.0.0.1:{h2_site.port}",
+            f"https://alpha.test:{h2_site.port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = re.search(
+        r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored",
+        result.stdout,
+    )
+    assert line is not None, result.stdout
+    total, done, succeeded, failed, errored = (int(g) for g in line.groups())
+    assert (total, done, succeeded, failed, errored) == (2000, 2000, 2000, 0, 0), result.stdout
+    assert "status codes: 2000 2xx" in result.stdout, result.stdout

@@ -1,0 +1,248 @@
+"""The HTTP/2 frontend session core, driven by an `h2` client in memory: request streams
+become HTTP/1.1 requests of their own cores (routed like HTTP/1.1, one connection to several
+clusters), responses come back as h2 streams, malformed requests are refused, and a drain
+sends GOAWAY with the last stream id and lets open streams finish."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+from h2.errors import ErrorCodes
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+from support.http1_driver import PEER, World
+
+from sozu.worker.core.h2.session import H2Session
+from sozu.worker.core.http1.actions import CONNECT
+from sozu.worker.core.http1.session import Http1Session
+
+NOW = 1000.0
+
+
+class Client:
+    """An h2 client talking to one H2Session, and the stream cores it opened."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.s = H2Session(world.ctx, PEER)
+        self.c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.c.initiate_connection()
+        self.events: list[h2.events.Event] = []
+        self.inner: dict[int, Http1Session] = {}
+        self.s.start(NOW)
+        self.exchange()
+
+    def exchange(self) -> None:
+        """Deliver both ways until quiet."""
+        for _ in range(10):
+            out = self.c.data_to_send()
+            if out:
+                self.s.front_data(out, NOW)
+            for stream_id, inner in self.s.opened:
+                self.inner[stream_id] = inner
+            self.s.opened.clear()
+            back = bytes(self.s.to_front)
+            self.s.to_front.clear()
+            if back:
+                self.events += self.c.receive_data(back)
+            if not out and not back:
+                break
+        self.s.check_invariants()
+
+    def get(self, authority: str, path: str = "/", **extra: str) -> int:
+        stream_id = self.c.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":scheme", "https"), (":authority", authority)]
+        self.c.send_headers(stream_id, [*headers, (":path", path), *extra.items()], end_stream=True)
+        self.exchange()
+        return stream_id
+
+    def respond(self, stream_id: int, response: bytes) -> None:
+        self.s.response_data(stream_id, response, NOW)
+        self.exchange()
+
+    def of(self, kind: type, stream_id: int | None = None) -> list[h2.events.Event]:
+        return [
+            e
+            for e in self.events
+            if isinstance(e, kind)
+            and (stream_id is None or getattr(e, "stream_id", 0) == stream_id)
+        ]
+
+
+def two_clusters() -> World:
+    world = World()
+    world.cluster("a", [("a1", 8001)])
+    world.cluster("b", [("b1", 8002)])
+    world.frontend("a.test", "a")
+    world.frontend("b.test", "b")
+    return world
+
+
+def test_streams_of_one_connection_go_to_their_own_clusters() -> None:
+    world = two_clusters()
+    client = Client(world)
+    first = client.get("a.test", "/x?y=1")
+    second = client.get("b.test", "/z")
+    assert set(client.inner) == {first, second}
+    for stream_id, cluster_id, line in ((first, "a", b"GET /x?y=1 "), (second, "b", b"GET /z ")):
+        inner = client.inner[stream_id]
+        assert inner.actions & CONNECT
+        assert inner.target is not None
+        assert inner.target.cluster_id == cluster_id
+        assert inner.request_bytes.startswith(line + b"HTTP/1.1\r\n"), inner.request_bytes
+    assert world.ctx.counters.h2_streams == 2
+    client.respond(
+        second, b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    (response,) = client.of(h2.events.ResponseReceived, second)
+    assert isinstance(response, h2.events.ResponseReceived)
+    assert (b":status", b"200") in response.headers
+    assert not any(name == b"connection" for name, _ in response.headers)
+    data = client.of(h2.events.DataReceived, second)
+    assert b"".join(e.data for e in data if isinstance(e, h2.events.DataReceived)) == b"hello"
+    assert client.of(h2.events.StreamEnded, second)
+    assert not client.of(h2.events.StreamEnded, first)
+    assert client.s.stream_finished(second)
+    assert not client.s.stream_finished(first)
+
+
+def test_a_chunked_response_loses_its_framing() -> None:
+    world = two_clusters()
+    client = Client(world)
+    stream = client.get("a.test")
+    client.respond(stream, b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n")
+    client.respond(stream, b"3\r\nabc\r\n0\r\n\r\n")
+    (response,) = client.of(h2.events.ResponseReceived, stream)
+    assert isinstance(response, h2.events.ResponseReceived)
+    assert (b":status", b"404") in response.headers
+    assert not any(name == b"transfer-encoding" for name, _ in response.headers)
+    data = client.of(h2.events.DataReceived, stream)
+    assert b"".join(e.data for e in data if isinstance(e, h2.events.DataReceived)) == b"abc"
+    assert client.of(h2.events.StreamEnded, stream)
+
+
+def test_a_connection_specific_header_resets_the_stream_alone() -> None:
+    world = two_clusters()
+    client = Client(world)
+    # The client library refuses to send it: its own header checks are turned off.
+    client.c.config.validate_outbound_headers = False
+    client.c.config.normalize_outbound_headers = False
+    bad = client.get("a.test", **{"transfer-encoding": "chunked"})
+    good = client.get("b.test")
+    resets = client.of(h2.events.StreamReset, bad)
+    assert [e.error_code for e in resets if isinstance(e, h2.events.StreamReset)] == [
+        ErrorCodes.PROTOCOL_ERROR
+    ]
+    assert bad not in client.inner
+    assert good in client.inner
+    assert world.ctx.counters.h2_refused_streams == 1
+
+
+def test_a_body_longer_than_its_content_length_ends_the_connection() -> None:
+    world = two_clusters()
+    client = Client(world)
+    stream_id = client.c.get_next_available_stream_id()
+    headers = [(":method", "POST"), (":scheme", "https"), (":authority", "a.test")]
+    client.c.send_headers(stream_id, [*headers, (":path", "/"), ("content-length", "2")])
+    client.exchange()
+    client.c.send_data(stream_id, b"0123456789", end_stream=True)
+    client.exchange()
+    inner = client.inner[stream_id]
+    # Only the head went to the stream's core: never the body past the declared length.
+    assert inner.fbuf == b"" or len(inner.fbuf) <= 2
+    terminated = client.of(h2.events.ConnectionTerminated)
+    assert [e.error_code for e in terminated if isinstance(e, h2.events.ConnectionTerminated)] == [
+        ErrorCodes.PROTOCOL_ERROR
+    ]
+    assert client.s.done
+    assert client.s.cancelled == [stream_id]
+    assert world.ctx.counters.h2_protocol_errors == 1
+
+
+def frames(data: bytes) -> list[Frame]:
+    """The frames of raw server output (read without a client state machine: the client
+    library treats a GOAWAY as the end of the connection)."""
+    found: list[Frame] = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        found.append(frame)
+        data = data[9 + length :]
+    return found
+
+
+def test_drain_sends_goaway_with_the_last_stream_and_finishes_open_streams() -> None:
+    world = two_clusters()
+    client = Client(world)
+    stream = client.get("a.test")
+    client.s.drain(NOW)
+    (goaway,) = frames(bytes(client.s.to_front))
+    client.s.to_front.clear()
+    assert isinstance(goaway, GoAwayFrame)
+    assert goaway.error_code == ErrorCodes.NO_ERROR
+    assert goaway.last_stream_id == stream
+    assert client.s.deadline == float("inf")  # a stream is still open
+    client.s.response_data(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", NOW)
+    sent = frames(bytes(client.s.to_front))
+    headers, data = sent
+    assert isinstance(headers, HeadersFrame)
+    assert isinstance(data, DataFrame)
+    assert data.data == b"ok"
+    assert "END_STREAM" in data.flags
+    assert client.s.stream_finished(stream)
+    client.s.stream_closed(stream, NOW)
+    assert client.s.deadline == NOW
+    client.s.on_timer(NOW)
+    assert client.s.done
+
+
+def test_a_stream_opened_after_goaway_is_refused() -> None:
+    world = two_clusters()
+    client = Client(world)
+    first = client.get("a.test")
+    client.s.drain(NOW)
+    client.s.to_front.clear()  # the GOAWAY: this client goes on as if it were in flight
+    later = client.get("b.test")
+    assert later > first
+    assert later not in client.inner
+    resets = [e for e in client.of(h2.events.StreamReset) if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(later, ErrorCodes.REFUSED_STREAM)]
+
+
+def test_rapid_reset_ends_the_connection_with_enhance_your_calm() -> None:
+    world = World(h2_max_rst_stream_per_window=3)
+    world.cluster("a", [("a1", 8001)])
+    world.frontend("a.test", "a")
+    client = Client(world)
+    for _ in range(4):
+        stream = client.get("a.test")
+        client.c.reset_stream(stream)
+        client.exchange()
+        if client.s.done:
+            break
+    assert client.s.done
+    terminated = client.of(h2.events.ConnectionTerminated)
+    assert [e.error_code for e in terminated if isinstance(e, h2.events.ConnectionTerminated)] == [
+        ErrorCodes.ENHANCE_YOUR_CALM
+    ]
+    assert world.ctx.counters.h2_rapid_resets == 1
+    assert len(client.inner) == 4  # the fourth reset was the one over the limit
+
+
+def test_resets_spread_over_windows_are_allowed() -> None:
+    world = World(h2_max_rst_stream_per_window=3)
+    world.cluster("a", [("a1", 8001)])
+    world.frontend("a.test", "a")
+    client = Client(world)
+    global NOW
+    start = NOW
+    try:
+        for _ in range(6):
+            stream = client.get("a.test")
+            client.c.reset_stream(stream)
+            client.exchange()
+            NOW += 0.6  # two resets per window at most
+    finally:
+        NOW = start
+    assert not client.s.done
+    assert world.ctx.counters.h2_rapid_resets == 0

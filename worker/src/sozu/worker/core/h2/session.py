@@ -1,0 +1,388 @@
+"""The HTTP/2 frontend session core: one client connection that negotiated `h2`, as a
+synchronous sans-io state machine on the `h2` library (framing, HPACK, flow control).
+
+Each request stream becomes an HTTP/1.1 request (translation.py) handed to an `Http1Session`
+core of its own, so routing, policies, answers, header edits, access log and metrics are
+exactly those of HTTP/1.1; the HTTP/1.1 response that core queues for its "client" is read
+back (response_reader.py) into the stream's HEADERS and DATA. The shell runs each stream's
+core with its backend connection like an HTTP/1.1 connection, and reads here after every
+call: `to_front`, `opened` (stream cores to run), `cancelled` (stream cores to end),
+`deadline` and `done`. Nothing here does I/O or reads a clock. LIFECYCLE.md beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from sozu.worker.core.h2.response_reader import ResponseReader
+from sozu.worker.core.h2.translation import Refused, translate
+from sozu.worker.core.http1.context import ListenerContext
+from sozu.worker.core.http1.session import Http1Session
+
+INF = math.inf
+# Defaults of the listener's h2_* settings (config-keys.md) used when they are unset.
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
+DEFAULT_MAX_HEADER_LIST_SIZE = 65536
+DEFAULT_INITIAL_WINDOW = 1048576
+DEFAULT_MAX_RST_STREAM_PER_WINDOW = 100
+# The window the per-window h2_max_* flood limits count over, in seconds.
+FLOOD_WINDOW = 1.0
+
+
+class H2Stream:
+    """One request stream: its HTTP/1.1 core, the response read back, the body counts."""
+
+    __slots__ = ("content_length", "ended_in", "ended_out", "inner", "out", "reader", "received")
+
+    def __init__(self, inner: Http1Session, method: bytes, content_length: int) -> None:
+        self.inner = inner
+        self.reader = ResponseReader(method)
+        self.content_length = content_length  # -1: none given (chunked to the backend)
+        self.received = 0  # request body bytes
+        self.ended_in = False  # the client ended the stream
+        self.ended_out = False  # the response ended (END_STREAM sent, or reset)
+        self.out = bytearray()  # response body not sent yet (flow control)
+
+
+class H2Session:
+    """One h2 client connection. The shell reads `to_front`, `opened`, `cancelled`,
+    `deadline` and `done` after each input call."""
+
+    def __init__(
+        self,
+        ctx: ListenerContext,
+        peer: tuple[str, int],
+        *,
+        served_names: tuple[str, ...] = (),
+        sni: str | None = None,
+        default_cert: bool = False,
+    ) -> None:
+        self.ctx = ctx
+        self.counters = ctx.counters
+        self.peer = peer
+        self.served_names = served_names
+        self.sni = sni
+        self.default_cert = default_cert
+        config = ctx.config
+        self.max_streams = config.h2_max_concurrent_streams or DEFAULT_MAX_CONCURRENT_STREAMS
+        self.conn = H2Connection(
+            H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
+        )
+        self.conn.local_settings = _settings(
+            self.max_streams,
+            config.h2_max_header_list_size or DEFAULT_MAX_HEADER_LIST_SIZE,
+        )
+        self.connection_window = config.h2_initial_connection_window or DEFAULT_INITIAL_WINDOW
+        self.max_resets = config.h2_max_rst_stream_per_window or DEFAULT_MAX_RST_STREAM_PER_WINDOW
+        # Rapid reset (CVE-2023-44487): client resets counted per FLOOD_WINDOW.
+        self.resets = 0
+        self.resets_since = -INF
+        # -- read by the shell
+        self.to_front = bytearray()
+        self.opened: list[tuple[int, Http1Session]] = []
+        self.cancelled: list[int] = []
+        self.deadline = INF
+        self.done = False
+        # -- the connection
+        self.streams: dict[int, H2Stream] = {}
+        self.draining = False
+        self.goaway_sent = False
+        self.goaway_last = 0  # streams above it are refused once GOAWAY went out
+        self.last_stream = 0
+
+    # -- inputs
+
+    def start(self, now: float) -> None:
+        """The TLS handshake chose h2: send our SETTINGS."""
+        self.counters.h2_connections += 1
+        self.conn.initiate_connection()
+        extra = self.connection_window - self.conn.inbound_flow_control_window
+        if extra > 0:
+            self.conn.increment_flow_control_window(extra)
+        self.deadline = now + self.ctx.front_timeout
+        if self.ctx.shared.draining:
+            self.drain(now)
+        self._flush()
+
+    def front_data(self, data: bytes, now: float) -> None:
+        """Bytes read from the client."""
+        assert data
+        self.counters.bytes_in += len(data)
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError:
+            # The library has queued its GOAWAY (with the error's code) already.
+            self.counters.h2_protocol_errors += 1
+            self.goaway_sent = True
+            self._flush()
+            self._finish()
+            return
+        for event in events:
+            if isinstance(event, RequestReceived):
+                self._request(event.stream_id, event.headers, event.stream_ended is not None, now)
+            elif isinstance(event, DataReceived):
+                self._data(event.stream_id, event.data, event.flow_controlled_length, now)
+            elif isinstance(event, StreamEnded):
+                self._end_in(event.stream_id, now)
+            elif isinstance(event, StreamReset):
+                self._cancel(event.stream_id)
+                if self._rapid_reset(now):
+                    return
+            elif isinstance(event, (WindowUpdated, RemoteSettingsChanged)):
+                for stream_id in list(self.streams):
+                    self._pump(stream_id)
+            elif isinstance(event, ConnectionTerminated):
+                self._finish()
+                return
+        self._idle(now)
+        self._flush()
+
+    def front_eof(self, now: float) -> None:
+        """The client closed (or the connection failed): every stream ends."""
+        self._finish()
+
+    def on_timer(self, now: float) -> None:
+        """The idle timeout (no stream open for front_timeout) or the drain deadline."""
+        if now >= self.deadline and not self.done:
+            if not self.goaway_sent:
+                self._goaway()
+                self._flush()
+            self._finish()
+
+    def drain(self, now: float) -> None:
+        """The worker drains: GOAWAY with the last stream id, open streams finish."""
+        self.draining = True
+        if not self.goaway_sent:
+            self._goaway()
+        self._idle(now)
+        self._flush()
+
+    def response_data(self, stream_id: int, data: bytes, now: float) -> None:
+        """The HTTP/1.1 response bytes a stream's core queued for its client."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.ended_out:
+            return
+        reader = stream.reader
+        had_head = reader.head is not None
+        reader.feed(data)
+        if reader.failed:
+            self._reset(stream_id, ErrorCodes.INTERNAL_ERROR)
+        else:
+            if not had_head and reader.head is not None:
+                end = reader.complete and not reader.body
+                self.conn.send_headers(stream_id, reader.head, end_stream=end)
+                stream.ended_out = end
+            if reader.body:
+                stream.out += reader.body
+                reader.body.clear()
+            self._pump(stream_id)
+        self._idle(now)
+        self._flush()
+
+    def stream_closed(self, stream_id: int, now: float) -> None:
+        """A stream's core ended (its shell let go of it)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.ended_out:
+            self._reset(stream_id, ErrorCodes.INTERNAL_ERROR)
+        self._forget(stream_id)
+        self._idle(now)
+        self._flush()
+
+    def stream_finished(self, stream_id: int) -> bool:
+        """The stream's response is complete and sent: its core may end."""
+        stream = self.streams.get(stream_id)
+        return stream is None or stream.ended_out
+
+    # -- streams
+
+    def _request(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool, now: float
+    ) -> None:
+        if self.goaway_sent and stream_id > self.goaway_last:
+            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        self.last_stream = max(self.last_stream, stream_id)
+        try:
+            translated = translate(headers, ended)
+        except Refused:
+            self.counters.h2_refused_streams += 1
+            self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return
+        self.counters.h2_streams += 1
+        inner = Http1Session(
+            self.ctx,
+            self.peer,
+            served_names=self.served_names,
+            sni=self.sni,
+            default_cert=self.default_cert,
+        )
+        stream = H2Stream(inner, translated.method, translated.content_length)
+        stream.ended_in = ended
+        self.streams[stream_id] = stream
+        inner.start(now)
+        inner.front_data(translated.head, now)
+        if ended and translated.content_length > 0:
+            self._refuse(stream_id)
+            return
+        self.opened.append((stream_id, inner))
+
+    def _data(self, stream_id: int, data: bytes, flow: int, now: float) -> None:
+        self.conn.acknowledge_received_data(flow, stream_id)
+        stream = self.streams.get(stream_id)
+        if stream is None or not data:
+            return
+        stream.received += len(data)
+        if 0 <= stream.content_length < stream.received:
+            self._refuse(stream_id)
+            return
+        if stream.content_length < 0:
+            stream.inner.front_data(b"%x\r\n%b\r\n" % (len(data), data), now)
+        else:
+            stream.inner.front_data(data, now)
+
+    def _end_in(self, stream_id: int, now: float) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.ended_in:
+            return
+        stream.ended_in = True
+        if stream.content_length < 0:
+            stream.inner.front_data(b"0\r\n\r\n", now)
+        elif stream.received != stream.content_length:
+            self._refuse(stream_id)
+
+    def _refuse(self, stream_id: int) -> None:
+        """A body that contradicts its content-length: the stream is reset, never relayed
+        whole."""
+        self.counters.h2_refused_streams += 1
+        self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
+
+    def _reset(self, stream_id: int, code: ErrorCodes) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.ended_out = True
+            self.cancelled.append(stream_id)
+        with contextlib.suppress(ProtocolError, StreamClosedError):
+            self.conn.reset_stream(stream_id, code)
+
+    def _cancel(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.ended_out = True
+            self.cancelled.append(stream_id)
+
+    def _pump(self, stream_id: int) -> None:
+        """Send what flow control allows of a stream's response body."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.ended_out or stream.reader.head is None:
+            return
+        conn = self.conn
+        out = stream.out
+        try:
+            while out:
+                size = min(
+                    conn.local_flow_control_window(stream_id),
+                    conn.max_outbound_frame_size,
+                    len(out),
+                )
+                if size <= 0:
+                    return
+                last = size == len(out) and stream.reader.complete
+                conn.send_data(stream_id, bytes(out[:size]), end_stream=last)
+                del out[:size]
+                if last:
+                    stream.ended_out = True
+                    return
+            if stream.reader.complete:
+                conn.end_stream(stream_id)
+                stream.ended_out = True
+        except (ProtocolError, StreamClosedError):
+            stream.ended_out = True
+            self.cancelled.append(stream_id)
+
+    def _rapid_reset(self, now: float) -> bool:
+        """Count a client reset; past the listener's limit in one window the connection
+        ends with GOAWAY ENHANCE_YOUR_CALM (True)."""
+        if now - self.resets_since >= FLOOD_WINDOW:
+            self.resets_since = now
+            self.resets = 0
+        self.resets += 1
+        if self.resets <= self.max_resets:
+            return False
+        self.counters.h2_rapid_resets += 1
+        self.goaway_sent = True
+        self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self.last_stream)
+        self._flush()
+        self._finish()
+        return True
+
+    def _forget(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+
+    # -- the connection
+
+    def _goaway(self) -> None:
+        """GOAWAY NO_ERROR with the last stream id, written here rather than by the library
+        (whose close_connection would stop the open streams from finishing)."""
+        self._flush()
+        self.goaway_sent = True
+        self.goaway_last = self.last_stream
+        frame = GoAwayFrame(0, last_stream_id=self.last_stream, error_code=ErrorCodes.NO_ERROR)
+        self.to_front += frame.serialize()
+
+    def _idle(self, now: float) -> None:
+        """The connection's timer: front_timeout once no stream is open; when draining,
+        the drain ends with the last stream."""
+        if self.streams:
+            self.deadline = INF
+        elif self.draining:
+            self.deadline = now
+        else:
+            self.deadline = now + self.ctx.front_timeout
+
+    def _finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.cancelled.extend(self.streams)
+            for stream in self.streams.values():
+                stream.ended_out = True
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.counters.bytes_out += len(data)
+            self.to_front += data
+
+    def check_invariants(self) -> None:
+        assert len(self.streams) <= self.max_streams + 1, len(self.streams)
+        assert not self.done or all(s.ended_out for s in self.streams.values())
+        for stream_id, stream in self.streams.items():
+            assert stream_id % 2 == 1, stream_id
+            assert stream.content_length < 0 or stream.received <= stream.content_length
+
+
+def _settings(max_streams: int, max_header_list: int) -> Settings:
+    return Settings(
+        client=False,
+        initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list,
+            SettingCodes.ENABLE_PUSH: 0,
+        },
+    )

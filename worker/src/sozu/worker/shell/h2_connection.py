@@ -1,0 +1,290 @@
+"""One HTTP/2 client connection on the readiness loop: the shell around `H2Session`, and
+around each request stream's `Http1Session` core (a `StreamLink`: an HttpConnection whose
+client side is the h2 stream instead of a socket).
+
+The client socket is read and written here; the h2 core turns frames into stream cores
+(`opened`), which run with their backend connections exactly like HTTP/1.1 connections, and
+takes back the HTTP/1.1 responses they queue (`response_data`). A stream core ends when its
+response is sent or the core cancels it; the connection ends when the core is `done` and its
+last bytes are flushed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from sozu.worker.core.h2.session import H2Session
+from sozu.worker.core.http1.session import Http1Session
+from sozu.worker.shell.http_connection import (
+    LINGER,
+    READ_SIZE,
+    HttpConnection,
+    _close_notify,
+    _ended,
+)
+from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
+
+if TYPE_CHECKING:
+    from sozu.worker.shell.http_listener import HttpServer
+
+
+class StreamLink(HttpConnection):
+    """A request stream's HTTP/1.1 core and its backend connection; what the core queues for
+    its client goes to the h2 core."""
+
+    __slots__ = ("front", "stream_id")
+
+    def __init__(self, front: H2FrontConnection, stream_id: int, session: Http1Session) -> None:
+        self.front = front
+        self.stream_id = stream_id
+        # The client socket belongs to the h2 connection: this link has none of its own.
+        super().__init__(front.server, front.sock, session)
+        self.fd = -1
+        self.tls = False
+        self.front_mask = 0
+
+    def begin(self, now: float) -> None:
+        self.settle(now)
+
+    def settle(self, now: float) -> None:
+        super().settle(now)
+        if not self.finished and self.front.session.stream_finished(self.stream_id):
+            self._finish()
+        self.front.send(now)
+
+    def _flush_front(self, now: float) -> None:
+        session = self.session
+        data = bytes(session.to_front)
+        session.to_front.clear()
+        session.sent(now)
+        self.front.session.response_data(self.stream_id, data, now)
+
+    def _watch(self) -> None:
+        if self.back is None:
+            return
+        session = self.session
+        if self.connecting:
+            back_mask = OUT
+        else:
+            back_mask = IN if session.wants_back_read() else 0
+            if session.to_back:
+                back_mask |= OUT
+        if back_mask != self.back_mask:
+            self.back_mask = back_mask
+            self.server.reactor.modify(self.back_fd, back_mask)
+
+    def _close_front(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._drop_back()
+        self.on_front_event = self.on_back_event = _ended
+        now = self.server.reactor.now()
+        if not self.session.done:
+            self.session.abort(now)
+        self.front.link_closed(self, now)
+
+
+class H2FrontConnection:
+    """A TLS client connection that negotiated h2, and its streams' links."""
+
+    __slots__ = (
+        "armed",
+        "fd",
+        "finished",
+        "linger_until",
+        "lingering",
+        "links",
+        "on_front_event",
+        "server",
+        "session",
+        "sock",
+    )
+
+    def __init__(self, server: HttpServer, sock: socket.socket, session: H2Session) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.session = session
+        self.links: dict[int, StreamLink] = {}
+        self.armed = math.inf
+        self.finished = False
+        # After the last frames (a GOAWAY): the write side is shut and input is discarded
+        # for up to LINGER s, so that a close with unread input cannot reset what was sent.
+        self.lingering = False
+        self.linger_until = math.inf
+        self.on_front_event: Handler = self.on_front
+
+    def begin(self, now: float) -> None:
+        self.server.reactor.register(self.fd, IN, self.on_front_event, self)
+        self.session.start(now)
+        self.settle(now)
+
+    # -- the loop's Timed protocol
+
+    def deadline(self) -> float:
+        if self.finished:
+            return math.inf
+        return self.linger_until if self.lingering else self.session.deadline
+
+    def expire(self, now: float) -> None:
+        if self.lingering:
+            self._finish()
+            return
+        self.session.on_timer(now)
+        self.settle(now)
+
+    def abort(self, error: BaseException) -> None:
+        self._finish()
+
+    def close(self) -> None:
+        self._finish()
+
+    # -- events
+
+    def on_front(self, mask: int) -> None:
+        now = self.server.reactor.now()
+        if self.lingering:
+            self._linger_read()
+            return
+        session = self.session
+        if mask & OUT and session.to_front:
+            self._flush(now)
+        if mask & (IN | ERR):
+            self._read(now)
+        self.settle(now)
+
+    def _read(self, now: float) -> None:
+        sock = self.sock
+        session = self.session
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            data = b""
+        except OSError:
+            data = b""
+        if not data:
+            session.front_eof(now)
+            return
+        while sock.pending():  # type: ignore[attr-defined]
+            try:
+                data += sock.recv(READ_SIZE)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+        session.front_data(data, now)
+
+    def link_closed(self, link: StreamLink, now: float) -> None:
+        if self.links.get(link.stream_id) is link:
+            del self.links[link.stream_id]
+            self.session.stream_closed(link.stream_id, now)
+
+    def settle(self, now: float) -> None:
+        """Start the streams the core opened, end those it cancelled, send, watch."""
+        session = self.session
+        while session.opened or session.cancelled:
+            opened, session.opened = session.opened, []
+            for stream_id, inner in opened:
+                link = StreamLink(self, stream_id, inner)
+                self.links[stream_id] = link
+                link.begin(now)
+            cancelled, session.cancelled = session.cancelled, []
+            for stream_id in cancelled:
+                found = self.links.get(stream_id)
+                if found is not None:
+                    found.close()
+        # Stream cores fed by this call (request bodies) queue backend bytes: send them.
+        for link in list(self.links.values()):
+            if link.session.to_back or link.session.to_front or link.session.actions:
+                link.settle(now)
+        self.send(now)
+
+    def send(self, now: float) -> None:
+        """Flush what the core queued and watch the socket for what it wants (after any
+        input of the core, from this connection or one of its links)."""
+        session = self.session
+        if self.finished:
+            return
+        while session.cancelled:
+            cancelled, session.cancelled = session.cancelled, []
+            for stream_id in cancelled:
+                found = self.links.get(stream_id)
+                if found is not None:
+                    found.close()
+        if session.to_front:
+            self._flush(now)
+        if session.done and not session.to_front:
+            self._linger()
+            return
+        mask = IN if not session.done else 0
+        if session.to_front:
+            mask |= OUT
+        self.server.reactor.modify(self.fd, mask or IN)
+        if session.deadline < self.armed:
+            self.server.reactor.arm(self)
+
+    def _flush(self, now: float) -> None:
+        buffer = self.session.to_front
+        if not buffer:
+            return
+        try:
+            sent = self.sock.send(buffer)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        except OSError:
+            buffer.clear()
+            self.session.front_eof(now)
+            return
+        del buffer[:sent]
+
+    def _linger(self) -> None:
+        """The core is done and its last bytes are sent: close_notify, shut the write side,
+        discard input until the client closes or LINGER s pass."""
+        for link in list(self.links.values()):
+            link.close()
+        self.links.clear()
+        _close_notify(self.sock)
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_WR)
+        except OSError:
+            self._finish()
+            return
+        self.lingering = True
+        reactor = self.server.reactor
+        self.linger_until = reactor.now() + LINGER
+        reactor.modify(self.fd, IN)
+        reactor.arm(self)
+
+    def _linger_read(self) -> None:
+        try:
+            data = socket.socket.recv(self.sock, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        for link in list(self.links.values()):
+            link.close()
+        self.links.clear()
+        self.server.reactor.unregister(self.fd)
+        self.on_front_event = _ended
+        if not self.lingering:
+            _close_notify(self.sock)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.session.done = True
+        self.server.connection_closed(self)
