@@ -142,12 +142,13 @@ def _h2_exchange(
                     results[event.stream_id] = (got[0], bytes(got[1]), None)
                 elif isinstance(event, h2.events.StreamReset):
                     got = pending[event.stream_id]
-                    results[event.stream_id] = (got[0], bytes(got[1]), int(event.error_code))
+                    code = int(event.error_code or 0)
+                    results[event.stream_id] = (got[0], bytes(got[1]), code)
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     # Streams not ended yet are reported with the GOAWAY's code, negated.
                     for stream_id, got in pending.items():
                         if stream_id not in results:
-                            code = -int(event.error_code)
+                            code = -int(event.error_code or 0)
                             results[stream_id] = (got[0], bytes(got[1]), code)
             tls.sendall(conn.data_to_send())
     return results
