@@ -387,30 +387,31 @@ def _cluster_in(document: Any, where: str) -> Cluster:
     return cluster
 
 
+# Requests whose payload is one record under one field: class -> (upstream tag, field,
+# upstream message). Both directions read it.
+_WRAPPED: Final[dict[type[Request], tuple[str, str, str]]] = {
+    rq.AddBackend: ("ADD_BACKEND", "backend", "AddBackend"),
+    rq.AddHttpFrontend: ("ADD_HTTP_FRONTEND", "frontend", "RequestHttpFrontend"),
+    rq.AddHttpsFrontend: ("ADD_HTTPS_FRONTEND", "frontend", "RequestHttpFrontend"),
+    rq.AddTcpFrontend: ("ADD_TCP_FRONTEND", "frontend", "RequestTcpFrontend"),
+    rq.AddUdpFrontend: ("ADD_UDP_FRONTEND", "frontend", "RequestUdpFrontend"),
+    rq.AddHttpListener: ("ADD_HTTP_LISTENER", "listener", "HttpListenerConfig"),
+    rq.AddHttpsListener: ("ADD_HTTPS_LISTENER", "listener", "HttpsListenerConfig"),
+    rq.AddTcpListener: ("ADD_TCP_LISTENER", "listener", "TcpListenerConfig"),
+    rq.AddUdpListener: ("ADD_UDP_LISTENER", "listener", "UdpListenerConfig"),
+}
+
+
 def request_out(request: Request) -> tuple[str, dict[str, Any]]:
     """Upstream's `request_type` tag and payload of a request of the replay."""
     where = type(request).__name__
+    wrapped = _WRAPPED.get(type(request))
+    if wrapped is not None:
+        tag, field, message = wrapped
+        return tag, to_upstream(getattr(request, field), message, where)
     match request:
         case rq.AddCluster(cluster=cluster):
             return "ADD_CLUSTER", _cluster_out(cluster, f"cluster {cluster.cluster_id!r}")
-        case rq.AddBackend(backend=backend):
-            return "ADD_BACKEND", to_upstream(backend, "AddBackend", where)
-        case rq.AddHttpFrontend(frontend=front):
-            return "ADD_HTTP_FRONTEND", to_upstream(front, "RequestHttpFrontend", where)
-        case rq.AddHttpsFrontend(frontend=front):
-            return "ADD_HTTPS_FRONTEND", to_upstream(front, "RequestHttpFrontend", where)
-        case rq.AddTcpFrontend(frontend=front):
-            return "ADD_TCP_FRONTEND", to_upstream(front, "RequestTcpFrontend", where)
-        case rq.AddUdpFrontend(frontend=front):
-            return "ADD_UDP_FRONTEND", to_upstream(front, "RequestUdpFrontend", where)
-        case rq.AddHttpsListener(listener=listener):
-            return "ADD_HTTPS_LISTENER", to_upstream(listener, "HttpsListenerConfig", where)
-        case rq.AddHttpListener(listener=listener):
-            return "ADD_HTTP_LISTENER", to_upstream(listener, "HttpListenerConfig", where)
-        case rq.AddTcpListener(listener=listener):
-            return "ADD_TCP_LISTENER", to_upstream(listener, "TcpListenerConfig", where)
-        case rq.AddUdpListener(listener=listener):
-            return "ADD_UDP_LISTENER", to_upstream(listener, "UdpListenerConfig", where)
         case rq.ActivateListener(address=address, proxy=proxy, from_scm=from_scm):
             return "ACTIVATE_LISTENER", {
                 "address": _address_out(address, where),
@@ -426,16 +427,9 @@ def request_out(request: Request) -> tuple[str, dict[str, Any]]:
     raise UpstreamFormatError(f"{where} has no equivalent in upstream's state file")
 
 
-def _listener_in(cls: type[Request], message: str) -> Callable[[Any, str], Request]:
+def _wrapped_in(cls: type[Request], field: str, message: str) -> Callable[[Any, str], Request]:
     def build(payload: Any, where: str) -> Request:
-        return cls(listener=from_upstream(payload, message, where))
-
-    return build
-
-
-def _front_in(cls: type[Request], message: str) -> Callable[[Any, str], Request]:
-    def build(payload: Any, where: str) -> Request:
-        return cls(frontend=from_upstream(payload, message, where))
+        return cls(**{field: from_upstream(payload, message, where)})
 
     return build
 
@@ -462,25 +456,11 @@ def _certificate_in(payload: Any, where: str) -> Request:
     )
 
 
-def _backend_in(payload: Any, where: str) -> Request:
-    backend = from_upstream(payload, "AddBackend", where)
-    assert isinstance(backend, BackendRecord)
-    return rq.AddBackend(backend=backend)
-
-
 _READERS: Final[dict[str, Callable[[Any, str], Request]]] = {
     "ADD_CLUSTER": lambda payload, where: rq.AddCluster(cluster=_cluster_in(payload, where)),
-    "ADD_BACKEND": _backend_in,
-    "ADD_HTTP_FRONTEND": _front_in(rq.AddHttpFrontend, "RequestHttpFrontend"),
-    "ADD_HTTPS_FRONTEND": _front_in(rq.AddHttpsFrontend, "RequestHttpFrontend"),
-    "ADD_TCP_FRONTEND": _front_in(rq.AddTcpFrontend, "RequestTcpFrontend"),
-    "ADD_UDP_FRONTEND": _front_in(rq.AddUdpFrontend, "RequestUdpFrontend"),
-    "ADD_HTTP_LISTENER": _listener_in(rq.AddHttpListener, "HttpListenerConfig"),
-    "ADD_HTTPS_LISTENER": _listener_in(rq.AddHttpsListener, "HttpsListenerConfig"),
-    "ADD_TCP_LISTENER": _listener_in(rq.AddTcpListener, "TcpListenerConfig"),
-    "ADD_UDP_LISTENER": _listener_in(rq.AddUdpListener, "UdpListenerConfig"),
     "ACTIVATE_LISTENER": _activate_in,
     "ADD_CERTIFICATE": _certificate_in,
+    **{tag: _wrapped_in(cls, field, message) for cls, (tag, field, message) in _WRAPPED.items()},
 }
 
 
