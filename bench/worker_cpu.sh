@@ -79,19 +79,22 @@ measure() { # name pid url [wrk args...]
   local name=$1 pid=$2 url=$3; shift 3
   wrk -t1 -c"$CONNECTIONS" -d1s -H "Host: bench.test" "$@" "$url" >/dev/null 2>&1 # warm up
   local t0 t1 out
-  t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  t0=$(awk '{print $14" "$15}' "/proc/$pid/stat")
   out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: bench.test" "$@" "$url")
-  t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  t1=$(awk '{print $14" "$15}' "/proc/$pid/stat")
   python3 - "$name" "$t0" "$t1" "$out" <<'PY'
 import re, sys, os
-name, t0, t1, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+name, out = sys.argv[1], sys.argv[4]
+(u0, s0), (u1, s1) = (map(int, t.split()) for t in sys.argv[2:4])
 tick = os.sysconf("SC_CLK_TCK")
 requests = int(re.search(r"(\d+) requests in", out).group(1))
 rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 errors = re.search(r"Socket errors: (.*)", out)
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-cpu = (t1 - t0) / tick
+user, system = (u1 - u0) / tick, (s1 - s0) / tick
+cpu = user + system
 print(f"{name:22s} {requests:8d} req  {rate:9.0f} req/s  {cpu * 1e6 / requests:7.1f} µs CPU/req"
+      f" ({user * 1e6 / requests:.1f} user, {system * 1e6 / requests:.1f} system)"
       + (f"  socket errors: {errors.group(1)}" if errors else "")
       + (f"  non-2xx: {non2xx.group(1)}" if non2xx else ""))
 PY

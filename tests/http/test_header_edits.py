@@ -343,6 +343,17 @@ def test_ulid_monotonic_within_a_millisecond_and_when_clock_steps_back() -> None
     assert ulid_timestamp_ms(ids[4]) == 6
 
 
+def test_ulid_increments_across_carries_match_the_full_encoding() -> None:
+    # Within one millisecond the generator appends one pair to a cached stem; every id must
+    # still be the full encoding of time and random part, across carries out of the pair.
+    start = (1 << 20) - 3  # three increments before a carry out of the low 10 bits ...
+    gen = UlidGenerator(lambda: 7, lambda n: start.to_bytes(n, "big"))
+    ids = [gen.generate() for _ in range(3000)]  # ... and two more carries later
+    for offset, text in enumerate(ids):
+        assert text == encode_ulid((7 << 80) | (start + offset))
+        assert decode_ulid(text) == (7 << 80) | (start + offset)
+
+
 def test_ulid_random_overflow_moves_to_next_millisecond() -> None:
     gen = UlidGenerator(lambda: 100, lambda n: b"\xff" * n)
     first = gen.generate()

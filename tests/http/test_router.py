@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from sozu.command.types import PathRule, PathRuleKind, RequestHttpFrontend, RulePosition
 from sozu.worker.core.http.router import (
+    MEMO_ENTRIES,
+    MEMO_MAX_BYTES,
     RouteMatch,
     Router,
     parse_authority,
@@ -588,3 +590,51 @@ def test_a_match_satisfies_its_frontend(
             assert match.host_captures == (host[: -len(hostname) + 1],)
         elif hostname != "*" and "/" not in hostname:
             assert host == hostname
+
+
+def fresh_route(
+    router: Router, authority: str, path: str, method: str
+) -> tuple[str, tuple[str, int | None] | None, str, RouteMatch | None]:
+    parsed = parse_authority(authority) if authority else None
+    match = None if parsed is None else router.lookup(parsed[0], path, method)
+    return authority, parsed, path, match
+
+
+@settings(max_examples=150)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "remove", "route", "route"]), any_frontends, queries),
+        max_size=25,
+    )
+)
+def test_memoized_routes_follow_every_change(
+    steps: list[tuple[str, RequestHttpFrontend, list[tuple[str, str, str]]]],
+) -> None:
+    router = Router()
+    for operation, frontend, requests in steps:
+        if operation == "add":
+            router.add(frontend)
+        elif operation == "remove":
+            router.remove(frontend)
+        for host, path, method in requests:
+            for authority in (host, f"{host.upper()}:8080", ""):
+                raw = authority.encode() if authority else None
+                expected = fresh_route(router, authority, path, method)
+                # Twice: the first may fill the memo, the second reads it.
+                assert router.route(raw, path.encode(), method.encode()) == expected
+                assert router.route(raw, path.encode(), method.encode()) == expected
+        router.check_invariants()
+
+
+def test_the_route_memo_is_bounded() -> None:
+    router = build(front("a.com"))
+    long_path = "/" + "x" * MEMO_MAX_BYTES
+    assert router.route(b"a.com", long_path.encode(), b"GET")[3] is not None
+    assert not router.memo, "a long key is routed but not remembered"
+    for index in range(MEMO_ENTRIES + 10):
+        router.route(b"a.com", f"/{index}".encode(), b"GET")
+        assert len(router.memo) <= MEMO_ENTRIES
+    router.check_invariants()
+    router.remove(front("a.com"))
+    assert not router.memo
+    assert router.route(b"a.com", b"/1", b"GET")[3] is None

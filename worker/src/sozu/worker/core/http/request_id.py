@@ -75,7 +75,7 @@ def ulid_timestamp_ms(text: str) -> int:
 class UlidGenerator:
     """Makes monotonic ULIDs from `clock_ms()` (Unix ms) and `random_bytes(n)`."""
 
-    __slots__ = ("_clock_ms", "_last_random", "_last_time", "_prefix", "_random_bytes")
+    __slots__ = ("_clock_ms", "_last_random", "_last_time", "_prefix", "_random_bytes", "_stem")
 
     def __init__(self, clock_ms: Callable[[], int], random_bytes: Callable[[int], bytes]) -> None:
         self._clock_ms = clock_ms
@@ -83,6 +83,9 @@ class UlidGenerator:
         self._last_time = -1
         self._last_random = 0
         self._prefix = ""
+        # The first 24 characters of the last identifier: the next one within the same
+        # millisecond differs only in its last pair, unless the increment carries past it.
+        self._stem = ""
 
     def generate(self) -> str:
         """A new ULID, greater than every one this generator returned before."""
@@ -94,6 +97,10 @@ class UlidGenerator:
             self._set_time(now)
         else:
             randomness = self._last_random + 1
+            low = randomness & 1023
+            if low:
+                self._last_random = randomness
+                return self._stem + _PAIRS[low]
             if randomness > _RANDOM_MAX:
                 # The random part is exhausted for this millisecond: borrow the next one.
                 if self._last_time == _TIME_MAX:
@@ -101,7 +108,9 @@ class UlidGenerator:
                 self._set_time(self._last_time + 1)
                 randomness = 0
         self._last_random = randomness
-        return self._prefix + _encode80(randomness)
+        text = self._prefix + _encode80(randomness)
+        self._stem = text[:24]
+        return text
 
     def _set_time(self, time_ms: int) -> None:
         self._last_time = time_ms

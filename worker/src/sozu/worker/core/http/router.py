@@ -277,14 +277,28 @@ class _Node:
         return count
 
 
+Routed = tuple[str, "tuple[str, int | None] | None", str, "RouteMatch | None"]
+
+# Routed requests remembered per router (see `Router.memo`): bounded in entries and in the
+# size of what a key may hold, cleared whenever a frontend is added or removed.
+MEMO_ENTRIES = 2048
+MEMO_MAX_BYTES = 256
+
+
 class Router:
-    """The routing table of one listener, keyed by `RequestHttpFrontend.route_key()`."""
+    """The routing table of one listener, keyed by `RequestHttpFrontend.route_key()`.
+
+    `route` remembers what it derived from a request's (authority, path, method) bytes in
+    `memo`: a router is a pure function of its frontends, so an entry stays true until the
+    next `add` or `remove`, which empty it.
+    """
 
     def __init__(self) -> None:
         self._rules: dict[str, _Rule] = {}
         self._pre: list[_Rule] = []
         self._post: list[_Rule] = []
         self._tree = _Node()
+        self.memo: dict[tuple[bytes | None, bytes, bytes], Routed] = {}
 
     @classmethod
     def build(cls, frontends: Iterable[RequestHttpFrontend]) -> Router:
@@ -313,6 +327,7 @@ class Router:
         state refuses such a frontend, so a worker never sees one.
         """
         rule = _Rule(frontend)
+        self.memo.clear()
         old = self._rules.get(rule.key)
         if old is not None and old.frontend.position == frontend.position:
             rules = self._list_of(old)
@@ -328,6 +343,7 @@ class Router:
         rule = self._rules.pop(frontend.route_key(), None)
         if rule is None:
             return False
+        self.memo.clear()
         position = rule.frontend.position
         if position != "TREE":
             (self._pre if position == "PRE" else self._post).remove(rule)
@@ -345,6 +361,28 @@ class Router:
             else:
                 del parent.children[label]
         return True
+
+    def route(self, authority: bytes | None, path: bytes, method: bytes) -> Routed:
+        """(authority text, `parse_authority` of it, path text, `lookup` match) of a request's
+        raw authority, target path and method; the authority text is "" and the parse None
+        when the request has none."""
+        key = (authority, path, method)
+        routed = self.memo.get(key)
+        if routed is not None:
+            return routed
+        text = "" if authority is None else authority.decode("latin-1")
+        parsed = parse_authority(text) if text else None
+        path_text = path.decode("latin-1")
+        match = (
+            None if parsed is None else self.lookup(parsed[0], path_text, method.decode("latin-1"))
+        )
+        routed = (text, parsed, path_text, match)
+        if len(path) + len(text) <= MEMO_MAX_BYTES:
+            memo = self.memo
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[key] = routed
+        return routed
 
     def lookup(self, host: str, path: str, method: str) -> RouteMatch | None:
         """Route a request; `host` as returned by `parse_authority`, `path` the raw target."""
@@ -389,6 +427,8 @@ class Router:
             for rule in rules:
                 assert rule.frontend.position == position
                 assert self._rules.get(rule.key) is rule
+        assert len(self.memo) <= MEMO_ENTRIES
+        assert all(len(key[1]) <= MEMO_MAX_BYTES for key in self.memo)
         linear = {id(rule) for rule in (*self._pre, *self._post)}
         tree_count = self._tree.check(0)
         assert not self._tree.leaf, "no configured hostname is empty"

@@ -30,7 +30,6 @@ from sozu.worker.core.http.header_edits import (
     serialize_head,
 )
 from sozu.worker.core.http.policy import Redirect, Unauthorized, evaluate, rewrite_for
-from sozu.worker.core.http.router import parse_authority
 from sozu.worker.core.http1.answering import answer
 from sozu.worker.core.http1.exchange import connect_next
 
@@ -64,9 +63,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         s.log_in0 = s.bytes_in - head.length
         s.log_out0 = s.bytes_out
     counters.requests += 1
-    raw = head.authority
-    text = "" if raw is None else raw.decode("latin-1")
-    parsed = parse_authority(text) if text else None
+    text, parsed, path, match = ctx.router.route(head.authority, head.path, head.method)
     if parsed is None:
         answer(s, 400, now, message="invalid authority")
         return
@@ -74,8 +71,6 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         counters.sni_mismatches += 1
         answer(s, 421, now, message="authority not served")
         return
-    path = head.path.decode("latin-1")
-    match = ctx.router.lookup(parsed[0], path, head.method.decode("latin-1"))
     if match is None:
         answer(s, 404, now, message="no frontend")
         return
