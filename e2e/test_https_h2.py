@@ -1,14 +1,18 @@
 """HTTP/2 on an HTTPS listener through the real daemon, to nginx speaking HTTP/1.1: curl
 `--http2` routed by host, two clusters on one h2 connection (a client on the `h2` library),
-a malformed request stream reset without reaching a backend, nghttp, and a bounded h2load
-run with zero errors."""
+a malformed request stream reset without reaching a backend, nghttp, a bounded h2load
+run with zero errors, and each flood class cut with GOAWAY ENHANCE_YOUR_CALM (raw frames)
+while a curl loop on other connections sees no failure and the defence's metric moves."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +22,19 @@ import h2.connection
 import h2.events
 import pytest
 import trustme
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
-from e2e.support.daemon import DaemonFactory
+from e2e.support.daemon import DaemonFactory, wait_for
 from e2e.support.http_backends import cluster, listener
-from e2e.support.net import free_port
+from e2e.support.net import free_port, prometheus_series
 from e2e.support.nginx import BIG_FILE_SIZE, Nginx, nginx_backends
 from e2e.support.programs import require_program
 
@@ -36,6 +49,7 @@ class H2Site:
     nginx: Nginx
     ca_file: Path
     ca: trustme.CA
+    metrics_port: int
 
 
 @pytest.fixture
@@ -48,7 +62,7 @@ def h2_site(start_daemon: DaemonFactory, tmp_path: Path) -> Iterator[H2Site]:
     issued.cert_chain_pems[0].write_to_path(str(cert))
     issued.private_key_pem.write_to_path(str(key))
     ca.cert_pem.write_to_path(str(ca_file))
-    listen = free_port()
+    listen, metrics_port = free_port(), free_port()
     with nginx_backends(tmp_path / "nginx", "alpha", "beta") as nginx:
         config = listener(listen, "https")
         for name in ("alpha", "beta"):
@@ -61,8 +75,9 @@ def h2_site(start_daemon: DaemonFactory, tmp_path: Path) -> Iterator[H2Site]:
             config += cluster(
                 name, [frontend], [{"address": nginx.address(name), "backend_id": name}]
             )
+        config += f'[metrics]\nprometheus_address = "127.0.0.1:{metrics_port}"\n'
         start_daemon(extra=config)
-        yield H2Site(listen, nginx, ca_file, ca)
+        yield H2Site(listen, nginx, ca_file, ca, metrics_port)
 
 
 def _curl(site: H2Site, *args: str) -> subprocess.CompletedProcess[str]:
@@ -228,3 +243,115 @@ def test_h2load_bounded_run_has_no_error(h2_site: H2Site) -> None:
     total, done, succeeded, failed, errored = (int(g) for g in line.groups())
     assert (total, done, succeeded, failed, errored) == (2000, 2000, 2000, 0, 0), result.stdout
     assert "status codes: 2000 2xx" in result.stdout, result.stdout
+
+
+# -- flood defences (upstream's default limits: 100 PING, 50 SETTINGS, 100 empty DATA, 100
+# stream-0 WINDOW_UPDATE and 100 RST_STREAM per second, 20 CONTINUATION per header block)
+
+
+def _flood(kind: str) -> bytes:
+    """Raw frames well past the default limit of `kind`, after a request on stream 1 (so
+    that DATA and RST_STREAM have a stream to name)."""
+    if kind == "ping":
+        return b"".join(PingFrame(0, opaque_data=b"%08d" % i).serialize() for i in range(300))
+    if kind == "settings":
+        return b"".join(SettingsFrame(0, settings={4: 65535}).serialize() for _ in range(200))
+    if kind == "empty_data":
+        return b"".join(DataFrame(1, b"").serialize() for _ in range(300))
+    if kind == "window_update_stream0":
+        return b"".join(WindowUpdateFrame(0, window_increment=1).serialize() for _ in range(300))
+    if kind == "priority":
+        return b"".join(
+            PriorityFrame(3 + 2 * i, depends_on=0, stream_weight=15).serialize() for i in range(300)
+        )
+    if kind == "continuation":
+        block = HeadersFrame(3, data=b"\x82").serialize()  # END_HEADERS never comes
+        return block + b"".join(ContinuationFrame(3, data=b"\x84").serialize() for _ in range(60))
+    raise AssertionError(kind)
+
+
+def _flood_connection(site: H2Site, kind: str) -> int | None:
+    """Open an h2 connection, start a POST on stream 1, send the flood; the GOAWAY error code
+    received (None when the connection ended without one)."""
+    context = ssl.create_default_context(cafile=str(site.ca_file))
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", site.port), timeout=IO_TIMEOUT) as raw,
+        context.wrap_socket(raw, server_hostname="alpha.test") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        post = [(":method", "POST"), (":scheme", "https"), (":authority", "alpha.test")]
+        conn.send_headers(1, [*post, (":path", "/upload/flood")])
+        tls.sendall(conn.data_to_send())
+        # Cut while sending: what it answered is still read below.
+        with contextlib.suppress(OSError):
+            tls.sendall(_flood(kind))
+        code = None
+        deadline = time.monotonic() + IO_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                data = tls.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    code = int(event.error_code or 0)
+        return code
+
+
+FLOOD_KINDS = (
+    "ping",
+    "settings",
+    "empty_data",
+    "window_update_stream0",
+    "priority",
+    "continuation",
+)
+
+
+def test_each_flood_is_cut_while_other_clients_are_served(h2_site: H2Site) -> None:
+    failures: list[str] = []
+    served = 0
+    stop = threading.Event()
+
+    def curl_loop() -> None:
+        nonlocal served
+        while not stop.is_set():
+            result = _curl(
+                h2_site,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                f"https://beta.test:{h2_site.port}/",
+            )
+            if result.returncode != 0 or result.stdout != "2 200":
+                failures.append(f"{result.returncode} {result.stdout} {result.stderr}")
+            served += 1
+
+    loop = threading.Thread(target=curl_loop, daemon=True)
+    loop.start()
+    try:
+        for kind in FLOOD_KINDS:
+            code = _flood_connection(h2_site, kind)
+            assert code == 11, f"{kind}: GOAWAY {code}, not ENHANCE_YOUR_CALM (11)"
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+    assert served > 0
+    assert not failures, failures
+
+    def counted() -> bool | None:
+        series = prometheus_series(h2_site.metrics_port)
+        kinds = {
+            dict(labels)["kind"]: value
+            for (name, labels), value in series.items()
+            if name == "sozu_h2_flood_violations_total"
+        }
+        return True if all(kinds.get(kind, 0) >= 1 for kind in FLOOD_KINDS) else None
+
+    wait_for(counted, timeout=10, what="every flood kind counted in the metrics")

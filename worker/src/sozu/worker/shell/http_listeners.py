@@ -28,6 +28,7 @@ from sozu.command.types import (
     RequestHttpFrontend,
 )
 from sozu.worker.core.clusters import TcpCluster
+from sozu.worker.core.h2.flood import FRAME_NAMES
 from sozu.worker.core.http.request_id import UlidGenerator
 from sozu.worker.core.http.router import Router
 from sozu.worker.core.http1.context import (
@@ -71,6 +72,7 @@ _HTTPS_COUNTERS = (
     ("sozu_h2_refused_streams_total", "h2_refused_streams"),
     ("sozu_h2_protocol_errors_total", "h2_protocol_errors"),
     ("sozu_h2_rapid_reset_total", "h2_rapid_resets"),
+    ("sozu_h2_window_stalls_total", "h2_window_stalls"),
 )
 _LISTENER_GAUGES = (
     ("sozu_http_active_connections", "active"),
@@ -340,6 +342,17 @@ class HttpListeners:
                     registry.counter(name, listener=address).value = getattr(c, attribute)
             for name, attribute in _LISTENER_GAUGES:
                 registry.gauge(name, listener=address).value = getattr(c, attribute)
+            for index, count in enumerate(c.h2_frames):
+                if count:
+                    registry.counter(
+                        "sozu_h2_frames_received_total",
+                        listener=address,
+                        type=FRAME_NAMES[index] if index < len(FRAME_NAMES) else "unknown",
+                    ).value = count
+            for kind, count in c.h2_floods.items():
+                registry.counter(
+                    "sozu_h2_flood_violations_total", listener=address, kind=kind
+                ).value = count
             by_class: dict[str, int] = {}
             for status, count in c.statuses.items():
                 key = _status_class(status)

@@ -27,10 +27,17 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import DenialOfServiceError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from sozu.command.types import HttpListenerConfig, HttpsListenerConfig
+from sozu.worker.core.h2.flood import (
+    HEADER_LIST_FLOOD,
+    RST_STREAM_FLOOD,
+    FloodGuard,
+    FloodLimits,
+)
 from sozu.worker.core.h2.response_reader import ResponseReader
 from sozu.worker.core.h2.translation import Refused, translate
 from sozu.worker.core.http1.context import ListenerContext
@@ -42,14 +49,23 @@ DEFAULT_MAX_CONCURRENT_STREAMS = 100
 DEFAULT_MAX_HEADER_LIST_SIZE = 65536
 DEFAULT_INITIAL_WINDOW = 1048576
 DEFAULT_MAX_RST_STREAM_PER_WINDOW = 100
-# The window the per-window h2_max_* flood limits count over, in seconds.
+# The window the rapid reset limit counts over, in seconds (as the other floods: flood.py).
 FLOOD_WINDOW = 1.0
 
 
 class H2Stream:
     """One request stream: its HTTP/1.1 core, the response read back, the body counts."""
 
-    __slots__ = ("content_length", "ended_in", "ended_out", "inner", "out", "reader", "received")
+    __slots__ = (
+        "content_length",
+        "ended_in",
+        "ended_out",
+        "inner",
+        "out",
+        "reader",
+        "received",
+        "stalled",
+    )
 
     def __init__(self, inner: Http1Session, method: bytes, content_length: int) -> None:
         self.inner = inner
@@ -59,6 +75,7 @@ class H2Stream:
         self.ended_in = False  # the client ended the stream
         self.ended_out = False  # the response ended (END_STREAM sent, or reset)
         self.out = bytearray()  # response body not sent yet (flow control)
+        self.stalled = INF  # since when `out` waits for a window the client keeps shut
 
 
 class H2Session:
@@ -91,6 +108,7 @@ class H2Session:
         )
         self.connection_window = config.h2_initial_connection_window or DEFAULT_INITIAL_WINDOW
         self.max_resets = config.h2_max_rst_stream_per_window or DEFAULT_MAX_RST_STREAM_PER_WINDOW
+        self.guard = FloodGuard(flood_limits(config), self.counters)
         # Rapid reset (CVE-2023-44487): client resets counted per FLOOD_WINDOW.
         self.resets = 0
         self.resets_since = -INF
@@ -125,11 +143,21 @@ class H2Session:
         """Bytes read from the client."""
         assert data
         self.counters.bytes_in += len(data)
+        flood = self.guard.feed(data, now)
+        if flood is not None:
+            self._calm(flood)
+            return
         try:
             events = self.conn.receive_data(data)
-        except ProtocolError:
+        except ProtocolError as error:
             # The library has queued its GOAWAY (with the error's code) already.
-            self.counters.h2_protocol_errors += 1
+            if isinstance(error, DenialOfServiceError):
+                # A header list past its limit once decoded (an HPACK bomb): the library
+                # stopped decoding at the limit and answers ENHANCE_YOUR_CALM.
+                floods = self.counters.h2_floods
+                floods[HEADER_LIST_FLOOD] = floods.get(HEADER_LIST_FLOOD, 0) + 1
+            else:
+                self.counters.h2_protocol_errors += 1
             self.goaway_sent = True
             self._flush()
             self._finish()
@@ -147,7 +175,7 @@ class H2Session:
                     return
             elif isinstance(event, (WindowUpdated, RemoteSettingsChanged)):
                 for stream_id in list(self.streams):
-                    self._pump(stream_id)
+                    self._pump(stream_id, now)
             elif isinstance(event, ConnectionTerminated):
                 self._finish()
                 return
@@ -159,8 +187,21 @@ class H2Session:
         self._finish()
 
     def on_timer(self, now: float) -> None:
-        """The idle timeout (no stream open for front_timeout) or the drain deadline."""
-        if now >= self.deadline and not self.done:
+        """The idle timeout (no stream open for front_timeout), the drain deadline, or streams
+        whose client kept their window shut for front_timeout (reset with CANCEL)."""
+        if self.done or now < self.deadline:
+            return
+        if self.streams:
+            limit = now - self.ctx.front_timeout
+            for stream_id, stream in list(self.streams.items()):
+                if stream.stalled <= limit and not stream.ended_out:
+                    self.counters.h2_window_stalls += 1
+                    stream.stalled = INF
+                    self._reset(stream_id, ErrorCodes.CANCEL)
+            self._idle(now)
+            self._flush()
+            return
+        if not self.done:
             if not self.goaway_sent:
                 self._goaway()
                 self._flush()
@@ -192,7 +233,7 @@ class H2Session:
             if reader.body:
                 stream.out += reader.body
                 reader.body.clear()
-            self._pump(stream_id)
+            self._pump(stream_id, now)
         self._idle(now)
         self._flush()
 
@@ -287,8 +328,9 @@ class H2Session:
             stream.ended_out = True
             self.cancelled.append(stream_id)
 
-    def _pump(self, stream_id: int) -> None:
-        """Send what flow control allows of a stream's response body."""
+    def _pump(self, stream_id: int, now: float) -> None:
+        """Send what flow control allows of a stream's response body; a stream that cannot
+        is `stalled` from now until the client opens its window."""
         stream = self.streams.get(stream_id)
         if stream is None or stream.ended_out or stream.reader.head is None:
             return
@@ -302,7 +344,10 @@ class H2Session:
                     len(out),
                 )
                 if size <= 0:
+                    if stream.stalled == INF:
+                        stream.stalled = now
                     return
+                stream.stalled = INF
                 last = size == len(out) and stream.reader.complete
                 conn.send_data(stream_id, bytes(out[:size]), end_stream=last)
                 del out[:size]
@@ -326,11 +371,21 @@ class H2Session:
         if self.resets <= self.max_resets:
             return False
         self.counters.h2_rapid_resets += 1
+        self._calm(RST_STREAM_FLOOD)
+        return True
+
+    def _calm(self, flood: str) -> None:
+        """A flood defence ends the connection: GOAWAY ENHANCE_YOUR_CALM with the last stream
+        id, counted by kind."""
+        floods = self.counters.h2_floods
+        floods[flood] = floods.get(flood, 0) + 1
         self.goaway_sent = True
-        self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self.last_stream)
+        with contextlib.suppress(ProtocolError):
+            self.conn.close_connection(
+                ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self.last_stream
+            )
         self._flush()
         self._finish()
-        return True
 
     def _forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
@@ -350,7 +405,8 @@ class H2Session:
         """The connection's timer: front_timeout once no stream is open; when draining,
         the drain ends with the last stream."""
         if self.streams:
-            self.deadline = INF
+            stalled = min(stream.stalled for stream in self.streams.values())
+            self.deadline = stalled + self.ctx.front_timeout
         elif self.draining:
             self.deadline = now
         else:
@@ -370,11 +426,26 @@ class H2Session:
             self.to_front += data
 
     def check_invariants(self) -> None:
+        self.guard.check_invariants()
         assert len(self.streams) <= self.max_streams + 1, len(self.streams)
         assert not self.done or all(s.ended_out for s in self.streams.values())
         for stream_id, stream in self.streams.items():
             assert stream_id % 2 == 1, stream_id
             assert stream.content_length < 0 or stream.received <= stream.content_length
+
+
+def flood_limits(config: HttpListenerConfig | HttpsListenerConfig) -> FloodLimits:
+    """The listener's h2_max_* flood limits, upstream's defaults for those unset."""
+    defaults = FloodLimits()
+    return FloodLimits(
+        ping=config.h2_max_ping_per_window or defaults.ping,
+        settings=config.h2_max_settings_per_window or defaults.settings,
+        empty_data=config.h2_max_empty_data_per_window or defaults.empty_data,
+        window_update_stream0=(
+            config.h2_max_window_update_stream0_per_window or defaults.window_update_stream0
+        ),
+        continuation=config.h2_max_continuation_frames or defaults.continuation,
+    )
 
 
 def _settings(max_streams: int, max_header_list: int) -> Settings:

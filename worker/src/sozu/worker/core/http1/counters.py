@@ -35,6 +35,11 @@ class HttpCounters:
     h2_refused_streams: int = 0  # streams reset for a malformed request (smuggling checks)
     h2_rapid_resets: int = 0  # connections ended by the rapid reset defence
     h2_protocol_errors: int = 0  # connections ended by GOAWAY PROTOCOL_ERROR (or another code)
+    # h2 frames received, by type (h2/flood.py FRAME_NAMES order, unknown types last)
+    h2_frames: list[int] = field(default_factory=lambda: [0] * 11)
+    # h2 connections ended by a flood defence, by kind (h2/flood.py FLOOD_KINDS)
+    h2_floods: dict[str, int] = field(default_factory=dict)
+    h2_window_stalls: int = 0  # h2 streams reset after their client kept the window shut
     # Requests still buffered when a connection closed after a response that said close.
     pipelined_unanswered: int = 0
     # final status of every response sent (proxied or generated) -> count
@@ -66,6 +71,9 @@ class HttpCounters:
             value = getattr(self, name)
             if isinstance(value, int):
                 assert value >= 0, (name, value)
+        assert len(self.h2_frames) == 11
+        assert all(count >= 0 for count in self.h2_frames)
+        assert all(count > 0 for count in self.h2_floods.values())
         assert all(count > 0 for count in self.statuses.values())
         assert all(count > 0 for count in self.answers.values())
         assert all(count > 0 for count in self.cluster_statuses.values())
