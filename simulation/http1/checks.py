@@ -246,13 +246,15 @@ def check_close(sh: Shell, c: Conn, call: str, bits: int, unanswered: int) -> No
     raise sh.fail(f"{c.name()}: an idle connection closed on {call} before its deadline")
 
 
-def check_release(sh: Shell, c: Conn, conn: BackConn) -> None:
+def check_release(sh: Shell, c: Conn, conn: BackConn, *, reuse: bool = False) -> None:
+    """`conn` may be pooled or kept (or, `reuse`, has just been reused for the next request:
+    what is queued for it then is that request)."""
     why = conn.clean()
     if not why and (conn.reader.buf or conn.reader.current is not None):
         why = "a request on it is not complete"
     if not why and c.drained:
         why = "the worker drains"
-    if not why and c.s.to_back:
+    if not why and c.s.to_back and not reuse:
         why = "bytes are still queued for it"
     t = _track(c, conn.replies[-1].tag) if conn.replies else None
     if not why and (t is None or t.response is None or not t.response.complete):

@@ -127,6 +127,11 @@ class Simulation(Shell):
                 times.append(c.dial.ready_ms)
             if c.back is not None and (c.back.outbox or c.back.end):
                 times.append(c.back.ready_ms)
+            kept = c.kept
+            if kept is not None:
+                times.append(kept.idle_since_ms + kept.backend.keep_idle_ms)
+                if kept.outbox or kept.end:
+                    times.append(kept.ready_ms)
             if c.client.out:
                 times.append(c.client.next_send_ms)
         later = [t for t in times if t > self.now_ms]
@@ -231,6 +236,20 @@ class Simulation(Shell):
                 opts.append((0.01, partial(self._abort, c)))
             if c.dial is not None and c.dial.outcome != "hang" and c.dial.ready_ms <= now:
                 opts.append((25.0, partial(self._dial_ready, c)))
+            kept = c.kept
+            if kept is not None:
+                # The backend of an idle kept connection: bytes nobody asked for, the close
+                # its reply announced, its idle timeout, or a close at any time.
+                ready = kept.ready_ms <= now
+                if kept.outbox and ready:
+                    opts.append((10.0, partial(self.kept_speaks, c)))
+                elif kept.end and ready:
+                    opts.append((10.0, partial(self.kept_end, c, kept.end)))
+                elif now - kept.idle_since_ms >= kept.backend.keep_idle_ms:
+                    opts.append((10.0, partial(self.kept_end, c, "eof")))
+                elif not final:
+                    opts.append((0.3, partial(self.kept_end, c, "eof")))
+                    opts.append((0.05, partial(self.kept_end, c, "reset")))
             conn = c.back
             if conn is None:
                 continue

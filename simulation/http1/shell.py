@@ -53,6 +53,7 @@ class Conn:
         self.s = s
         self.client = client
         self.back: BackConn | None = None
+        self.kept: BackConn | None = None  # the idle connection the session keeps
         self.dial: Dial | None = None
         self.front_close = 0  # CLOSE_FRONT or LINGER_FRONT once asked
         self.finished = False
@@ -122,10 +123,12 @@ class Shell:
         self.calls += 1
         counters = self.world.ctx.counters
         unanswered = counters.pipelined_unanswered
+        reused = self.world.shared.kept_reused
         c.last_call = name
         fn()
         acts = s.actions
         queued = self._observe(c, name)
+        self._follow_kept(c, self.world.shared.kept_reused - reused)
         self.digest.update(b"%d %s %d %d %r;" % (c.sid, name.encode(), acts, queued, s.deadline))
         if self.trace is not None:
             self.trace(
@@ -177,6 +180,74 @@ class Shell:
             c.bsend_origin = -1
         return queued
 
+    def _follow_kept(self, c: Conn, reused: int) -> None:
+        """What the session did with the connection it may keep between requests: kept it
+        (checked as a release to the pool is), or sent its next request on it (checked as a
+        CONNECT that takes a pooled connection is). Letting it go comes as RELEASE_BACK or
+        CLOSE_BACK, or follows the backend's close of it (`kept_end`)."""
+        s = c.s
+        if reused:
+            if reused != 1:
+                raise self.fail(f"{c.name()}: {reused} kept connections reused in one input")
+            conn = c.kept if c.kept is not None else c.back
+            if conn is None:
+                raise self.fail(f"{c.name()}: reused a kept connection it does not have")
+            checks.check_release(self, c, conn, reuse=True)
+            target = s.target
+            t = c.client.current()
+            if target is None or target.address != conn.backend.address:
+                raise self.fail(f"{c.name()}: reused a connection to another backend")
+            if t is None or not t.head_done or t.req.has_body:
+                raise self.fail(f"{c.name()}: reused a kept connection for {t}")
+            if target.backend_id not in self.world.candidates():
+                raise self.fail(f"{c.name()}: reused a connection to a backend backing off")
+            if c.last_call in ("back_eof", "back_error"):
+                raise self.fail(f"{c.name()}: a retry reused a kept connection")
+            if t.first_connect_call < 0:
+                t.first_connect_call = self.calls
+            c.kept = None
+            c.back = None
+            self._attach(c, conn, reused=True)
+            # The backend may be closing it just now, or closed it while idle unseen.
+            idle = self.now_ms - conn.idle_since_ms >= conn.backend.keep_idle_ms
+            conn.stale = idle or self.rng.random() < self.settings.p_stale
+        elif s.kept is not None and c.kept is None:
+            conn = c.back
+            if conn is None:
+                raise self.fail(f"{c.name()}: keeps a backend connection it does not have")
+            checks.check_release(self, c, conn)
+            c.kept = conn
+            c.back = None
+            conn.idle_since_ms = self.now_ms
+            conn.reused = False
+        if (s.kept is None) != (c.kept is None) and not s.actions & (RELEASE_BACK | CLOSE_BACK):
+            raise self.fail(f"{c.name()}: the kept connection was let go without an action")
+
+    def kept_end(self, c: Conn, how: str) -> None:
+        """The backend closes (or resets) the idle connection the session keeps: the shell
+        drops it, then tells the core, which must change nothing the client sees."""
+        conn = c.kept
+        assert conn is not None
+        c.kept = None
+        conn.state = CLOSED
+        conn.owner = -1
+        fn = c.s.back_eof if how == "eof" else c.s.back_error
+        acts, queued = self.call(c, f"kept_{how}", lambda: fn(self.now))
+        if acts or queued or c.s.kept is not None:
+            raise self.fail(f"{c.name()}: the close of its kept connection changed something")
+        self.settle(c)
+
+    def kept_speaks(self, c: Conn) -> None:
+        """The backend sends bytes on the idle kept connection: unusable, closed."""
+        conn = c.kept
+        assert conn is not None
+        data = bytes(conn.outbox)
+        conn.outbox.clear()
+        acts, queued = self.call(c, "kept_data", lambda: c.s.back_data(data, self.now))
+        if acts != CLOSE_BACK or queued or c.s.kept is not None:
+            raise self.fail(f"{c.name()}: bytes on its kept connection did not close it")
+        self.settle(c)
+
     def _queued(self, c: Conn, data: bytes, name: str) -> None:
         client = c.client
         client.queued += len(data)
@@ -216,13 +287,21 @@ class Shell:
     def _carry_out(self, c: Conn, acts: int) -> None:
         s = c.s
         if acts & RELEASE_BACK:
-            conn = c.back
+            conn = c.back if c.back is not None else c.kept
             if conn is None:
                 raise self.fail(f"{c.name()}: RELEASE_BACK without a backend connection")
-            checks.check_release(self, c, conn)
+            if conn is c.kept:
+                if c.drained:
+                    raise self.fail(f"{c.name()}: kept connection pooled while draining")
+            else:
+                checks.check_release(self, c, conn)
             self.pool.give(conn, self.now_ms)
-            c.back = None
+            c.back = c.kept = None
         if acts & CLOSE_BACK:
+            if c.back is None and c.kept is not None:
+                c.kept.state = CLOSED
+                c.kept.owner = -1
+                c.kept = None
             if c.back is not None:
                 c.back.state = CLOSED
                 c.back.owner = -1
@@ -330,6 +409,8 @@ class Shell:
             raise self.fail(f"{c.name()}: done with bytes still queued")
         if c.back is not None:
             raise self.fail(f"{c.name()}: done holding backend connection #{c.back.number}")
+        if c.kept is not None:
+            raise self.fail(f"{c.name()}: done keeping backend connection #{c.kept.number}")
         if c.dial is not None:
             raise self.fail(f"{c.name()}: done with a connect in progress")
         if s.deadline != math.inf:

@@ -45,9 +45,20 @@ def ulids() -> UlidGenerator:
 
 
 class World:
-    """One listener and its clusters; `backends` are (id, port) pairs on 10.1.0.1."""
+    """One listener and its clusters; `backends` are (id, port) pairs on 10.1.0.1.
 
-    def __init__(self, *, https: bool = False, access_log: bool = False, **keys: Any) -> None:
+    Sessions keep no backend connection between requests unless `max_kept_backs` says so
+    (the worker's default does; the simulation and tests/http1/test_kept.py cover it): the
+    other tests follow every request through CONNECT and the pool."""
+
+    def __init__(
+        self,
+        *,
+        https: bool = False,
+        access_log: bool = False,
+        max_kept_backs: int = 0,
+        **keys: Any,
+    ) -> None:
         config: HttpListenerConfig
         if https:
             config = HttpsListenerConfig(address=LISTEN, **keys)
@@ -57,6 +68,7 @@ class World:
         self.shared = SharedContext(
             self.clusters.get, ids=ulids(), time_ns=lambda: WALL_NS, drain_timeout=30.0
         )
+        self.shared.max_kept_backs = max_kept_backs
         self.lines: list[str] = []
         if access_log:
             self.shared.access_log = self.lines.append
@@ -133,11 +145,14 @@ class Driver:
         self.front_shut = False
         self.tunnel = False
         self.conn: BackConn | None = None  # the connection of the current exchange
+        self.kept: BackConn | None = None  # the idle connection the session keeps
+        self.reused_kept = 0  # requests sent on the kept connection
         self.conns: list[BackConn] = []
         self.pool: dict[tuple[str, int], list[BackConn]] = {}
         self.connects: list[tuple[str, bool, bool]] = []  # (backend id, allow_pooled, verify)
         self.dialing = False
         self.history: list[int] = []
+        self._kept_reused_seen = world.shared.kept_reused
         session.start(self.now)
         self._after()
 
@@ -147,15 +162,36 @@ class Driver:
         s = self.s
         actions, s.actions = s.actions, 0
         self.history.append(actions)
+        reused = self.world.shared.kept_reused - self._kept_reused_seen
+        self._kept_reused_seen = self.world.shared.kept_reused
+        if reused:
+            assert reused == 1
+            conn = self.kept if self.kept is not None else self.conn
+            assert conn is not None, "reused a kept connection the shell does not hold"
+            assert s.target is not None
+            assert s.target.address == conn.address
+            self.kept = None
+            self.conn = conn
+            self.reused_kept += 1
+        elif s.kept is not None and self.kept is None:
+            assert self.conn is not None, "kept a connection the shell does not hold"
+            assert s.kept == self.conn.address
+            self.kept, self.conn = self.conn, None
         if actions & RELEASE_BACK:
-            conn = self.conn
+            conn = self.conn if self.conn is not None else self.kept
             assert conn is not None
             assert not s.to_back
             conn.pooled = True
             self.pool.setdefault(conn.address, []).append(conn)
-            self.conn = None
+            if conn is self.kept:
+                self.kept = None
+            else:
+                self.conn = None
         if actions & CLOSE_BACK:
             assert not s.to_back, "the core empties to_back when it closes the backend"
+            if self.conn is None and self.kept is not None:
+                self.kept.closed = True
+                self.kept = None
             if self.conn is not None:
                 self.conn.closed = True
                 self.conn = None
@@ -202,6 +238,7 @@ class Driver:
     def check(self) -> None:
         self.s.check_invariants()
         self.world.check()
+        assert (self.kept is None) == (self.s.kept is None), "the shell and the core disagree"
         if self.s.done:
             assert self.front_close, "done without closing the client connection"
 
@@ -273,6 +310,24 @@ class Driver:
 
     def back_eof(self) -> None:
         self.s.back_eof(self.now)
+        self._after()
+
+    def kept_closed(self, *, reset: bool = False) -> None:
+        """The backend closes the idle kept connection: the shell drops it, tells the core."""
+        assert self.kept is not None
+        self.kept.closed = True
+        self.kept = None
+        if reset:
+            self.s.back_error(self.now)
+        else:
+            self.s.back_eof(self.now)
+        self._after()
+
+    def kept_speaks(self, data: bytes) -> None:
+        """The backend sends bytes on the idle kept connection."""
+        assert self.kept is not None
+        assert self.s.wants_back_read(), "a kept connection is watched"
+        self.s.back_data(data, self.now)
         self._after()
 
     def back_reset(self) -> None:

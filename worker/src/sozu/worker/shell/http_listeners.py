@@ -403,8 +403,11 @@ class HttpListeners:
                     "sozu_http_health_checks_total", cluster=cluster_id, outcome=outcome
                 ).value = count
         pool = self.server.pool
+        shared = self.shared
         registry.counter("sozu_http_backend_pool_reused_total").value = pool.reused
+        registry.counter("sozu_http_backend_kept_reused_total").value = shared.kept_reused
         registry.gauge("sozu_http_backend_pool_idle").value = len(pool)
+        registry.gauge("sozu_http_backend_kept_idle").value = shared.kept_backs
 
     def clear_metrics(self) -> None:
         for counters in self._counters.values():

@@ -273,6 +273,8 @@ class H2Session:
             served_names=self.served_names,
             sni=self.sni,
             default_cert=self.default_cert,
+            # A stream's core ends with its response: its backend connection goes to the pool.
+            keeps_back=False,
         )
         stream = H2Stream(inner, translated.method, translated.content_length)
         stream.ended_in = ended

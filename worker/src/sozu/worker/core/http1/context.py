@@ -34,6 +34,8 @@ DEFAULT_MAX_HEAD: Final = 16384
 # the other.
 DEFAULT_BUFFER_LIMIT: Final = 16393
 DEFAULT_DRAIN_TIMEOUT: Final = 30.0
+# Idle backend connections a worker's sessions may keep between requests (beyond: pooled).
+DEFAULT_MAX_KEPT_BACKS: Final = 256
 
 ClusterLookup = Callable[[str], "tuple[Cluster, TcpCluster] | None"]
 
@@ -51,6 +53,9 @@ class SharedContext:
         "draining",
         "histogram",
         "ids",
+        "kept_backs",
+        "kept_reused",
+        "max_kept_backs",
         "per_ip",
         "pid",
         "response_seconds",
@@ -87,6 +92,12 @@ class SharedContext:
         self.drain_timeout = drain_timeout
         self.draining = False
         self.drain_deadline = math.inf
+        # Idle backend connections sessions keep between their requests (Http1Session.kept),
+        # at most `max_kept_backs` in the worker (beyond, they go to the pool), and the
+        # requests sent on one again.
+        self.kept_backs = 0
+        self.max_kept_backs = DEFAULT_MAX_KEPT_BACKS
+        self.kept_reused = 0
 
     def start_drain(self, now: float) -> None:
         """The worker drains from `now`: sessions started later drain from their start, and
@@ -98,6 +109,8 @@ class SharedContext:
     def check_invariants(self) -> None:
         assert self.drain_timeout >= 0
         assert self.draining == (self.drain_deadline != math.inf)
+        assert 0 <= self.kept_backs <= self.max_kept_backs
+        assert self.kept_reused >= 0
         for (cluster_id, backend_id), value in self.backend_to_sticky.items():
             assert cluster_id in self.sticky_to_backend, cluster_id
             assert value in self.sticky_to_backend[cluster_id], (cluster_id, backend_id)

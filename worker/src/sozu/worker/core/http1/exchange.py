@@ -68,6 +68,21 @@ def connect_next(s: Http1Session, now: float) -> None:
         backend = s.ctx.sticky_backend(cluster, s.sticky, now)
     if backend is None:
         backend = cluster.choose(now)
+    kept = s.kept
+    reuse = False
+    if kept is not None:
+        # The connection kept from the last exchange: used again when this request goes to
+        # the same backend and could be sent again on a new connection (no body; a body
+        # asks the pool's check of a connection first), else handed to the pool (closed
+        # when the worker drains, as nothing is pooled then).
+        reuse = (
+            backend is not None
+            and kept == backend.address
+            and not s.fresh
+            and not s.draining
+            and s.head.framing is _NONE
+        )
+        let_kept_go(s, close=None if reuse else s.draining)
     if backend is None:
         _no_backend(s, now)
         return
@@ -79,11 +94,27 @@ def connect_next(s: Http1Session, now: float) -> None:
     target.allow_pooled = not s.fresh
     target.verify = s.head.framing is not _NONE
     s.target = target
-    s.actions |= CONNECT
     s.state = S_CONNECTING
     s.connect_started = now
-    s.t_back = now + s.ctx.connect_timeout
     s.t_read = INF
+    if reuse:
+        s.ctx.shared.kept_reused += 1
+        connected(s, now, True)
+        return
+    s.actions |= CONNECT
+    s.t_back = now + s.ctx.connect_timeout
+
+
+def let_kept_go(s: Http1Session, *, close: bool | None) -> None:
+    """The session no longer keeps its idle backend connection: to the pool (`close` False),
+    closed (True), or taken again by this session or already dropped by the shell (None)."""
+    assert s.kept is not None
+    s.kept = None
+    s.ctx.shared.kept_backs -= 1
+    if close is True:
+        s.actions |= CLOSE_BACK
+    elif close is False:
+        s.actions |= RELEASE_BACK
 
 
 def _no_backend(s: Http1Session, now: float) -> None:
@@ -157,8 +188,9 @@ def connect_failed(s: Http1Session, now: float, *, timed_out: bool) -> None:
         connect_next(s, now)
 
 
-def drop_back(s: Http1Session, *, keep: bool) -> None:
-    """Let go of the backend connection (or of the dial in progress): pooled when `keep`."""
+def drop_back(s: Http1Session, *, keep: bool, hold: bool = False) -> None:
+    """Let go of the backend connection (or of the dial in progress): pooled when `keep`;
+    `hold` (with `keep`): kept by the session for its next request instead (`s.kept`)."""
     if s.back_opened:
         assert s.cluster is not None
         assert s.backend is not None
@@ -166,7 +198,13 @@ def drop_back(s: Http1Session, *, keep: bool) -> None:
         s.back_opened = False
     s.back_open = False
     if s.target is not None:
-        if keep:
+        if hold:
+            assert keep
+            assert not s.to_back
+            assert s.kept is None
+            s.kept = s.target.address
+            s.ctx.shared.kept_backs += 1
+        elif keep:
             assert not s.to_back
             s.actions |= RELEASE_BACK
         else:
@@ -467,7 +505,12 @@ def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
         and not s.draining
         and cluster.selector.backend(backend.id) is not None
     )
-    drop_back(s, keep=keep_back)
+    shared = s.ctx.shared
+    drop_back(
+        s,
+        keep=keep_back,
+        hold=keep_back and s.keeps_back and shared.kept_backs < shared.max_kept_backs,
+    )
     s.counters.count_status(s.status)
     s.counters.count_cluster_status(cluster.cluster_id, s.status)
     if s.ctx.shared.histogram is not None:

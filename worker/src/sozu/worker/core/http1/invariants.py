@@ -41,9 +41,17 @@ def check_session(s: Http1Session) -> None:
     assert s.bytes_in >= 0
     assert s.bytes_out >= 0
     assert s.draining == (s.drain_deadline != INF)
+    assert s.kept is None or s.keeps_back
+    if s.kept is not None:
+        assert state == S_HEAD, "a connection is kept only between requests"
+        assert s.target is None
+        assert not s.back_open
+        assert not s.back_opened
+        assert not s.to_back
     if s.done:
         assert s.deadline == INF
         assert s.target is None
+        assert s.kept is None
         assert s.per_ip_cluster is None
         assert not s.back_open
         assert not s.back_opened

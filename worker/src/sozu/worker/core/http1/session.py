@@ -79,6 +79,8 @@ class Http1Session:
         "head",
         "in_heads",
         "keep_alive",
+        "keeps_back",
+        "kept",
         "last_timeout",
         "limit",
         "linked",
@@ -166,6 +168,8 @@ class Http1Session:
     log_cluster: str | None
     log_message: str | None
     log_tags: dict[str, str] | None
+    kept: tuple[str, int] | None
+    keeps_back: bool
 
     def __init__(
         self,
@@ -175,6 +179,7 @@ class Http1Session:
         served_names: tuple[str, ...] = (),
         sni: str | None = None,
         default_cert: bool = False,
+        keeps_back: bool = True,
     ) -> None:
         self.ctx = ctx
         self.counters = ctx.counters
@@ -199,6 +204,12 @@ class Http1Session:
         self.front_ended = False  # the client half-closed
         self.back_open = False  # a backend connection is up and its input is wanted
         self.back_close_pending = False  # close the backend once to_back is flushed
+        # Between requests, the address of the backend connection the shell still holds for
+        # this session (idle, watched for input): the next request reuses it when its backend
+        # is chosen again, else it goes to the pool (exchange.py). `keeps_back` False: every
+        # reusable connection goes to the pool at once (HTTP/2 stream cores).
+        self.kept = None
+        self.keeps_back = keeps_back
         self.tunnel_front_done = False
         self.tunnel_back_done = False
         self.draining = False
@@ -283,8 +294,9 @@ class Http1Session:
         )
 
     def wants_back_read(self) -> bool:
-        """Read the backend connection only while this is True."""
-        return self.back_open and len(self.to_front) <= self.limit
+        """Read the backend connection only while this is True (a kept connection is read to
+        learn that the backend closed it)."""
+        return (self.back_open or self.kept is not None) and len(self.to_front) <= self.limit
 
     # -- inputs
 
@@ -374,6 +386,9 @@ class Http1Session:
             idle = now + self.ctx.back_timeout
             if idle > self.t_read:
                 self.t_read = idle
+        elif self.kept is not None:
+            # The backend spoke on an idle connection nobody asked anything: unusable.
+            exchange.let_kept_go(self, close=True)
         self._settle(now)
 
     def back_eof(self, now: float) -> None:
@@ -398,6 +413,9 @@ class Http1Session:
                 tunnel.side_ended(self, now, front=False)
         elif state == S_CLOSING and self.back_close_pending:
             self._close_back_now()
+        elif self.kept is not None:
+            # The backend closed the idle connection (the shell dropped it already).
+            exchange.let_kept_go(self, close=None)
         self._settle(now)
 
     def sent(self, now: float) -> None:
@@ -507,6 +525,8 @@ class Http1Session:
         close; requests still buffered behind it are counted, never answered)."""
         assert not self.back_open
         assert not self.back_opened
+        if self.kept is not None:
+            exchange.let_kept_go(self, close=self.draining)
         if count_pipelined and self.fbuf:
             self.counters.pipelined_unanswered += count_requests(self.fbuf, self.ctx.max_head)
         self.fbuf.clear()
