@@ -115,6 +115,18 @@ def test_curl_http2_is_routed_by_authority(h2_site: H2Site, tmp_path: Path) -> N
     assert downloaded.stat().st_size == BIG_FILE_SIZE
     assert downloaded.read_bytes() == h2_site.nginx.big_file.read_bytes()
 
+    def counted_as_h2() -> bool | None:
+        series = prometheus_series(h2_site.metrics_port)
+        counts = {
+            (dict(labels)["cluster"], dict(labels)["protocol"]): value
+            for (name, labels), value in series.items()
+            if name == "sozu_http_cluster_requests_total"
+        }
+        ok = counts.get(("alpha", "h2"), 0) >= 3 and counts.get(("beta", "h2"), 0) >= 1
+        return True if ok and ("alpha", "http/1.1") not in counts else None
+
+    wait_for(counted_as_h2, timeout=10, what="the streams counted per cluster as h2")
+
 
 def _h2_exchange(
     site: H2Site, requests: list[list[tuple[str, str]]], body: bytes | None = None

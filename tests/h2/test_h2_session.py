@@ -246,3 +246,15 @@ def test_resets_spread_over_windows_are_allowed() -> None:
         NOW = start
     assert not client.s.done
     assert world.ctx.counters.h2_rapid_resets == 0
+
+
+def test_stream_requests_are_counted_per_cluster_as_h2() -> None:
+    world = two_clusters()
+    client = Client(world)
+    stream = client.get("a.test")
+    inner = client.inner[stream]
+    assert inner.actions & CONNECT
+    inner.actions = 0
+    inner.back_connected(NOW, False)
+    assert world.ctx.counters.cluster_requests == {("a", "h2"): 1}
+    assert not inner.keeps_back, "a stream core never keeps its backend connection"

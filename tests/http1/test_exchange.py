@@ -41,7 +41,7 @@ def test_a_request_is_forwarded_with_edited_headers_and_answered() -> None:
     counters = w.ctx.counters
     assert counters.requests == 1
     assert counters.statuses == {200: 1}
-    assert counters.cluster_requests == {"web": 1}
+    assert counters.cluster_requests == {("web", "http/1.1"): 1}
     assert counters.bytes_out == len(response.head) + 5
 
 
@@ -390,7 +390,7 @@ def test_a_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:
     assert [r.body for r in parse_responses(d.take_client())] == [b"ok", b"2"]
     counters = w.ctx.counters
     assert counters.stale_connections == 1
-    assert counters.cluster_requests == {"web": 3}
+    assert counters.cluster_requests == {("web", "http/1.1"): 3}
 
 
 def test_a_stale_pooled_connection_under_a_body_is_not_retried() -> None:

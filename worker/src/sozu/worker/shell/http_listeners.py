@@ -365,9 +365,12 @@ class HttpListeners:
                 registry.counter(
                     "sozu_http_generated_answers_total", listener=address, status=str(status)
                 ).value = count
-            for cluster_id, count in c.cluster_requests.items():
+            for (cluster_id, protocol), count in c.cluster_requests.items():
                 registry.counter(
-                    "sozu_http_cluster_requests_total", listener=address, cluster=cluster_id
+                    "sozu_http_cluster_requests_total",
+                    listener=address,
+                    cluster=cluster_id,
+                    protocol=protocol,
                 ).value = count
             by_cluster: dict[tuple[str, str], int] = {}
             for (cluster_id, status), count in c.cluster_statuses.items():

@@ -275,6 +275,7 @@ class H2Session:
             default_cert=self.default_cert,
             # A stream's core ends with its response: its backend connection goes to the pool.
             keeps_back=False,
+            protocol="h2",
         )
         stream = H2Stream(inner, translated.method, translated.content_length)
         stream.ended_in = ended

@@ -46,7 +46,8 @@ class HttpCounters:
     statuses: dict[int, int] = field(default_factory=dict)
     # status of every answer sozu generated itself -> count
     answers: dict[int, int] = field(default_factory=dict)
-    cluster_requests: dict[str, int] = field(default_factory=dict)
+    # (cluster id, protocol the client spoke: "http/1.1" or "h2") -> requests sent to a backend
+    cluster_requests: dict[tuple[str, str], int] = field(default_factory=dict)
     # (cluster id, final status) of every response of a request routed to a cluster -> count
     cluster_statuses: dict[tuple[str, int], int] = field(default_factory=dict)
 

@@ -143,7 +143,8 @@ def connected(s: Http1Session, now: float, reused: bool) -> None:
     cluster.opened(backend.id)
     s.back_opened = s.back_open = True
     cluster_id = cluster.cluster_id
-    counters.cluster_requests[cluster_id] = counters.cluster_requests.get(cluster_id, 0) + 1
+    key = (cluster_id, s.protocol)
+    counters.cluster_requests[key] = counters.cluster_requests.get(key, 0) + 1
     s.linked = backend
     s.log_cluster = cluster_id
     s.backend_started = now

@@ -93,6 +93,7 @@ class Http1Session:
         "log_tags",
         "peer",
         "per_ip_cluster",
+        "protocol",
         "r_phase",
         "r_remaining",
         "r_scanner",
@@ -170,6 +171,7 @@ class Http1Session:
     log_tags: dict[str, str] | None
     kept: tuple[str, int] | None
     keeps_back: bool
+    protocol: str
 
     def __init__(
         self,
@@ -180,6 +182,7 @@ class Http1Session:
         sni: str | None = None,
         default_cert: bool = False,
         keeps_back: bool = True,
+        protocol: str = "http/1.1",
     ) -> None:
         self.ctx = ctx
         self.counters = ctx.counters
@@ -210,6 +213,8 @@ class Http1Session:
         # reusable connection goes to the pool at once (HTTP/2 stream cores).
         self.kept = None
         self.keeps_back = keeps_back
+        # What the client speaks, for the per-cluster request counts ("h2": a stream core).
+        self.protocol = protocol
         self.tunnel_front_done = False
         self.tunnel_back_done = False
         self.draining = False
