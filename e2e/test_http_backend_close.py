@@ -1,7 +1,8 @@
-"""A backend connection whose request said `Connection: close` (or was HTTP/1.0 without
-keep-alive) is never pooled, even when the backend's answer does not repeat it and the
-backend closes right after: the next request, even one with a body (which cannot be retried
-once sent), goes to a fresh connection and gets the backend's answer, not a 502."""
+"""A backend that closes right after each answer without saying so: whether the request
+said close to it (HTTP/1.0 without keep-alive: never pooled) or not (an HTTP/1.1 client's
+`Connection: close` is not passed on: pooled, then dropped when the backend's close is
+seen), the next request, even one with a body (which cannot be retried once sent), goes to
+a fresh connection and gets the backend's answer, not a 502."""
 
 from __future__ import annotations
 

@@ -259,8 +259,8 @@ def check_release(sh: Shell, c: Conn, conn: BackConn, *, reuse: bool = False) ->
     t = _track(c, conn.replies[-1].tag) if conn.replies else None
     if not why and (t is None or t.response is None or not t.response.complete):
         why = "no response completed"
-    if not why and t is not None and t.req.close:
-        why = f"{t.tag} said close"
+    if not why and t is not None and t.back_close:
+        why = f"{t.tag} reached it saying close"
     if why:
         raise sh.fail(f"{c.name()}: backend connection #{conn.number} pooled although {why}")
 
@@ -317,6 +317,8 @@ def backend_reads(sh: Shell, c: Conn, conn: BackConn, data: bytes) -> None:
                 raise sh.fail(
                     f"{c.name()}: {t.tag} reached its backend without close while draining"
                 )
+            keep_alive = "keep-alive" in (obj.header("connection") or "").lower()
+            t.back_close = obj.says_close or (obj.version == "1.0" and not keep_alive)
             sh.replies_for(conn, t, obj)
         elif kind == "done":
             if bytes(obj.body) != t.req.body:

@@ -40,6 +40,7 @@ class Track:
     """One request of a client, from its first byte to its answer."""
 
     __slots__ = (
+        "back_close",
         "body_done",
         "connected",
         "failed_attempts",
@@ -64,6 +65,7 @@ class Track:
         self.start = start  # offset of its first byte in the client's stream
         self.sent = sent  # bytes of it the client sends (fewer when it stalls)
         self.held = b""  # an Expect: 100-continue body not released yet
+        self.back_close = False  # the head its backend read said close
         self.first_ms = -1  # when its first byte reached the core
         self.last_ms = -1
         self.head_done = False

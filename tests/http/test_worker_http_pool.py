@@ -1,7 +1,8 @@
 """Pooled backend connections through an in-process worker: a connection whose request said
-close is never pooled, whatever the backend answered; a pooled connection is checked before
-it carries a request body (which cannot be retried); one the backend closed while it was idle
-is dropped at once and never reused."""
+close (HTTP/1.0 without keep-alive) is never pooled, whatever the backend answered; an
+HTTP/1.1 client's close is not passed on, so its backend connection is reused; a pooled
+connection is checked before it carries a request body (which cannot be retried); one the
+backend closed while it was idle is dropped at once and never reused."""
 
 from __future__ import annotations
 
@@ -40,18 +41,9 @@ class KeepAliveBackend:
                 return
 
 
-@pytest.mark.parametrize(
-    "request_head",
-    [
-        b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: keep-alive, close\r\n\r\n",
-        b"GET / HTTP/1.0\r\nHost: web.test\r\n\r\n",
-    ],
-    ids=["close", "close-token", "http10"],
-)
-async def test_a_backend_connection_whose_request_said_close_is_not_pooled(
-    request_head: bytes,
-) -> None:
+async def test_a_backend_connection_whose_request_said_close_is_not_pooled() -> None:
+    """An HTTP/1.0 request without keep-alive reaches the backend as it is: the backend may
+    close once it has answered, whatever it said, so its connection is never pooled."""
     backend = KeepAliveBackend()
     with trio.fail_after(10):
         async with worker() as w:
@@ -59,7 +51,7 @@ async def test_a_backend_connection_whose_request_said_close_is_not_pooled(
             await w.cluster("web", [await w.backend(backend)])
             await w.http_frontend(port, "web.test", "web")
             client = await Client.open(port)
-            await client.stream.send_all(request_head)
+            await client.stream.send_all(b"GET / HTTP/1.0\r\nHost: web.test\r\n\r\n")
             response = await client.response()
             assert response is not None
             assert response[0] == 200
@@ -81,6 +73,36 @@ async def test_a_backend_connection_whose_request_said_close_is_not_pooled(
             with trio.fail_after(2):
                 while len(pool) != 1:  # noqa: ASYNC110 - polling the pool's size
                     await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: keep-alive, close\r\n\r\n",
+    ],
+    ids=["close", "close-token"],
+)
+async def test_an_http11_client_close_keeps_the_backend_connection(request_head: bytes) -> None:
+    """The client's close is about its own connection: the backend is not told close, and
+    the next client's request goes out on the same backend connection."""
+    backend = KeepAliveBackend()
+    with trio.fail_after(10):
+        async with worker() as w:
+            port = await w.http_listener()
+            await w.cluster("web", [await w.backend(backend)])
+            await w.http_frontend(port, "web.test", "web")
+            for _ in range(3):
+                client = await Client.open(port)
+                await client.stream.send_all(request_head)
+                response = await client.response()
+                assert response is not None
+                assert response[0] == 200
+                assert await client.closed()
+                await client.aclose()
+            assert backend.connections == 1
+            assert backend.closed_by_proxy == 0
+            assert len(w.proxies.http.server.pool) == 1
 
 
 async def test_a_pooled_connection_is_checked_before_it_carries_a_body() -> None:

@@ -126,6 +126,12 @@ def apply_edits(headers: Headers, edits: Iterable[HeaderEdit]) -> Headers:
     return headers
 
 
+def without_close(value: bytes) -> bytes:
+    """A Connection header value without its `close` token(s)."""
+    tokens = (token.strip() for token in value.split(b","))
+    return b", ".join(token for token in tokens if token and token.lower() != b"close")
+
+
 def edit_request(
     headers: Sequence[tuple[bytes, bytes]],
     *,
@@ -135,6 +141,7 @@ def edit_request(
     public_port: int,
     peer: tuple[str, int] | None,
     closing: bool = False,
+    keep_backend: bool = False,
     sticky_name: bytes | None = b"SOZUBALANCEID",
     sozu_id_header: bytes = b"Sozu-Id",
     elide_x_real_ip: bool = False,
@@ -144,7 +151,9 @@ def edit_request(
 ) -> RequestEdits:
     """The request header block sent to the backend (docs/http.md, "Header edits").
 
-    `peer` is the client (or PROXY source) address, None when unknown. Added headers come
+    `peer` is the client (or PROXY source) address, None when unknown. `keep_backend`: the
+    client's `Connection: close` is about its own connection, its close token is not
+    forwarded (the backend connection may be reused). Added headers come
     in upstream order: X-Forwarded-For, Forwarded, X-Real-IP, X-Forwarded-Port,
     X-Forwarded-Proto, Connection, X-Request-Id, `sozu_id_header`; then, for a host
     rewrite, X-Forwarded-Host; then the frontend's request edits.
@@ -172,7 +181,12 @@ def edit_request(
             if closing:
                 value = b"close"
             elif has_token(value, b"close"):
-                keep_alive = False
+                if not keep_backend:
+                    keep_alive = False
+                else:
+                    value = without_close(value)
+                    if not value:
+                        continue
         elif lowered == _XFF:
             xff_index = len(out)
         elif lowered == _FORWARDED:

@@ -413,8 +413,9 @@ def _final_response(
     s.responding = True
     s.closing = closing
     s.status = response.status
-    # A request that said close (or HTTP/1.0 without keep-alive) leaves the backend free to
-    # close once it has answered, whatever its response says: never pooled.
+    # A request sent saying close (HTTP/1.0 without keep-alive, a drain) leaves the backend
+    # free to close once it has answered, whatever its response says: never pooled
+    # (`back_keep_asked`; an HTTP/1.1 client's own close is not sent on).
     s.back_keep = back_keep
     _response_body(s, response, leftover, scanner, used, now)
 
@@ -498,7 +499,7 @@ def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
     # was sent whole, to a backend still configured.
     keep_back = (
         complete
-        and s.keep_alive
+        and s.back_keep_asked
         and s.up_done
         and s.back_keep
         and not s.back_extra
@@ -510,7 +511,12 @@ def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
     drop_back(
         s,
         keep=keep_back,
-        hold=keep_back and s.keeps_back and shared.kept_backs < shared.max_kept_backs,
+        hold=(
+            keep_back
+            and not s.closing
+            and s.keeps_back
+            and shared.kept_backs < shared.max_kept_backs
+        ),
     )
     s.counters.count_status(s.status)
     s.counters.count_cluster_status(cluster.cluster_id, s.status)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from sozu.worker.core.http1.session import Http1Session
 
 _NONE: Final = Framing.NONE
+CONNECTION_CLOSE: Final = b"\r\nConnection: close\r\n"
 _LENGTH: Final = Framing.LENGTH
 
 
@@ -141,6 +142,13 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
     request_id = s.request_id.encode()
     special = head.special
     closing = s.draining
+    raw = head.raw
+    # An HTTP/1.1 client's `Connection: close` is about its own connection: the backend's is
+    # asked to stay open (and is reused), as a proxy's two connections are separate hops.
+    keep_backend = not head.keep_alive and head.version == b"1.1" and not closing
+    if keep_backend and not head.upgrade and raw.count(CONNECTION_CLOSE) == 1:
+        raw = raw.replace(CONNECTION_CLOSE, b"\r\n", 1)  # the usual spelling, edited in place
+        special &= ~H_CONNECTION
     if (
         rewrite_host is None
         and rewrite_path is None
@@ -149,6 +157,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         and not (ctx.elide_x_real_ip and special & H_X_REAL_IP)
         and not (sticky_session and special & H_COOKIE)
         and not (closing and special & H_CONNECTION)
+        and not (keep_backend and special & H_CONNECTION)
     ):
         # The common case: nothing of the head to change, the proxy's headers added.
         block = s.forwarding
@@ -161,7 +170,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
                 send_x_real_ip=ctx.send_x_real_ip,
             )
         s.request_bytes = fast_request_head(
-            head.raw,
+            raw,
             special,
             block,
             request_id=request_id,
@@ -171,6 +180,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         s.sticky_found = None
         s.sticky = None
         s.keep_alive = head.keep_alive and not closing
+        s.back_keep_asked = s.keep_alive or keep_backend
         s.response_edits = ()
         _linked(s, frontend, cluster, now)
         return
@@ -182,6 +192,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         public_port=ctx.public_port,
         peer=s.peer,
         closing=s.draining,
+        keep_backend=keep_backend and not head.upgrade,
         sticky_name=ctx.sticky_name if sticky_session else None,
         sozu_id_header=ctx.sozu_id_header,
         elide_x_real_ip=ctx.elide_x_real_ip,
@@ -198,6 +209,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
     s.sticky_found = found
     s.sticky = found.decode("latin-1") if found and sticky_session else None
     s.keep_alive = edits.keep_alive and head.keep_alive
+    s.back_keep_asked = edits.keep_alive and (head.keep_alive or keep_backend)
     s.response_edits = compile_frontend_edits(frontend.headers).response if frontend.headers else ()
     _linked(s, frontend, cluster, now)
 

@@ -51,6 +51,7 @@ class Http1Session:
         "back_close_pending",
         "back_extra",
         "back_keep",
+        "back_keep_asked",
         "back_open",
         "back_opened",
         "back_received",
@@ -160,6 +161,7 @@ class Http1Session:
     responding: bool
     closing: bool
     back_keep: bool
+    back_keep_asked: bool
     back_extra: bool
     status: int
     log_on: bool
@@ -246,7 +248,8 @@ class Http1Session:
         self.cluster_config = None
         self.cluster = None
         self.request_bytes = b""
-        self.keep_alive = True
+        self.keep_alive = True  # the client's connection stays after this exchange
+        self.back_keep_asked = True  # the request sent to the backend did not say close
         self.sticky = None
         self.sticky_found = None
         self.response_edits = ()
