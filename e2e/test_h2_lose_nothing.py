@@ -79,11 +79,17 @@ def test_h2_clients_lose_no_stream_across_upgrades(
 
         def progress(what: str) -> None:
             goal = clients.answered() + PROGRESS
-            wait_for(
-                lambda: clients.answered() >= goal or None,
-                timeout=PROGRESS_TIMEOUT,
-                what=f"{PROGRESS} more answers {what}",
-            )
+            try:
+                wait_for(
+                    lambda: clients.answered() >= goal or None,
+                    timeout=PROGRESS_TIMEOUT,
+                    what=f"{PROGRESS} more answers {what}",
+                )
+            except TimeoutError as error:
+                tallies = "\n".join(
+                    f"{c.name}: {c.tally.summary()} {c.tally.problems}" for c in clients.clients
+                )
+                raise TimeoutError(f"{error}\n{tallies}") from None
 
         old_pids: list[int] = []
         durations: list[float] = []

@@ -7,6 +7,9 @@ framing) that keeps `streams` GET requests in flight, each for a `Target` picked
 that connection; the streams above the GOAWAY's last stream id, and those reset with
 REFUSED_STREAM, were not processed (RFC 9113 §6.8, §8.7) and are sent again on a new
 connection. The others must complete. Once none is left the client closes and reconnects.
+GOAWAY frames are taken out of the byte stream before the `h2` library reads it (the library
+stops reading a connection at its first GOAWAY, so the streams a draining server still
+completes could not be read through it).
 
 Every stream opened ends in exactly one count of its client's `H2Tally`:
 
@@ -125,6 +128,7 @@ class H2Client:
             conn.initiate_connection()
             pending: dict[int, _Stream] = {}
             last_processed: int | None = None  # a GOAWAY's last stream id
+            frames = bytearray()  # bytes read, not yet split into frames
             while True:
                 while (
                     last_processed is None
@@ -158,40 +162,45 @@ class H2Client:
                 if not data:
                     self._cut(pending, last_processed, retry)
                     return
+                frames += data
+                data, goaways = _split_goaways(frames)
+                for last_stream_id, error_code in goaways:
+                    tally.goaways += 1
+                    last_processed = min(last_stream_id, last_processed or last_stream_id)
+                    if error_code != ErrorCodes.NO_ERROR:
+                        tally.problem(f"{self.name}: GOAWAY {ErrorCodes(error_code)!r}")
+                    for stream_id in [i for i in pending if i > last_processed]:
+                        tally.retried += 1
+                        retry.append(pending.pop(stream_id).target)
                 for event in conn.receive_data(data):
+                    stream_id = getattr(event, "stream_id", 0)
+                    stream = pending.get(stream_id)
+                    if stream is None:
+                        # Only the reset of a stream already given up (above a GOAWAY's last
+                        # stream id) may name a stream no longer pending.
+                        if stream_id and not isinstance(event, h2.events.StreamReset):
+                            tally.problem(f"{self.name}: {event!r} for a stream given up")
+                        continue
                     if isinstance(event, h2.events.ResponseReceived):
-                        stream = pending[event.stream_id]
                         for name, value in event.headers:
                             if name == b":status":
                                 stream.status = int(value)
                     elif isinstance(event, h2.events.DataReceived):
-                        stream = pending[event.stream_id]
                         stream.length += len(event.data)
                         stream.digest.update(event.data)
-                        conn.acknowledge_received_data(
-                            event.flow_controlled_length, event.stream_id
-                        )
+                        conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
                     elif isinstance(event, h2.events.StreamEnded):
-                        self._ended(pending.pop(event.stream_id))
+                        self._ended(pending.pop(stream_id))
                     elif isinstance(event, h2.events.StreamReset):
-                        stream = pending.pop(event.stream_id)
+                        del pending[stream_id]
                         if event.error_code == ErrorCodes.REFUSED_STREAM:
                             tally.retried += 1
                             retry.append(stream.target)
                         else:
                             tally.lost += 1
                             tally.problem(
-                                f"{self.name}: stream {event.stream_id} reset "
-                                f"({event.error_code!r})"
+                                f"{self.name}: stream {stream_id} reset ({event.error_code!r})"
                             )
-                    elif isinstance(event, h2.events.ConnectionTerminated):
-                        tally.goaways += 1
-                        last_processed = event.last_stream_id or 0
-                        if event.error_code != ErrorCodes.NO_ERROR:
-                            tally.problem(f"{self.name}: GOAWAY {event.error_code!r}")
-                        for stream_id in [i for i in pending if i > last_processed]:
-                            tally.retried += 1
-                            retry.append(pending.pop(stream_id).target)
 
     def _ended(self, stream: _Stream) -> None:
         target = stream.target
@@ -223,6 +232,28 @@ class H2Client:
                     f"connection's end (GOAWAY last stream id {last_processed})"
                 )
         pending.clear()
+
+
+def _split_goaways(buffer: bytearray) -> tuple[bytes, list[tuple[int, int]]]:
+    """The complete frames at the start of `buffer` (removed from it) without their GOAWAY
+    frames, and each GOAWAY's (last stream id, error code)."""
+    kept = bytearray()
+    goaways: list[tuple[int, int]] = []
+    position = 0
+    while len(buffer) - position >= 9:
+        length = int.from_bytes(buffer[position : position + 3], "big")
+        end = position + 9 + length
+        if end > len(buffer):
+            break
+        if buffer[position + 3] == 7:  # GOAWAY
+            payload = buffer[position + 9 : end]
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            goaways.append((last, int.from_bytes(payload[4:8], "big")))
+        else:
+            kept += buffer[position:end]
+        position = end
+    del buffer[:position]
+    return bytes(kept), goaways
 
 
 class H2ClientGroup:

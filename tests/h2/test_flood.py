@@ -287,3 +287,45 @@ def test_an_hpack_bomb_ends_the_connection_without_decoding_it_whole() -> None:
     assert [e.error_code for e in terminated] == [ErrorCodes.ENHANCE_YOUR_CALM]
     assert w.ctx.counters.h2_floods == {HEADER_LIST_FLOOD: 1}
     assert w.ctx.counters.h2_protocol_errors == 0
+
+
+def test_window_updates_returning_what_was_sent_are_no_flood() -> None:
+    # A client reading a large response returns connection window for each DATA frame it
+    # reads: as many stream-0 WINDOW_UPDATEs as DATA frames sent are no flood.
+    guard = FloodGuard(LIMITS, HttpCounters())
+    guard.feed(PREFACE, NOW)
+    guard.credit += 50
+    assert guard.feed(frames_of(WINDOW_UPDATE_FLOOD, 53), NOW) is None
+    assert guard.feed(frames_of(WINDOW_UPDATE_FLOOD, 1), NOW) == WINDOW_UPDATE_FLOOD
+    guard.check_invariants()
+
+
+def test_a_client_reading_a_large_response_keeps_its_connection() -> None:
+    w = world(h2_max_window_update_stream0_per_window=2)
+    session, client = connect(w)
+    client.send_headers(
+        1,
+        [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/")],
+        end_stream=True,
+    )
+    session.front_data(client.data_to_send(), NOW)
+    body = b"x" * (1 << 20)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    session.response_data(1, head, NOW)
+    received = 0
+    for start in range(0, len(body), 16384):
+        session.response_data(1, body[start : start + 16384], NOW)
+        for event in client.receive_data(bytes(session.to_front)):
+            if isinstance(event, h2.events.DataReceived):
+                received += len(event.data)
+                # The window given back as the client reads (the h2 library sends a
+                # WINDOW_UPDATE on stream 0 once half the connection window is used).
+                client.acknowledge_received_data(event.flow_controlled_length, 1)
+        session.to_front.clear()
+        out = client.data_to_send()
+        if out:
+            session.front_data(out, NOW)
+        session.check_invariants()
+        assert not session.done, w.ctx.counters.h2_floods
+    assert w.ctx.counters.h2_frames[FRAME_NAMES.index("window_update")] > 2
+    assert not w.ctx.counters.h2_floods

@@ -3,7 +3,9 @@ sends, before the `h2` library parses it, counts frames by type, and finds the f
 cost a server work without asking it anything (docs/http.md, "HTTP/2 defences").
 
 Per window of FLOOD_WINDOW seconds: PING, SETTINGS, empty DATA, WINDOW_UPDATE on stream 0
-and PRIORITY frames, each against its limit; per header block, the CONTINUATION frames that
+and PRIORITY frames, each against its limit (a client returns connection window as it reads
+the DATA it is sent: each DATA frame sent in the window allows one more stream-0
+WINDOW_UPDATE, `credit`); per header block, the CONTINUATION frames that
 follow a HEADERS without END_HEADERS. Rapid reset (RST_STREAM) is counted by the session
 from the library's events, header lists past their limit once decoded (HPACK bombs) from
 the library's error. A flood found ends the connection with GOAWAY ENHANCE_YOUR_CALM.
@@ -92,6 +94,7 @@ class FloodGuard:
         "_skip",
         "counters",
         "counts",
+        "credit",
         "limits",
         "since",
     )
@@ -108,6 +111,7 @@ class FloodGuard:
         self._continuations = 0
         # per-window counts: ping, settings, empty data, stream-0 window updates, priority
         self.counts = [0, 0, 0, 0, 0]
+        self.credit = 0  # DATA frames sent in this window (see the module docstring)
         self.since = -FLOOD_WINDOW
 
     def feed(self, data: bytes, now: float) -> str | None:
@@ -116,6 +120,7 @@ class FloodGuard:
             self.since = now
             counts = self.counts
             counts[0] = counts[1] = counts[2] = counts[3] = counts[4] = 0
+            self.credit = 0
         position = 0
         size = len(data)
         if self._preface:
@@ -188,7 +193,7 @@ class FloodGuard:
         elif kind == WINDOW_UPDATE:
             if int.from_bytes(header[5:9], "big") & 0x7FFFFFFF == 0:
                 counts[3] += 1
-                if counts[3] > limits.window_update_stream0:
+                if counts[3] > limits.window_update_stream0 + self.credit:
                     return WINDOW_UPDATE_FLOOD
         elif kind == PRIORITY:
             counts[4] += 1
@@ -204,3 +209,4 @@ class FloodGuard:
         assert not self._preface or (not self._skip and not self._header)
         assert self._in_block or self._continuations <= self.limits.continuation + 1
         assert all(count >= 0 for count in self.counts)
+        assert self.credit >= 0

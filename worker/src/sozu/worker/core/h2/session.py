@@ -273,9 +273,7 @@ class H2Session:
             served_names=self.served_names,
             sni=self.sni,
             default_cert=self.default_cert,
-            # A stream's core ends with its response: its backend connection goes to the pool.
-            keeps_back=False,
-            protocol="h2",
+            h2_stream=True,
         )
         stream = H2Stream(inner, translated.method, translated.content_length)
         stream.ended_in = ended
@@ -353,6 +351,7 @@ class H2Session:
                 stream.stalled = INF
                 last = size == len(out) and stream.reader.complete
                 conn.send_data(stream_id, bytes(out[:size]), end_stream=last)
+                self.guard.credit += 1  # the client may return this window (flood.py)
                 del out[:size]
                 if last:
                     stream.ended_out = True

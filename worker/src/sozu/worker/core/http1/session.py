@@ -171,9 +171,6 @@ class Http1Session:
     log_cluster: str | None
     log_message: str | None
     log_tags: dict[str, str] | None
-    kept: tuple[str, int] | None
-    keeps_back: bool
-    protocol: str
 
     def __init__(
         self,
@@ -183,14 +180,12 @@ class Http1Session:
         served_names: tuple[str, ...] = (),
         sni: str | None = None,
         default_cert: bool = False,
-        keeps_back: bool = True,
-        protocol: str = "http/1.1",
+        h2_stream: bool = False,
     ) -> None:
         self.ctx = ctx
         self.counters = ctx.counters
         self.limit = ctx.buffer_limit
-        # The client address (the PROXY protocol source when there is one).
-        self.peer = peer
+        self.peer = peer  # the client address (the PROXY protocol source when there is one)
         # What the TLS handshake served (HTTPS): checked against each request's authority.
         self.served_names = served_names
         self.sni = sni
@@ -209,14 +204,11 @@ class Http1Session:
         self.front_ended = False  # the client half-closed
         self.back_open = False  # a backend connection is up and its input is wanted
         self.back_close_pending = False  # close the backend once to_back is flushed
-        # Between requests, the address of the backend connection the shell still holds for
-        # this session (idle, watched for input): the next request reuses it when its backend
-        # is chosen again, else it goes to the pool (exchange.py). `keeps_back` False: every
-        # reusable connection goes to the pool at once (HTTP/2 stream cores).
-        self.kept = None
-        self.keeps_back = keeps_back
-        # What the client speaks, for the per-cluster request counts ("h2": a stream core).
-        self.protocol = protocol
+        # Between requests: the backend connection kept (exchange.py, `let_kept_go`). The core
+        # of an HTTP/2 stream keeps none (its response ends it) and counts its request as h2.
+        self.kept: tuple[str, int] | None = None
+        self.keeps_back = not h2_stream
+        self.protocol = "h2" if h2_stream else "http/1.1"
         self.tunnel_front_done = False
         self.tunnel_back_done = False
         self.draining = False
