@@ -482,6 +482,26 @@ frontends = [{ address = "127.0.0.1:9000", hostname = "example.com" }]
     )
 
 
+def test_h2_keys_not_applied_yet_are_warned_about_by_name(write_config: WriteConfig) -> None:
+    loaded = load_config(
+        write_config(
+            """
+[[listeners]]
+protocol = "https"
+address = "127.0.0.1:9443"
+h2_max_ping_per_window = 10
+h2_max_glitch_count = 5
+h2_stream_idle_timeout_seconds = 30
+"""
+        )
+    )
+    # The flood limits are applied; the others are accepted and said not to be.
+    assert loaded.warnings == (
+        "warning: listeners[0].h2_max_glitch_count: accepted and not applied yet",
+        "warning: listeners[0].h2_stream_idle_timeout_seconds: accepted and not applied yet",
+    )
+
+
 def test_relative_paths_are_relative_to_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,7 +20,12 @@ import msgspec
 
 from sozu.command.addresses import format_address, parse_address
 from sozu.command.config_error import ConfigError, join_index, join_key
-from sozu.command.config_keys import LISTENER_KEYS, LISTENER_TLS_KEYS, TCP_FRONTEND_KEYS
+from sozu.command.config_keys import (
+    LISTENER_KEYS,
+    LISTENER_TLS_KEYS,
+    TCP_FRONTEND_KEYS,
+    UNAPPLIED_H2_KEYS,
+)
 from sozu.command.config_schema import (
     ALPN_VALUES,
     LEGACY_ANSWER_CODES,
@@ -182,6 +187,9 @@ def _check_listener(
         warnings.append(
             f"warning: {key_path}: does not apply to a {protocol} listener and is ignored"
         )
+    for name in UNAPPLIED_H2_KEYS:
+        if name in LISTENER_KEYS[protocol] and getattr(listener, name) is not None:
+            warnings.append(f"warning: {path}.{name}: accepted and not applied yet")
     if listener.expect_proxy and listener.public_address is not None:
         raise ConfigError(f"{path}.public_address", "cannot be used with expect_proxy = true")
     if protocol == "https":

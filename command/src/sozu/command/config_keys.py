@@ -37,6 +37,20 @@ UNIMPLEMENTED_KEYS: Final[tuple[str, ...]] = (
 
 _UNIMPLEMENTED: Final = frozenset(UNIMPLEMENTED_KEYS)
 
+# HTTP/2 listener keys accepted, kept in the state, and not applied by workers yet: each one
+# set in a configuration file is warned about by name.
+UNAPPLIED_H2_KEYS: Final[tuple[str, ...]] = (
+    "h2_max_glitch_count",
+    "h2_stream_shrink_ratio",
+    "h2_max_rst_stream_lifetime",
+    "h2_max_rst_stream_abusive_lifetime",
+    "h2_max_rst_stream_emitted_lifetime",
+    "h2_max_header_table_size",
+    "h2_max_header_fields",
+    "h2_stream_idle_timeout_seconds",
+    "h2_graceful_shutdown_deadline_seconds",
+)
+
 
 def is_unimplemented(pattern: str) -> bool:
     return pattern in _UNIMPLEMENTED
