@@ -19,13 +19,8 @@ from typing import TYPE_CHECKING
 
 from sozu.worker.core.h2.session import H2Session
 from sozu.worker.core.http1.session import Http1Session
-from sozu.worker.shell.http_connection import (
-    LINGER,
-    READ_SIZE,
-    HttpConnection,
-    _close_notify,
-    _ended,
-)
+from sozu.worker.shell.front_connection import LINGER, READ_SIZE, FrontConnection
+from sozu.worker.shell.http_connection import HttpConnection, _close_notify, _ended
 from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
 
 if TYPE_CHECKING:
@@ -92,7 +87,7 @@ class StreamLink(HttpConnection):
         self.front.link_closed(self, now)
 
 
-class H2FrontConnection:
+class H2FrontConnection(FrontConnection):
     """A TLS client connection that negotiated h2, and its streams' links."""
 
     __slots__ = (
@@ -108,6 +103,8 @@ class H2FrontConnection:
         "sock",
     )
 
+    session: H2Session
+
     def __init__(self, server: HttpServer, sock: socket.socket, session: H2Session) -> None:
         self.server = server
         self.sock = sock
@@ -121,31 +118,6 @@ class H2FrontConnection:
         self.lingering = False
         self.linger_until = math.inf
         self.on_front_event: Handler = self.on_front
-
-    def begin(self, now: float) -> None:
-        self.server.reactor.register(self.fd, IN, self.on_front_event, self)
-        self.session.start(now)
-        self.settle(now)
-
-    # -- the loop's Timed protocol
-
-    def deadline(self) -> float:
-        if self.finished:
-            return math.inf
-        return self.linger_until if self.lingering else self.session.deadline
-
-    def expire(self, now: float) -> None:
-        if self.lingering:
-            self._finish()
-            return
-        self.session.on_timer(now)
-        self.settle(now)
-
-    def abort(self, error: BaseException) -> None:
-        self._finish()
-
-    def close(self) -> None:
-        self._finish()
 
     # -- events
 
@@ -262,16 +234,6 @@ class H2FrontConnection:
         self.linger_until = reactor.now() + LINGER
         reactor.modify(self.fd, IN)
         reactor.arm(self)
-
-    def _linger_read(self) -> None:
-        try:
-            data = socket.socket.recv(self.sock, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._finish()
 
     def _finish(self) -> None:
         if self.finished:

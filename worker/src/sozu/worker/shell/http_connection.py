@@ -29,19 +29,18 @@ from sozu.worker.core.http1.actions import (
     SHUTDOWN_FRONT,
 )
 from sozu.worker.core.http1.session import Http1Session
+from sozu.worker.shell.front_connection import LINGER, READ_SIZE, FrontConnection
 from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
 
 if TYPE_CHECKING:
     from sozu.worker.shell.http_listener import HttpServer
 
-READ_SIZE = 65536
-LINGER = 2.0
 # Bounds the actions a single settle carries out (a pooled connection found stale asks for
 # another at once, and so on): a core that kept asking would be a bug.
 MAX_ROUNDS = 16
 
 
-class HttpConnection:
+class HttpConnection(FrontConnection):
     """A client connection (plain or TLS) and the backend connection it currently uses."""
 
     __slots__ = (
@@ -68,6 +67,8 @@ class HttpConnection:
         "tls",
     )
 
+    session: Http1Session
+
     def __init__(self, server: HttpServer, sock: socket.socket, session: Http1Session) -> None:
         self.server = server
         self.sock = sock
@@ -92,34 +93,6 @@ class HttpConnection:
         # Bound once: the loop calls these for every event.
         self.on_front_event: Handler = self.on_front
         self.on_back_event: Handler = self.on_back
-
-    def begin(self, now: float) -> None:
-        self.server.reactor.register(self.fd, IN, self.on_front_event, self)
-        self.session.start(now)
-        self.settle(now)
-
-    # -- the loop's Timed protocol
-
-    def deadline(self) -> float:
-        if self.finished:
-            return math.inf
-        return self.linger_until if self.lingering else self.session.deadline
-
-    def expire(self, now: float) -> None:
-        if self.lingering:
-            self._finish()
-            return
-        self.session.on_timer(now)
-        self.settle(now)
-
-    def abort(self, error: BaseException) -> None:
-        """An internal error in this connection (counted by the loop): it ends, the worker
-        goes on."""
-        self._finish()
-
-    def close(self) -> None:
-        """The worker stops: end at once."""
-        self._finish()
 
     # -- events
 
@@ -389,17 +362,6 @@ class HttpConnection:
             reactor.arm(self)
             return
         self._finish()
-
-    def _linger_read(self) -> None:
-        try:
-            # Raw bytes, TLS records included: they are discarded anyway.
-            data = socket.socket.recv(self.sock, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._finish()
 
     def _finish(self) -> None:
         if self.finished:
