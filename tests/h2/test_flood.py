@@ -172,6 +172,13 @@ def connect(
     return session, client
 
 
+def send_get(session: H2Session, client: h2.connection.H2Connection) -> None:
+    """A GET of `/` on stream 1, delivered."""
+    headers = [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/")]
+    client.send_headers(1, headers, end_stream=True)
+    session.front_data(client.data_to_send(), NOW)
+
+
 @pytest.mark.parametrize(
     ("kind", "key"),
     [
@@ -215,12 +222,7 @@ def test_a_continuation_flood_ends_the_connection() -> None:
 def test_a_shut_window_resets_the_stream_after_front_timeout() -> None:
     w = world(front_timeout=10)
     session, client = connect(w, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-    client.send_headers(
-        1,
-        [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/")],
-        end_stream=True,
-    )
-    session.front_data(client.data_to_send(), NOW)
+    send_get(session, client)
     session.response_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", NOW)
     session.check_invariants()
     assert session.deadline == NOW + 10
@@ -243,12 +245,7 @@ def test_a_shut_window_resets_the_stream_after_front_timeout() -> None:
 def test_a_window_opened_in_time_lets_the_response_through() -> None:
     w = world(front_timeout=10)
     session, client = connect(w, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-    client.send_headers(
-        1,
-        [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/")],
-        end_stream=True,
-    )
-    session.front_data(client.data_to_send(), NOW)
+    send_get(session, client)
     session.response_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", NOW)
     client.receive_data(bytes(session.to_front))
     session.to_front.clear()
@@ -303,12 +300,7 @@ def test_window_updates_returning_what_was_sent_are_no_flood() -> None:
 def test_a_client_reading_a_large_response_keeps_its_connection() -> None:
     w = world(h2_max_window_update_stream0_per_window=2)
     session, client = connect(w)
-    client.send_headers(
-        1,
-        [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/")],
-        end_stream=True,
-    )
-    session.front_data(client.data_to_send(), NOW)
+    send_get(session, client)
     body = b"x" * (1 << 20)
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
     session.response_data(1, head, NOW)
