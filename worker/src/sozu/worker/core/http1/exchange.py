@@ -520,7 +520,7 @@ def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
     )
     s.counters.count_status(s.status)
     s.counters.count_cluster_status(cluster.cluster_id, s.status)
-    if s.ctx.shared.histogram is not None:
+    if shared.histogram is not None:
         observe(s, now)
     if s.log_on:
         log_request(s, now)
