@@ -1,4 +1,4 @@
-"""Cluster settings that are accepted but not implemented (`http2`, a `load_metric` other than
+"""Cluster settings that are accepted but not implemented (a `load_metric` other than
 CONNECTIONS) are logged by the supervisor, naming the field and the cluster, when a request
 carrying them is applied live."""
 
@@ -20,23 +20,18 @@ from sozu.supervisor.mutations import Mutations, unhonoured_settings, warn_unhon
 from sozu.supervisor.workers import WorkerPool
 
 
-def test_http2_is_named_with_its_cluster() -> None:
-    warnings = unhonoured_settings(rq.AddCluster(cluster=Cluster(cluster_id="app", http2=True)))
-    assert warnings == [
-        "cluster 'app': http2: HTTP/2 is not implemented and is ignored: backends are spoken "
-        "to in HTTP/1.1"
-    ]
+def test_http2_is_honoured_and_says_nothing() -> None:
+    assert unhonoured_settings(rq.AddCluster(cluster=Cluster(cluster_id="app", http2=True))) == []
 
 
 @pytest.mark.parametrize("metric", ["REQUESTS", "CONNECTION_TIME"])
 def test_a_load_metric_other_than_connections_is_named(metric: str) -> None:
     cluster = Cluster(cluster_id="db", load_metric=metric, http2=True)  # type: ignore[arg-type]
     warnings = unhonoured_settings(rq.AddCluster(cluster=cluster))
-    assert warnings[0] == (
+    assert warnings == [
         f"cluster 'db': load_metric: {metric} is not implemented and is ignored: least_loaded "
         "and power_of_two compare the connections in use (CONNECTIONS)"
-    )
-    assert warnings[1].startswith("cluster 'db': http2: ")
+    ]
 
 
 def test_honoured_settings_and_other_requests_say_nothing() -> None:
@@ -48,7 +43,7 @@ def test_honoured_settings_and_other_requests_say_nothing() -> None:
 
 def test_each_warning_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     requests: list[rq.Request] = [
-        rq.AddCluster(cluster=Cluster(cluster_id="a", http2=True)),
+        rq.AddCluster(cluster=Cluster(cluster_id="a", load_metric="REQUESTS")),
         rq.AddCluster(cluster=Cluster(cluster_id="b")),
         rq.RemoveCluster(cluster_id="a"),
     ]
@@ -59,7 +54,7 @@ def test_each_warning_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     ]
 
 
-async def test_a_live_add_cluster_with_http2_logs_the_warning(
+async def test_a_live_add_cluster_with_an_unmeasured_load_metric_logs_the_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pool = cast(WorkerPool, SimpleNamespace(started_workers=list))
@@ -70,12 +65,12 @@ async def test_a_live_add_cluster_with_http2_logs_the_warning(
         answers.append(response)
         return True
 
-    request = rq.AddCluster(cluster=Cluster(cluster_id="app", http2=True))
+    request = rq.AddCluster(cluster=Cluster(cluster_id="app", load_metric="REQUESTS"))
     with caplog.at_level(logging.WARNING, logger="sozu.supervisor"):
         await mutations.apply("1", request, reply)
         await mutations.apply("2", request, reply)  # nothing to change: no second warning
     assert [a.status for a in answers] == ["processing", "ok", "ok"]
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "cluster 'app': http2: HTTP/2 is not implemented and is ignored: backends are spoken "
-        "to in HTTP/1.1"
+        "cluster 'app': load_metric: REQUESTS is not implemented and is ignored: least_loaded "
+        "and power_of_two compare the connections in use (CONNECTIONS)"
     ]

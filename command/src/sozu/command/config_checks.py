@@ -318,9 +318,7 @@ class _Clusters:
                     join_index(f"{path}.authorized_hashes", index),
                     "expected 'user:<hex SHA-256 of the password>'",
                 )
-        for field, message in unhonoured_cluster_settings(
-            load_metric=cluster.load_metric, http2=cluster.http2
-        ):
+        for field, message in unhonoured_cluster_settings(load_metric=cluster.load_metric):
             self._warn(f"{path}.{field}", message)
         if cluster.protocol == "http":
             for index, frontend in enumerate(cluster.frontends):
@@ -330,6 +328,8 @@ class _Clusters:
             if cluster.udp is not None:
                 self._warn(f"{path}.udp", "applies to tcp clusters only and is ignored")
         else:
+            if cluster.http2:
+                self._warn(f"{path}.http2", "applies to http clusters only and is ignored")
             self._tcp_cluster(cluster_id, path, cluster)
 
     def _warn(self, path: str, message: str) -> None:

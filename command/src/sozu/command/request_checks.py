@@ -120,12 +120,12 @@ def backend_problems(backend: Backend) -> list[Problem]:
     return problems
 
 
-def unhonoured_cluster_settings(*, load_metric: LoadMetric | None, http2: bool) -> list[Problem]:
+def unhonoured_cluster_settings(*, load_metric: LoadMetric | None) -> list[Problem]:
     """(field, message) for each cluster setting that is accepted but not implemented.
 
     LEAST_LOADED and POWER_OF_TWO compare the connections in use per backend (CONNECTIONS);
     REQUESTS (requests in flight) and CONNECTION_TIME (a moving average of connect times) are
-    not measured. HTTP/2 to backends does not exist yet.
+    not measured.
     """
     problems: list[Problem] = []
     if load_metric is not None and load_metric != "CONNECTIONS":
@@ -134,13 +134,6 @@ def unhonoured_cluster_settings(*, load_metric: LoadMetric | None, http2: bool) 
                 "load_metric",
                 f"{load_metric} is not implemented and is ignored: least_loaded and "
                 "power_of_two compare the connections in use (CONNECTIONS)",
-            )
-        )
-    if http2:
-        problems.append(
-            (
-                "http2",
-                "HTTP/2 is not implemented and is ignored: backends are spoken to in HTTP/1.1",
             )
         )
     return problems

@@ -138,9 +138,7 @@ def unhonoured_settings(request: Request) -> list[str]:
     cluster = request.cluster
     return [
         f"cluster {cluster.cluster_id!r}: {field}: {message}"
-        for field, message in unhonoured_cluster_settings(
-            load_metric=cluster.load_metric, http2=cluster.http2
-        )
+        for field, message in unhonoured_cluster_settings(load_metric=cluster.load_metric)
     ]
 
 

@@ -37,6 +37,10 @@ def setup_logging(worker_id: int, level: str = "INFO", target: str = "stderr") -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The HTTP/2 libraries log every frame and header at DEBUG: far too much for a proxy's
+    # debug log, and each line costs on the hot path.
+    for library in ("h2", "hpack", "hyperframe"):
+        logging.getLogger(library).setLevel(logging.WARNING)
     if target != "stderr":
         route_logs(target)
 

@@ -33,6 +33,8 @@ from sozu.worker.shell.front_connection import LINGER, READ_SIZE, FrontConnectio
 from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
 
 if TYPE_CHECKING:
+    from sozu.worker.core.h2.upstream_stream import UpstreamStream
+    from sozu.worker.shell.h2_upstream import UpstreamConnection
     from sozu.worker.shell.http_listener import HttpServer
 
 # Bounds the actions a single settle carries out (a pooled connection found stale asks for
@@ -49,6 +51,8 @@ class HttpConnection(FrontConnection):
         "back_address",
         "back_fd",
         "back_mask",
+        "channel",
+        "channel_waiting",
         "connecting",
         "fd",
         "finished",
@@ -65,6 +69,7 @@ class HttpConnection(FrontConnection):
         "shut_front",
         "sock",
         "tls",
+        "upstream",
     )
 
     session: Http1Session
@@ -78,6 +83,11 @@ class HttpConnection(FrontConnection):
         self.back: socket.socket | None = None
         self.back_fd = -1
         self.back_address: tuple[str, int] | None = None
+        # Instead of `back`, for a cluster that speaks HTTP/2: a stream on a shared backend
+        # connection (h2_upstream.py), waiting while that connection is being dialled.
+        self.channel: UpstreamStream | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.channel_waiting = False
         # What each fd is watched for (the loop's registration, kept here to skip its lookup).
         self.front_mask = IN
         self.back_mask = 0
@@ -177,12 +187,19 @@ class HttpConnection(FrontConnection):
         session = self.session
         rounds = 0
         while True:
-            if session.to_back and self.back is not None and not self.connecting:
-                self._flush_back(now)
+            if session.to_back:
+                if self.back is not None:
+                    if not self.connecting:
+                        self._flush_back(now)
+                elif self.channel is not None:
+                    self._flush_channel(now)
             if session.to_front:
                 self._flush_front(now)
             actions = session.actions
             if not actions:
+                channel = self.channel
+                if channel is not None and channel.news and self._pump_channel(channel, now):
+                    continue
                 break
             session.actions = 0
             self._act(actions, now)
@@ -213,7 +230,9 @@ class HttpConnection(FrontConnection):
     def _act(self, actions: int, now: float) -> None:
         session = self.session
         server = self.server
-        if actions & RELEASE_BACK:
+        if actions & RELEASE_BACK and self.channel is not None:
+            self._let_channel_go(now)
+        elif actions & RELEASE_BACK:
             back, address = self.back, self.back_address
             assert back is not None
             assert address is not None
@@ -238,6 +257,9 @@ class HttpConnection(FrontConnection):
         target = session.target
         assert target is not None
         assert self.back is None
+        if target.h2:
+            self._connect_h2(now)
+            return
         server = self.server
         address = target.address
         if target.allow_pooled:
@@ -279,6 +301,8 @@ class HttpConnection(FrontConnection):
             self.back_mask = OUT
 
     def _drop_back(self) -> None:
+        if self.channel is not None:
+            self._let_channel_go(self.server.reactor.now())
         back = self.back
         if back is not None:
             self.server.reactor.unregister(self.back_fd)
@@ -286,6 +310,82 @@ class HttpConnection(FrontConnection):
             back.close()
             self.back, self.back_fd, self.back_address = None, -1, None
             self.connecting = False
+
+    # -- a stream on an HTTP/2 backend connection
+
+    def _connect_h2(self, now: float) -> None:
+        session = self.session
+        target = session.target
+        assert target is not None
+        got = self.server.upstreams.stream(
+            self,
+            target.address,
+            now,
+            fresh=not target.allow_pooled,
+            connect_timeout=session.ctx.connect_timeout,
+        )
+        if got is None:
+            session.back_connect_failed(now)
+            return
+        self.upstream, self.channel, reused = got
+        if self.upstream.core.ready:
+            session.back_connected(now, reused)
+        else:
+            self.channel_waiting = True
+
+    def _pump_channel(self, channel: UpstreamStream, now: float) -> bool:
+        """The stream's news for the session: the dial's outcome, response bytes (while it
+        reads), its failure or end. False when nothing could be delivered now."""
+        session = self.session
+        upstream = self.upstream
+        assert upstream is not None
+        if self.channel_waiting:
+            if upstream.core.ready and not channel.failed:
+                self.channel_waiting = False
+                session.back_connected(now, False)
+                return True
+            if channel.failed:
+                self._let_channel_go(now)
+                session.back_connect_failed(now)
+                return True
+            channel.news = False
+            return False
+        if channel.inbox:
+            if not session.wants_back_read():
+                return False
+            session.back_data(upstream.take(channel, now), now)
+            return True
+        if channel.failed or channel.ended:
+            refused = channel.refused
+            failed = channel.failed
+            self._let_channel_go(now)
+            if failed and not refused:
+                session.back_error(now)
+            else:
+                session.back_eof(now)
+            return True
+        channel.news = False
+        return False
+
+    def _flush_channel(self, now: float) -> None:
+        if self.channel_waiting:
+            return
+        session = self.session
+        upstream, channel = self.upstream, self.channel
+        assert upstream is not None
+        assert channel is not None
+        taken = upstream.write(channel, session.to_back, now)
+        if taken:
+            del session.to_back[:taken]
+            session.sent(now)
+
+    def _let_channel_go(self, now: float) -> None:
+        upstream, channel = self.upstream, self.channel
+        assert upstream is not None
+        assert channel is not None
+        self.channel = self.upstream = None
+        self.channel_waiting = False
+        upstream.release(channel, now)
 
     # -- sending
 

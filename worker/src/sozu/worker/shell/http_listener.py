@@ -20,6 +20,7 @@ from sozu.worker.core.http1.session import Http1Session
 from sozu.worker.core.proxy_protocol import ProxyProtocolError, parse_v2, v2_missing
 from sozu.worker.shell.accepting import Acceptor, LoopListener
 from sozu.worker.shell.h2_connection import H2FrontConnection
+from sozu.worker.shell.h2_upstream import UpstreamPool
 from sozu.worker.shell.http_connection import HttpConnection
 from sozu.worker.shell.idle_pool import IdlePool
 from sozu.worker.shell.reactor import IN, OUT
@@ -206,6 +207,7 @@ class HttpServer:
         self.acceptor = acceptor
         self.reactor = acceptor.reactor
         self.pool = IdlePool(acceptor.reactor)
+        self.upstreams = UpstreamPool(acceptor.reactor)
         self.listeners: dict[str, HttpListener] = {}
         self.connections: set[HttpConnection | H2FrontConnection] = set()
 
@@ -262,3 +264,4 @@ class HttpServer:
             listener.close()
         self.listeners.clear()
         self.pool.close()
+        self.upstreams.close()

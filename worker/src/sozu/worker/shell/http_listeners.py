@@ -411,6 +411,16 @@ class HttpListeners:
         registry.counter("sozu_http_backend_kept_reused_total").value = shared.kept_reused
         registry.gauge("sozu_http_backend_pool_idle").value = len(pool)
         registry.gauge("sozu_http_backend_kept_idle").value = shared.kept_backs
+        upstreams = self.server.upstreams
+        registry.counter("sozu_h2_backend_connections_total").value = upstreams.opened
+        registry.counter(
+            "sozu_h2_backend_connect_failures_total"
+        ).value = upstreams.connect_failures
+        registry.counter("sozu_h2_backend_streams_total").value = upstreams.streams
+        registry.counter("sozu_h2_backend_goaways_total").value = upstreams.goaways
+        registry.counter("sozu_h2_backend_retired_total").value = upstreams.retired
+        registry.gauge("sozu_h2_backend_connections").value = len(upstreams)
+        registry.gauge("sozu_h2_backend_streams_active").value = upstreams.active_streams()
 
     def clear_metrics(self) -> None:
         for counters in self._counters.values():

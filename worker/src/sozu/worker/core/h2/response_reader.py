@@ -1,6 +1,7 @@
 """An HTTP/1.1 response (what a stream's HTTP/1.1 session core queues for its client) read
 back as HTTP/2 pieces: the status and headers (connection-specific ones dropped, names
-lowercased), body bytes with any chunked framing removed, and the end of the message."""
+lowercased), body bytes with any chunked framing removed, the trailers of a chunked body
+(gRPC's status travels there), and the end of the message."""
 
 from __future__ import annotations
 
@@ -16,13 +17,23 @@ class ResponseReader:
     """Feed it the response bytes; read `head` (once set), `body` (taken by the session) and
     `complete`. An invalid response sets `failed`."""
 
-    __slots__ = ("_fields", "_head_only", "_parser", "body", "complete", "failed", "head")
+    __slots__ = (
+        "_fields",
+        "_head_only",
+        "_parser",
+        "body",
+        "complete",
+        "failed",
+        "head",
+        "trailers",
+    )
 
     def __init__(self, method: bytes) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = method == b"HEAD"
         self._fields: list[tuple[bytes, bytes]] = []
         self.head: list[tuple[bytes, bytes]] | None = None
+        self.trailers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.complete = False
         self.failed = False
@@ -45,7 +56,11 @@ class ResponseReader:
         self._fields = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name.lower(), value))
+        name = name.lower()
+        if self.head is None:
+            self._fields.append((name, value))
+        elif name not in _DROPPED and not name.startswith(b":"):
+            self.trailers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()

@@ -227,7 +227,7 @@ class H2Session:
             self._reset(stream_id, ErrorCodes.INTERNAL_ERROR)
         else:
             if not had_head and reader.head is not None:
-                end = reader.complete and not reader.body
+                end = reader.complete and not reader.body and not reader.trailers
                 self.conn.send_headers(stream_id, reader.head, end_stream=end)
                 stream.ended_out = end
             if reader.body:
@@ -349,7 +349,7 @@ class H2Session:
                         stream.stalled = now
                     return
                 stream.stalled = INF
-                last = size == len(out) and stream.reader.complete
+                last = size == len(out) and stream.reader.complete and not stream.reader.trailers
                 conn.send_data(stream_id, bytes(out[:size]), end_stream=last)
                 self.guard.credit += 1  # the client may return this window (flood.py)
                 del out[:size]
@@ -357,7 +357,10 @@ class H2Session:
                     stream.ended_out = True
                     return
             if stream.reader.complete:
-                conn.end_stream(stream_id)
+                if stream.reader.trailers:
+                    conn.send_headers(stream_id, stream.reader.trailers, end_stream=True)
+                else:
+                    conn.end_stream(stream_id)
                 stream.ended_out = True
         except (ProtocolError, StreamClosedError):
             stream.ended_out = True

@@ -60,7 +60,7 @@ class BackendTarget:
     """The backend a CONNECT is for. One instance per session, updated in place for each
     CONNECT: the shell keeps the address of the connection it opens with that connection."""
 
-    __slots__ = ("address", "allow_pooled", "backend_id", "cluster_id", "verify")
+    __slots__ = ("address", "allow_pooled", "backend_id", "cluster_id", "h2", "verify")
 
     def __init__(self) -> None:
         self.cluster_id = ""
@@ -71,9 +71,13 @@ class BackendTarget:
         # The request has a body and cannot be replayed: check a pooled connection even if it
         # was released a moment ago.
         self.verify = False
+        # The cluster speaks HTTP/2 to its backends: the shell gives a stream on an h2c
+        # connection (core/h2/upstream.py) instead of a connection of its own; RELEASE_BACK
+        # ends the stream, CLOSE_BACK resets it.
+        self.h2 = False
 
     def __repr__(self) -> str:
         return (
             f"BackendTarget({self.cluster_id}/{self.backend_id} {self.address[0]}:"
-            f"{self.address[1]} pooled={self.allow_pooled} verify={self.verify})"
+            f"{self.address[1]} pooled={self.allow_pooled} verify={self.verify} h2={self.h2})"
         )

@@ -81,6 +81,7 @@ def connect_next(s: Http1Session, now: float) -> None:
             and not s.fresh
             and not s.draining
             and s.head.framing is _NONE
+            and not (s.cluster_config is not None and s.cluster_config.http2)
         )
         let_kept_go(s, close=None if reuse else s.draining)
     if backend is None:
@@ -93,6 +94,8 @@ def connect_next(s: Http1Session, now: float) -> None:
     target.address = backend.address
     target.allow_pooled = not s.fresh
     target.verify = s.head.framing is not _NONE
+    config = s.cluster_config
+    target.h2 = config is not None and config.http2
     s.target = target
     s.state = S_CONNECTING
     s.connect_started = now
@@ -516,6 +519,7 @@ def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
             and not s.closing
             and s.keeps_back
             and shared.kept_backs < shared.max_kept_backs
+            and not (s.target is not None and s.target.h2)
         ),
     )
     s.counters.count_status(s.status)

@@ -101,6 +101,8 @@ def check_session(s: Http1Session) -> None:
         assert target.address == s.backend.address
         assert target.verify == (head.framing is not _NO_BODY)
         assert target.allow_pooled == (not s.fresh)
+        config = s.cluster_config
+        assert target.h2 == (config is not None and config.http2)
     elif state == S_EXCHANGE:
         assert head is not None
         assert s.backend is not None
