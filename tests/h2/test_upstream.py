@@ -8,6 +8,8 @@ EOF, idle timeout and stream-id exhaustion. `check_invariants` runs after every 
 
 from __future__ import annotations
 
+from typing import Any
+
 import h2.config
 import h2.connection
 import h2.events
@@ -71,7 +73,7 @@ class Pair:
         self.move()
         return stream
 
-    def received(self, kind: type) -> list[h2.events.Event]:
+    def received(self, kind: type) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
 
     def respond(
