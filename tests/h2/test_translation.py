@@ -4,8 +4,11 @@ check of data-plane.md refusing a block (the stream is then reset with PROTOCOL_
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sozu.worker.core.h2.translation import Refused, translate
+from sozu.worker.core.http.codec import parse_request_head
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"/p")]
 
@@ -82,3 +85,92 @@ def test_invalid_pseudo_headers_are_refused(headers: list[tuple[bytes, bytes]]) 
 def test_host_is_the_fallback_when_authority_is_absent() -> None:
     headers = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b"host", b"h.test")]
     assert b"\r\nhost: h.test\r\n" in translate(headers, end_stream=True).head
+
+
+_NAMES = st.sampled_from(
+    [
+        b"accept",
+        b"x-forwarded-for",
+        b"forwarded",
+        b"x-real-ip",
+        b"x-request-id",
+        b"expect",
+        b"cookie",
+        b"user-agent",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"te",
+        b"host",
+        b"content-length",
+        b"strict-transport-security",
+        b"x-custom",
+    ]
+)
+_VALUES = st.sampled_from(
+    [b"1", b"100-continue", b"trailers", b"a b", b"\xc3\xa9t\xc3\xa9", b"x\ty"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"]),
+    path=st.sampled_from([b"/", b"/a?b=c", b"/%20x", b"*", b"/~u/"]),
+    fields=st.lists(st.tuples(_NAMES, _VALUES), max_size=8),
+    end_stream=st.booleans(),
+)
+def test_the_head_given_as_parsed_is_what_the_parser_makes_of_its_bytes(
+    method: bytes, path: bytes, fields: list[tuple[bytes, bytes]], end_stream: bool
+) -> None:
+    """The stream core takes `request` without parsing `head`: the two must agree field by
+    field with the HTTP/1.1 parser's reading of the bytes."""
+    headers = [(b":method", method), (b":scheme", b"https"), (b":authority", b"a.test:8443")]
+    headers.append((b":path", path))
+    try:
+        out = translate([*headers, *fields], end_stream=end_stream)
+    except Refused:
+        return
+    parsed = parse_request_head(out.head)
+    given_ = out.request
+    for name in (
+        "method",
+        "target",
+        "version",
+        "length",
+        "framing",
+        "content_length",
+        "keep_alive",
+        "upgrade",
+        "authority",
+        "path",
+        "expect_continue",
+        "raw",
+        "special",
+    ):
+        assert getattr(given_, name) == getattr(parsed, name), name
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(b"x a", b"1"), (b"x(a)", b"1"), (b"", b"1"), (b"x-a", b"1\x7f"), (b"x-a", b"\x01")],
+)
+def test_what_the_http1_parser_would_refuse_is_refused(name: bytes, value: bytes) -> None:
+    with pytest.raises(Refused):
+        translate([*BASE, (name, value)], end_stream=True)
+
+
+@pytest.mark.parametrize(
+    "pseudo",
+    [
+        (b":path", b"/a b"),
+        (b":path", b"/\xc3\xa9"),
+        (b":path", b"a"),
+        (b":method", b"get"),
+        (b":method", b"G T"),
+        (b":authority", b"a b"),
+        (b":authority", b"u@a.test"),
+    ],
+)
+def test_invalid_pseudo_header_values_are_refused(pseudo: tuple[bytes, bytes]) -> None:
+    headers = [pseudo if name == pseudo[0] else (name, value) for name, value in BASE]
+    with pytest.raises(Refused):
+        translate(headers, end_stream=True)

@@ -49,7 +49,9 @@ class StreamLink(HttpConnection):
         super().settle(now)
         if not self.finished and self.front.session.stream_finished(self.stream_id):
             self._finish()
-        self.front.send(now)
+        front = self.front
+        if not front.soon_queued:
+            front.server.reactor.soon(front)
 
     def _flush_front(self, now: float) -> None:
         session = self.session
@@ -101,6 +103,7 @@ class H2FrontConnection(FrontConnection):
         "server",
         "session",
         "sock",
+        "soon_queued",
     )
 
     session: H2Session
@@ -118,6 +121,7 @@ class H2FrontConnection(FrontConnection):
         self.lingering = False
         self.linger_until = math.inf
         self.on_front_event: Handler = self.on_front
+        self.soon_queued = False
 
     # -- events
 
@@ -178,6 +182,10 @@ class H2FrontConnection(FrontConnection):
             if link.session.to_back or link.session.to_front or link.session.actions:
                 link.settle(now)
         self.send(now)
+
+    def flush_soon(self) -> None:
+        """After the batch in which streams queued responses: one send for all of them."""
+        self.send(self.server.reactor.now())
 
     def send(self, now: float) -> None:
         """Flush what the core queued and watch the socket for what it wants (after any

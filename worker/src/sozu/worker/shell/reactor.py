@@ -58,6 +58,16 @@ WAITED: Final = 0.0002
 Handler = Callable[[int], None]
 
 
+class Deferred(Protocol):
+    """What `Reactor.soon` holds: a connection that flushes once the current batch is done."""
+
+    soon_queued: bool
+
+    def flush_soon(self) -> None: ...
+
+    def abort(self, error: BaseException) -> None: ...
+
+
 class Timed(Protocol):
     """What the loop's timers hold: the armed deadline (set by the loop) and its expiry."""
 
@@ -130,6 +140,8 @@ class Reactor:
         # trio's clock is perf_counter plus an offset: `now()` reads it without trio.
         self._offset = 0.0
         self.closed = False
+        # Connections to flush once the batch of events being handled is done (`soon`).
+        self._soon: list[Deferred] = []
         # True while `run` waits in its own epoll object when trio is idle (trio_peek).
         self.direct = False
 
@@ -256,6 +268,24 @@ class Reactor:
             else:
                 self.arm(timed)
 
+    def soon(self, deferred: Deferred) -> None:
+        """Call `deferred.flush_soon()` once the events and timers being handled are done:
+        the writes that several events of one batch queue on one connection (the responses
+        of many HTTP/2 streams) go out in one send."""
+        if not deferred.soon_queued:
+            deferred.soon_queued = True
+            self._soon.append(deferred)
+
+    def _run_soon(self) -> None:
+        while self._soon:
+            queued, self._soon = self._soon, []
+            for deferred in queued:
+                deferred.soon_queued = False
+                try:
+                    deferred.flush_soon()
+                except Exception as error:
+                    self._failed(deferred, error)
+
     def later(self, delay: float, callback: Callable[[], None]) -> None:
         """Call `callback` (in the loop) `delay` seconds from now."""
         self.arm(_Later(self.now() + delay, callback))
@@ -265,7 +295,7 @@ class Reactor:
 
     # -- the loop
 
-    def _failed(self, owner: Timed, error: BaseException) -> None:
+    def _failed(self, owner: Timed | Deferred, error: BaseException) -> None:
         reason = type(error).__name__
         errors = self.stats.errors
         errors[reason] = errors.get(reason, 0) + 1
@@ -306,6 +336,8 @@ class Reactor:
             while True:
                 now = self.now()
                 self._fire_timers(now)
+                if self._soon:
+                    self._run_soon()
                 if side is None:
                     events = epoll.poll(0, MAX_EVENTS)
                     if not events:
@@ -353,6 +385,8 @@ class Reactor:
                             log.exception("handler of fd %d failed", fd)
                         if handlers.get(fd) is handler:
                             self.unregister(fd)  # its owner did not let go: the loop must
+                if self._soon:
+                    self._run_soon()
                 done = perf_counter()
                 stats.batches += 1
                 stats.events += len(events)

@@ -11,11 +11,14 @@ from sozu.worker.core.h2.translation import CONNECTION_SPECIFIC
 
 # Response headers that are hop-by-hop in HTTP/1.1 and have no place in an HTTP/2 response.
 _DROPPED = CONNECTION_SPECIFIC | {b"te", b"trailer"}
+_BLANK = (b" ", b"\t")
 
 
 class ResponseReader:
     """Feed it the response bytes; read `head` (once set), `body` (taken by the session) and
-    `complete`. An invalid response sets `failed`."""
+    `complete`. An invalid response sets `failed`. A reader whose response ended as a
+    keep-alive message is `reusable` for the next stream (`reset`): its parser stands at a
+    message boundary, and creating one costs more than a small response's whole parse."""
 
     __slots__ = (
         "_fields",
@@ -25,11 +28,16 @@ class ResponseReader:
         "complete",
         "failed",
         "head",
+        "reusable",
         "trailers",
     )
 
     def __init__(self, method: bytes) -> None:
         self._parser = httptools.HttpResponseParser(self)
+        self.reset(method)
+
+    def reset(self, method: bytes) -> None:
+        """Ready for the response to a request of `method`."""
         self._head_only = method == b"HEAD"
         self._fields: list[tuple[bytes, bytes]] = []
         self.head: list[tuple[bytes, bytes]] | None = None
@@ -37,6 +45,7 @@ class ResponseReader:
         self.body = bytearray()
         self.complete = False
         self.failed = False
+        self.reusable = False
 
     def feed(self, data: bytes | bytearray) -> None:
         """Bytes of the response, in order."""
@@ -57,6 +66,8 @@ class ResponseReader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
+        if value[:1] in _BLANK or value[-1:] in _BLANK:
+            value = value.strip(b" \t")
         if self.head is None:
             self._fields.append((name, value))
         elif name not in _DROPPED and not name.startswith(b":"):
@@ -78,4 +89,5 @@ class ResponseReader:
 
     def on_message_complete(self) -> None:
         if self.head is not None:
+            self.reusable = not self._head_only and self._parser.should_keep_alive()
             self.complete = True

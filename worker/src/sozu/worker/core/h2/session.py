@@ -38,6 +38,8 @@ from sozu.worker.core.h2.flood import (
     FloodGuard,
     FloodLimits,
 )
+from sozu.worker.core.h2.hpack_in import FieldDecoder
+from sozu.worker.core.h2.hpack_out import FieldEncoder
 from sozu.worker.core.h2.response_reader import ResponseReader
 from sozu.worker.core.h2.translation import Refused, translate
 from sozu.worker.core.http1.context import ListenerContext
@@ -49,6 +51,8 @@ DEFAULT_MAX_CONCURRENT_STREAMS = 100
 DEFAULT_MAX_HEADER_LIST_SIZE = 65536
 DEFAULT_INITIAL_WINDOW = 1048576
 DEFAULT_MAX_RST_STREAM_PER_WINDOW = 100
+# Response readers a connection keeps for its next streams.
+READERS_KEPT = 128
 # The window the rapid reset limit counts over, in seconds (as the other floods: flood.py).
 FLOOD_WINDOW = 1.0
 
@@ -67,9 +71,11 @@ class H2Stream:
         "stalled",
     )
 
-    def __init__(self, inner: Http1Session, method: bytes, content_length: int) -> None:
+    def __init__(
+        self, inner: Http1Session, reader: ResponseReader, content_length: int
+    ) -> None:
         self.inner = inner
-        self.reader = ResponseReader(method)
+        self.reader = reader
         self.content_length = content_length  # -1: none given (chunked to the backend)
         self.received = 0  # request body bytes
         self.ended_in = False  # the client ended the stream
@@ -99,9 +105,19 @@ class H2Session:
         self.default_cert = default_cert
         config = ctx.config
         self.max_streams = config.h2_max_concurrent_streams or DEFAULT_MAX_CONCURRENT_STREAMS
+        # Inbound header blocks are checked by translation.py; outbound ones are built here
+        # (response_reader.py: lowercase names, no connection-specific field, trimmed values).
         self.conn = H2Connection(
-            H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
+            H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=False,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
+        self.conn.encoder = FieldEncoder()  # type: ignore[assignment]
+        self.conn.decoder = FieldDecoder.replacing(self.conn.decoder)
         self.conn.local_settings = _settings(
             self.max_streams,
             config.h2_max_header_list_size or DEFAULT_MAX_HEADER_LIST_SIZE,
@@ -120,6 +136,12 @@ class H2Session:
         self.done = False
         # -- the connection
         self.streams: dict[int, H2Stream] = {}
+        # Shared by the stream cores: strict SNI verdicts, the forwarding headers.
+        self.sni_memo: dict[str, bool] = {}
+        self.forwarding: bytes | None = None
+        # Response readers of ended streams, ready again (response_reader.py).
+        self.readers: list[ResponseReader] = []
+        self.stalls = 0  # streams whose `stalled` is set
         self.draining = False
         self.goaway_sent = False
         self.goaway_last = 0  # streams above it are refused once GOAWAY went out
@@ -197,6 +219,7 @@ class H2Session:
                 if stream.stalled <= limit and not stream.ended_out:
                     self.counters.h2_window_stalls += 1
                     stream.stalled = INF
+                    self.stalls -= 1
                     self._reset(stream_id, ErrorCodes.CANCEL)
             self._idle(now)
             self._flush()
@@ -275,11 +298,20 @@ class H2Session:
             default_cert=self.default_cert,
             h2_stream=True,
         )
-        stream = H2Stream(inner, translated.method, translated.content_length)
+        readers = self.readers
+        if readers:
+            reader = readers.pop()
+            reader.reset(translated.method)
+        else:
+            reader = ResponseReader(translated.method)
+        stream = H2Stream(inner, reader, translated.content_length)
         stream.ended_in = ended
         self.streams[stream_id] = stream
+        inner.sni_memo = self.sni_memo
+        inner.forwarding = self.forwarding
         inner.start(now)
-        inner.front_data(translated.head, now)
+        inner.front_head(translated.request, now)
+        self.forwarding = inner.forwarding
         if ended and translated.content_length > 0:
             self._refuse(stream_id)
             return
@@ -347,8 +379,11 @@ class H2Session:
                 if size <= 0:
                     if stream.stalled == INF:
                         stream.stalled = now
+                        self.stalls += 1
                     return
-                stream.stalled = INF
+                if stream.stalled != INF:
+                    stream.stalled = INF
+                    self.stalls -= 1
                 last = size == len(out) and stream.reader.complete and not stream.reader.trailers
                 conn.send_data(stream_id, bytes(out[:size]), end_stream=last)
                 self.guard.credit += 1  # the client may return this window (flood.py)
@@ -393,7 +428,13 @@ class H2Session:
         self._finish()
 
     def _forget(self, stream_id: int) -> None:
-        self.streams.pop(stream_id, None)
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if stream.stalled != INF:
+            self.stalls -= 1
+        if stream.reader.reusable and len(self.readers) < READERS_KEPT:
+            self.readers.append(stream.reader)
 
     # -- the connection
 
@@ -409,9 +450,11 @@ class H2Session:
     def _idle(self, now: float) -> None:
         """The connection's timer: front_timeout once no stream is open; when draining,
         the drain ends with the last stream."""
-        if self.streams:
+        if self.stalls:
             stalled = min(stream.stalled for stream in self.streams.values())
             self.deadline = stalled + self.ctx.front_timeout
+        elif self.streams:
+            self.deadline = INF
         elif self.draining:
             self.deadline = now
         else:
@@ -433,6 +476,7 @@ class H2Session:
     def check_invariants(self) -> None:
         self.guard.check_invariants()
         assert len(self.streams) <= self.max_streams + 1, len(self.streams)
+        assert self.stalls == sum(s.stalled != INF for s in self.streams.values())
         assert not self.done or all(s.ended_out for s in self.streams.values())
         for stream_id, stream in self.streams.items():
             assert stream_id % 2 == 1, stream_id

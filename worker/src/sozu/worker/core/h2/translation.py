@@ -2,18 +2,41 @@
 smuggling checks (data-plane.md): no CR, LF or NUL in a name or value, no uppercase name, no
 connection-specific header, `te` only `trailers`, one valid content-length, the pseudo-headers
 a request needs and no other. A refused block raises `Refused` (the stream is reset with
-PROTOCOL_ERROR)."""
+PROTOCOL_ERROR).
+
+The head is built both as bytes and as the `RequestHead` the HTTP/1.1 parser would make of
+them (the stream's session core takes it as parsed): so every name must be a token, every
+value visible characters, blanks and obs-text, the method a token and the path printable
+ASCII, no more than that parser accepts. tests/h2/test_translation.py checks the two agree.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+from sozu.worker.core.http.codec import (
+    _SPECIAL,
+    H_CONTENT_LENGTH,
+    H_COOKIE,
+    H_HOST,
+    H_TRANSFER_ENCODING,
+    Framing,
+    RequestHead,
+)
 
 # Headers HTTP/2 forbids (RFC 9113 8.2.2): their presence makes the request malformed.
 CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
-_BAD_BYTES = (b"\r", b"\n", b"\x00")
 _PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+# RFC 9110 5.1 token, lowercase only (RFC 9113 8.2.1), and 5.5 field values (no CR, LF, NUL
+# or other control but HTAB), no blank at either end.
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
+_METHOD = re.compile(rb"[A-Z]+")
+_PATH = re.compile(rb"/[\x21-\x7e]*|\*")
+_AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
 
 
 class Refused(Exception):
@@ -23,10 +46,14 @@ class Refused(Exception):
 class Translated:
     """What a request stream becomes: the HTTP/1.1 head and how its body is framed."""
 
-    __slots__ = ("chunked", "content_length", "head", "method")
+    __slots__ = ("chunked", "content_length", "head", "method", "request")
 
-    def __init__(self, head: bytes, method: bytes, content_length: int, chunked: bool) -> None:
+    def __init__(
+        self, head: bytes, method: bytes, content_length: int, chunked: bool, request: RequestHead
+    ) -> None:
         self.head = head
+        # The same head as the HTTP/1.1 parser gives it.
+        self.request = request
         self.method = method
         # -1 when the client sent none.
         self.content_length = content_length
@@ -35,13 +62,10 @@ class Translated:
 
 
 def _check(name: bytes, value: bytes) -> None:
-    for bad in _BAD_BYTES:
-        if bad in name or bad in value:
-            raise Refused(f"forbidden byte in header {name!r}")
-    if name != name.lower():
-        raise Refused(f"uppercase header name {name!r}")
-    if value != value.strip(b" \t"):
-        raise Refused(f"blank around the value of {name!r}")
+    if _NAME.fullmatch(name) is None:
+        raise Refused(f"header name {name[:64]!r} is not a lowercase token")
+    if _VALUE.fullmatch(value) is None:
+        raise Refused(f"forbidden byte, or a blank around the value, in header {name!r}")
 
 
 def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Translated:
@@ -51,15 +75,19 @@ def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Trans
     content_length = -1
     cookies: list[bytes] = []
     regular_seen = False
+    special = H_HOST
+    expect_continue = False
     for name, value in headers:
-        _check(name, value)
         if name.startswith(b":"):
+            if _VALUE.fullmatch(value) is None:
+                raise Refused(f"forbidden byte in {name!r}")
             if regular_seen:
                 raise Refused("pseudo-header after a regular header")
             if name not in _PSEUDO or name in pseudo:
                 raise Refused(f"unknown or repeated pseudo-header {name!r}")
             pseudo[name] = value
             continue
+        _check(name, value)
         regular_seen = True
         if name in CONNECTION_SPECIFIC:
             raise Refused(f"connection-specific header {name!r}")
@@ -75,15 +103,18 @@ def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Trans
         if name == b"cookie":
             cookies.append(value)  # split crumbs are joined again for HTTP/1.1
             continue
+        if name == b"expect":
+            expect_continue = value.lower() == b"100-continue"
+        special |= _SPECIAL.get(name, 0)
         lines.append(name + b": " + value)
     method = pseudo.get(b":method")
     path = pseudo.get(b":path")
     authority = pseudo.get(b":authority")
-    if method is None or not method.isalpha():
+    if method is None or _METHOD.fullmatch(method) is None:
         raise Refused("missing or invalid :method")
     if method == b"CONNECT":
         raise Refused("CONNECT is not proxied over HTTP/2")
-    if not path or not (path.startswith(b"/") or path == b"*") or b" " in path:
+    if path is None or _PATH.fullmatch(path) is None:
         raise Refused("missing or invalid :path")
     if b":scheme" not in pseudo:
         raise Refused("missing :scheme")
@@ -92,16 +123,41 @@ def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Trans
         if len(host) != 1:
             raise Refused("no :authority and no single host")
         authority = host[0]
-    if not authority or b"@" in authority or b" " in authority:
+    if _AUTHORITY.fullmatch(authority) is None or b"@" in authority:
         raise Refused("invalid :authority")
     head = [method + b" " + path + b" HTTP/1.1", b"host: " + authority]
     head += lines
     if cookies:
+        special |= H_COOKIE
         head.append(b"cookie: " + b"; ".join(cookies))
     chunked = False
+    framing = Framing.NONE
+    length = 0
     if content_length >= 0:
+        special |= H_CONTENT_LENGTH
         head.append(b"content-length: " + str(content_length).encode())
+        if content_length:
+            framing = Framing.LENGTH
+            length = content_length
     elif not end_stream:
         chunked = True
+        special |= H_TRANSFER_ENCODING
+        framing = Framing.CHUNKED
         head.append(b"transfer-encoding: chunked")
-    return Translated(b"\r\n".join(head) + b"\r\n\r\n", method, content_length, chunked)
+    raw = b"\r\n".join(head) + b"\r\n\r\n"
+    request = RequestHead(
+        method,
+        path,
+        b"1.1",
+        len(raw),
+        framing,
+        length,
+        True,
+        False,
+        authority,
+        path,
+        expect_continue,
+        raw,
+        special,
+    )
+    return Translated(raw, method, content_length, chunked, request)

@@ -38,6 +38,7 @@ from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from sozu.worker.core.h2.hpack_out import FieldEncoder
 from sozu.worker.core.h2.upstream_stream import BODY_LIMIT, P_BODY, P_HEAD, P_SENT, UpstreamStream
 
 INF: Final = math.inf
@@ -80,6 +81,7 @@ class H2Upstream:
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.conn = _Client(H2Configuration(client_side=True, header_encoding=None))
+        self.conn.encoder = FieldEncoder()  # type: ignore[assignment]
         self.max_stream_id = max_stream_id
         self.idle_timeout = idle_timeout
         self.phase = C_CONNECTING

@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING, Final
 
 from sozu.command.types import Cluster, RequestHttpFrontend
 from sozu.worker.core.http.certificate_resolver import authority_matches
+
+# Authorities a connection remembers the strict SNI verdict of (each is the same for its
+# whole life: the served names do not change).
+SNI_MEMO_ENTRIES: Final = 16
 from sozu.worker.core.http.codec import (
     H_CONNECTION,
     H_COOKIE,
@@ -68,10 +72,17 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
     if parsed is None:
         answer(s, 400, now, message="invalid authority")
         return
-    if ctx.strict_sni and not authority_matches(s.served_names, s.sni, text, s.default_cert):
-        counters.sni_mismatches += 1
-        answer(s, 421, now, message="authority not served")
-        return
+    if ctx.strict_sni:
+        memo = s.sni_memo
+        allowed = memo.get(text)
+        if allowed is None:
+            allowed = authority_matches(s.served_names, s.sni, text, s.default_cert)
+            if len(memo) < SNI_MEMO_ENTRIES:
+                memo[text] = allowed
+        if not allowed:
+            counters.sni_mismatches += 1
+            answer(s, 421, now, message="authority not served")
+            return
     if match is None:
         answer(s, 404, now, message="no frontend")
         return

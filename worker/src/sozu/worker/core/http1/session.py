@@ -20,7 +20,7 @@ from sozu.worker.core.http1.answering import answer, count_requests, log_request
 from sozu.worker.core.http1.context import ListenerContext
 from sozu.worker.core.http1.heads import read_first_head, read_heads
 from sozu.worker.core.http1.invariants import check_session
-from sozu.worker.core.http1.routing import release_per_ip_slot
+from sozu.worker.core.http1.routing import release_per_ip_slot, serve
 from sozu.worker.core.http1.states import (
     INF,
     R_HEAD,
@@ -108,6 +108,7 @@ class Http1Session:
         "served_names",
         "session_id",
         "sni",
+        "sni_memo",
         "started",
         "state",
         "status",
@@ -190,6 +191,9 @@ class Http1Session:
         self.served_names = served_names
         self.sni = sni
         self.default_cert = default_cert
+        # authority -> allowed by the served names (strict SNI binding), for the next requests
+        # of the connection (an HTTP/2 connection shares one between its streams).
+        self.sni_memo: dict[str, bool] = {}
         # -- read by the shell
         self.to_front = bytearray()
         self.to_back = bytearray()
@@ -334,6 +338,18 @@ class Http1Session:
         elif state < S_CLOSING:
             # A body waiting for its backend connection, or requests pipelined behind this one.
             self.fbuf += data
+        self._settle(now)
+
+    def front_head(self, head: RequestHead, now: float) -> None:
+        """A whole request head already parsed (an HTTP/2 stream's, translated): as
+        `front_data` with exactly its bytes, without parsing them again."""
+        assert self.state == S_HEAD
+        assert not self.fbuf
+        self.counters.bytes_in += head.length
+        self.t_read = now + self.ctx.request_timeout
+        self.in_heads = True
+        serve(self, head, now)
+        self.in_heads = False
         self._settle(now)
 
     def front_eof(self, now: float) -> None:
