@@ -71,9 +71,7 @@ class H2Stream:
         "stalled",
     )
 
-    def __init__(
-        self, inner: Http1Session, reader: ResponseReader, content_length: int
-    ) -> None:
+    def __init__(self, inner: Http1Session, reader: ResponseReader, content_length: int) -> None:
         self.inner = inner
         self.reader = reader
         self.content_length = content_length  # -1: none given (chunked to the backend)

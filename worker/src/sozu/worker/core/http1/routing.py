@@ -13,9 +13,6 @@ from typing import TYPE_CHECKING, Final
 from sozu.command.types import Cluster, RequestHttpFrontend
 from sozu.worker.core.http.certificate_resolver import authority_matches
 
-# Authorities a connection remembers the strict SNI verdict of (each is the same for its
-# whole life: the served names do not change).
-SNI_MEMO_ENTRIES: Final = 16
 from sozu.worker.core.http.codec import (
     H_CONNECTION,
     H_COOKIE,
@@ -42,6 +39,9 @@ if TYPE_CHECKING:
     from sozu.worker.core.http1.session import Http1Session
 
 _NONE: Final = Framing.NONE
+# Authorities a connection remembers the strict SNI verdict of (each is the same for its
+# whole life: the served names do not change).
+SNI_MEMO_ENTRIES: Final = 16
 CONNECTION_CLOSE: Final = b"\r\nConnection: close\r\n"
 _LENGTH: Final = Framing.LENGTH
 
