@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Final
 
 from sozu.command.types import Cluster, RequestHttpFrontend
 from sozu.worker.core.http.certificate_resolver import authority_matches
-
 from sozu.worker.core.http.codec import (
     H_CONNECTION,
     H_COOKIE,
