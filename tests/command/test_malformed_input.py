@@ -23,7 +23,13 @@ from sozu.command.envelope import (
 from sozu.command.state import ConfigState
 from sozu.command.state_errors import AlreadyExists, InvalidValue
 from sozu.command.statefile import StateFileError, parse_state
-from sozu.command.types import Backend, CertificateAndKey, PathRule, RequestHttpFrontend
+from sozu.command.types import (
+    Backend,
+    CertificateAndKey,
+    HttpsListenerConfig,
+    PathRule,
+    RequestHttpFrontend,
+)
 
 ADDRESS = "127.0.0.1:443"
 
@@ -121,6 +127,48 @@ def test_key_of_another_certificate_is_refused() -> None:
     payload = CertificateAndKey(certificate=mine.cert_pem, key=other.key_pem)
     request = rq.AddCertificate(address=ADDRESS, certificate=payload)
     assert "does not belong" in _refused(ConfigState(), request).message
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["not a pem", "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n", "PRIVATE"],
+)
+def test_a_chain_entry_that_is_not_a_certificate_is_refused_and_changes_nothing(
+    entry: str,
+) -> None:
+    mine, other = certificate("example.com"), certificate("api.example.net")
+    payload = CertificateAndKey(
+        certificate=mine.cert_pem, key=mine.key_pem, certificate_chain=(other.cert_pem, "", entry)
+    )
+    state = ConfigState()
+    refused = _refused(state, rq.AddCertificate(address=ADDRESS, certificate=payload))
+    assert refused.message.startswith("certificate_chain[2]: ")
+    assert not state.certificates
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("certificate", "garbage"),
+        ("key", "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n"),
+        ("certificate_chain", ("", "not a pem")),
+    ],
+)
+def test_an_https_listener_whose_certificate_workers_could_not_load_is_refused(
+    field: str, value: object
+) -> None:
+    mine = certificate("example.com")
+    fields: dict[str, object] = {"certificate": mine.cert_pem, "key": mine.key_pem}
+    fields[field] = value
+    listener = HttpsListenerConfig(address=ADDRESS, **fields)  # type: ignore[arg-type]
+    refused = _refused(ConfigState(), rq.AddHttpsListener(listener=listener))
+    assert f"{field}" in refused.message
+    other = certificate("api.example.net")
+    mismatched = HttpsListenerConfig(address=ADDRESS, certificate=mine.cert_pem, key=other.key_pem)
+    assert (
+        "does not belong"
+        in _refused(ConfigState(), rq.AddHttpsListener(listener=mismatched)).message
+    )
 
 
 def test_semicolons_in_paths_do_not_collide_with_methods() -> None:

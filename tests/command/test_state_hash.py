@@ -48,8 +48,9 @@ ALTERNATIVES: dict[str, object] = {
     "udp_probe_payload": "PING",
     "names": ("renamed.test",),
     "certificate_chain": (certificate("example.com").cert_pem,),
-    "certificate": "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
-    "key": "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+    # Real PEM texts: an HTTPS listener's own certificate and key are checked when applied.
+    "certificate": certificate("other.example.org").cert_pem,
+    "key": certificate("other.example.org").key_pem,
     "expected_status": 204,
     "versions": ("TLS_V1_3",),
 }

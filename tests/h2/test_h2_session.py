@@ -258,3 +258,65 @@ def test_stream_requests_are_counted_per_cluster_as_h2() -> None:
     inner.back_connected(NOW, False)
     assert world.ctx.counters.cluster_requests == {("a", "h2"): 1}
     assert not inner.keeps_back, "a stream core never keeps its backend connection"
+
+
+def test_chunked_trailers_end_the_stream_as_headers() -> None:
+    world = two_clusters()
+    client = Client(world)
+    stream = client.get("a.test", te="trailers")
+    client.respond(
+        stream,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n\r\n"
+        b"2\r\nok\r\n0\r\ngrpc-status: 0\r\nGrpc-Message:  done \r\n\r\n",
+    )
+    (trailers,) = client.of(h2.events.TrailersReceived, stream)
+    assert isinstance(trailers, h2.events.TrailersReceived)
+    assert list(trailers.headers) == [(b"grpc-status", b"0"), (b"grpc-message", b"done")]
+    assert client.of(h2.events.StreamEnded, stream)
+    (response,) = client.of(h2.events.ResponseReceived, stream)
+    assert isinstance(response, h2.events.ResponseReceived)
+    assert not any(name == b"trailer" for name, _ in response.headers)
+
+
+def test_response_readers_are_reused_only_after_a_keep_alive_message() -> None:
+    world = two_clusters()
+    client = Client(world)
+    first = client.get("a.test")
+    client.respond(first, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    client.s.stream_closed(first, NOW)
+    assert len(client.s.readers) == 1
+    reader = client.s.readers[0]
+    second = client.get("a.test", "/again")
+    assert client.s.streams[second].reader is reader
+    assert not client.s.readers
+    client.respond(second, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbye")
+    assert not client.of(h2.events.StreamEnded, second)
+    # The backend closed: the stream core ends after a complete response, so does the stream.
+    client.s.stream_closed(second, NOW, complete=True)
+    client.exchange()
+    assert client.of(h2.events.StreamEnded, second)
+    assert not client.of(h2.events.StreamReset, second)
+    head = client.get("a.test", "/h")
+    client.s.streams[head].reader.reset(b"HEAD")  # as for a HEAD request
+    client.respond(head, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+    client.s.stream_closed(head, NOW)
+    # Neither a close-delimited response nor a HEAD's leaves its parser at a message boundary.
+    assert not client.s.readers
+    bodies = [
+        b"".join(e.data for e in client.of(h2.events.DataReceived, s))  # type: ignore[attr-defined]
+        for s in (first, second)
+    ]
+    assert bodies == [b"ok", b"bye"]
+
+
+def test_a_stream_core_ending_before_its_response_resets_the_stream() -> None:
+    world = two_clusters()
+    client = Client(world)
+    stream = client.get("a.test")
+    client.respond(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+    client.s.stream_closed(stream, NOW, complete=False)
+    client.exchange()
+    (reset,) = client.of(h2.events.StreamReset, stream)
+    assert isinstance(reset, h2.events.StreamReset)
+    assert reset.error_code == ErrorCodes.INTERNAL_ERROR
+    assert stream not in client.s.streams

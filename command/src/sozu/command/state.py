@@ -12,7 +12,7 @@ exist yet, and removing a cluster leaves its frontends and backends in place.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final, Literal, TypeVar
 
 import msgspec
@@ -124,6 +124,34 @@ def listener_field_problems(listener: ListenerConfig) -> list[tuple[str, str]]:
             problems.append(
                 ("disable_http11", "disable_http11 conflicts with http/1.1 in alpn_protocols")
             )
+        problems += _default_certificate_problems(listener)
+    return problems
+
+
+def _default_certificate_problems(listener: HttpsListenerConfig) -> list[tuple[str, str]]:
+    """An HTTPS listener's own certificate, key and chain: what its workers could not load."""
+    problems: list[tuple[str, str]] = []
+    checks: list[tuple[str, str | None, Callable[[str], object]]] = [
+        ("certificate", listener.certificate, inspect_certificate),
+        ("key", listener.key, check_private_key),
+    ]
+    checks += [
+        (f"certificate_chain[{index}]", entry, inspect_certificate)
+        for index, entry in enumerate(listener.certificate_chain)
+        if entry.strip()
+    ]
+    for field, text, check in checks:
+        if text is None:
+            continue
+        try:
+            check(text)
+        except CertificateError as error:
+            problems.append((field, f"{field}: {error}"))
+    if not problems and listener.certificate is not None and listener.key is not None:
+        try:
+            check_key_matches(listener.certificate, listener.key)
+        except CertificateError as error:
+            problems.append(("key", f"key: {error}"))
     return problems
 
 
@@ -581,6 +609,13 @@ class ConfigState:
             check_key_matches(certificate.certificate, certificate.key)
         except CertificateError as error:
             raise InvalidValue(str(error)) from None
+        for index, entry in enumerate(certificate.certificate_chain):
+            if not entry.strip():
+                continue  # blank entries are skipped when the chain is loaded
+            try:
+                inspect_certificate(entry)
+            except CertificateError as error:
+                raise InvalidValue(f"certificate_chain[{index}]: {error}") from None
         if not certificate.names:
             if not facts.names:
                 raise InvalidValue("certificate has no DNS name (no SAN and no CN) to serve")

@@ -86,7 +86,9 @@ class StreamLink(HttpConnection):
         now = self.server.reactor.now()
         if not self.session.done:
             self.session.abort(now)
-        self.front.link_closed(self, now)
+        # A response that said close asked for a lingering close: it was complete (for a
+        # body delimited by the backend's close, this is its end).
+        self.front.link_closed(self, now, complete=self.linger_asked)
 
 
 class H2FrontConnection(FrontConnection):
@@ -158,10 +160,10 @@ class H2FrontConnection(FrontConnection):
                 break
         session.front_data(data, now)
 
-    def link_closed(self, link: StreamLink, now: float) -> None:
+    def link_closed(self, link: StreamLink, now: float, *, complete: bool = False) -> None:
         if self.links.get(link.stream_id) is link:
             del self.links[link.stream_id]
-            self.session.stream_closed(link.stream_id, now)
+            self.session.stream_closed(link.stream_id, now, complete=complete)
 
     def settle(self, now: float) -> None:
         """Start the streams the core opened, end those it cancelled, send, watch."""

@@ -208,7 +208,11 @@ class HttpListeners:
     @staticmethod
     def _set_alpn_policy(listener: HttpListener, config: HttpListenerConfig) -> None:
         listener.disable_http11 = isinstance(config, HttpsListenerConfig) and config.disable_http11
-        if listener.disable_http11:
+        if (
+            isinstance(config, HttpsListenerConfig)
+            and config.disable_http11
+            and "h2" not in config.alpn_protocols
+        ):
             log.warning(
                 "listener %s: disable_http11 with h2 not offered refuses every connection",
                 config.address,

@@ -62,6 +62,7 @@ class H2Stream:
 
     __slots__ = (
         "content_length",
+        "detached",
         "ended_in",
         "ended_out",
         "inner",
@@ -80,6 +81,7 @@ class H2Stream:
         self.ended_out = False  # the response ended (END_STREAM sent, or reset)
         self.out = bytearray()  # response body not sent yet (flow control)
         self.stalled = INF  # since when `out` waits for a window the client keeps shut
+        self.detached = False  # its core ended: only `out` is left to send
 
 
 class H2Session:
@@ -258,11 +260,24 @@ class H2Session:
         self._idle(now)
         self._flush()
 
-    def stream_closed(self, stream_id: int, now: float) -> None:
-        """A stream's core ended (its shell let go of it)."""
+    def stream_closed(self, stream_id: int, now: float, *, complete: bool = False) -> None:
+        """A stream's core ended (its shell let go of it); `complete`: after a complete
+        response, which for a body delimited by the backend's close is its end. The rest of
+        such a body may still wait for the client's window: the stream stays until it is
+        sent. Any other end resets a stream whose response is not complete."""
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.ended_out:
-            self._reset(stream_id, ErrorCodes.INTERNAL_ERROR)
+            reader = stream.reader
+            if complete and reader.head is not None and not reader.failed:
+                reader.complete = True
+                stream.detached = True
+                self._pump(stream_id, now)
+                if not stream.ended_out:
+                    self._idle(now)
+                    self._flush()
+                    return
+            else:
+                self._reset(stream_id, ErrorCodes.INTERNAL_ERROR)
         self._forget(stream_id)
         self._idle(now)
         self._flush()
@@ -346,10 +361,7 @@ class H2Session:
         self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
 
     def _reset(self, stream_id: int, code: ErrorCodes) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is not None:
-            stream.ended_out = True
-            self.cancelled.append(stream_id)
+        self._cancel(stream_id)
         with contextlib.suppress(ProtocolError, StreamClosedError):
             self.conn.reset_stream(stream_id, code)
 
@@ -357,7 +369,10 @@ class H2Session:
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.ended_out = True
-            self.cancelled.append(stream_id)
+            if stream.detached:
+                self._forget(stream_id)  # no core left to cancel
+            else:
+                self.cancelled.append(stream_id)
 
     def _pump(self, stream_id: int, now: float) -> None:
         """Send what flow control allows of a stream's response body; a stream that cannot
@@ -388,6 +403,8 @@ class H2Session:
                 del out[:size]
                 if last:
                     stream.ended_out = True
+                    if stream.detached:
+                        self._forget(stream_id)
                     return
             if stream.reader.complete:
                 if stream.reader.trailers:
@@ -395,9 +412,10 @@ class H2Session:
                 else:
                     conn.end_stream(stream_id)
                 stream.ended_out = True
+                if stream.detached:
+                    self._forget(stream_id)
         except (ProtocolError, StreamClosedError):
-            stream.ended_out = True
-            self.cancelled.append(stream_id)
+            self._cancel(stream_id)
 
     def _rapid_reset(self, now: float) -> bool:
         """Count a client reset; past the listener's limit in one window the connection
@@ -476,6 +494,7 @@ class H2Session:
         assert len(self.streams) <= self.max_streams + 1, len(self.streams)
         assert self.stalls == sum(s.stalled != INF for s in self.streams.values())
         assert not self.done or all(s.ended_out for s in self.streams.values())
+        assert self.done or all(not s.ended_out for s in self.streams.values() if s.detached)
         for stream_id, stream in self.streams.items():
             assert stream_id % 2 == 1, stream_id
             assert stream.content_length < 0 or stream.received <= stream.content_length

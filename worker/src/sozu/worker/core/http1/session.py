@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING
 from sozu.worker.core.http.codec import ChunkedScanner, RequestHead
 from sozu.worker.core.http1 import exchange, tunnel
 from sozu.worker.core.http1.actions import CLOSE_BACK, CLOSE_FRONT, LINGER_FRONT, BackendTarget
-from sozu.worker.core.http1.answering import answer, count_requests, log_request
+from sozu.worker.core.http1.answering import count_requests, log_request
 from sozu.worker.core.http1.context import ListenerContext
-from sozu.worker.core.http1.heads import read_first_head, read_heads
+from sozu.worker.core.http1.heads import (
+    read_first_head,
+    read_heads,
+    read_parsed_head,
+    read_timer,
+)
 from sozu.worker.core.http1.invariants import check_session
-from sozu.worker.core.http1.routing import release_per_ip_slot, serve
+from sozu.worker.core.http1.routing import release_per_ip_slot
 from sozu.worker.core.http1.states import (
     INF,
     R_HEAD,
@@ -191,9 +196,7 @@ class Http1Session:
         self.served_names = served_names
         self.sni = sni
         self.default_cert = default_cert
-        # authority -> allowed by the served names (strict SNI binding), for the next requests
-        # of the connection (an HTTP/2 connection shares one between its streams).
-        self.sni_memo: dict[str, bool] = {}
+        self.sni_memo: dict[str, bool] = {}  # authority -> strict SNI verdict (routing.py)
         # -- read by the shell
         self.to_front = bytearray()
         self.to_back = bytearray()
@@ -341,15 +344,8 @@ class Http1Session:
         self._settle(now)
 
     def front_head(self, head: RequestHead, now: float) -> None:
-        """A whole request head already parsed (an HTTP/2 stream's, translated): as
-        `front_data` with exactly its bytes, without parsing them again."""
-        assert self.state == S_HEAD
-        assert not self.fbuf
-        self.counters.bytes_in += head.length
-        self.t_read = now + self.ctx.request_timeout
-        self.in_heads = True
-        serve(self, head, now)
-        self.in_heads = False
+        """A whole request head already parsed (an HTTP/2 stream's): `front_data` of its bytes."""
+        read_parsed_head(self, head, now)
         self._settle(now)
 
     def front_eof(self, now: float) -> None:
@@ -460,7 +456,7 @@ class Http1Session:
         if not self.done and now >= self.t_back:
             exchange.back_timer(self, now)
         if not self.done and now >= self.t_read:
-            self._read_timer(now)
+            read_timer(self, now)
         self._settle(now)
 
     def drain(self, now: float) -> None:
@@ -490,28 +486,6 @@ class Http1Session:
                 self.t_read = self.drain_deadline
         if not self.in_heads and (self.fbuf or self.front_ended):
             read_heads(self, now)
-
-    def _read_timer(self, now: float) -> None:
-        state = self.state
-        if state == S_HEAD:
-            if self.fbuf:
-                answer(self, 408, now, message="request head not received in time")
-            else:
-                # Idle (or the drain deadline): close without a word.
-                self.close_front(now, linger=False, count_pipelined=False)
-        elif state == S_EXCHANGE and not self.up_done:
-            if len(self.to_back) > self.limit:
-                # The backend is not reading: its own send timer decides.
-                self.t_read = now + self.ctx.front_timeout
-            elif not self.responding:
-                exchange.give_up(self, now, 504, "client timed out during the request body")
-            else:
-                self.hang_up(now)
-        elif state == S_TUNNEL:
-            tunnel.end(self, now)
-            self.close_front(now, linger=False, count_pipelined=False)
-        else:  # pragma: no cover - no read timer is armed in other states
-            raise AssertionError(f"read timer in {STATE_NAMES[state]}")
 
     # -- ending
 
