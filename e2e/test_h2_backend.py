@@ -347,3 +347,44 @@ def test_cluster_h2_disable_switches_to_http1(site: Site) -> None:
 
 def _ok(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_h2c_with_prior_knowledge_on_the_http_listener(site: Site) -> None:
+    """A client that opens a plain connection with the HTTP/2 preface speaks h2c: to the h2
+    backend and to the HTTP/1.1 one."""
+    for host, expected in (("h2.test", None), ("h1.test", b"h1\n")):
+        result = _curl(
+            site,
+            "--http2-prior-knowledge",
+            "-w",
+            "\\n%{http_version}",
+            f"http://{host}:{site.http_port}/echo",
+        )
+        assert result.returncode == 0, result.stderr
+        body, _, version = result.stdout.rpartition(b"\n")
+        assert version == b"2"
+        if expected is not None:
+            assert body == expected
+    h2load = require_program("h2load")
+    result_text = subprocess.run(
+        [
+            h2load,
+            "-n",
+            "600",
+            "-c",
+            "3",
+            "-m",
+            "10",
+            "-H",
+            ":authority: h2.test",
+            f"http://127.0.0.1:{site.http_port}/size/100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result_text.returncode == 0, result_text.stdout + result_text.stderr
+    assert "Application protocol: h2c" in result_text.stdout, result_text.stdout
+    assert "600 succeeded, 0 failed, 0 errored" in result_text.stdout, result_text.stdout
+    assert "status codes: 600 2xx" in result_text.stdout, result_text.stdout

@@ -106,6 +106,7 @@ class H2FrontConnection(FrontConnection):
         "session",
         "sock",
         "soon_queued",
+        "tls",
     )
 
     session: H2Session
@@ -124,6 +125,7 @@ class H2FrontConnection(FrontConnection):
         self.linger_until = math.inf
         self.on_front_event: Handler = self.on_front
         self.soon_queued = False
+        self.tls = isinstance(sock, ssl.SSLSocket)  # else h2c, with prior knowledge
 
     # -- events
 
@@ -153,7 +155,7 @@ class H2FrontConnection(FrontConnection):
         if not data:
             session.front_eof(now)
             return
-        while sock.pending():  # type: ignore[attr-defined]
+        while self.tls and sock.pending():  # type: ignore[attr-defined]
             try:
                 data += sock.recv(READ_SIZE)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -233,7 +235,8 @@ class H2FrontConnection(FrontConnection):
         for link in list(self.links.values()):
             link.close()
         self.links.clear()
-        _close_notify(self.sock)
+        if self.tls:
+            _close_notify(self.sock)
         try:
             socket.socket.shutdown(self.sock, socket.SHUT_WR)
         except OSError:
@@ -254,7 +257,7 @@ class H2FrontConnection(FrontConnection):
         self.links.clear()
         self.server.reactor.unregister(self.fd)
         self.on_front_event = _ended
-        if not self.lingering:
+        if not self.lingering and self.tls:
             _close_notify(self.sock)
         with contextlib.suppress(OSError):
             self.sock.close()

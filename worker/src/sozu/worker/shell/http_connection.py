@@ -28,6 +28,7 @@ from sozu.worker.core.http1.actions import (
     SHUTDOWN_BACK,
     SHUTDOWN_FRONT,
 )
+from sozu.worker.core.h2.flood import PREFACE as H2_PREFACE
 from sozu.worker.core.http1.session import Http1Session
 from sozu.worker.shell.front_connection import LINGER, READ_SIZE, FrontConnection
 from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
@@ -137,6 +138,15 @@ class HttpConnection(FrontConnection):
             else:
                 session.front_error(now)  # hung up while we were not reading
             return
+        if (
+            not self.tls
+            and data.startswith(H2_PREFACE)
+            and not session.bytes_in
+            and not session.fbuf
+        ):
+            # h2c with prior knowledge (RFC 9113 3.3): the connection becomes HTTP/2.
+            self._become_h2(data, now)
+            return
         if self.tls:
             # Records already decrypted inside the SSL object make no readiness event.
             while sock.pending():  # type: ignore[attr-defined]
@@ -145,6 +155,17 @@ class HttpConnection(FrontConnection):
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     break
         session.front_data(data, now)
+
+    def _become_h2(self, data: bytes, now: float) -> None:
+        """Hand the socket to an HTTP/2 connection, with the bytes read (the preface first);
+        this connection ends without a word and without counting as closed."""
+        server = self.server
+        server.reactor.unregister(self.fd)
+        self.finished = True
+        self.on_front_event = self.on_back_event = _ended
+        server.connections.discard(self)
+        self.session.done = True
+        server.start_h2c(self.session.ctx, self.sock, self.session.peer, data, now)
 
     def on_back(self, mask: int) -> None:
         now = self.server.reactor.now()

@@ -241,6 +241,23 @@ class HttpServer:
         self.connections.add(connection)
         connection.begin(self.reactor.now())
 
+    def start_h2c(
+        self,
+        context: ListenerContext,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        data: bytes,
+        now: float,
+    ) -> None:
+        """A plain connection whose first bytes are the HTTP/2 preface (h2c with prior
+        knowledge): an HTTP/2 connection from those bytes on."""
+        connection = H2FrontConnection(self, sock, H2Session(context, peer))
+        self.connections.add(connection)
+        connection.begin(now)
+        if not connection.finished:
+            connection.session.front_data(data, now)
+            connection.settle(now)
+
     def connection_closed(self, connection: HttpConnection | H2FrontConnection) -> None:
         self.connections.discard(connection)
         connection.session.counters.active -= 1
