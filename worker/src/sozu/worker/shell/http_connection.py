@@ -19,6 +19,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
+from sozu.worker.core.h2.flood import PREFACE as H2_PREFACE
 from sozu.worker.core.http1.actions import (
     CLOSE_BACK,
     CLOSE_FRONT,
@@ -28,7 +29,6 @@ from sozu.worker.core.http1.actions import (
     SHUTDOWN_BACK,
     SHUTDOWN_FRONT,
 )
-from sozu.worker.core.h2.flood import PREFACE as H2_PREFACE
 from sozu.worker.core.http1.session import Http1Session
 from sozu.worker.shell.front_connection import LINGER, READ_SIZE, FrontConnection
 from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
