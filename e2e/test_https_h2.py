@@ -367,3 +367,79 @@ def test_each_flood_is_cut_while_other_clients_are_served(h2_site: H2Site) -> No
         return True if all(kinds.get(kind, 0) >= 1 for kind in FLOOD_KINDS) else None
 
     wait_for(counted, timeout=10, what="every flood kind counted in the metrics")
+
+
+def test_alpn_without_h2_refuses_an_h2_only_client_and_prefers_its_order(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """A listener whose alpn_protocols is `http/1.1, h2` gives a client offering both what
+    it lists first; one offering only h2 to a listener without h2 gets no protocol (Python's
+    ssl cannot fail that handshake as upstream's rustls does) and, when it speaks HTTP/2
+    anyway, GOAWAY HTTP_1_1_REQUIRED; the refusal is counted."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("alpha.test")
+    cert, key, ca_file = tmp_path / "site.crt", tmp_path / "site.key", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    h1_first, h1_only, metrics_port = free_port(), free_port(), free_port()
+    config = listener(h1_first, "https") + 'alpn_protocols = ["http/1.1", "h2"]\n'
+    config += listener(h1_only, "https") + 'alpn_protocols = ["http/1.1"]\n'
+    with nginx_backends(tmp_path / "nginx", "alpha") as nginx:
+        frontends: list[dict[str, object]] = [
+            {
+                "address": f"127.0.0.1:{port}",
+                "hostname": "alpha.test",
+                "certificate": str(cert),
+                "key": str(key),
+            }
+            for port in (h1_first, h1_only)
+        ]
+        config += cluster(
+            "alpha", frontends, [{"address": nginx.address("alpha"), "backend_id": "a"}]
+        )
+        config += f'[metrics]\nprometheus_address = "127.0.0.1:{metrics_port}"\n'
+        start_daemon(extra=config)
+
+        def negotiated(port: int, offer: list[str]) -> str | None:
+            context = ssl.create_default_context(cafile=str(ca_file))
+            context.set_alpn_protocols(offer)
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as raw,
+                context.wrap_socket(raw, server_hostname="alpha.test") as tls,
+            ):
+                return tls.selected_alpn_protocol()
+
+        assert negotiated(h1_first, ["h2", "http/1.1"]) == "http/1.1"
+        assert negotiated(h1_first, ["h2"]) == "h2"
+        assert negotiated(h1_only, ["h2", "http/1.1"]) == "http/1.1"
+        context = ssl.create_default_context(cafile=str(ca_file))
+        context.set_alpn_protocols(["h2"])
+        with (
+            socket.create_connection(("127.0.0.1", h1_only), timeout=IO_TIMEOUT) as raw,
+            context.wrap_socket(raw, server_hostname="alpha.test") as tls,
+        ):
+            assert tls.selected_alpn_protocol() is None
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            conn.send_headers(1, _request("alpha.test"), end_stream=True)
+            tls.sendall(conn.data_to_send())
+            codes: list[int] = []
+            while not codes:
+                data = tls.recv(65536)
+                assert data, "closed without a GOAWAY"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        codes.append(int(event.error_code or 0))
+        assert codes == [0xD]  # HTTP_1_1_REQUIRED
+
+        def counted() -> bool | None:
+            refused = sum(
+                value
+                for (name, labels), value in prometheus_series(metrics_port).items()
+                if name == "sozu_https_h2_without_alpn_total"
+                and dict(labels).get("listener") == f"127.0.0.1:{h1_only}"
+            )
+            return True if refused >= 1 else None
+
+        wait_for(counted, timeout=10, what="the refusal counted")

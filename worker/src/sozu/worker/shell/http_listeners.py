@@ -61,18 +61,20 @@ _LISTENER_COUNTERS = (
     ("sozu_http_backend_stale_connections_total", "stale_connections"),
     ("sozu_http_pipelined_unanswered_total", "pipelined_unanswered"),
     ("sozu_http_proxy_protocol_errors_total", "proxy_protocol_errors"),
-)
-# Only for HTTPS listeners (a plain HTTP listener has no TLS to count).
-_HTTPS_COUNTERS = (
-    ("sozu_http_sni_authority_mismatch_total", "sni_mismatches"),
-    ("sozu_https_handshakes_total", "tls_handshakes"),
-    ("sozu_https_alpn_rejected_http11_disabled_total", "alpn_rejected"),
+    # HTTP/2: negotiated on HTTPS listeners, h2c with prior knowledge on HTTP ones.
     ("sozu_h2_connections_total", "h2_connections"),
     ("sozu_h2_streams_total", "h2_streams"),
     ("sozu_h2_refused_streams_total", "h2_refused_streams"),
     ("sozu_h2_protocol_errors_total", "h2_protocol_errors"),
     ("sozu_h2_rapid_reset_total", "h2_rapid_resets"),
     ("sozu_h2_window_stalls_total", "h2_window_stalls"),
+)
+# Only for HTTPS listeners (a plain HTTP listener has no TLS to count).
+_HTTPS_COUNTERS = (
+    ("sozu_http_sni_authority_mismatch_total", "sni_mismatches"),
+    ("sozu_https_handshakes_total", "tls_handshakes"),
+    ("sozu_https_alpn_rejected_http11_disabled_total", "alpn_rejected"),
+    ("sozu_https_h2_without_alpn_total", "h2_without_alpn"),
 )
 _LISTENER_GAUGES = (
     ("sozu_http_active_connections", "active"),

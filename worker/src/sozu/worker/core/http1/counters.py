@@ -28,6 +28,9 @@ class HttpCounters:
     rejected_per_ip: int = 0
     stale_connections: int = 0  # pooled backend connections found closed at reuse
     alpn_rejected: int = 0
+    # TLS connections that sent the HTTP/2 preface without negotiating h2 (GOAWAY
+    # HTTP_1_1_REQUIRED): h2 is not in the listener's alpn_protocols.
+    h2_without_alpn: int = 0
     tls_handshakes: int = 0
     proxy_protocol_errors: int = 0  # invalid PROXY headers on an expect_proxy listener
     h2_connections: int = 0  # connections that negotiated h2
