@@ -433,3 +433,14 @@ def test_bodiless_statuses_get_no_framing(status: int) -> None:
     pair.respond(1, [(b":status", str(status).encode())])
     assert b"content-length" not in pair.take(stream)
     assert b"transfer-encoding" not in stream.inbox
+
+
+def test_a_write_after_the_connection_closed_is_discarded() -> None:
+    pair = Pair()
+    stream = pair.up.attach()
+    pair.up.write(stream, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", pair.now)
+    pair.up.back_eof()
+    pair.check()
+    assert stream.failed
+    assert pair.up.write(stream, b"hello", pair.now) == 5
+    pair.check()

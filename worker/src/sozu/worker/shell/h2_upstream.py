@@ -45,6 +45,7 @@ class UpstreamConnection:
         "mask",
         "pool",
         "sock",
+        "soon_queued",
     )
 
     def __init__(self, pool: UpstreamPool, address: Address, sock: socket.socket) -> None:
@@ -59,6 +60,7 @@ class UpstreamConnection:
         self.connect_until = math.inf
         self.mask = OUT
         self.busy = False
+        self.soon_queued = False
 
     # -- the pool's calls
 
@@ -143,14 +145,20 @@ class UpstreamConnection:
     # -- moving bytes
 
     def _kick(self, now: float) -> None:
-        """After a call from a client connection: send, watch (its news are its own)."""
+        """After a call from a client connection: send, watch. Streams touched meanwhile
+        (the connection failed while sending) hear of it once the loop's batch is done, not
+        from inside the caller's own handling."""
         if self.busy:
             return
         self._flush()
-        if self.core.done:
-            self._deliver(now)
+        if self.core.done or self.core.touched:
+            self.pool.reactor.soon(self)
         else:
             self._watch()
+
+    def flush_soon(self) -> None:
+        if self.fd >= 0:
+            self._deliver(self.pool.reactor.now())
 
     def _deliver(self, now: float) -> None:
         """Send, hand each touched stream to its client connection, watch or close."""

@@ -164,9 +164,9 @@ class H2Upstream:
         """Request bytes of `stream`; how many it took (fewer while its body waits for the
         backend's window)."""
         assert stream in self.attached
-        assert self.phase == C_OPEN
         if stream.failed or stream.request_done:
             return len(data)  # nothing more to send: a reset stream discards its request
+        assert self.phase == C_OPEN  # a closed connection failed its streams
         room = BODY_LIMIT - len(stream.body) if stream.phase != P_HEAD else len(data)
         if room <= 0:
             return 0
