@@ -194,10 +194,12 @@ class H2Upstream:
         for event in events:
             if isinstance(event, DataReceived):
                 stream = self.by_id.get(event.stream_id)
-                if stream is None:
-                    self.conn.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
+                if stream is None or stream.failed or stream.ended:
+                    # Nobody will take these bytes: their window goes back at once.
+                    with contextlib.suppress(ProtocolError, StreamClosedError):
+                        self.conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
                 else:
                     stream.response_data(event.data, event.flow_controlled_length)
                     self.touched.append(stream)

@@ -169,6 +169,8 @@ class UpstreamStream:
 
     def response_head(self, headers: list[tuple[bytes, bytes]], *, ended: bool) -> None:
         """A HEADERS block of the response (interim or final) with its :status."""
+        if self.failed or self.ended:
+            return
         self.received = True
         status = 0
         fields: list[bytes] = []
@@ -220,6 +222,8 @@ class UpstreamStream:
     def response_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Trailers end the response: chunked trailers (a response framed by its
         content-length has nowhere to put them, they are dropped)."""
+        if self.failed or self.ended:
+            return
         if self.chunked:
             lines = b"".join(n + b": " + v + b"\r\n" for n, v in headers if not n.startswith(b":"))
             self.inbox += b"0\r\n" + lines + b"\r\n"
@@ -228,6 +232,8 @@ class UpstreamStream:
 
     def end(self) -> None:
         """END_STREAM from the backend."""
+        if self.failed or self.ended:
+            return
         if not self.response_started:
             self.fail()
             return
