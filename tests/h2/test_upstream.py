@@ -444,3 +444,22 @@ def test_a_write_after_the_connection_closed_is_discarded() -> None:
     assert stream.failed
     assert pair.up.write(stream, b"hello", pair.now) == 5
     pair.check()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [(b"x-a", b"1\r\nx-injected: 2"), (b"x-a\r\nb", b"1"), (b"x-a", b"\x00")],
+)
+def test_response_fields_that_would_split_the_http1_head_fail_the_stream(
+    field: tuple[bytes, bytes],
+) -> None:
+    pair = Pair()
+    stream = pair.request(GET)
+    stream.response_head([(b":status", b"200"), field], ended=False)
+    assert stream.failed
+    assert not stream.inbox
+    trailered = pair.request(GET)
+    trailered.response_head([(b":status", b"200")], ended=False)
+    trailered.response_trailers([field])
+    assert trailered.failed
+    assert b"injected" not in trailered.inbox

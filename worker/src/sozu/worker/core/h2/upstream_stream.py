@@ -11,6 +11,7 @@ drives the `h2` library; this holds the per-stream state and the two translation
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Final
 
@@ -33,6 +34,8 @@ _DROPPED: Final = frozenset(
 _DROPPED_RESPONSE: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
+_BLANK: Final = (b" ", b"\t")
+_UNSAFE: Final = re.compile(rb"[\r\n\x00]")
 # Request body bytes a stream holds for flow control before it stops taking more.
 BODY_LIMIT: Final = 65536
 _REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -150,6 +153,8 @@ class UpstreamStream:
         self.path += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if value[:1] in _BLANK or value[-1:] in _BLANK:
+            value = value.strip(b" \t")
         if self.phase == P_HEAD:
             self.fields.append((name.lower(), value))
         else:
@@ -176,6 +181,10 @@ class UpstreamStream:
         fields: list[bytes] = []
         length_given = False
         for name, value in headers:
+            if _UNSAFE.search(name) or _UNSAFE.search(value):
+                # The library's checks are off: CR, LF or NUL would split the HTTP/1.1 head.
+                self.fail()
+                return
             if name == b":status":
                 status = int(value) if value.isdigit() else 0
             elif name.startswith(b":") or name in _DROPPED_RESPONSE:
@@ -223,6 +232,9 @@ class UpstreamStream:
         """Trailers end the response: chunked trailers (a response framed by its
         content-length has nowhere to put them, they are dropped)."""
         if self.failed or self.ended:
+            return
+        if any(_UNSAFE.search(n) or _UNSAFE.search(v) for n, v in headers):
+            self.fail()
             return
         if self.chunked:
             lines = b"".join(n + b": " + v + b"\r\n" for n, v in headers if not n.startswith(b":"))
