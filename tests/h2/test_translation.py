@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sozu.worker.core.h2.translation import Refused, translate
-from sozu.worker.core.http.codec import parse_request_head
+from sozu.worker.core.http.codec import HeadError, parse_request_head
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"/p")]
 
@@ -113,7 +113,9 @@ _VALUES = st.sampled_from(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    method=st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"]),
+    method=st.sampled_from(
+        [b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS", b"DELETE", b"M-SEARCH", b"QUERY", b"FOO"]
+    ),
     path=st.sampled_from([b"/", b"/a?b=c", b"/%20x", b"*", b"/~u/"]),
     fields=st.lists(st.tuples(_NAMES, _VALUES), max_size=8),
     end_stream=st.booleans(),
@@ -156,6 +158,24 @@ def test_the_head_given_as_parsed_is_what_the_parser_makes_of_its_bytes(
 def test_what_the_http1_parser_would_refuse_is_refused(name: bytes, value: bytes) -> None:
     with pytest.raises(Refused):
         translate([*BASE, (name, value)], end_stream=True)
+
+
+@pytest.mark.parametrize("method", [b"FOO", b"G", b"GETX", b"PRI", b"CONNECT"])
+def test_methods_the_http1_parser_does_not_know_are_refused(method: bytes) -> None:
+    headers = [(b":method", method), *BASE[1:]]
+    with pytest.raises(Refused):
+        translate(headers, end_stream=True)
+    with pytest.raises(HeadError):
+        parse_request_head(method + b" /p HTTP/1.1\r\nhost: a.test\r\n\r\n")
+
+
+def test_a_content_length_past_64_bits_is_refused() -> None:
+    with pytest.raises(Refused):
+        translate([*BASE, (b"content-length", b"18446744073709551616")], end_stream=False)
+    with pytest.raises(HeadError):
+        parse_request_head(
+            b"POST /p HTTP/1.1\r\nhost: a\r\ncontent-length: 18446744073709551616\r\n\r\n"
+        )
 
 
 @pytest.mark.parametrize(

@@ -130,10 +130,15 @@ def test_te_trailers_is_kept_and_other_te_dropped() -> None:
 def test_an_absolute_form_target_gives_authority_and_path() -> None:
     pair = Pair()
     pair.request(b"GET http://other.test:81/x HTTP/1.1\r\n\r\n")
-    (received,) = pair.received(h2.events.RequestReceived)
-    headers = dict(received.headers)
+    # The URI's authority wins over Host (as routing saw it), and a query alone stays.
+    pair.request(b"GET http://a.test?q=1 HTTP/1.1\r\nHost: b.test\r\n\r\n")
+    first, second = pair.received(h2.events.RequestReceived)
+    headers = dict(first.headers)
     assert headers[b":authority"] == b"other.test:81"
     assert headers[b":path"] == b"/x"
+    headers = dict(second.headers)
+    assert headers[b":authority"] == b"a.test"
+    assert headers[b":path"] == b"/?q=1"
 
 
 def test_a_chunked_body_goes_out_unframed_with_its_trailers() -> None:
@@ -463,3 +468,36 @@ def test_response_fields_that_would_split_the_http1_head_fail_the_stream(
     trailered.response_trailers([field])
     assert trailered.failed
     assert b"injected" not in trailered.inbox
+
+
+def test_releasing_a_stream_returns_the_window_of_bytes_it_never_took() -> None:
+    """Whatever state a released stream is in, the connection window it held comes back:
+    otherwise each cancelled stream would shrink the connection's for good. Ten streams
+    leave 2.25 MB untaken, past half the 4 MiB connection window: it is whole again."""
+    pair = Pair()
+    window = pair.up.conn.inbound_flow_control_window
+    for index in range(10):
+        stream = pair.request(GET)
+        stream_id = stream.stream_id
+        pair.server.send_headers(stream_id, [(b":status", b"200")])
+        for _ in range(15):
+            pair.server.send_data(stream_id, b"z" * 15000)
+        pair.move()
+        assert stream.flow_unacked == 225000, index
+        pair.up.release(stream, pair.now)  # the client went away: reset, nothing taken
+        pair.check()
+        pair.move()
+    assert pair.up.conn.inbound_flow_control_window == window
+
+
+def test_a_write_after_a_complete_response_on_a_closed_connection_is_discarded() -> None:
+    pair = Pair()
+    stream = pair.up.attach()
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345"
+    pair.up.write(stream, head, pair.now)
+    pair.move()
+    pair.respond(1, [(b":status", b"200"), (b"content-length", b"2")], b"ok")
+    assert stream.ended
+    pair.up.back_eof()
+    pair.check()
+    assert pair.up.write(stream, b"67890", pair.now) == 5

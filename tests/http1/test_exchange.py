@@ -398,6 +398,29 @@ def test_a_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:
     assert counters.cluster_requests == {("web", "http/1.1"): 3}
 
 
+def test_a_refused_request_is_sent_once_more_even_from_a_new_connection() -> None:
+    """What an HTTP/2 backend refused was never processed: a request without a body goes
+    again on a fresh connection even when its first one was new; refused twice, 502."""
+    w = World()
+    w.web()
+    d = w.session()
+    d.send(get("/1"))
+    first = d.connect(pooled=False)
+    d.back_refused()
+    assert first.closed
+    assert d.connects[-1] == ("b1", False, False), "the retry asks for a fresh connection"
+    d.connect()
+    assert backend_head(d.received())[0] == "GET /1 HTTP/1.1"
+    d.back_refused()
+    assert parse_responses(d.take_client())[0].status == 502
+    assert w.ctx.counters.stale_connections == 1
+    body = w.session()
+    body.send(POST_HEAD + b"0123456789")
+    body.connect(pooled=False)
+    body.back_refused()
+    assert parse_responses(body.take_client())[0].status == 502, "a body is never replayed"
+
+
 def test_a_stale_pooled_connection_under_a_body_is_not_retried() -> None:
     w = World()
     w.web()

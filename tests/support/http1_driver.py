@@ -334,6 +334,11 @@ class Driver:
         self.s.back_error(self.now)
         self._after()
 
+    def back_refused(self) -> None:
+        """The backend did not process the request (an HTTP/2 stream refused)."""
+        self.s.back_refused(self.now)
+        self._after()
+
     def received(self) -> bytes:
         """What the current (or last) backend connection received, then forgotten."""
         conn = self.conn or self.conns[-1]

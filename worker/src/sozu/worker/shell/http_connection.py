@@ -396,7 +396,9 @@ class HttpConnection(FrontConnection):
             refused = channel.refused
             failed = channel.failed
             self._let_channel_go(now)
-            if failed and not refused:
+            if refused:
+                session.back_refused(now)
+            elif failed:
                 session.back_error(now)
             else:
                 session.back_eof(now)

@@ -275,6 +275,9 @@ class Reactor:
         if not deferred.soon_queued:
             deferred.soon_queued = True
             self._soon.append(deferred)
+            waiting = self._waiting
+            if waiting is not None:
+                waiting.deadline = -math.inf  # queued from a trio task: run it now
 
     def _run_soon(self) -> None:
         while self._soon:

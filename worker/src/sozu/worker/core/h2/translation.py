@@ -6,8 +6,9 @@ PROTOCOL_ERROR).
 
 The head is built both as bytes and as the `RequestHead` the HTTP/1.1 parser would make of
 them (the stream's session core takes it as parsed): so every name must be a token, every
-value visible characters, blanks and obs-text, the method a token and the path printable
-ASCII, no more than that parser accepts. tests/h2/test_translation.py checks the two agree.
+value visible characters, blanks and obs-text, the method one the parser knows and the
+path printable ASCII, no more than that parser accepts. tests/h2/test_translation.py
+checks the two agree.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ _PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
 # or other control but HTAB), no blank at either end.
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
-_METHOD = re.compile(rb"[A-Z]+")
+# The methods the HTTP/1.1 parser (llhttp) accepts, CONNECT aside (refused below).
+_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH "
+    b"UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE "
+    b"UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY CONNECT".split()
+)
+# The parser refuses a content-length that does not fit in 64 bits.
+_MAX_LENGTH = 2**63
 _PATH = re.compile(rb"/[\x21-\x7e]*|\*")
 _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
 
@@ -96,7 +104,11 @@ def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Trans
         if name == b"host":
             continue  # :authority wins; a host header is only a fallback, below
         if name == b"content-length":
-            if not value.isdigit() or (content_length >= 0 and int(value) != content_length):
+            if (
+                not value.isdigit()
+                or int(value) >= _MAX_LENGTH
+                or (content_length >= 0 and int(value) != content_length)
+            ):
                 raise Refused("invalid content-length")
             content_length = int(value)
             continue
@@ -110,8 +122,8 @@ def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Trans
     method = pseudo.get(b":method")
     path = pseudo.get(b":path")
     authority = pseudo.get(b":authority")
-    if method is None or _METHOD.fullmatch(method) is None:
-        raise Refused("missing or invalid :method")
+    if method is None or method not in _METHODS:
+        raise Refused("missing or unknown :method")
     if method == b"CONNECT":
         raise Refused("CONNECT is not proxied over HTTP/2")
     if path is None or _PATH.fullmatch(path) is None:

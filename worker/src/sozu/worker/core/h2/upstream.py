@@ -177,9 +177,10 @@ class H2Upstream:
         """Request bytes of `stream`; how many it took (fewer while its body waits for the
         backend's window)."""
         assert stream in self.attached
-        if stream.failed or stream.request_done:
-            return len(data)  # nothing more to send: a reset stream discards its request
-        assert self.phase == C_OPEN  # a closed connection failed its streams
+        if stream.failed or stream.request_done or stream.ended or self.phase != C_OPEN:
+            # Nothing more to send: a reset stream, or one whose response is complete (on a
+            # connection that may be gone since), discards the rest of its request.
+            return len(data)
         room = BODY_LIMIT - len(stream.body) if stream.phase != P_HEAD else len(data)
         if room <= 0:
             return 0
@@ -270,12 +271,13 @@ class H2Upstream:
         self.attached.discard(stream)
         if stream.stream_id:
             self.by_id.pop(stream.stream_id, None)
+            if stream.flow_unacked and self.phase == C_OPEN:
+                # The connection window counts bytes the session never took: returned
+                # whatever the stream's state, or each cancelled stream would shrink it.
+                with contextlib.suppress(ProtocolError, StreamClosedError):
+                    self.conn.acknowledge_received_data(stream.flow_unacked, stream.stream_id)
             if not (stream.ended and stream.phase == P_SENT and not stream.body):
                 self._reset(stream, ErrorCodes.CANCEL)
-            elif stream.flow_unacked and self.phase == C_OPEN:
-                # The connection window counts bytes the session never took.
-                with contextlib.suppress(ProtocolError):
-                    self.conn.acknowledge_received_data(stream.flow_unacked, stream.stream_id)
         stream.flow_unacked = 0
         self._flush()
         self._idle(now)

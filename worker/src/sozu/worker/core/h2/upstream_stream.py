@@ -17,6 +17,8 @@ from typing import Final
 
 import httptools
 
+from sozu.worker.core.http.codec import HeadError, split_target
+
 # Headers HTTP/2 forbids (RFC 9113 8.2.2), dropped from the translated request; `host`
 # becomes :authority, `te` is kept only as `trailers`.
 _DROPPED: Final = frozenset(
@@ -128,11 +130,13 @@ class UpstreamStream:
                 connection_named.update(t.strip().lower() for t in value.split(b","))
         path = self.path
         if not path.startswith(b"/") and path != b"*":
-            # absolute-form: scheme://authority/path
-            rest = path.partition(b"://")[2]
-            host, slash, tail = rest.partition(b"/")
-            authority = authority or host
-            path = slash + tail or b"/"
+            # absolute-form: its authority wins over Host (RFC 9112 3.2.2), as in routing.
+            try:
+                found, path = split_target(path)
+            except HeadError:
+                found = None
+            if found is not None:
+                authority = found
         block = [
             (b":method", self.method),
             (b":scheme", scheme),

@@ -287,7 +287,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     # llhttp accepted `method SP+ target SP+ HTTP/x.y CRLF`, the target without blanks.
     line = head[: head.find(b"\r\n")]
     target = line[len(method) : line.rindex(b" HTTP/")].strip(b" ")
-    authority, path = _split_target(target)
+    authority, path = split_target(target)
     if authority is None:
         if host is None and version == "1.1":
             raise HeadError(400, "no Host header")
@@ -322,7 +322,7 @@ def _keep_alive(version: str, connection: bytes | None) -> bool:
     return has_token(connection, b"keep-alive")
 
 
-def _split_target(target: bytes) -> tuple[bytes | None, bytes]:
+def split_target(target: bytes) -> tuple[bytes | None, bytes]:
     """(authority of an absolute target or None, path with query)."""
     if target[:1] == b"/" or target == b"*":
         return None, target

@@ -535,15 +535,17 @@ def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
         s.close_front(now, linger=complete, count_pipelined=s.up_done)
 
 
-def backend_ended(s: Http1Session, now: float, *, reset: bool) -> None:
-    """The backend closed (or reset) its connection during the exchange."""
+def backend_ended(s: Http1Session, now: float, *, reset: bool, refused: bool = False) -> None:
+    """The backend closed (or reset) its connection during the exchange; `refused`: it did
+    not process the request (retried as from a stale connection, even on a new one)."""
     phase = s.r_phase
     head = s.head
     assert head is not None
     if phase == R_HEAD:
-        if not s.back_received and s.reused and head.framing is _NONE:
-            # A pooled connection the backend had closed: once more on a fresh one (a request
-            # without a body can be sent again).
+        # A pooled connection the backend had closed, or a refusal (once): again on a fresh
+        # one, when the request has no body to replay.
+        retry = s.reused or (refused and not s.fresh)
+        if retry and not s.back_received and head.framing is _NONE:
             s.counters.stale_connections += 1
             drop_back(s, keep=False)
             s.fresh = True

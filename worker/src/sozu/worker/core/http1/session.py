@@ -412,11 +412,16 @@ class Http1Session:
         readable first: a backend may answer, then reset."""
         self._back_ended(now, reset=True)
 
-    def _back_ended(self, now: float, *, reset: bool) -> None:
+    def back_refused(self, now: float) -> None:
+        """The backend did not process the request (an HTTP/2 stream refused, or above a
+        GOAWAY's last stream id): as a stale connection, sent again if it can be."""
+        self._back_ended(now, reset=False, refused=True)
+
+    def _back_ended(self, now: float, *, reset: bool, refused: bool = False) -> None:
         state = self.state
         if state == S_EXCHANGE:
             self.back_open = False
-            exchange.backend_ended(self, now, reset=reset)
+            exchange.backend_ended(self, now, reset=reset, refused=refused)
         elif state == S_TUNNEL:
             if reset:
                 tunnel.end(self, now)
