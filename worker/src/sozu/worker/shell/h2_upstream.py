@@ -12,7 +12,6 @@ is done (backend gone, GOAWAY once idle, idle timeout, dial failure).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import socket
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from sozu.worker.core.balancing.backend import Address
 from sozu.worker.core.h2.upstream import H2Upstream
 from sozu.worker.core.h2.upstream_stream import UpstreamStream
+from sozu.worker.shell.connect import start_connect
 from sozu.worker.shell.front_connection import READ_SIZE
 from sozu.worker.shell.reactor import ERR, IN, OUT, Reactor
 
@@ -264,18 +264,11 @@ class UpstreamPool:
         return best, best.attach(link), reused
 
     def _dial(self, address: Address, now: float, timeout: float) -> UpstreamConnection | None:
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            code = sock.connect_ex(address)
-        except OSError as error:
-            code = error.errno or errno.EIO
-        if code not in (0, errno.EINPROGRESS):
-            sock.close()
+        dial = start_connect(address)
+        if dial is None:
             self.connect_failures += 1
             return None
-        connection = UpstreamConnection(self, address, sock)
+        connection = UpstreamConnection(self, address, dial[0])  # done once writable
         connection.connect_until = now + timeout
         self.reactor.register(connection.fd, OUT, connection.on_event, connection)
         self.reactor.arm(connection)

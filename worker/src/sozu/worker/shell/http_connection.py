@@ -13,7 +13,6 @@ lingering close.
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import socket
 import ssl
@@ -33,6 +32,7 @@ from sozu.worker.core.http1.actions import (
     SHUTDOWN_FRONT,
 )
 from sozu.worker.core.http1.session import Http1Session
+from sozu.worker.shell.connect import start_connect
 from sozu.worker.shell.front_connection import LINGER, READ_SIZE, FrontConnection
 from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
 
@@ -305,19 +305,13 @@ class HttpConnection(FrontConnection):
                 self._attach(pooled, address, registered=True)
                 session.back_connected(now, True)
                 return
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            code = sock.connect_ex(address)
-        except OSError as error:
-            code = error.errno or errno.EIO
-        if code not in (0, errno.EINPROGRESS):
-            sock.close()
+        dial = start_connect(address)
+        if dial is None:
             session.back_connect_failed(now)
             return
+        sock, in_progress = dial
         self._attach(sock, address)
-        if code == errno.EINPROGRESS:
+        if in_progress:
             self.connecting = True
         else:
             session.back_connected(now, False)

@@ -8,7 +8,6 @@ ends the relay when both directions are over.
 
 from __future__ import annotations
 
-import errno
 import math
 import socket
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from sozu.worker.core.tcp_session import (
     PIPE_START,
     TcpSession,
 )
+from sozu.worker.shell.connect import start_connect
 from sozu.worker.shell.reactor import ERR, HUP, IN, OUT, Handler
 from sozu.worker.shell.relay import Direction
 
@@ -185,21 +185,15 @@ class TcpConnection:
         address = session.target
         assert address is not None
         assert self.back is None
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            code = sock.connect_ex(address)
-        except OSError as error:
-            code = error.errno or errno.EIO
-        if code not in (0, errno.EINPROGRESS):
-            sock.close()
+        dial = start_connect(address)
+        if dial is None:
             session.back_connect_failed(now)
             return
+        sock, in_progress = dial
         self.back = sock
         self.back_fd = sock.fileno()
         self.server.reactor.register(self.back_fd, OUT, self.on_back_event, self)
-        if code == errno.EINPROGRESS:
+        if in_progress:
             self.connecting = True
         else:
             session.back_connected(now)
