@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 
-from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -38,8 +37,7 @@ from sozu.worker.core.h2.flood import (
     FloodGuard,
     FloodLimits,
 )
-from sozu.worker.core.h2.hpack_in import FieldDecoder
-from sozu.worker.core.h2.hpack_out import FieldEncoder
+from sozu.worker.core.h2.library import h2_connection
 from sozu.worker.core.h2.response_reader import ResponseReader
 from sozu.worker.core.h2.translation import Refused, translate
 from sozu.worker.core.http1.context import ListenerContext
@@ -105,19 +103,7 @@ class H2Session:
         self.default_cert = default_cert
         config = ctx.config
         self.max_streams = config.h2_max_concurrent_streams or DEFAULT_MAX_CONCURRENT_STREAMS
-        # Inbound header blocks are checked by translation.py; outbound ones are built here
-        # (response_reader.py: lowercase names, no connection-specific field, trimmed values).
-        self.conn = H2Connection(
-            H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_inbound_headers=False,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
-        self.conn.encoder = FieldEncoder()  # type: ignore[assignment]
-        self.conn.decoder = FieldDecoder.replacing(self.conn.decoder)
+        self.conn = h2_connection(H2Connection, client_side=False)  # library.py
         self.conn.local_settings = _settings(
             self.max_streams,
             config.h2_max_header_list_size or DEFAULT_MAX_HEADER_LIST_SIZE,

@@ -20,7 +20,6 @@ import contextlib
 import math
 from typing import Final
 
-from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -38,8 +37,7 @@ from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
-from sozu.worker.core.h2.hpack_in import FieldDecoder
-from sozu.worker.core.h2.hpack_out import FieldEncoder
+from sozu.worker.core.h2.library import h2_connection
 from sozu.worker.core.h2.upstream_stream import BODY_LIMIT, P_BODY, P_HEAD, P_SENT, UpstreamStream
 
 INF: Final = math.inf
@@ -81,20 +79,7 @@ class H2Upstream:
         max_stream_id: int = MAX_STREAM_ID,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
-        # Request blocks are built here (upstream_stream.py: lowercase names, no
-        # connection-specific field, trimmed values); a response block goes back to the
-        # session core as an HTTP/1.1 head, which its parser checks.
-        self.conn = _Client(
-            H2Configuration(
-                client_side=True,
-                header_encoding=None,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                validate_inbound_headers=False,
-            )
-        )
-        self.conn.encoder = FieldEncoder()  # type: ignore[assignment]
-        self.conn.decoder = FieldDecoder.replacing(self.conn.decoder)
+        self.conn = h2_connection(_Client, client_side=True)  # library.py
         self.max_stream_id = max_stream_id
         self.idle_timeout = idle_timeout
         self.phase = C_CONNECTING
