@@ -18,10 +18,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
-from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame, SettingsFrame
-
-from sozu.worker.core.h2.flood import PREFACE as H2_PREFACE
+from sozu.worker.core.h2.opening import H2C, REFUSAL, REFUSE, opening
 from sozu.worker.core.http1.actions import (
     CLOSE_BACK,
     CLOSE_FRONT,
@@ -41,11 +38,6 @@ if TYPE_CHECKING:
     from sozu.worker.shell.h2_upstream import UpstreamConnection
     from sozu.worker.shell.http_listener import HttpServer
 
-# The server's preface (an empty SETTINGS) and GOAWAY(last stream 0, HTTP_1_1_REQUIRED).
-_H2_REFUSAL = (
-    SettingsFrame(0).serialize()
-    + GoAwayFrame(0, last_stream_id=0, error_code=ErrorCodes.HTTP_1_1_REQUIRED).serialize()
-)
 # Bounds the actions a single settle carries out (a pooled connection found stale asks for
 # another at once, and so on): a core that kept asking would be a bug.
 MAX_ROUNDS = 16
@@ -146,14 +138,14 @@ class HttpConnection(FrontConnection):
             else:
                 session.front_error(now)  # hung up while we were not reading
             return
-        if data.startswith(H2_PREFACE) and not session.bytes_in and not session.fbuf:
-            if self.tls:
-                # HTTP/2 without having negotiated it: h2 is not in the listener's ALPN list.
-                self._refuse_h2()
-            else:
-                # h2c with prior knowledge (RFC 9113 3.3): the connection becomes HTTP/2.
+        if not session.bytes_in and not session.fbuf:  # no request yet: it may be HTTP/2
+            first = opening(data, tls=self.tls)
+            if first == H2C:
                 self._become_h2(data, now)
-            return
+                return
+            if first == REFUSE:
+                self._refuse_h2()
+                return
         if self.tls:
             # Records already decrypted inside the SSL object make no readiness event.
             while sock.pending():  # type: ignore[attr-defined]
@@ -175,12 +167,11 @@ class HttpConnection(FrontConnection):
         server.start_h2c(self.session.ctx, self.sock, self.session.peer, data, now)
 
     def _refuse_h2(self) -> None:
-        """A TLS client speaking HTTP/2 that did not negotiate it (the listener does not offer
-        h2; Python's ssl cannot fail the handshake with no_application_protocol as upstream
-        does): our SETTINGS and GOAWAY HTTP_1_1_REQUIRED, then the connection closes."""
+        """HTTP/2 over TLS without having negotiated it (core/h2/opening.py): the refusal
+        goes out, then the connection closes."""
         self.session.counters.h2_without_alpn += 1
         with contextlib.suppress(OSError, ssl.SSLError):
-            self.sock.send(_H2_REFUSAL)
+            self.sock.send(REFUSAL)
         self._finish()
 
     def on_back(self, mask: int) -> None:
