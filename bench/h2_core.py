@@ -16,30 +16,20 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import itertools
 import pstats
 import sys
 import time
 from collections.abc import Callable
-from random import Random
 from typing import Any
 
 import h2.config
 import h2.connection
+from http1_core import RESPONSE, context  # bench/ is the script's directory
 
-from sozu.command.types import Cluster, HttpsListenerConfig, RequestHttpFrontend
-from sozu.worker.core.balancing import Backend, LoadBalancingPolicy
-from sozu.worker.core.clusters import TcpCluster
+from sozu.command.types import HttpsListenerConfig
 from sozu.worker.core.h2.session import H2Session
-from sozu.worker.core.http.request_id import UlidGenerator
-from sozu.worker.core.http.router import Router
 from sozu.worker.core.http1.actions import CONNECT
-from sozu.worker.core.http1.context import ListenerContext, SharedContext
 
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 13\r\nConnection: keep-alive\r\n\r\nHello, world!"
-)
 HEADERS = [
     (":method", "GET"),
     (":scheme", "https"),
@@ -58,19 +48,6 @@ LIBRARY_CALLS = (
     "local_flow_control_window",
     "reset_stream",
 )
-
-
-def context() -> ListenerContext:
-    cluster = TcpCluster(
-        "web", LoadBalancingPolicy.ROUND_ROBIN, [Backend("b1", ("10.0.0.2", 80))], rng=Random(0)
-    )
-    clusters = {"web": (Cluster(cluster_id="web"), cluster)}
-    counter = itertools.count()
-    ids = UlidGenerator(lambda: 1_750_000_000_000, lambda n: next(counter).to_bytes(n, "big"))
-    shared = SharedContext(clusters.get, ids=ids, time_ns=lambda: 0)
-    router = Router()
-    router.add(RequestHttpFrontend(address="127.0.0.1:8443", hostname="web.test", cluster_id="web"))
-    return ListenerContext(HttpsListenerConfig(address="127.0.0.1:8443"), router, shared)
 
 
 class Clock:
@@ -94,7 +71,8 @@ def run(
     rounds: int, *, split: bool, profile: cProfile.Profile | None = None
 ) -> tuple[float, float]:
     """(µs per stream on the server side, of which µs in the h2 library)."""
-    session = H2Session(context(), ("10.0.0.1", 5000), served_names=("web.test",), sni="web.test")
+    listener = context(HttpsListenerConfig(address="127.0.0.1:8443"))
+    session = H2Session(listener, ("10.0.0.1", 5000), served_names=("web.test",), sni="web.test")
     clock = Clock()
     if split:
         for name in LIBRARY_CALLS:

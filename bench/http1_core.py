@@ -40,7 +40,9 @@ RESPONSE = (
 )
 
 
-def session() -> Http1Session:
+def context(config: HttpListenerConfig) -> ListenerContext:
+    """A listener with one frontend, `web.test`, to a one-backend cluster (bench/h2_core.py
+    uses it with an HTTPS listener)."""
     cluster = TcpCluster(
         "web", LoadBalancingPolicy.ROUND_ROBIN, [Backend("b1", ("10.0.0.2", 80))], rng=Random(0)
     )
@@ -49,8 +51,12 @@ def session() -> Http1Session:
     ids = UlidGenerator(lambda: 1_750_000_000_000, lambda n: next(counter).to_bytes(n, "big"))
     shared = SharedContext(clusters.get, ids=ids, time_ns=lambda: 0)
     router = Router()
-    router.add(RequestHttpFrontend(address="127.0.0.1:8080", hostname="web.test", cluster_id="web"))
-    ctx = ListenerContext(HttpListenerConfig(address="127.0.0.1:8080"), router, shared)
+    router.add(RequestHttpFrontend(address=config.address, hostname="web.test", cluster_id="web"))
+    return ListenerContext(config, router, shared)
+
+
+def session() -> Http1Session:
+    ctx = context(HttpListenerConfig(address="127.0.0.1:8080"))
     core = Http1Session(ctx, ("10.0.0.1", 50000))
     core.start(0.0)
     return core
