@@ -17,25 +17,12 @@ from typing import Final
 
 import httptools
 
+from sozu.worker.core.h2.translation import CONNECTION_SPECIFIC
 from sozu.worker.core.http.codec import HeadError, split_target
 
 # Headers HTTP/2 forbids (RFC 9113 8.2.2), dropped from the translated request; `host`
-# becomes :authority, `te` is kept only as `trailers`.
-_DROPPED: Final = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"http2-settings",
-    )
-)
-# Response headers with no meaning in an HTTP/1.1 response head written here.
-_DROPPED_RESPONSE: Final = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
-)
+# becomes :authority, `te` is kept only as `trailers`. A response drops the same ones.
+_DROPPED: Final = CONNECTION_SPECIFIC | {b"host", b"http2-settings"}
 _BLANK: Final = (b" ", b"\t")
 _UNSAFE: Final = re.compile(rb"[\r\n\x00]")
 # Request body bytes a stream holds for flow control before it stops taking more.
@@ -191,7 +178,7 @@ class UpstreamStream:
                 return
             if name == b":status":
                 status = int(value) if value.isdigit() else 0
-            elif name.startswith(b":") or name in _DROPPED_RESPONSE:
+            elif name.startswith(b":") or name in CONNECTION_SPECIFIC:
                 continue
             else:
                 if name == b"content-length":
