@@ -80,7 +80,7 @@ def test_a_request_that_says_close_gets_a_response_that_says_close(extra: tuple[
     d.reply(ok())
     (response,) = parse_responses(d.take_client())
     assert response.header("connection") == ["close"]
-    assert d.front_close == LINGER_FRONT
+    assert d.front_close == LINGER_FRONT, "a request sent after the close: lingering"
     assert conn.pooled, "the backend connection outlives the client's"
     assert not conn.closed
     assert w.ctx.counters.pipelined_unanswered == 1
@@ -94,7 +94,8 @@ def test_http10_without_keep_alive_is_closed_and_with_it_kept() -> None:
     conn = d.connect()
     assert backend_head(d.received())[0] == "GET / HTTP/1.0"
     d.reply(ok())
-    assert d.front_close == LINGER_FRONT
+    # The client asked for the close and sent nothing after: nothing to linger for.
+    assert d.front_close == CLOSE_FRONT
     assert conn.closed
     d = w.session()
     d.send(get("/", "web.test", "Connection: keep-alive", version="1.0"))
@@ -155,7 +156,7 @@ def test_a_backend_close_while_the_client_connection_closes_is_said_once() -> No
     d.reply(ok(b"x", "Connection: close"))
     (response,) = parse_responses(d.take_client())
     assert response.header("connection") == ["close"]
-    assert d.front_close == LINGER_FRONT
+    assert d.front_close == CLOSE_FRONT, "the client asked for the close: no lingering"
 
 
 def test_a_length_body_is_relayed_byte_exact_even_before_the_backend_is_connected() -> None:

@@ -50,8 +50,15 @@ class FrontConnection:
     def _finish(self) -> None:
         raise NotImplementedError
 
-    def begin(self, now: float) -> None:
-        self.server.reactor.register(self.fd, IN, self.on_front_event, self)
+    def begin(self, now: float, *, registered: bool = False) -> None:
+        """Start serving (`registered`: the fd is on the loop already, its TLS handshake's:
+        taken over without an epoll round trip)."""
+        reactor = self.server.reactor
+        if registered:
+            reactor.rebind(self.fd, self.on_front_event, self)
+            reactor.modify(self.fd, IN)
+        else:
+            reactor.register(self.fd, IN, self.on_front_event, self)
         self.session.start(now)
         self.settle(now)
 

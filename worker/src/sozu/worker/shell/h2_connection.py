@@ -42,7 +42,8 @@ class StreamLink(HttpConnection):
         self.tls = False
         self.front_mask = 0
 
-    def begin(self, now: float) -> None:
+    def begin(self, now: float, *, registered: bool = False) -> None:
+        assert not registered, "a stream link has no fd of its own"
         self.settle(now)
 
     def settle(self, now: float) -> None:

@@ -327,9 +327,8 @@ class HttpConnection(FrontConnection):
             self._let_channel_go(self.server.reactor.now())
         back = self.back
         if back is not None:
-            self.server.reactor.unregister(self.back_fd)
             self.server.pool.closed(self.back_fd)
-            back.close()
+            self.server.reactor.close(back)
             self.back, self.back_fd, self.back_address = None, -1, None
             self.connecting = False
 
@@ -493,14 +492,13 @@ class HttpConnection(FrontConnection):
         self.finished = True
         self._drop_back()
         server = self.server
-        server.reactor.unregister(self.fd)
         # The bound handlers refer back to this connection: without them it is freed at once
         # by reference counting, not later by a full collection.
         self.on_front_event = self.on_back_event = _ended
         if self.tls and not self.notified:
             self.notified = True
             _close_notify(self.sock)
-        self.sock.close()
+        server.reactor.close(self.sock)
         if not self.session.done:
             self.session.abort(server.reactor.now())
         server.connection_closed(self)

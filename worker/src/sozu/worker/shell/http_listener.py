@@ -65,7 +65,8 @@ class HttpListener(LoopListener):
 class _Opening:
     """A connection before its session: waiting for its PROXY header or its TLS handshake,
     bounded by the listener's front timeout. It owns its fd on the loop until it hands the
-    socket on (`_handed_over`) or ends (`_fail`); unregistering its fd disarms its timer."""
+    socket on (`_handed_over`; a handshake's session rebinds the fd instead) or ends (`_fail`);
+    letting go of its fd disarms its timer."""
 
     __slots__ = ("armed", "fd", "listener", "peer", "sock", "until")
 
@@ -92,10 +93,11 @@ class _Opening:
 
     def _fail(self, *, registered: bool = True) -> None:
         server = self.listener.server
-        if registered:
-            server.reactor.unregister(self.fd)
         self.until = math.inf
-        self.sock.close()
+        if registered:
+            server.reactor.close(self.sock)
+        else:
+            self.sock.close()
         self.listener.context.counters.active -= 1
         server.acceptor.released()
 
@@ -192,12 +194,13 @@ class TlsHandshake(_Opening):
             self._fail()
             return
         listener.context.counters.tls_handshakes += 1
-        self._handed_over()
         if listener.disable_http11 and self.sock.selected_alpn_protocol() != "h2":
             listener.context.counters.alpn_rejected += 1
-            self._fail(registered=False)
+            self._fail()
             return
-        listener.server.start_session(listener, self.sock, self.peer)
+        # The session takes the registered fd over (rebinding it lets go of this owner).
+        self.until = math.inf
+        listener.server.start_session(listener, self.sock, self.peer, registered=True)
 
 
 class HttpServer:
@@ -212,10 +215,17 @@ class HttpServer:
         self.connections: set[HttpConnection | H2FrontConnection] = set()
 
     def start_session(
-        self, listener: HttpListener, sock: socket.socket, peer: tuple[str, int]
+        self,
+        listener: HttpListener,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        *,
+        registered: bool = False,
     ) -> None:
+        """Serve an accepted (and TLS-handshaken) connection (`registered`: its fd is on the
+        loop already, owned by its handshake)."""
         if isinstance(sock, ssl.SSLSocket) and sock.selected_alpn_protocol() == "h2":
-            self._start_h2(listener, sock, peer)
+            self._start_h2(listener, sock, peer, registered=registered)
             return
         session = Http1Session(listener.context, peer)
         if isinstance(sock, ssl.SSLSocket):
@@ -226,9 +236,16 @@ class HttpServer:
                 session.default_cert = served.default_used
         connection = HttpConnection(self, sock, session)
         self.connections.add(connection)
-        connection.begin(self.reactor.now())
+        connection.begin(self.reactor.now(), registered=registered)
 
-    def _start_h2(self, listener: HttpListener, sock: ssl.SSLSocket, peer: tuple[str, int]) -> None:
+    def _start_h2(
+        self,
+        listener: HttpListener,
+        sock: ssl.SSLSocket,
+        peer: tuple[str, int],
+        *,
+        registered: bool,
+    ) -> None:
         served = served_certificate(sock)
         session = H2Session(
             listener.context,
@@ -239,7 +256,7 @@ class HttpServer:
         )
         connection = H2FrontConnection(self, sock, session)
         self.connections.add(connection)
-        connection.begin(self.reactor.now())
+        connection.begin(self.reactor.now(), registered=registered)
 
     def start_h2c(
         self,

@@ -113,10 +113,9 @@ class IdlePool:
 
     def _close(self, idle: _Idle) -> None:
         fd = idle.sock.fileno()
-        self.reactor.unregister(fd)
         if self._entries.get(fd) is idle:
             del self._entries[fd]
-        idle.sock.close()
+        self.reactor.close(idle.sock)
 
     def closed(self, fd: int) -> None:
         """A session closed a connection that came from the pool: its entry goes."""

@@ -29,6 +29,7 @@ import itertools
 import logging
 import math
 import select
+import socket
 import time
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -183,6 +184,17 @@ class Reactor:
             # is over (the worker stops) and its epoll object with it.
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
+
+    def close(self, sock: socket.socket) -> None:
+        """Unregister `sock` (if registered) and close it. Closing the only descriptor of a
+        socket drops it from the epoll set, so this costs one system call fewer than
+        `unregister` then close (the sockets of connections are never duplicated)."""
+        fd = sock.fileno()
+        if fd >= 0 and self._handlers.pop(fd, None) is not None:
+            owner = self._owners.pop(fd)
+            del self._masks[fd]
+            self._let_go(owner)
+        sock.close()
 
     def _hold(self, owner: Timed) -> None:
         key = id(owner)

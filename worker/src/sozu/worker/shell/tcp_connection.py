@@ -216,8 +216,7 @@ class TcpConnection:
     def _drop_back(self) -> None:
         back = self.back
         if back is not None:
-            self.server.reactor.unregister(self.back_fd)
-            back.close()
+            self.server.reactor.close(back)
             self.back, self.back_fd = None, -1
             self.connecting = False
 
@@ -250,11 +249,10 @@ class TcpConnection:
         now = server.reactor.now()
         if not self.session.done:
             self.session.error(now)  # the worker stops, or an internal error
-        server.reactor.unregister(self.fd)
         # The bound handlers refer back to this connection: without them it is freed at once
         # by reference counting, not later by a full collection.
         self.on_front_event = self.on_back_event = _ended
-        self.sock.close()
+        server.reactor.close(self.sock)
         server.connection_closed(self, now - self.started)
 
 

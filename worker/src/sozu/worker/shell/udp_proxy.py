@@ -570,8 +570,7 @@ class UdpListenerProxy:
         upstream = self._upstreams.pop(flow, None)
         if upstream is None:
             return  # a flow closed before its upstream opened (still awaiting a backend)
-        self._reactor.unregister(upstream.fd)
-        upstream.sock.close()
+        self._reactor.close(upstream.sock)
         queue = upstream.queue
         if queue is not None:
             self.counters.wq_full += queue.dropped_full

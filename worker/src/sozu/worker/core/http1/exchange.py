@@ -531,8 +531,10 @@ def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
     if complete and not s.closing:
         s.next_request(now)
     else:
-        # A complete response said close: linger. A truncated one: nothing more to say.
-        s.close_front(now, linger=complete, count_pipelined=s.up_done)
+        # A complete response said close: linger, unless the client asked for it and sent
+        # nothing after (it sends no more). A truncated one: nothing more to say.
+        said = s.head is not None and not s.head.keep_alive and s.up_done and not s.fbuf
+        s.close_front(now, linger=complete and not said, count_pipelined=s.up_done)
 
 
 def backend_ended(s: Http1Session, now: float, *, reset: bool, refused: bool = False) -> None:
