@@ -331,3 +331,50 @@ def test_default_certificate_and_disable_http11(
             except (ssl.SSLError, OSError):
                 data = b""
             assert data == b"", "an http/1.1 connection must be dropped after its handshake"
+
+
+def test_sessions_resume_whichever_worker_accepts(site: Site, ca: trustme.CA) -> None:
+    """Both workers open each other's session tickets (the supervisor gives them the same
+    keys): a client that offers its last session is resumed on every new connection, whichever
+    worker accepts it, and both workers do accept some."""
+    context = client_context(ca)
+    session: ssl.SSLSession | None = None
+    resumed: list[bool] = []
+    handshakes: dict[str, float] = {}
+    resumptions: dict[str, float] = {}
+    for attempt in range(1, 301):
+        with (
+            socket.create_connection(("127.0.0.1", site.port), timeout=IO_TIMEOUT) as raw,
+            context.wrap_socket(raw, server_hostname="alpha.test", session=session) as tls,
+        ):
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
+            response = read_response(Reader(tls))
+            assert response is not None
+            assert response.status == 200
+            if session is not None:
+                resumed.append(bool(tls.session_reused))
+            session = tls.session
+        if attempt % 10 == 0:
+            handshakes, resumptions = _per_worker_handshakes(site)
+            if len(handshakes) == 2 and min(handshakes.values()) >= 5:
+                break
+    assert len(handshakes) == 2, handshakes
+    assert min(handshakes.values()) >= 5, handshakes
+    assert resumed
+    assert all(resumed), f"{resumed.count(False)} of {len(resumed)} not resumed"
+    # One full handshake (the first connection); the counters say the same.
+    assert sum(handshakes.values()) == len(resumed) + 1
+    assert sum(resumptions.values()) == len(resumed)
+
+
+def _per_worker_handshakes(site: Site) -> tuple[dict[str, float], dict[str, float]]:
+    """(handshakes, resumed handshakes) of the listener, by worker id."""
+    names = "sozu_https_handshakes_total,sozu_https_resumed_handshakes_total"
+    answer = site.daemon.sozu_json("metrics", "get", "--workers", "-n", names)
+    key = f'{{listener="127.0.0.1:{site.port}"}}'
+    handshakes: dict[str, float] = {}
+    resumptions: dict[str, float] = {}
+    for worker, metrics in answer["content"]["workers"].items():
+        handshakes[worker] = metrics[f"sozu_https_handshakes_total{key}"]["value"]
+        resumptions[worker] = metrics[f"sozu_https_resumed_handshakes_total{key}"]["value"]
+    return handshakes, resumptions

@@ -14,7 +14,7 @@ handles each kind:
 from __future__ import annotations
 
 import typing
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
 
@@ -487,6 +487,13 @@ class ServerConfig(Request, tag="ServerConfig", frozen=True, kw_only=True):
     # Where the worker waits to be taken over if its supervisor dies (see takeover.py);
     # None: it drains and exits then.
     takeover_path: str | None = None
+    # TLS session-ticket keys (TLS_TICKET_KEY_SIZE random bytes drawn once by the supervisor)
+    # shared by its workers, so that a client resumes whichever worker accepts it; None: each
+    # worker keeps OpenSSL's own per-context keys. A secret: never logged nor shown.
+    tls_ticket_keys: bytes | None = None
+
+
+TLS_TICKET_KEY_SIZE: Final = 80  # OpenSSL's: a 16-byte key name, 32-byte HMAC and AES keys
 
 
 AnyRequest = (

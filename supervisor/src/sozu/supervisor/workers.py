@@ -174,6 +174,8 @@ class WorkerPool:
         # `sozu connection-limit` and `sozu metrics enable|disable` change them.
         self.max_connections_per_ip = config.max_connections_per_ip
         self.cluster_metrics = not config.disable_cluster_metrics
+        # TLS session-ticket keys for every worker this supervisor starts (docs/https.md).
+        self.tls_ticket_keys = os.urandom(rq.TLS_TICKET_KEY_SIZE)
         instance = str(Path(config.command_socket).absolute())
         self.sockets = ListenerSockets(config.worker_count, AddressClaims(instance))
         self.stopping = False
@@ -401,6 +403,7 @@ class WorkerPool:
             disable_cluster_metrics=not self.cluster_metrics,
             log_target=config.log_target,
             takeover_path=takeover_path(config.command_socket, worker.id),
+            tls_ticket_keys=self.tls_ticket_keys,
         )
 
     async def _expect_ok(self, worker: Worker, request: Request) -> Response:

@@ -206,6 +206,7 @@ async def handle(core: WorkerCore, proxies: Proxies, request_id: str, request: R
             drain_timeout=request.drain_timeout,
         )
         proxies.http.configure_access_logs(request.access_logs_target, core.worker_id)
+        proxies.http.tls_ticket_keys = request.tls_ticket_keys
         if request.log_target is not None:
             route_logs(request.log_target)
     if response.status == "ok" and request.ROUTING == "state":

@@ -193,7 +193,10 @@ class TlsHandshake(_Opening):
             log.debug("TLS handshake on %s failed: %s", listener.address, reason)
             self._fail()
             return
-        listener.context.counters.tls_handshakes += 1
+        counters = listener.context.counters
+        counters.tls_handshakes += 1
+        if self.sock.session_reused:
+            counters.tls_resumed += 1
         if listener.disable_http11 and self.sock.selected_alpn_protocol() != "h2":
             listener.context.counters.alpn_rejected += 1
             self._fail()

@@ -73,6 +73,7 @@ _LISTENER_COUNTERS = (
 _HTTPS_COUNTERS = (
     ("sozu_http_sni_authority_mismatch_total", "sni_mismatches"),
     ("sozu_https_handshakes_total", "tls_handshakes"),
+    ("sozu_https_resumed_handshakes_total", "tls_resumed"),
     ("sozu_https_alpn_rejected_http11_disabled_total", "alpn_rejected"),
     ("sozu_https_h2_without_alpn_total", "h2_without_alpn"),
 )
@@ -153,6 +154,8 @@ class HttpListeners:
 
         self.shared.histogram = histogram
         self.buffer_limit = DEFAULT_BUFFER_LIMIT
+        # The session-ticket keys every HTTPS listener context uses (from ServerConfig).
+        self.tls_ticket_keys: bytes | None = None
 
     def start(self, tasks: trio.Nursery) -> None:
         self.health.start(tasks)
@@ -186,7 +189,7 @@ class HttpListeners:
         https = isinstance(config, HttpsListenerConfig)
         tls = None
         if isinstance(config, HttpsListenerConfig):
-            tls = ListenerTls.from_state(config, self.state)
+            tls = ListenerTls.from_state(config, self.state, ticket_keys=self.tls_ticket_keys)
             for warning in tls.warnings:
                 log.warning("HTTPS listener %s: %s", address, warning)
         counters = self._counters.setdefault(address, HttpCounters())

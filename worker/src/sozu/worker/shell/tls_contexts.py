@@ -22,6 +22,7 @@ from sozu.command.certificates import inspect_certificate
 from sozu.command.state import ConfigState
 from sozu.command.types import CertificateAndKey, HttpsListenerConfig
 from sozu.worker.core.http.certificate_resolver import CertificateResolver, normalize_name
+from sozu.worker.shell.tls_tickets import share_ticket_keys
 
 # Upstream (rustls) cipher names -> OpenSSL names of the TLS 1.2 suites.
 TLS12_CIPHERS: Final[dict[str, str]] = {
@@ -161,7 +162,7 @@ def load_context(certificate_pem: str, chain: Iterable[str], key_pem: str) -> ss
 class ListenerTls:
     """The TLS side of one HTTPS listener: settings, per-certificate contexts, SNI selection."""
 
-    def __init__(self, config: HttpsListenerConfig) -> None:
+    def __init__(self, config: HttpsListenerConfig, *, ticket_keys: bytes | None = None) -> None:
         self.config = config
         self.address = config.address
         self.warnings: list[str] = []
@@ -171,6 +172,9 @@ class ListenerTls:
         self.default_cert_used = 0
         self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_FAILURE_REASONS, 0)
         self._settings = self._compute_settings(config)
+        # Session-ticket keys shared by the supervisor's workers (tls_tickets.py); None: each
+        # context keeps OpenSSL's own.
+        self._ticket_keys = ticket_keys
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.apply_settings(self.context)
         self.context.sni_callback = self._on_server_name
@@ -259,6 +263,11 @@ class ListenerTls:
         context.num_tickets = settings.tickets
         if settings.alpn:
             context.set_alpn_protocols(list(settings.alpn))
+        if self._ticket_keys is not None:
+            why = share_ticket_keys(context, self._ticket_keys)
+            if why is not None:
+                self._ticket_keys = None  # said once; the contexts keep their own keys
+                self.warnings.append(f"session tickets: {why}; each worker keeps its own keys")
 
     # -- certificates --------------------------------------------------------------------------
 
@@ -315,8 +324,10 @@ class ListenerTls:
             self.add_certificate(stored.certificate, stored.expired_at)
 
     @classmethod
-    def from_state(cls, config: HttpsListenerConfig, state: ConfigState) -> ListenerTls:
-        tls = cls(config)
+    def from_state(
+        cls, config: HttpsListenerConfig, state: ConfigState, *, ticket_keys: bytes | None = None
+    ) -> ListenerTls:
+        tls = cls(config, ticket_keys=ticket_keys)
         tls.load_state(state)
         return tls
 

@@ -32,6 +32,7 @@ class HttpCounters:
     # HTTP_1_1_REQUIRED): h2 is not in the listener's alpn_protocols.
     h2_without_alpn: int = 0
     tls_handshakes: int = 0
+    tls_resumed: int = 0  # of which resumed a session (a ticket or a cached session)
     proxy_protocol_errors: int = 0  # invalid PROXY headers on an expect_proxy listener
     h2_connections: int = 0  # connections that negotiated h2
     h2_streams: int = 0  # request streams opened on them

@@ -1,0 +1,107 @@
+"""TLS session-ticket keys shared by every worker of one supervisor.
+
+OpenSSL encrypts the session tickets a server context issues with keys it draws at random for
+each context, so a ticket issued by one worker cannot be opened by another: with N workers
+behind one listener, a returning client is resumed only when it lands on the worker that
+served it before, and otherwise pays a full handshake (the server's certificate signature
+included, about twice the CPU). nginx and HAProxy share their ticket keys across worker
+processes; sozu does the same: the supervisor draws KEY_SIZE random bytes once, sends them to
+each worker in its ServerConfig, and every HTTPS listener context of the worker uses them.
+
+Python's ssl module has no call for this, so `share_ticket_keys` calls OpenSSL's
+`SSL_CTX_set_tlsext_ticket_keys` (a `SSL_CTX_ctrl` command) through ctypes, on the `SSL_CTX`
+that CPython keeps right after the object header of an `ssl.SSLContext`. That pointer is used
+only once OpenSSL itself confirms it: the options and verify mode it reports for it must be
+the ones the Python object reports. When anything does not match (another interpreter, another
+layout, another library) nothing is written and the caller logs that tickets stay per worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import ssl
+import sys
+from typing import Final
+
+log = logging.getLogger("sozu.worker.tls")
+
+# OpenSSL: 16 bytes of key name, 32 of HMAC secret, 32 of AES key.
+KEY_SIZE: Final = 80
+_SSL_CTRL_SET_TLSEXT_TICKET_KEYS: Final = 59
+_SSL_CTRL_GET_TLSEXT_TICKET_KEYS: Final = 58
+
+
+class _OpenSsl:
+    """The three libssl functions used, resolved through the `_ssl` extension's own links."""
+
+    def __init__(self) -> None:
+        import _ssl
+
+        library = ctypes.CDLL(_ssl.__file__)
+        self.ctrl = library.SSL_CTX_ctrl
+        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        self.ctrl.restype = ctypes.c_long
+        self.get_options = library.SSL_CTX_get_options
+        self.get_options.argtypes = [ctypes.c_void_p]
+        self.get_options.restype = ctypes.c_uint64
+        self.get_verify_mode = library.SSL_CTX_get_verify_mode
+        self.get_verify_mode.argtypes = [ctypes.c_void_p]
+        self.get_verify_mode.restype = ctypes.c_int
+
+
+_openssl: _OpenSsl | None = None
+
+
+def _library() -> _OpenSsl:
+    global _openssl
+    if _openssl is None:
+        _openssl = _OpenSsl()
+    return _openssl
+
+
+def _ssl_ctx(context: ssl.SSLContext, openssl: _OpenSsl) -> int | None:
+    """The `SSL_CTX *` of `context`, or None unless OpenSSL confirms it."""
+    if sys.implementation.name != "cpython":
+        return None
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer or pointer % ctypes.alignment(ctypes.c_void_p):
+        return None
+    if openssl.get_options(pointer) != context.options & 0xFFFF_FFFF_FFFF_FFFF:
+        return None
+    if openssl.get_verify_mode(pointer) != int(context.verify_mode):
+        return None
+    return pointer
+
+
+def share_ticket_keys(context: ssl.SSLContext, keys: bytes) -> str | None:
+    """Make `context` encrypt and open session tickets with `keys` (KEY_SIZE bytes). None when
+    done, else why not (nothing was changed)."""
+    if len(keys) != KEY_SIZE:
+        return f"ticket keys must be {KEY_SIZE} bytes, not {len(keys)}"
+    try:
+        openssl = _library()
+        pointer = _ssl_ctx(context, openssl)
+    except (OSError, AttributeError, ValueError) as error:
+        return f"OpenSSL is not reachable through ctypes ({error})"
+    if pointer is None:
+        return "this Python's ssl.SSLContext layout is not the expected one"
+    buffer = ctypes.create_string_buffer(keys, KEY_SIZE)
+    if openssl.ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, KEY_SIZE, buffer) != 1:
+        return "OpenSSL refused the ticket keys"
+    return None
+
+
+def ticket_keys(context: ssl.SSLContext) -> bytes | None:
+    """The ticket keys `context` uses (for tests), or None if they cannot be read."""
+    try:
+        openssl = _library()
+        pointer = _ssl_ctx(context, openssl)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if pointer is None:
+        return None
+    buffer = ctypes.create_string_buffer(KEY_SIZE)
+    if openssl.ctrl(pointer, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, KEY_SIZE, buffer) != 1:
+        return None
+    return buffer.raw
