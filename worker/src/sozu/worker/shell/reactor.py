@@ -126,9 +126,11 @@ class Reactor:
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._owners: dict[int, Timed] = {}
+        # What each fd is watched for, when not IN alone (most are: no entry for them, which
+        # counts with 20,000 UDP flows).
         self._masks: dict[int, int] = {}
-        # How many registered fds each owner has (by id: an owner is alive while registered).
-        self._fds_of: dict[int, int] = {}
+        # How many registered fds each owner has.
+        self._fds_of: dict[Timed, int] = {}
         self._timers: list[tuple[float, int, Timed]] = []
         # Heap entries no longer live (replaced by an earlier one, or disarmed): each holds its
         # object until it surfaces, so the heap is rebuilt once they outnumber the live ones
@@ -156,14 +158,18 @@ class Reactor:
         self._epoll.register(fd, mask)
         self._handlers[fd] = handler
         self._owners[fd] = owner
-        self._masks[fd] = mask
+        if mask != IN:
+            self._masks[fd] = mask
         self._hold(owner)
 
     def modify(self, fd: int, mask: int) -> None:
-        """Change what `fd` is watched for (no system call when unchanged)."""
-        if self._masks.get(fd) != mask:
+        """Change what the registered `fd` is watched for (no system call when unchanged)."""
+        if self._masks.get(fd, IN) != mask:
             self._epoll.modify(fd, mask)
-            self._masks[fd] = mask
+            if mask == IN:
+                del self._masks[fd]
+            else:
+                self._masks[fd] = mask
 
     def rebind(self, fd: int, handler: Handler, owner: Timed) -> None:
         """Give a registered fd another handler (a pooled connection taken by a session)."""
@@ -178,7 +184,7 @@ class Reactor:
     def unregister(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:
             owner = self._owners.pop(fd)
-            del self._masks[fd]
+            self._masks.pop(fd, None)
             self._let_go(owner)
             # Already closed: the kernel dropped it from the epoll set by itself; or the loop
             # is over (the worker stops) and its epoll object with it.
@@ -192,23 +198,21 @@ class Reactor:
         fd = sock.fileno()
         if fd >= 0 and self._handlers.pop(fd, None) is not None:
             owner = self._owners.pop(fd)
-            del self._masks[fd]
+            self._masks.pop(fd, None)
             self._let_go(owner)
         sock.close()
 
     def _hold(self, owner: Timed) -> None:
-        key = id(owner)
-        self._fds_of[key] = self._fds_of.get(key, 0) + 1
+        self._fds_of[owner] = self._fds_of.get(owner, 0) + 1
 
     def _let_go(self, owner: Timed) -> None:
         """`owner` lost one registered fd; with none left it is done (its connection closed,
         or its socket handed on): its timer entry is disarmed."""
-        key = id(owner)
-        left = self._fds_of[key] - 1
+        left = self._fds_of[owner] - 1
         if left:
-            self._fds_of[key] = left
+            self._fds_of[owner] = left
         else:
-            del self._fds_of[key]
+            del self._fds_of[owner]
             self.disarm(owner)
 
     def __contains__(self, fd: int) -> bool:

@@ -30,7 +30,6 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import Final
 
 import msgspec
@@ -140,6 +139,65 @@ class _Upstream:
         except OSError:
             return SendResult.ERROR
         return SendResult.SENT
+
+    def on_event(self, mask: int) -> None:
+        """The loop's handler: a reply (or room to send) on this flow's socket."""
+        proxy = self.proxy
+        flow = self.flow
+        if mask & OUT:
+            try:
+                queue = self.queue
+                if queue is None or queue.flush(self.send):
+                    proxy._reactor.modify(self.fd, IN)
+            except Exception as error:
+                proxy._flow_failed(flow, error)
+                proxy._apply()
+                return
+        if not mask & (IN | HUP):
+            return
+        core = proxy.core
+        now = proxy._now()
+        recv_into = self.sock.recv_into
+        sendto = proxy.sock.sendto
+        buffer, view = proxy._buffer, proxy._view
+        single = self.single
+        if single:
+            self.reads += 1
+            if self.reads >= PROBE_EVERY:
+                self.reads = 0
+                single = False
+        read = 0
+        for _ in range(BUDGET):
+            try:
+                size = recv_into(buffer)
+            except BlockingIOError:
+                self.single = read == 1
+                return
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable: the backend is down; idleness will tell
+            except OSError:
+                return
+            read += 1
+            payload = view[:size]
+            try:
+                client = core.return_established(now, flow, payload)
+                if client is not None:
+                    if proxy._backlog:
+                        proxy._send_to_client(client, payload)
+                    else:
+                        try:
+                            sendto(payload, client)
+                        except OSError as error:
+                            proxy._client_send_failed(client, payload, error)
+                    if single:
+                        return
+                    continue
+                core.handle_backend_datagram(now, flow, payload)
+            except Exception as error:
+                proxy._flow_failed(flow, error)
+            proxy._apply()
+            if flow not in proxy._upstreams:
+                return  # this reply closed the flow (responses reached)
 
     # Timed: an upstream has no timer of its own (the flow's idle deadline is the core's).
     def deadline(self) -> float:
@@ -364,63 +422,6 @@ class UdpListenerProxy:
                 self._flow_failed(self._client_flow(source), error)
             self._apply()
 
-    def _upstream_ready(self, upstream: _Upstream, mask: int) -> None:
-        flow = upstream.flow
-        if mask & OUT:
-            try:
-                queue = upstream.queue
-                if queue is None or queue.flush(upstream.send):
-                    self._reactor.modify(upstream.fd, IN)
-            except Exception as error:
-                self._flow_failed(flow, error)
-                self._apply()
-                return
-        if not mask & (IN | HUP):
-            return
-        core = self.core
-        now = self._now()
-        recv_into = upstream.sock.recv_into
-        sendto = self.sock.sendto
-        buffer, view = self._buffer, self._view
-        single = upstream.single
-        if single:
-            upstream.reads += 1
-            if upstream.reads >= PROBE_EVERY:
-                upstream.reads = 0
-                single = False
-        read = 0
-        for _ in range(BUDGET):
-            try:
-                size = recv_into(buffer)
-            except BlockingIOError:
-                upstream.single = read == 1
-                return
-            except ConnectionRefusedError:
-                continue  # ICMP port unreachable: the backend is down; idleness will tell
-            except OSError:
-                return
-            read += 1
-            payload = view[:size]
-            try:
-                client = core.return_established(now, flow, payload)
-                if client is not None:
-                    if self._backlog:
-                        self._send_to_client(client, payload)
-                    else:
-                        try:
-                            sendto(payload, client)
-                        except OSError as error:
-                            self._client_send_failed(client, payload, error)
-                    if single:
-                        return
-                    continue
-                core.handle_backend_datagram(now, flow, payload)
-            except Exception as error:
-                self._flow_failed(flow, error)
-            self._apply()
-            if flow not in self._upstreams:
-                return  # this reply closed the flow (responses reached)
-
     # -- outputs --------------------------------------------------------------------------------
 
     def _apply(self) -> None:
@@ -548,7 +549,7 @@ class UdpListenerProxy:
         self._upstreams[flow] = upstream
         loads = self._loads.setdefault(cluster, {})
         loads[backend_id] = loads.get(backend_id, 0) + 1
-        self._reactor.register(upstream.fd, IN, partial(self._upstream_ready, upstream), upstream)
+        self._reactor.register(upstream.fd, IN, upstream.on_event, upstream)
 
     def _upstream_failed(self, flow: int, backend_id: str, error: OSError) -> None:
         self.counters.upstream_open_failed += 1
