@@ -298,6 +298,11 @@ class ValueStrategies:
             return _floats(info, hostile)
         if isinstance(info, mi.StrType):
             return self.text(struct, field, item, hostile)
+        if isinstance(info, mi.BytesType):
+            low, high = info.min_length or 0, info.max_length or 96
+            if hostile:
+                return st.binary(max_size=high + 16)
+            return st.binary(min_size=low, max_size=high)
         if isinstance(info, mi.LiteralType):
             choices = tuple(str(v) for v in info.values)
             if not hostile:

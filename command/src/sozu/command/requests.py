@@ -414,6 +414,10 @@ class SubscribeEvents(Request, tag="SubscribeEvents", frozen=True, kw_only=True)
 
 # A file path: not empty, no NUL (the kernel cannot take one), bounded.
 FilePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern="^[^\x00]*$")]
+TLS_TICKET_KEY_SIZE: Final = 80  # OpenSSL's: a 16-byte key name, 32-byte HMAC and AES keys
+TicketKeys = Annotated[
+    bytes, msgspec.Meta(min_length=TLS_TICKET_KEY_SIZE, max_length=TLS_TICKET_KEY_SIZE)
+]
 
 
 class SaveState(Request, tag="SaveState", frozen=True, kw_only=True):
@@ -490,10 +494,7 @@ class ServerConfig(Request, tag="ServerConfig", frozen=True, kw_only=True):
     # TLS session-ticket keys (TLS_TICKET_KEY_SIZE random bytes drawn once by the supervisor)
     # shared by its workers, so that a client resumes whichever worker accepts it; None: each
     # worker keeps OpenSSL's own per-context keys. A secret: never logged nor shown.
-    tls_ticket_keys: bytes | None = None
-
-
-TLS_TICKET_KEY_SIZE: Final = 80  # OpenSSL's: a 16-byte key name, 32-byte HMAC and AES keys
+    tls_ticket_keys: TicketKeys | None = None
 
 
 AnyRequest = (
