@@ -10,10 +10,11 @@ each worker in its ServerConfig, and every HTTPS listener context of the worker 
 
 Python's ssl module has no call for this, so `share_ticket_keys` calls OpenSSL's
 `SSL_CTX_set_tlsext_ticket_keys` (a `SSL_CTX_ctrl` command) through ctypes, on the `SSL_CTX`
-that CPython keeps right after the object header of an `ssl.SSLContext`. That pointer is used
-only once OpenSSL itself confirms it: the options and verify mode it reports for it must be
-the ones the Python object reports. When anything does not match (another interpreter, another
-layout, another library) nothing is written and the caller logs that tickets stay per worker.
+that CPython keeps right after the object header of an `ssl.SSLContext` (read only on the
+CPython versions known to keep it there). That pointer is used only once OpenSSL itself
+confirms it: the options and verify mode it reports for it must be the ones the Python object
+reports. When anything does not match (another interpreter or version, another library)
+nothing is written and the caller logs that tickets stay per worker.
 """
 
 from __future__ import annotations
@@ -60,9 +61,16 @@ def _library() -> _OpenSsl:
     return _openssl
 
 
+# CPython versions whose `PySSLContext` starts with the `SSL_CTX *` (checked in their
+# Modules/_ssl.c); others are not read at all, so a changed layout cannot be dereferenced.
+_KNOWN_LAYOUT: Final = ((3, 8), (3, 13))
+
+
 def _ssl_ctx(context: ssl.SSLContext, openssl: _OpenSsl) -> int | None:
     """The `SSL_CTX *` of `context`, or None unless OpenSSL confirms it."""
     if sys.implementation.name != "cpython":
+        return None
+    if not _KNOWN_LAYOUT[0] <= sys.version_info[:2] <= _KNOWN_LAYOUT[1]:
         return None
     pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
     if not pointer or pointer % ctypes.alignment(ctypes.c_void_p):
