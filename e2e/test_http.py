@@ -650,3 +650,37 @@ def test_expect_100_continue_is_relayed(start_daemon: DaemonFactory, tmp_path: P
         size, digest = nginx.uploaded("expect")
         assert size == len(payload)
         assert digest == hashlib.sha256(payload).hexdigest()
+
+
+def test_a_close_the_client_asked_for_still_delivers_the_whole_response(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """A client that said close, then sent a stray CRLF (old clients do, RFC 9112 2.2) while
+    its 10 MiB response was still on its way: the connection is not closed at once under the
+    response (bytes came after the request: it lingers), and the whole body arrives."""
+    listen = free_port()
+    with nginx_backends(tmp_path / "nginx", "web") as nginx:
+        config = listener(listen)
+        config += cluster(
+            "web",
+            [{"address": f"127.0.0.1:{listen}", "hostname": "web.test"}],
+            [{"address": nginx.address("web"), "backend_id": "web"}],
+        )
+        start_daemon(worker_count=1, extra=config)
+        expected = hashlib.sha256(nginx.big_file.read_bytes()).hexdigest()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.settimeout(IO_TIMEOUT)
+            sock.connect(("127.0.0.1", listen))
+            sock.sendall(
+                b"GET /files/big.bin HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n"
+            )
+            received = bytearray(sock.recv(65536))  # the response began: the request was read
+            sock.sendall(b"\r\n")
+            time.sleep(0.5)  # the rest of the response fills the buffers meanwhile
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head[:80]
+        assert len(body) == BIG_FILE_SIZE
+        assert hashlib.sha256(body).hexdigest() == expected

@@ -15,13 +15,13 @@ from sozu.command.requests import TLS_TICKET_KEY_SIZE
 from sozu.command.types import HttpsListenerConfig
 from sozu.worker.shell import tls_tickets
 from sozu.worker.shell.tls_contexts import ListenerTls
-from sozu.worker.shell.tls_tickets import KEY_SIZE, share_ticket_keys, ticket_keys
+from sozu.worker.shell.tls_tickets import KEY_SIZE, listener_keys, share_ticket_keys, ticket_keys
 
 
-def listener_tls(keys: bytes | None) -> ListenerTls:
+def listener_tls(keys: bytes | None, address: str = "127.0.0.1:8443") -> ListenerTls:
     default = certificate("default.test")
     config = HttpsListenerConfig(
-        address="127.0.0.1:8443",
+        address=address,
         certificate=default.cert_pem,
         key=default.key_pem,
         certificate_chain=default.chain,
@@ -78,8 +78,9 @@ def connect(
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
 def test_a_session_resumes_on_the_other_worker_with_shared_keys(version: ssl.TLSVersion) -> None:
-    keys = os.urandom(KEY_SIZE)
-    workers = [listener_tls(keys), listener_tls(keys)]
+    secret = os.urandom(KEY_SIZE)
+    workers = [listener_tls(secret), listener_tls(secret)]
+    keys = listener_keys(secret, "127.0.0.1:8443")
     assert all(ticket_keys(w.context) == keys for w in workers)
     session, reused = connect(workers[0], None, version)
     assert not reused
@@ -116,5 +117,25 @@ def test_a_pointer_openssl_does_not_confirm_is_left_alone(monkeypatch: pytest.Mo
     with monkeypatch.context() as patch:
         patch.setattr(tls_tickets._library(), "get_options", lambda pointer: 0)
         why = share_ticket_keys(context, os.urandom(KEY_SIZE))
-    assert why == "this Python's ssl.SSLContext layout is not the expected one"
+    assert why == "OpenSSL does not confirm this Python's ssl.SSLContext layout"
     assert ticket_keys(context) == before
+
+
+def test_a_session_does_not_resume_on_another_listener() -> None:
+    """Each listener derives its own keys from the shared secret: a session of one listener
+    is not resumed by another (which may serve other names), on any worker."""
+    secret = os.urandom(KEY_SIZE)
+    first, other = listener_tls(secret), listener_tls(secret, "127.0.0.1:9443")
+    assert ticket_keys(first.context) != ticket_keys(other.context)
+    session, _ = connect(first, None, ssl.TLSVersion.TLSv1_3)
+    _, reused = connect(other, session, ssl.TLSVersion.TLSv1_3)
+    assert not reused
+
+
+def test_the_verify_mode_check_follows_openssl_flags() -> None:
+    """CERT_REQUIRED is two OpenSSL flags: such a context is still confirmed and keyed."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.verify_mode = ssl.CERT_REQUIRED
+    keys = os.urandom(KEY_SIZE)
+    assert share_ticket_keys(context, keys) is None
+    assert ticket_keys(context) == keys

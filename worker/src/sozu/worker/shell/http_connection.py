@@ -13,10 +13,12 @@ lingering close.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import socket
 import ssl
-from typing import TYPE_CHECKING
+import termios
+from typing import TYPE_CHECKING, Final
 
 from sozu.worker.core.h2.opening import H2C, REFUSAL, REFUSE, opening
 from sozu.worker.core.http1.actions import (
@@ -466,9 +468,11 @@ class HttpConnection(FrontConnection):
 
     def _close_front(self) -> None:
         """The core is done: close the backend connection and the client's, lingering when
-        the last response said close (shut the write side, discard input up to LINGER s)."""
+        the last response said close (shut the write side, discard input up to LINGER s), or
+        when client bytes wait unread (a close then resets the connection, and the tail of
+        the response still being sent is lost: a stray CRLF after a request body is enough)."""
         self._drop_back()
-        if self.linger_asked and not self.finished:
+        if (self.linger_asked or _unread_input(self.fd)) and not self.finished:
             if self.tls:
                 self.notified = True
                 _close_notify(self.sock)
@@ -502,6 +506,18 @@ class HttpConnection(FrontConnection):
         if not self.session.done:
             self.session.abort(server.reactor.now())
         server.connection_closed(self)
+
+
+def _unread_input(fd: int) -> bool:
+    """Whether the kernel holds bytes of `fd` nobody read (FIONREAD)."""
+    try:
+        waiting = fcntl.ioctl(fd, termios.FIONREAD, _NO_BYTES)
+    except (OSError, ValueError):
+        return False
+    return waiting != _NO_BYTES
+
+
+_NO_BYTES: Final = bytes(4)
 
 
 def _close_notify(sock: socket.socket) -> None:

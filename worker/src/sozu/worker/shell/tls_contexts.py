@@ -22,7 +22,7 @@ from sozu.command.certificates import inspect_certificate
 from sozu.command.state import ConfigState
 from sozu.command.types import CertificateAndKey, HttpsListenerConfig
 from sozu.worker.core.http.certificate_resolver import CertificateResolver, normalize_name
-from sozu.worker.shell.tls_tickets import share_ticket_keys
+from sozu.worker.shell.tls_tickets import listener_keys, share_ticket_keys
 
 # Upstream (rustls) cipher names -> OpenSSL names of the TLS 1.2 suites.
 TLS12_CIPHERS: Final[dict[str, str]] = {
@@ -172,9 +172,11 @@ class ListenerTls:
         self.default_cert_used = 0
         self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_FAILURE_REASONS, 0)
         self._settings = self._compute_settings(config)
-        # Session-ticket keys shared by the supervisor's workers (tls_tickets.py); None: each
-        # context keeps OpenSSL's own.
-        self._ticket_keys = ticket_keys
+        # Session-ticket keys shared by the supervisor's workers, this listener's own
+        # (tls_tickets.py); None: each context keeps OpenSSL's own.
+        self._ticket_keys = (
+            None if ticket_keys is None else listener_keys(ticket_keys, config.address)
+        )
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.apply_settings(self.context)
         self.context.sni_callback = self._on_server_name

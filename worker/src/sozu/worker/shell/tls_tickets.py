@@ -5,8 +5,9 @@ each context, so a ticket issued by one worker cannot be opened by another: with
 behind one listener, a returning client is resumed only when it lands on the worker that
 served it before, and otherwise pays a full handshake (the server's certificate signature
 included, about twice the CPU). nginx and HAProxy share their ticket keys across worker
-processes; sozu does the same: the supervisor draws KEY_SIZE random bytes once, sends them to
-each worker in its ServerConfig, and every HTTPS listener context of the worker uses them.
+processes; sozu does the same: the supervisor draws KEY_SIZE random bytes once and sends them
+to each worker in its ServerConfig; each HTTPS listener derives its own keys from them and its
+address (`listener_keys`), so that a session resumes on any worker, never on another listener.
 
 Python's ssl module has no call for this, so `share_ticket_keys` calls OpenSSL's
 `SSL_CTX_set_tlsext_ticket_keys` (a `SSL_CTX_ctrl` command) through ctypes, on the `SSL_CTX`
@@ -20,6 +21,7 @@ nothing is written and the caller logs that tickets stay per worker.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import ssl
 import sys
@@ -77,9 +79,22 @@ def _ssl_ctx(context: ssl.SSLContext, openssl: _OpenSsl) -> int | None:
         return None
     if openssl.get_options(pointer) != context.options & 0xFFFF_FFFF_FFFF_FFFF:
         return None
-    if openssl.get_verify_mode(pointer) != int(context.verify_mode):
+    if openssl.get_verify_mode(pointer) != _VERIFY_MODES.get(context.verify_mode, -1):
         return None
     return pointer
+
+
+# Python's verify modes -> OpenSSL's flags (CERT_REQUIRED is PEER | FAIL_IF_NO_PEER_CERT).
+_VERIFY_MODES: Final = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}
+
+
+def listener_keys(secret: bytes, address: str) -> bytes:
+    """The ticket keys of one listener: derived from the supervisor's secret and the
+    listener's address, the same in every worker, different for each listener (a session
+    one listener issued must not resume on another, which may serve other names)."""
+    return hashlib.shake_256(b"sozu tls tickets\0" + secret + b"\0" + address.encode()).digest(
+        KEY_SIZE
+    )
 
 
 def share_ticket_keys(context: ssl.SSLContext, keys: bytes) -> str | None:
@@ -93,7 +108,7 @@ def share_ticket_keys(context: ssl.SSLContext, keys: bytes) -> str | None:
     except (OSError, AttributeError, ValueError) as error:
         return f"OpenSSL is not reachable through ctypes ({error})"
     if pointer is None:
-        return "this Python's ssl.SSLContext layout is not the expected one"
+        return "OpenSSL does not confirm this Python's ssl.SSLContext layout"
     buffer = ctypes.create_string_buffer(keys, KEY_SIZE)
     if openssl.ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, KEY_SIZE, buffer) != 1:
         return "OpenSSL refused the ticket keys"
