@@ -491,9 +491,10 @@ class ServerConfig(Request, tag="ServerConfig", frozen=True, kw_only=True):
     # Where the worker waits to be taken over if its supervisor dies (see takeover.py);
     # None: it drains and exits then.
     takeover_path: str | None = None
-    # TLS session-ticket keys (TLS_TICKET_KEY_SIZE random bytes drawn once by the supervisor)
-    # shared by its workers, so that a client resumes whichever worker accepts it; None: each
-    # worker keeps OpenSSL's own per-context keys. A secret: never logged nor shown.
+    # A secret (TLS_TICKET_KEY_SIZE random bytes drawn once by the supervisor) from which each
+    # HTTPS listener of every worker derives its session-ticket keys, so that a client resumes
+    # whichever worker accepts it; None: each worker keeps OpenSSL's own per-context keys.
+    # Never logged nor shown.
     tls_ticket_keys: TicketKeys | None = None
 
 

@@ -174,7 +174,8 @@ class WorkerPool:
         # `sozu connection-limit` and `sozu metrics enable|disable` change them.
         self.max_connections_per_ip = config.max_connections_per_ip
         self.cluster_metrics = not config.disable_cluster_metrics
-        # TLS session-ticket keys for every worker this supervisor starts (docs/https.md).
+        # The secret every worker this supervisor starts derives its TLS session-ticket keys
+        # from (one set per HTTPS listener, docs/http.md).
         self.tls_ticket_keys = os.urandom(rq.TLS_TICKET_KEY_SIZE)
         instance = str(Path(config.command_socket).absolute())
         self.sockets = ListenerSockets(config.worker_count, AddressClaims(instance))

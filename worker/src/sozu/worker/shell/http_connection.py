@@ -508,6 +508,9 @@ class HttpConnection(FrontConnection):
         server.connection_closed(self)
 
 
+_NO_BYTES: Final = bytes(4)  # FIONREAD's int, zero
+
+
 def _unread_input(fd: int) -> bool:
     """Whether the kernel holds bytes of `fd` nobody read (FIONREAD)."""
     try:
@@ -515,9 +518,6 @@ def _unread_input(fd: int) -> bool:
     except (OSError, ValueError):
         return False
     return waiting != _NO_BYTES
-
-
-_NO_BYTES: Final = bytes(4)
 
 
 def _close_notify(sock: socket.socket) -> None:

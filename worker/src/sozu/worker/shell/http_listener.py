@@ -91,13 +91,10 @@ class _Opening:
         self.listener.server.reactor.unregister(self.fd)
         self.until = math.inf
 
-    def _fail(self, *, registered: bool = True) -> None:
+    def _fail(self) -> None:
         server = self.listener.server
         self.until = math.inf
-        if registered:
-            server.reactor.close(self.sock)
-        else:
-            self.sock.close()
+        server.reactor.close(self.sock)
         self.listener.context.counters.active -= 1
         server.acceptor.released()
 
@@ -147,10 +144,10 @@ class ProxyHeaderRead(_Opening):
             buffer += data
         header = parse_v2(buffer)
         assert header is not None
-        self._handed_over()
         if header.source is None:
-            self._fail(registered=False)  # LOCAL or UNSPEC: nothing to serve
+            self._fail()  # LOCAL or UNSPEC: nothing to serve
             return
+        self._handed_over()
         self.listener.proceed(self.sock, header.source)
 
 
@@ -198,7 +195,7 @@ class TlsHandshake(_Opening):
         if self.sock.session_reused:
             counters.tls_resumed += 1
         if listener.disable_http11 and self.sock.selected_alpn_protocol() != "h2":
-            listener.context.counters.alpn_rejected += 1
+            counters.alpn_rejected += 1
             self._fail()
             return
         # The session takes the registered fd over (rebinding it lets go of this owner).

@@ -154,7 +154,7 @@ class HttpListeners:
 
         self.shared.histogram = histogram
         self.buffer_limit = DEFAULT_BUFFER_LIMIT
-        # The session-ticket keys every HTTPS listener context uses (from ServerConfig).
+        # The secret each HTTPS listener derives its session-ticket keys from (ServerConfig).
         self.tls_ticket_keys: bytes | None = None
 
     def start(self, tasks: trio.Nursery) -> None:
@@ -189,7 +189,7 @@ class HttpListeners:
         https = isinstance(config, HttpsListenerConfig)
         tls = None
         if isinstance(config, HttpsListenerConfig):
-            tls = ListenerTls.from_state(config, self.state, ticket_keys=self.tls_ticket_keys)
+            tls = ListenerTls.from_state(config, self.state, ticket_secret=self.tls_ticket_keys)
             for warning in tls.warnings:
                 log.warning("HTTPS listener %s: %s", address, warning)
         counters = self._counters.setdefault(address, HttpCounters())

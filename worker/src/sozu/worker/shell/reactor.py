@@ -182,10 +182,7 @@ class Reactor:
             self._let_go(previous)
 
     def unregister(self, fd: int) -> None:
-        if self._handlers.pop(fd, None) is not None:
-            owner = self._owners.pop(fd)
-            self._masks.pop(fd, None)
-            self._let_go(owner)
+        if self._forget(fd):
             # Already closed: the kernel dropped it from the epoll set by itself; or the loop
             # is over (the worker stops) and its epoll object with it.
             with contextlib.suppress(OSError, ValueError):
@@ -195,12 +192,17 @@ class Reactor:
         """Unregister `sock` (if registered) and close it. Closing the only descriptor of a
         socket drops it from the epoll set, so this costs one system call fewer than
         `unregister` then close (the sockets of connections are never duplicated)."""
-        fd = sock.fileno()
-        if fd >= 0 and self._handlers.pop(fd, None) is not None:
-            owner = self._owners.pop(fd)
-            self._masks.pop(fd, None)
-            self._let_go(owner)
+        self._forget(sock.fileno())
         sock.close()
+
+    def _forget(self, fd: int) -> bool:
+        """Drop what the loop holds for `fd`; False if it was not registered."""
+        if self._handlers.pop(fd, None) is None:
+            return False
+        owner = self._owners.pop(fd)
+        self._masks.pop(fd, None)
+        self._let_go(owner)
+        return True
 
     def _hold(self, owner: Timed) -> None:
         self._fds_of[owner] = self._fds_of.get(owner, 0) + 1

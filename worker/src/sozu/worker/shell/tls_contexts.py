@@ -162,7 +162,7 @@ def load_context(certificate_pem: str, chain: Iterable[str], key_pem: str) -> ss
 class ListenerTls:
     """The TLS side of one HTTPS listener: settings, per-certificate contexts, SNI selection."""
 
-    def __init__(self, config: HttpsListenerConfig, *, ticket_keys: bytes | None = None) -> None:
+    def __init__(self, config: HttpsListenerConfig, *, ticket_secret: bytes | None = None) -> None:
         self.config = config
         self.address = config.address
         self.warnings: list[str] = []
@@ -172,10 +172,10 @@ class ListenerTls:
         self.default_cert_used = 0
         self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_FAILURE_REASONS, 0)
         self._settings = self._compute_settings(config)
-        # Session-ticket keys shared by the supervisor's workers, this listener's own
-        # (tls_tickets.py); None: each context keeps OpenSSL's own.
+        # This listener's session-ticket keys, the same in every worker of the supervisor
+        # whose secret they come from (tls_tickets.py); None: each context keeps OpenSSL's own.
         self._ticket_keys = (
-            None if ticket_keys is None else listener_keys(ticket_keys, config.address)
+            None if ticket_secret is None else listener_keys(ticket_secret, config.address)
         )
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.apply_settings(self.context)
@@ -327,9 +327,9 @@ class ListenerTls:
 
     @classmethod
     def from_state(
-        cls, config: HttpsListenerConfig, state: ConfigState, *, ticket_keys: bytes | None = None
+        cls, config: HttpsListenerConfig, state: ConfigState, *, ticket_secret: bytes | None = None
     ) -> ListenerTls:
-        tls = cls(config, ticket_keys=ticket_keys)
+        tls = cls(config, ticket_secret=ticket_secret)
         tls.load_state(state)
         return tls
 

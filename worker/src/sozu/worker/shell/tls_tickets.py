@@ -21,18 +21,23 @@ nothing is written and the caller logs that tickets stay per worker.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
-import logging
 import ssl
 import sys
 from typing import Final
 
-log = logging.getLogger("sozu.worker.tls")
+from sozu.command.requests import TLS_TICKET_KEY_SIZE
 
-# OpenSSL: 16 bytes of key name, 32 of HMAC secret, 32 of AES key.
-KEY_SIZE: Final = 80
+# The size of the ServerConfig secret, which is also OpenSSL's size for the keys.
+KEY_SIZE: Final = TLS_TICKET_KEY_SIZE
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS: Final = 59
 _SSL_CTRL_GET_TLSEXT_TICKET_KEYS: Final = 58
+# CPython versions whose `PySSLContext` starts with the `SSL_CTX *` (checked in their
+# Modules/_ssl.c); others are not read at all, so a changed layout cannot be dereferenced.
+_KNOWN_LAYOUT: Final = ((3, 8), (3, 13))
+# Python's verify modes -> OpenSSL's flags (CERT_REQUIRED is PEER | FAIL_IF_NO_PEER_CERT).
+_VERIFY_MODES: Final = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}
 
 
 class _OpenSsl:
@@ -53,39 +58,30 @@ class _OpenSsl:
         self.get_verify_mode.restype = ctypes.c_int
 
 
-_openssl: _OpenSsl | None = None
-
-
+@functools.cache
 def _library() -> _OpenSsl:
-    global _openssl
-    if _openssl is None:
-        _openssl = _OpenSsl()
-    return _openssl
+    return _OpenSsl()
 
 
-# CPython versions whose `PySSLContext` starts with the `SSL_CTX *` (checked in their
-# Modules/_ssl.c); others are not read at all, so a changed layout cannot be dereferenced.
-_KNOWN_LAYOUT: Final = ((3, 8), (3, 13))
-
-
-def _ssl_ctx(context: ssl.SSLContext, openssl: _OpenSsl) -> int | None:
-    """The `SSL_CTX *` of `context`, or None unless OpenSSL confirms it."""
+def _ssl_ctx(context: ssl.SSLContext) -> tuple[_OpenSsl, int] | str:
+    """libssl and the `SSL_CTX *` of `context` once OpenSSL confirms it, else why not."""
     if sys.implementation.name != "cpython":
-        return None
+        return "not CPython"
     if not _KNOWN_LAYOUT[0] <= sys.version_info[:2] <= _KNOWN_LAYOUT[1]:
-        return None
+        return "a CPython whose ssl.SSLContext layout is not known here"
+    try:
+        openssl = _library()
+    except (OSError, AttributeError) as error:
+        return f"OpenSSL is not reachable through ctypes ({error})"
     pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    if not pointer or pointer % ctypes.alignment(ctypes.c_void_p):
-        return None
-    if openssl.get_options(pointer) != context.options & 0xFFFF_FFFF_FFFF_FFFF:
-        return None
-    if openssl.get_verify_mode(pointer) != _VERIFY_MODES.get(context.verify_mode, -1):
-        return None
-    return pointer
-
-
-# Python's verify modes -> OpenSSL's flags (CERT_REQUIRED is PEER | FAIL_IF_NO_PEER_CERT).
-_VERIFY_MODES: Final = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}
+    if (
+        not pointer
+        or pointer % ctypes.alignment(ctypes.c_void_p)
+        or openssl.get_options(pointer) != context.options & 0xFFFF_FFFF_FFFF_FFFF
+        or openssl.get_verify_mode(pointer) != _VERIFY_MODES.get(context.verify_mode, -1)
+    ):
+        return "OpenSSL does not confirm this Python's ssl.SSLContext layout"
+    return openssl, pointer
 
 
 def listener_keys(secret: bytes, address: str) -> bytes:
@@ -102,13 +98,10 @@ def share_ticket_keys(context: ssl.SSLContext, keys: bytes) -> str | None:
     done, else why not (nothing was changed)."""
     if len(keys) != KEY_SIZE:
         return f"ticket keys must be {KEY_SIZE} bytes, not {len(keys)}"
-    try:
-        openssl = _library()
-        pointer = _ssl_ctx(context, openssl)
-    except (OSError, AttributeError, ValueError) as error:
-        return f"OpenSSL is not reachable through ctypes ({error})"
-    if pointer is None:
-        return "OpenSSL does not confirm this Python's ssl.SSLContext layout"
+    found = _ssl_ctx(context)
+    if isinstance(found, str):
+        return found
+    openssl, pointer = found
     buffer = ctypes.create_string_buffer(keys, KEY_SIZE)
     if openssl.ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, KEY_SIZE, buffer) != 1:
         return "OpenSSL refused the ticket keys"
@@ -117,13 +110,10 @@ def share_ticket_keys(context: ssl.SSLContext, keys: bytes) -> str | None:
 
 def ticket_keys(context: ssl.SSLContext) -> bytes | None:
     """The ticket keys `context` uses (for tests), or None if they cannot be read."""
-    try:
-        openssl = _library()
-        pointer = _ssl_ctx(context, openssl)
-    except (OSError, AttributeError, ValueError):
+    found = _ssl_ctx(context)
+    if isinstance(found, str):
         return None
-    if pointer is None:
-        return None
+    openssl, pointer = found
     buffer = ctypes.create_string_buffer(KEY_SIZE)
     if openssl.ctrl(pointer, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, KEY_SIZE, buffer) != 1:
         return None
