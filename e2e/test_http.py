@@ -33,13 +33,22 @@ from e2e.support.http_backends import (
     websocket_accept,
 )
 from e2e.support.net import free_port
-from e2e.support.nginx import BIG_FILE_SIZE, nginx_backends
+from e2e.support.nginx import BIG_FILE_SIZE, Nginx, nginx_backends
 from e2e.support.programs import require_program
 
 pytestmark = pytest.mark.e2e
 
 IO_TIMEOUT = 15.0
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+def web_site(listen: int, nginx: Nginx) -> str:
+    """An HTTP listener on `listen` and the cluster `web` (`web.test`) to nginx's `web`."""
+    return listener(listen) + cluster(
+        "web",
+        [{"address": f"127.0.0.1:{listen}", "hostname": "web.test"}],
+        [{"address": nginx.address("web"), "backend_id": "web"}],
+    )
 
 
 def exchange(port: int, request: bytes) -> Response:
@@ -213,13 +222,7 @@ def test_keep_alive_reuses_client_and_backend_connections(
 ) -> None:
     listen = free_port()
     with nginx_backends(tmp_path / "nginx", "web") as nginx:
-        config = listener(listen)
-        config += cluster(
-            "web",
-            [{"address": f"127.0.0.1:{listen}", "hostname": "web.test"}],
-            [{"address": nginx.address("web"), "backend_id": "web"}],
-        )
-        start_daemon(extra=config)
+        start_daemon(extra=web_site(listen, nginx))
         requests = 6
         backend_connections = set()
         with socket.create_connection(("127.0.0.1", listen), timeout=IO_TIMEOUT) as sock:
@@ -274,13 +277,7 @@ def test_10mb_chunked_upload_and_download_are_byte_exact(
     curl = require_program("curl")
     listen = free_port()
     with nginx_backends(tmp_path / "nginx", "web") as nginx:
-        config = listener(listen)
-        config += cluster(
-            "web",
-            [{"address": f"127.0.0.1:{listen}", "hostname": "web.test"}],
-            [{"address": nginx.address("web"), "backend_id": "web"}],
-        )
-        start_daemon(extra=config)
+        start_daemon(extra=web_site(listen, nginx))
         resolve = ["--resolve", f"web.test:{listen}:127.0.0.1"]
         payload = random.Random(5).randbytes(10 * 1024 * 1024)
         upload = tmp_path / "upload.bin"
@@ -554,13 +551,7 @@ def test_wrk_smoke_run_has_no_errors(start_daemon: DaemonFactory, tmp_path: Path
     wrk = require_program("wrk")
     listen = free_port()
     with nginx_backends(tmp_path / "nginx", "web") as nginx:
-        config = listener(listen)
-        config += cluster(
-            "web",
-            [{"address": f"127.0.0.1:{listen}", "hostname": "web.test"}],
-            [{"address": nginx.address("web"), "backend_id": "web"}],
-        )
-        daemon: Daemon = start_daemon(extra=config)
+        daemon: Daemon = start_daemon(extra=web_site(listen, nginx))
         result = subprocess.run(
             [
                 wrk,
@@ -609,13 +600,7 @@ def test_expect_100_continue_is_relayed(start_daemon: DaemonFactory, tmp_path: P
     curl = require_program("curl")
     listen = free_port()
     with nginx_backends(tmp_path / "nginx", "web") as nginx:
-        config = listener(listen)
-        config += cluster(
-            "web",
-            [{"address": f"127.0.0.1:{listen}", "hostname": "web.test"}],
-            [{"address": nginx.address("web"), "backend_id": "web"}],
-        )
-        start_daemon(extra=config)
+        start_daemon(extra=web_site(listen, nginx))
         payload = random.Random(7).randbytes(2 * 1024 * 1024)
         upload = tmp_path / "expect.bin"
         upload.write_bytes(payload)
@@ -660,13 +645,7 @@ def test_a_close_the_client_asked_for_still_delivers_the_whole_response(
     response (bytes came after the request: it lingers), and the whole body arrives."""
     listen = free_port()
     with nginx_backends(tmp_path / "nginx", "web") as nginx:
-        config = listener(listen)
-        config += cluster(
-            "web",
-            [{"address": f"127.0.0.1:{listen}", "hostname": "web.test"}],
-            [{"address": nginx.address("web"), "backend_id": "web"}],
-        )
-        start_daemon(worker_count=1, extra=config)
+        start_daemon(worker_count=1, extra=web_site(listen, nginx))
         expected = hashlib.sha256(nginx.big_file.read_bytes()).hexdigest()
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)

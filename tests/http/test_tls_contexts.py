@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from support import certs
 from support.certs import certificate, certificate_authority
+from support.memory_tls import MemoryTls
 
 from sozu.command.state import ConfigState, StoredCertificate
 from sozu.command.types import CertificateAndKey, HttpsListenerConfig
@@ -73,35 +74,17 @@ def handshake(
     tls: ListenerTls, server_name: str | None, client: ssl.SSLContext | None = None
 ) -> Handshake:
     """Run a full handshake between the listener and a client over memory BIOs."""
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client_obj = (client or client_context()).wrap_bio(c_in, c_out, server_hostname=server_name)
-    server_obj = tls.context.wrap_bio(s_in, s_out, server_side=True)
-    done = {"client": False, "server": False}
-    for _ in range(20):
-        for side, obj in (("client", client_obj), ("server", server_obj)):
-            if not done[side]:
-                try:
-                    obj.do_handshake()
-                    done[side] = True
-                except ssl.SSLWantReadError:
-                    pass
-                finally:
-                    s_in.write(c_out.read())
-                    c_in.write(s_out.read())
-        if all(done.values()):
-            return Handshake(server_obj, client_obj)
-    raise AssertionError("handshake did not finish")
+    pair = MemoryTls(tls.context, client or client_context(), server_name).handshake()
+    return Handshake(pair.server, pair.client)
 
 
 def server_failure(tls: ListenerTls, server_name: str | None) -> ssl.SSLError:
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client_obj = client_context().wrap_bio(c_in, c_out, server_hostname=server_name)
-    server_obj = tls.context.wrap_bio(s_in, s_out, server_side=True)
+    pair = MemoryTls(tls.context, client_context(), server_name)
     with pytest.raises(ssl.SSLWantReadError):
-        client_obj.do_handshake()
-    s_in.write(c_out.read())
+        pair.client.do_handshake()
+    pair.pump()
     with pytest.raises(ssl.SSLError) as caught:
-        server_obj.do_handshake()
+        pair.server.do_handshake()
     assert not isinstance(caught.value, ssl.SSLWantReadError)
     return caught.value
 
@@ -243,15 +226,13 @@ def test_default_versions_negotiate_tls13() -> None:
 
 def test_tls13_only_refuses_a_tls12_client() -> None:
     tls = ListenerTls(listener(versions=("TLS_V1_3",)))
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     client = client_context(maximum=ssl.TLSVersion.TLSv1_2)
-    client_obj = client.wrap_bio(c_in, c_out, server_hostname="default.test")
-    server_obj = tls.context.wrap_bio(s_in, s_out, server_side=True)
+    pair = MemoryTls(tls.context, client, "default.test")
     with pytest.raises(ssl.SSLWantReadError):
-        client_obj.do_handshake()
-    s_in.write(c_out.read())
+        pair.client.do_handshake()
+    pair.pump()
     with pytest.raises(ssl.SSLError) as caught:
-        server_obj.do_handshake()
+        pair.server.do_handshake()
     assert tls.record_handshake_failure(caught.value) == "peer_incompatible"
 
 

@@ -10,6 +10,7 @@ import ssl
 
 import pytest
 from support.certs import certificate, certificate_authority
+from support.memory_tls import MemoryTls
 
 from sozu.command.requests import TLS_TICKET_KEY_SIZE
 from sozu.command.types import HttpsListenerConfig
@@ -18,7 +19,7 @@ from sozu.worker.shell.tls_contexts import ListenerTls
 from sozu.worker.shell.tls_tickets import KEY_SIZE, listener_keys, share_ticket_keys, ticket_keys
 
 
-def listener_tls(keys: bytes | None, address: str = "127.0.0.1:8443") -> ListenerTls:
+def listener_tls(secret: bytes | None, address: str = "127.0.0.1:8443") -> ListenerTls:
     default = certificate("default.test")
     config = HttpsListenerConfig(
         address=address,
@@ -26,7 +27,7 @@ def listener_tls(keys: bytes | None, address: str = "127.0.0.1:8443") -> Listene
         key=default.key_pem,
         certificate_chain=default.chain,
     )
-    tls = ListenerTls(config, ticket_keys=keys)
+    tls = ListenerTls(config, ticket_secret=secret)
     assert not tls.warnings, tls.warnings
     return tls
 
@@ -45,35 +46,18 @@ def connect(
 ) -> tuple[ssl.SSLSession, bool]:
     """One connection with one byte each way (the client reads the tickets that TLS 1.3
     sends after the handshake): its session and whether it was resumed."""
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_context(version).wrap_bio(
-        c_in, c_out, server_hostname="default.test", session=session
-    )
-    server = tls.context.wrap_bio(s_in, s_out, server_side=True)
-    done = {"client": False, "server": False}
-    for _ in range(20):
-        for side, obj in (("client", client), ("server", server)):
-            if not done[side]:
-                try:
-                    obj.do_handshake()
-                    done[side] = True
-                except ssl.SSLWantReadError:
-                    pass
-            s_in.write(c_out.read())
-            c_in.write(s_out.read())
-        if all(done.values()):
-            break
-    assert all(done.values()), "the handshake did not finish"
-    server.write(b"x")
-    c_in.write(s_out.read())
-    assert client.read(1) == b"x"
-    client.write(b"y")
-    s_in.write(c_out.read())
-    assert server.read(1) == b"y"
-    assert server.session_reused == client.session_reused
-    new_session = client.session
+    pair = MemoryTls(tls.context, client_context(version), "default.test", session=session)
+    pair.handshake()
+    pair.server.write(b"x")
+    pair.pump()
+    assert pair.client.read(1) == b"x"
+    pair.client.write(b"y")
+    pair.pump()
+    assert pair.server.read(1) == b"y"
+    assert pair.server.session_reused == pair.client.session_reused
+    new_session = pair.client.session
     assert new_session is not None
-    return new_session, client.session_reused
+    return new_session, pair.client.session_reused
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
