@@ -298,10 +298,16 @@ def test_response_readers_are_reused_only_after_a_keep_alive_message() -> None:
     assert not client.of(h2.events.StreamReset, second)
     head = client.get("a.test", "/h")
     client.s.streams[head].reader.reset(b"HEAD")  # as for a HEAD request
-    client.respond(head, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+    client.respond(head, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     client.s.stream_closed(head, NOW)
     # Neither a close-delimited response nor a HEAD's leaves its parser at a message boundary.
     assert not client.s.readers
+    direct = client.get("a.test", "/h2")
+    client.s.streams[direct].reader.reset(b"HEAD")
+    client.respond(direct, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+    client.s.stream_closed(direct, NOW)
+    # A head with a length is read without the parser, which stays where it was.
+    assert len(client.s.readers) == 1
     bodies = [
         b"".join(e.data for e in client.of(h2.events.DataReceived, s))  # type: ignore[attr-defined]
         for s in (first, second)

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sozu.worker.core.h2.translation import Refused, translate
+from sozu.worker.core.h2 import translation
+from sozu.worker.core.h2.translation import Refused, translate, translate_known
 from sozu.worker.core.http.codec import HeadError, parse_request_head
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"/p")]
@@ -194,3 +195,21 @@ def test_invalid_pseudo_header_values_are_refused(pseudo: tuple[bytes, bytes]) -
     headers = [pseudo if name == pseudo[0] else (name, value) for name, value in BASE]
     with pytest.raises(Refused):
         translate(headers, end_stream=True)
+
+
+def test_known_translations_are_kept_bounded_and_never_refusals() -> None:
+    translation._known.clear()
+    block = [*BASE, (b"accept", b"*/*")]
+    first = translate_known(block, True)
+    assert translate_known(list(block), True) is first  # the same block, from the kept one
+    assert translate_known(block, False) is not first  # end_stream is part of the key
+    assert first.head == translate(block, True).head
+    with pytest.raises(Refused):
+        translate_known([*BASE, (b"connection", b"close")], True)
+    with pytest.raises(Refused):
+        translate_known([*BASE, (b"connection", b"close")], True)  # refused each time
+    large = [*BASE, (b"x-big", b"v" * translation.KNOWN_HEAD_MAX)]
+    assert translate_known(large, True) is not translate_known(large, True)  # too big to keep
+    for n in range(translation.KNOWN_ENTRIES * 2):
+        translate_known([*BASE, (b"x-n", str(n).encode())], True)
+    assert 0 < len(translation._known) <= translation.KNOWN_ENTRIES

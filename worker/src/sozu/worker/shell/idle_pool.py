@@ -6,6 +6,9 @@ or sent bytes nobody asked for) drops it at once, so a connection taken from the
 alive at the last poll and needs no peek (a request that cannot be replayed asks `verify`: a
 non-blocking peek then). Each backend address keeps at most `per_backend` idle connections,
 the most recently released first; those idle longer than `max_idle` are dropped when met.
+The bound is well above the concurrency one client connection brings (an HTTP/2 client runs
+up to 100 streams at once, each with a backend connection): with a smaller one, every burst
+past it closes connections that the next burst opens again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections import deque
 from sozu.worker.shell.reactor import IN, Reactor
 
 Address = tuple[str, int]
+# Idle connections kept per backend address.
+PER_BACKEND = 1024
 
 
 class _Idle:
@@ -49,7 +54,7 @@ class _Idle:
 class IdlePool:
     """Idle connections by backend address (see the module docstring)."""
 
-    def __init__(self, reactor: Reactor, *, per_backend: int = 64, max_idle: float = 60.0):
+    def __init__(self, reactor: Reactor, *, per_backend: int = PER_BACKEND, max_idle: float = 60.0):
         assert per_backend >= 1
         assert max_idle > 0
         self.reactor = reactor

@@ -1,9 +1,18 @@
 """An HTTP/1.1 response (what a stream's HTTP/1.1 session core queues for its client) read
 back as HTTP/2 pieces: the status and headers (connection-specific ones dropped, names
 lowercased), body bytes with any chunked framing removed, the trailers of a chunked body
-(gRPC's status travels there), and the end of the message."""
+(gRPC's status travels there), and the end of the message.
+
+Most responses are a head the session core wrote itself (from a backend head its parser
+accepted, or one of its answers) and a body of a known length: such a head is split here
+directly and its body counted down. Anything else (chunked or close-delimited bodies,
+informational responses, a head that arrives in pieces or does not have exactly the shape
+the core writes) goes through the httptools parser, from the first byte of the message.
+"""
 
 from __future__ import annotations
+
+import re
 
 import httptools
 
@@ -12,6 +21,12 @@ from sozu.worker.core.h2.translation import CONNECTION_SPECIFIC
 # Response headers that are hop-by-hop in HTTP/1.1 and have no place in an HTTP/2 response.
 _DROPPED = CONNECTION_SPECIFIC | {b"te", b"trailer"}
 _BLANK = (b" ", b"\t")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
+# A field value as the core writes it: no control byte but HTAB.
+_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# Longer content-lengths are left to the parser, which refuses those past 64 bits.
+_LENGTH_DIGITS = 18
 
 
 class ResponseReader:
@@ -24,6 +39,8 @@ class ResponseReader:
         "_fields",
         "_head_only",
         "_parser",
+        "_remaining",
+        "_slow",
         "body",
         "complete",
         "failed",
@@ -46,18 +63,76 @@ class ResponseReader:
         self.complete = False
         self.failed = False
         self.reusable = False
+        self._remaining = -1  # body bytes still expected by the direct path (-1: not on it)
+        self._slow = False  # the message goes through the parser
 
     def feed(self, data: bytes | bytearray) -> None:
         """Bytes of the response, in order."""
         assert not self.complete or not data, "bytes after a complete response"
         if self.failed or self.complete:
             return
+        if self._remaining >= 0:
+            if len(data) > self._remaining:
+                self.failed = True  # more than the head's content-length
+                return
+            self.body += data
+            self._remaining -= len(data)
+            if not self._remaining:
+                self.complete = self.reusable = True
+            return
+        if not self._slow:
+            if self.head is None:
+                end = self._direct_head(data)
+                if end >= 0:
+                    if end < len(data):
+                        self.feed(data[end:])
+                    return
+            self._slow = True
         try:
             self._parser.feed_data(bytes(data))
         except httptools.HttpParserUpgrade:
             self.failed = True  # no 101 over HTTP/2
         except httptools.HttpParserError:
             self.failed = True
+
+    def _direct_head(self, data: bytes | bytearray) -> int:
+        """Read a complete head of the shape the core writes, with a content-length (or no
+        body to expect); the offset of its end, or -1 to leave the message to the parser."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return -1
+        lines = bytes(data[:end]).split(b"\r\n")
+        status_line = _STATUS_LINE.fullmatch(lines[0])
+        if status_line is None:
+            return -1
+        status = status_line.group(1)
+        fields = [(b":status", status)]
+        length = -1
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or _TOKEN.fullmatch(name) is None or _VALUE.fullmatch(value) is None:
+                return -1
+            name = name.lower()
+            value = value.strip(b" \t")
+            if name == b"content-length":
+                if length >= 0 or not value.isdigit() or len(value) > _LENGTH_DIGITS:
+                    return -1
+                length = int(value)
+            elif name == b"transfer-encoding":
+                return -1
+            if name not in _DROPPED:
+                fields.append((name, value))
+        no_body = self._head_only or status in (b"204", b"304")
+        if length < 0 and not no_body:
+            return -1
+        if (no_body or not length) and end + 4 < len(data):
+            return -1  # bytes after a message without a body: the parser says what they are
+        self.head = fields
+        if no_body or not length:
+            self.complete = self.reusable = True
+        else:
+            self._remaining = length
+        return end + 4
 
     # -- httptools callbacks
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -39,7 +38,8 @@ from sozu.worker.core.h2.flood import (
 )
 from sozu.worker.core.h2.library import h2_connection
 from sozu.worker.core.h2.response_reader import ResponseReader
-from sozu.worker.core.h2.translation import Refused, translate
+from sozu.worker.core.h2.server_connection import ServerConnection
+from sozu.worker.core.h2.translation import Refused, translate_known
 from sozu.worker.core.http1.context import ListenerContext
 from sozu.worker.core.http1.session import Http1Session
 
@@ -103,7 +103,7 @@ class H2Session:
         self.default_cert = default_cert
         config = ctx.config
         self.max_streams = config.h2_max_concurrent_streams or DEFAULT_MAX_CONCURRENT_STREAMS
-        self.conn = h2_connection(H2Connection, client_side=False)  # library.py
+        self.conn = h2_connection(ServerConnection, client_side=False)  # server_connection.py
         self.conn.local_settings = _settings(
             self.max_streams,
             config.h2_max_header_list_size or DEFAULT_MAX_HEADER_LIST_SIZE,
@@ -283,7 +283,7 @@ class H2Session:
             return
         self.last_stream = max(self.last_stream, stream_id)
         try:
-            translated = translate(headers, ended)
+            translated = translate_known(headers, ended)
         except Refused:
             self.counters.h2_refused_streams += 1
             self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)

@@ -9,6 +9,11 @@ them (the stream's session core takes it as parsed): so every name must be a tok
 value visible characters, blanks and obs-text, the method one the parser knows and the
 path printable ASCII, no more than that parser accepts. tests/h2/test_translation.py
 checks the two agree.
+
+`translate_known` keeps the translations of the header blocks clients repeat (a browser or
+a load generator sends the same block for every request to a page's assets once HPACK has
+indexed it), bounded in count and in size: a translation is a pure function of the block,
+and neither it nor its `RequestHead` is changed by whoever reads it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ _PATH = re.compile(rb"/[\x21-\x7e]*|\*")
 _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
 
 
+# Translations kept by `translate_known`, and the largest head kept.
+KNOWN_ENTRIES = 256
+KNOWN_HEAD_MAX = 2048
+
+
 class Refused(Exception):
     """A request header block that must not be translated (the reason says why)."""
 
@@ -74,6 +84,22 @@ def _check(name: bytes, value: bytes) -> None:
         raise Refused(f"header name {name[:64]!r} is not a lowercase token")
     if _VALUE.fullmatch(value) is None:
         raise Refused(f"forbidden byte, or a blank around the value, in header {name!r}")
+
+
+_known: dict[tuple[tuple[tuple[bytes, bytes], ...], bool], Translated] = {}
+
+
+def translate_known(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Translated:
+    """`translate`, answered from the translations kept when the same block was seen."""
+    key = (tuple(headers), end_stream)
+    found = _known.get(key)
+    if found is None:
+        found = translate(headers, end_stream)
+        if len(found.head) <= KNOWN_HEAD_MAX:
+            if len(_known) >= KNOWN_ENTRIES:
+                _known.clear()
+            _known[key] = found
+    return found
 
 
 def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Translated:
