@@ -140,8 +140,9 @@ class _Upstream:
             return SendResult.ERROR
         return SendResult.SENT
 
-    def on_event(self, mask: int) -> None:
-        """The loop's handler: a reply (or room to send) on this flow's socket."""
+    def __call__(self, mask: int) -> None:
+        """The loop's handler: a reply (or room to send) on this flow's socket. The flow is
+        its own handler: a bound method kept per flow would cost 64 bytes more."""
         proxy = self.proxy
         flow = self.flow
         if mask & OUT:
@@ -544,12 +545,16 @@ class UdpListenerProxy:
             sock.close()  # anything else (a port out of range, ...): the boundary ends the flow
             raise
         view = self.core.flow(flow)
-        cluster = view.config.cluster if view is not None else ""
-        upstream = _Upstream(self, flow, sock, cluster, backend_id, self._now())
+        if view is not None:
+            # The flow's own creation time (this wake-up's): one float for both.
+            cluster, opened_at = view.config.cluster, view.created_at
+        else:
+            cluster, opened_at = "", self._now()
+        upstream = _Upstream(self, flow, sock, cluster, backend_id, opened_at)
         self._upstreams[flow] = upstream
         loads = self._loads.setdefault(cluster, {})
         loads[backend_id] = loads.get(backend_id, 0) + 1
-        self._reactor.register(upstream.fd, IN, upstream.on_event, upstream)
+        self._reactor.register(upstream.fd, IN, upstream, upstream)
 
     def _upstream_failed(self, flow: int, backend_id: str, error: OSError) -> None:
         self.counters.upstream_open_failed += 1
