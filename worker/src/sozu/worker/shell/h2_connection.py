@@ -84,7 +84,11 @@ class StreamLink(HttpConnection):
         self.finished = True
         self._drop_back()
         self.on_front_event = self.on_back_event = _ended
-        now = self.server.reactor.now()
+        reactor = self.server.reactor
+        # No fd of its own whose unregistering would disarm it: its timer entry would hold
+        # the link and its core until the deadline passed.
+        reactor.disarm(self)
+        now = reactor.now()
         if not self.session.done:
             self.session.abort(now)
         # A response that said close asked for a lingering close: it was complete (for a

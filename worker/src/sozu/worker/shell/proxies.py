@@ -440,6 +440,7 @@ class Proxies:
         registry.counter("sozu_event_loop_timers_total").value = stats.timers
         registry.counter("sozu_event_loop_timer_lag_seconds_total").value = stats.lag_total
         registry.gauge("sozu_event_loop_timer_lag_max_seconds").value = stats.lag_max
+        registry.gauge("sozu_event_loop_timers_armed").value = self.reactor.armed_timers()
         for reason, count in stats.errors.items():
             registry.counter("sozu_worker_session_errors_total", reason=reason).value = count
 

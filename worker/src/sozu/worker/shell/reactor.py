@@ -239,6 +239,10 @@ class Reactor:
             if waiting is not None and deadline < waiting.deadline:
                 waiting.deadline = deadline
 
+    def armed_timers(self) -> int:
+        """Timer entries still live (every armed owner has one; stale ones not counted)."""
+        return len(self._timers) - self._stale
+
     def disarm(self, timed: Timed) -> None:
         """`timed` is done: its entry no longer counts, and the heap lets go of it at the next
         compaction. Owners are disarmed when their last fd is unregistered."""
