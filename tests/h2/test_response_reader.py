@@ -313,3 +313,12 @@ def test_bytes_after_a_head_without_body_read_alike(method: bytes, raw: bytes) -
         bytes(slow.body),
         slow.complete,
     )
+
+
+def test_a_head_fed_as_a_bytearray_gives_bytes_fields() -> None:
+    direct = ResponseReader(b"GET")
+    direct.feed(bytearray(b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\n\r\nok"))
+    assert direct.head is not None
+    assert direct.head == [(b":status", b"200"), (b"server", b"x"), (b"content-length", b"2")]
+    assert all(type(name) is bytes and type(value) is bytes for name, value in direct.head)
+    assert direct.complete

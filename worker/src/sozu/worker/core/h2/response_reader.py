@@ -21,10 +21,12 @@ from sozu.worker.core.h2.translation import CONNECTION_SPECIFIC
 # Response headers that are hop-by-hop in HTTP/1.1 and have no place in an HTTP/2 response.
 _DROPPED = CONNECTION_SPECIFIC | {b"te", b"trailer"}
 _BLANK = (b" ", b"\t")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
-# A field value as the core writes it: no control byte but HTAB.
-_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# A head as the core writes it, checked whole: the status line, then fields whose names are
+# tokens and whose values hold no control byte but HTAB (group 2: the fields, each after CRLF).
+_HEAD = re.compile(
+    rb"HTTP/1\.1 ([2-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?"
+    rb"((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*)"
+)
 # Longer content-lengths are left to the parser, which refuses those past 64 bits.
 _LENGTH_DIGITS = 18
 
@@ -101,17 +103,16 @@ class ResponseReader:
         end = data.find(b"\r\n\r\n")
         if end < 0:
             return -1
-        lines = bytes(data[:end]).split(b"\r\n")
-        status_line = _STATUS_LINE.fullmatch(lines[0])
-        if status_line is None:
+        if type(data) is not bytes:
+            data = bytes(data)  # the fields are kept: never views of a buffer that changes
+        head = _HEAD.fullmatch(data, 0, end)
+        if head is None:
             return -1
-        status = status_line.group(1)
+        status = head.group(1)
         fields = [(b":status", status)]
         length = -1
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or _TOKEN.fullmatch(name) is None or _VALUE.fullmatch(value) is None:
-                return -1
+        for line in head.group(2).split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
             name = name.lower()
             value = value.strip(b" \t")
             if name == b"content-length":
