@@ -326,3 +326,19 @@ def test_a_stream_core_ending_before_its_response_resets_the_stream() -> None:
     assert isinstance(reset, h2.events.StreamReset)
     assert reset.error_code == ErrorCodes.INTERNAL_ERROR
     assert stream not in client.s.streams
+
+
+def test_streams_given_body_bytes_are_named_for_the_shell_to_run() -> None:
+    client = Client(two_clusters())
+    sized = client.c.get_next_available_stream_id()
+    headers = [(":method", "POST"), (":scheme", "https"), (":authority", "a.test")]
+    client.c.send_headers(sized, [*headers, (":path", "/"), ("content-length", "4")])
+    chunked = sized + 2
+    client.c.send_headers(chunked, [*headers, (":path", "/c")])
+    client.exchange()
+    assert client.s.fed == []  # heads alone go through `opened`
+    client.c.send_data(sized, b"body", end_stream=True)
+    client.c.end_stream(chunked)
+    client.exchange()
+    # Each stream once per input that gave its core bytes: the body, and the chunked end.
+    assert client.s.fed == [sized, chunked]

@@ -187,9 +187,11 @@ class H2FrontConnection(FrontConnection):
                 if found is not None:
                     found.close()
         # Stream cores fed by this call (request bodies) queue backend bytes: send them.
-        for link in list(self.links.values()):
-            if link.session.to_back or link.session.to_front or link.session.actions:
-                link.settle(now)
+        fed, session.fed = session.fed, []
+        for stream_id in fed:
+            found = self.links.get(stream_id)
+            if found is not None:
+                found.settle(now)
         self.send(now)
 
     def flush_soon(self) -> None:

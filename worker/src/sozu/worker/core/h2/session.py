@@ -6,8 +6,9 @@ core of its own, so routing, policies, answers, header edits, access log and met
 exactly those of HTTP/1.1; the HTTP/1.1 response that core queues for its "client" is read
 back (response_reader.py) into the stream's HEADERS and DATA. The shell runs each stream's
 core with its backend connection like an HTTP/1.1 connection, and reads here after every
-call: `to_front`, `opened` (stream cores to run), `cancelled` (stream cores to end),
-`deadline` and `done`. Nothing here does I/O or reads a clock. LIFECYCLE.md beside it.
+call: `to_front`, `opened` (stream cores to run), `fed` (stream cores given request body
+bytes, to run again), `cancelled` (stream cores to end), `deadline` and `done`. Nothing here
+does I/O or reads a clock. LIFECYCLE.md beside it.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class H2Session:
         # -- read by the shell
         self.to_front = bytearray()
         self.opened: list[tuple[int, Http1Session]] = []
+        self.fed: list[int] = []  # streams whose core was given request body bytes
         self.cancelled: list[int] = []
         self.deadline = INF
         self.done = False
@@ -329,6 +331,7 @@ class H2Session:
             stream.inner.front_data(b"%x\r\n%b\r\n" % (len(data), data), now)
         else:
             stream.inner.front_data(data, now)
+        self.fed.append(stream_id)
 
     def _end_in(self, stream_id: int, now: float) -> None:
         stream = self.streams.get(stream_id)
@@ -337,6 +340,7 @@ class H2Session:
         stream.ended_in = True
         if stream.content_length < 0:
             stream.inner.front_data(b"0\r\n\r\n", now)
+            self.fed.append(stream_id)
         elif stream.received != stream.content_length:
             self._refuse(stream_id)
 
