@@ -188,7 +188,7 @@ class H2FrontConnection(FrontConnection):
                     found.close()
         # Stream cores fed by this call (request bodies) queue backend bytes: send them.
         fed, session.fed = session.fed, []
-        for stream_id in fed:
+        for stream_id in dict.fromkeys(fed):  # once each, however many DATA frames it got
             found = self.links.get(stream_id)
             if found is not None:
                 found.settle(now)

@@ -31,18 +31,21 @@ from h2.stream import STREAM_OPEN, StreamInputs, StreamState
 from h2.utilities import is_informational_response
 from hpack import HPACKError, NeverIndexedHeaderTuple, OversizedHeaderListError
 
+from sozu.worker.core.h2.flood import (
+    CONTINUATION,
+    DATA,
+    FLAG_END_HEADERS,
+    FLAG_END_STREAM,
+    HEADER_SIZE,
+    HEADERS,
+)
+
 # Frame header: length (24 bits, as a byte and a short), type, flags, stream id.
 _HEADER: Final = struct.Struct(">BHBBL")
-_HEADER_SIZE: Final = 9
-_DATA: Final = 0
-_HEADERS: Final = 1
-_CONTINUATION: Final = 9
-_END_STREAM: Final = 0x1
-_END_HEADERS: Final = 0x4
 _PADDED: Final = 0x8
 _PRIORITY: Final = 0x20
 # A request HEADERS frame the fast path reads: END_HEADERS, neither PADDED nor PRIORITY.
-_FAST_FLAGS_MASK: Final = _END_HEADERS | _PADDED | _PRIORITY
+_FAST_FLAGS_MASK: Final = FLAG_END_HEADERS | _PADDED | _PRIORITY
 _OPEN: Final = STREAM_OPEN  # by stream state: counts against the concurrency limit
 
 
@@ -65,15 +68,15 @@ class ServerConnection(H2Connection):
         # admits a stream: counted at the first request of a read and after any frame the
         # library handles; between two requests read here nothing else can close a stream.
         open_streams = -1
-        while size - position >= _HEADER_SIZE:
+        while size - position >= HEADER_SIZE:
             high, low, kind, flags, stream_id = unpack(data, position)
-            end = position + _HEADER_SIZE + (high << 16 | low)
-            if end > size or end - position - _HEADER_SIZE > self.max_inbound_frame_size:
+            end = position + HEADER_SIZE + (high << 16 | low)
+            if end > size or end - position - HEADER_SIZE > self.max_inbound_frame_size:
                 break
             stream_id &= 0x7FFFFFFF
             fast = (
-                kind == _HEADERS
-                and flags & _FAST_FLAGS_MASK == _END_HEADERS
+                kind == HEADERS
+                and flags & _FAST_FLAGS_MASK == FLAG_END_HEADERS
                 and stream_id & 1 == 1
                 and stream_id > self.highest_inbound_stream_id
             )
@@ -84,7 +87,7 @@ class ServerConnection(H2Connection):
             try:
                 if fast:
                     events += self._request_headers(
-                        stream_id, data[position + _HEADER_SIZE : end], bool(flags & _END_STREAM)
+                        stream_id, data[position + HEADER_SIZE : end], bool(flags & FLAG_END_STREAM)
                     )
                     open_streams += 1
                 else:
@@ -170,26 +173,21 @@ class ServerConnection(H2Connection):
                 priority_exclusive,
             )
             return
-        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        machine = stream.state_machine
-        machine.process_input(StreamInputs.SEND_HEADERS)
-        if end_stream:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
+        _advance(self, stream, ConnectionInputs.SEND_HEADERS, StreamInputs.SEND_HEADERS, end_stream)
         block = self.encoder.encode(headers)
         limit = self.max_outbound_frame_size
-        first_flags = _END_STREAM if end_stream else 0
         out = self._data_to_send
-        if len(block) <= limit:
-            out += frame_header(len(block), _HEADERS, first_flags | _END_HEADERS, stream_id)
-            out += block
-            return
-        out += frame_header(limit, _HEADERS, first_flags, stream_id)
-        out += block[:limit]
-        for start in range(limit, len(block), limit):
+        assert block, "a header list of at least one field"
+        # HEADERS, then CONTINUATION frames while the block is longer than a frame; END_STREAM
+        # goes on the first frame, END_HEADERS on the last.
+        kind, flags = HEADERS, FLAG_END_STREAM if end_stream else 0
+        for start in range(0, len(block), limit):
             piece = block[start : start + limit]
-            last = start + limit >= len(block)
-            out += frame_header(len(piece), _CONTINUATION, _END_HEADERS if last else 0, stream_id)
+            if start + limit >= len(block):
+                flags |= FLAG_END_HEADERS
+            out += frame_header(len(piece), kind, flags, stream_id)
             out += piece
+            kind, flags = CONTINUATION, 0
 
     def send_data(
         self,
@@ -210,16 +208,28 @@ class ServerConnection(H2Connection):
         ):
             super().send_data(stream_id, data, end_stream, pad_length)
             return
-        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
-        machine = stream.state_machine
-        machine.process_input(StreamInputs.SEND_DATA)
-        if end_stream:
-            machine.process_input(StreamInputs.SEND_END_STREAM)
+        _advance(self, stream, ConnectionInputs.SEND_DATA, StreamInputs.SEND_DATA, end_stream)
         stream.outbound_flow_control_window -= size
         out = self._data_to_send
-        out += frame_header(size, _DATA, _END_STREAM if end_stream else 0, stream_id)
+        out += frame_header(size, DATA, FLAG_END_STREAM if end_stream else 0, stream_id)
         out += data
         self.outbound_flow_control_window -= size
+
+
+def _advance(
+    conn: H2Connection,
+    stream: Any,
+    sent: ConnectionInputs,
+    stream_sent: StreamInputs,
+    end_stream: bool,
+) -> None:
+    """The connection's and the stream's state machines told what is sent, as the library's
+    own send calls tell them."""
+    conn.state_machine.process_input(sent)
+    machine = stream.state_machine
+    machine.process_input(stream_sent)
+    if end_stream:
+        machine.process_input(StreamInputs.SEND_END_STREAM)
 
 
 def _decode(decoder: Any, block: bytes) -> list[tuple[bytes, bytes]]:
