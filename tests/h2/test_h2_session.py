@@ -342,3 +342,36 @@ def test_streams_given_body_bytes_are_named_for_the_shell_to_run() -> None:
     client.exchange()
     # Each stream once per input that gave its core bytes: the body, and the chunked end.
     assert client.s.fed == [sized, chunked]
+
+
+def test_streams_share_their_connection_s_per_ip_slot() -> None:
+    """max_connections_per_ip counts connections: the concurrent streams of one h2
+    connection hold one slot of their cluster between them (until the connection ends), a
+    second connection from the same address is over the limit."""
+    world = World()
+    world.cluster("web", [("b1", 8001)], max_connections_per_ip=1, retry_after=7)
+    world.frontend("web.test", "web")
+    first = Client(world)
+    streams = [first.get("web.test", f"/{n}") for n in range(3)]
+    for stream_id in streams:
+        assert first.inner[stream_id].actions & CONNECT, "routed, not refused"
+    assert world.shared.per_ip.held("web", PEER[0]) == 1
+    assert first.s.per_ip_held == {"web"}
+    second = Client(world)
+    refused = second.get("web.test")
+    answered = second.inner[refused]
+    assert not answered.actions & CONNECT
+    second.respond(refused, bytes(answered.to_front))  # as the shell hands it on
+    (head,) = second.of(h2.events.ResponseReceived, refused)
+    assert isinstance(head, h2.events.ResponseReceived)
+    assert (b":status", b"429") in head.headers
+    assert (b"retry-after", b"7") in head.headers
+    assert world.ctx.counters.rejected_per_ip == 1
+    first.respond(streams[0], b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert world.shared.per_ip.held("web", PEER[0]) == 1, "held while the connection lasts"
+    first.s.front_eof(NOW)
+    first.s.check_invariants()
+    second.s.front_eof(NOW)
+    assert world.shared.per_ip.held("web", PEER[0]) == 0
+    third = Client(world)
+    assert third.inner[third.get("web.test")].actions & CONNECT

@@ -322,3 +322,32 @@ def test_a_head_fed_as_a_bytearray_gives_bytes_fields() -> None:
     assert direct.head == [(b":status", b"200"), (b"server", b"x"), (b"content-length", b"2")]
     assert all(type(name) is bytes and type(value) is bytes for name, value in direct.head)
     assert direct.complete
+
+
+# -- heads that share all but their last line (read once: `_known_stems`)
+
+STEM = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain"
+STEM_WITH_LENGTH = STEM + b"\r\nContent-Length: 2"
+
+
+@pytest.mark.parametrize(
+    ("stem", "last", "direct"),
+    [
+        (STEM, b"Sozu-Id: 01A", False),  # no content-length: close-delimited
+        (STEM, b"Content-Length: 2", True),
+        (STEM, b"Content-Length: 2x", False),
+        (STEM, b"Transfer-Encoding: chunked", False),
+        (STEM, b"Bad Name: 1", False),
+        (STEM_WITH_LENGTH, b"Sozu-Id: 01A", True),
+        (STEM_WITH_LENGTH, b"Sozu-Id: 01B", True),
+        (STEM_WITH_LENGTH, b"Connection: close", True),
+        (STEM_WITH_LENGTH, b"Content-Length: 2", False),  # repeated
+        (STEM_WITH_LENGTH, b"Transfer-Encoding: chunked", False),
+        (STEM_WITH_LENGTH, b"Bad Name: 1", False),
+    ],
+)
+def test_heads_sharing_a_stem_read_alike(stem: bytes, last: bytes, direct: bool) -> None:
+    """Run in this order, heads of one stem follow each other: the stem's reading is reused,
+    and the last line still decides as the parser would."""
+    raw = stem + b"\r\n" + last + b"\r\n\r\nok"
+    assert same_reads(Case("stem", raw, direct), []) == direct

@@ -485,6 +485,29 @@ class World:
         end = self.draw(st.booleans(), label="end")
         self.server("send_headers", stream_id, headers, end_stream=end)
 
+    def s_whole_response(self) -> None:
+        """`send_response`: when the fast connection takes the whole response, the library
+        is given it as HEADERS then DATA ending the stream (or the HEADERS alone ending it);
+        when it does not, neither connection changes (the snapshots compare)."""
+        stream_id = self.stream()
+        status = self.draw(st.sampled_from([b"200", b"204", b"404", b"103"]), label="status")
+        headers = [(b":status", status)]
+        headers += self.draw(
+            st.lists(st.sampled_from([(b"server", b"sozu"), (b"x-big", b"v" * 20000)]), max_size=2)
+        )
+        size = self.draw(st.integers(0, 2000) | st.integers(2000, 70000), label="size")
+        body = b"r" * size
+        fast = self.pair.fast
+        assert isinstance(fast, ServerConnection)
+        taken = fast.send_response(stream_id, list(headers), body)
+        note_event(f"whole response taken: {taken}")
+        if taken:
+            lib = self.pair.lib
+            lib.send_headers(stream_id, headers, end_stream=not size)
+            if size:
+                lib.send_data(stream_id, body, end_stream=True)
+        self.to_client(self.pair.flush())
+
     def s_informational(self) -> None:
         stream_id = self.stream()
         end = self.draw(st.booleans(), label="end")
@@ -547,6 +570,7 @@ class World:
             self.c_priority,
             self.c_invalid,
             *[self.s_respond] * 3,
+            *[self.s_whole_response] * 2,
             self.s_informational,
             self.s_big_headers,
             *[self.s_data] * 2,
@@ -722,3 +746,23 @@ def initial_window_error(kind: type[H2Connection]) -> str:
 def test_initial_window_change_ignores_closed_streams() -> None:
     assert initial_window_error(H2Connection) == "none"
     assert initial_window_error(ServerConnection) == "none"
+
+
+def test_a_whole_response_is_the_library_headers_and_data() -> None:
+    fast, peer = opened(ServerConnection)
+    lib, _ = opened(H2Connection)
+    peer.send_headers(1, REQUEST, end_stream=True)
+    peer.send_headers(3, REQUEST, end_stream=False)
+    requests = peer.data_to_send()
+    assert norm(fast.receive_data(requests)) == norm(lib.receive_data(requests))
+    head = [(b":status", b"200"), (b"content-length", b"5")]
+    assert fast.send_response(1, list(head), b"hello")
+    lib.send_headers(1, head)
+    lib.send_data(1, b"hello", end_stream=True)
+    assert fast.data_to_send() == lib.data_to_send()
+    assert snapshot(fast) == snapshot(lib)
+    # Not taken (nothing changes): a request still open, a stream already answered.
+    assert not fast.send_response(3, list(head), b"hello")
+    assert not fast.send_response(1, list(head), b"hello")
+    assert fast.data_to_send() == b""
+    assert snapshot(fast) == snapshot(lib)

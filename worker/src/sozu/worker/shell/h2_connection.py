@@ -269,4 +269,5 @@ class H2FrontConnection(FrontConnection):
         with contextlib.suppress(OSError):
             self.sock.close()
         self.session.done = True
+        self.session.release_slots()
         self.server.connection_closed(self)

@@ -13,6 +13,7 @@ the core writes) goes through the httptools parser, from the first byte of the m
 from __future__ import annotations
 
 import re
+from typing import Final
 
 import httptools
 
@@ -27,8 +28,45 @@ _HEAD = re.compile(
     rb"HTTP/1\.1 ([2-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?"
     rb"((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*)"
 )
+# One field line of such a head (name, then the value with its blanks).
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*)")
 # Longer content-lengths are left to the parser, which refuses those past 64 bits.
 _LENGTH_DIGITS = 18
+# Heads read by `_read_stem`, kept by their bytes (see `_known_stems`), and the longest kept.
+KNOWN_STEMS = 64
+KNOWN_STEM_MAX = 2048
+_Stem = tuple[bytes, tuple[tuple[bytes, bytes], ...], int]
+# `_read_stem`'s answer for a head left to the parser.
+_NOT_DIRECT: Final[_Stem] = (b"", (), -1)
+# A backend answers with heads that repeat but for their Date (new each second) and the
+# Sozu-Id the core adds as the last field: what a head holds up to its last line is read
+# once. The reading is a pure function of those bytes, and its result is never changed.
+_known_stems: dict[bytes, _Stem] = {}
+
+
+def _read_stem(stem: bytes) -> _Stem:
+    """A head's status line and fields (but its last line) as the direct path reads them:
+    the status, the fields to relay and the content-length (-1: none); _NOT_DIRECT when the
+    head must go to the parser (an unexpected shape, a bad or repeated content-length, a
+    transfer-encoding)."""
+    head = _HEAD.fullmatch(stem)
+    if head is None:
+        return _NOT_DIRECT
+    fields = []
+    length = -1
+    for line in head.group(2).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        value = value.strip(b" \t")
+        if name == b"content-length":
+            if length >= 0 or not value.isdigit() or len(value) > _LENGTH_DIGITS:
+                return _NOT_DIRECT
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return _NOT_DIRECT
+        if name not in _DROPPED:
+            fields.append((name, value))
+    return head.group(1), ((b":status", head.group(1)), *fields), length
 
 
 class ResponseReader:
@@ -105,16 +143,27 @@ class ResponseReader:
             return -1
         if type(data) is not bytes:
             data = bytes(data)  # the fields are kept: never views of a buffer that changes
-        head = _HEAD.fullmatch(data, 0, end)
-        if head is None:
+        # The head up to its last line (the status line and every field but the last),
+        # read once for every head that repeats it; then the last line.
+        cut = data.rfind(b"\r\n", 0, end)
+        stem = data[:cut] if cut >= 0 else data[:end]
+        known = _known_stems.get(stem)
+        if known is None:
+            known = _read_stem(stem)
+            if len(stem) <= KNOWN_STEM_MAX:
+                if len(_known_stems) >= KNOWN_STEMS:
+                    _known_stems.clear()
+                _known_stems[stem] = known
+        if known is _NOT_DIRECT:
             return -1
-        status = head.group(1)
-        fields = [(b":status", status)]
-        length = -1
-        for line in head.group(2).split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            value = value.strip(b" \t")
+        status, stem_fields, length = known
+        fields = list(stem_fields)
+        if cut >= 0:
+            line = _FIELD.fullmatch(data, cut + 2, end)
+            if line is None:
+                return -1
+            name = line.group(1).lower()
+            value = line.group(2).strip(b" \t")
             if name == b"content-length":
                 if length >= 0 or not value.isdigit() or len(value) > _LENGTH_DIGITS:
                     return -1

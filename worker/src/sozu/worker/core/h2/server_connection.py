@@ -24,10 +24,16 @@ import struct
 from collections.abc import Iterable
 from typing import Any, Final
 
-from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection
+from h2 import stream as _library_stream
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.events import Event, RequestReceived, StreamEnded
 from h2.exceptions import DenialOfServiceError, ProtocolError
-from h2.stream import STREAM_OPEN, StreamInputs, StreamState
+from h2.stream import STREAM_OPEN, H2Stream, StreamClosedBy, StreamInputs, StreamState
 from h2.utilities import is_informational_response
 from hpack import HPACKError, NeverIndexedHeaderTuple, OversizedHeaderListError
 
@@ -47,6 +53,27 @@ _PRIORITY: Final = 0x20
 # A request HEADERS frame the fast path reads: END_HEADERS, neither PADDED nor PRIORITY.
 _FAST_FLAGS_MASK: Final = FLAG_END_HEADERS | _PADDED | _PRIORITY
 _OPEN: Final = STREAM_OPEN  # by stream state: counts against the concurrency limit
+# The library's state machine transitions, keyed by the identities of (state, input): its
+# inputs are plain Enums, whose hash is a Python call (two per lookup of its own tables).
+_STREAM_MOVES: Final[dict[tuple[int, int], Any]] = {
+    (id(state), id(move)): to for (state, move), to in _library_stream._transitions.items()
+}
+_CONNECTION_MOVES: Final[dict[tuple[int, int], Any]] = {
+    (id(state), id(move)): to for (state, move), to in H2ConnectionStateMachine._transitions.items()
+}
+_CLOSED: Final = StreamState.CLOSED
+_HALF_CLOSED_REMOTE: Final = StreamState.HALF_CLOSED_REMOTE
+# Request header blocks whose reading a connection keeps (`_request_headers`).
+KNOWN_REQUESTS: Final = 64
+_CONNECTION_OPEN: Final = ConnectionState.SERVER_OPEN
+# What a request stream's frames tell an open server connection: it stays open.
+_STAY_OPEN: Final = frozenset(
+    (ConnectionInputs.RECV_HEADERS, ConnectionInputs.SEND_HEADERS, ConnectionInputs.SEND_DATA)
+)
+assert all(
+    H2ConnectionStateMachine._transitions[_CONNECTION_OPEN, move] == (None, _CONNECTION_OPEN)
+    for move in _STAY_OPEN
+)
 
 
 def frame_header(length: int, kind: int, flags: int, stream_id: int) -> bytes:
@@ -55,6 +82,14 @@ def frame_header(length: int, kind: int, flags: int, stream_id: int) -> bytes:
 
 class ServerConnection(H2Connection):
     """A server-side `H2Connection` (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Request blocks read by `_request_headers`: the decoded list, its content-length
+        # (None: none) and its list with cookies joined.
+        self._requests: dict[
+            bytes, tuple[list[tuple[bytes, bytes]], int | None, list[tuple[bytes, bytes]]]
+        ] = {}
 
     def receive_data(self, data: Any) -> list[Event]:
         buffer = self.incoming_buffer
@@ -125,23 +160,53 @@ class ServerConnection(H2Connection):
     def _request_headers(self, stream_id: int, block: bytes, end_stream: bool) -> list[Event]:
         """What the library's `_receive_headers_frame` does for a new request stream."""
         headers = _decode(self.decoder, block)
-        self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
-        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
-        if is_informational_response(headers):
+        # The same block decoded to the same list (hpack_in.py keeps them while the table
+        # stays): what the library reads from that list is read once.
+        known = self._requests.get(block)
+        if known is not None and known[0] is not headers:
+            known = None
+        _connection_input(self.state_machine, ConnectionInputs.RECV_HEADERS)
+        stream = self._begin_stream(stream_id)
+        if known is None and is_informational_response(headers):
             # Not a request: the library's stream raises its error for it.
-            return stream.receive_headers(headers, end_stream, None)[1]
+            return stream.receive_headers(list(headers), end_stream, None)[1]
         machine = stream.state_machine
-        events = machine.process_input(StreamInputs.RECV_HEADERS)
+        events = _stream_input(machine, StreamInputs.RECV_HEADERS)
         request = events[0]
         assert isinstance(request, RequestReceived), request
         if end_stream:
-            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            ended = _stream_input(machine, StreamInputs.RECV_END_STREAM)
             assert isinstance(ended[0], StreamEnded), ended
             request.stream_ended = ended[0]
             events += ended
-        stream._initialize_content_length(headers)
-        request.headers = _joined_cookies(headers)
+        if known is None:
+            stream._initialize_content_length(headers)  # raises the library's errors
+            joined = _joined_cookies(headers)
+            requests = self._requests
+            if len(requests) >= KNOWN_REQUESTS:
+                requests.clear()
+            requests[block] = (headers, stream._expected_content_length, joined)
+        else:
+            stream._expected_content_length = known[1]
+            joined = known[2]
+        request.headers = joined
         return events
+
+    def _begin_stream(self, stream_id: int) -> H2Stream:
+        """The library's `_begin_new_stream` for a client stream whose id the caller checked
+        (odd, above every earlier one), without its debug log calls."""
+        assert stream_id & 1
+        assert stream_id > self.highest_inbound_stream_id
+        stream = H2Stream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        self.highest_inbound_stream_id = stream_id
+        return stream
 
     def send_headers(
         self,
@@ -174,12 +239,14 @@ class ServerConnection(H2Connection):
             )
             return
         _advance(self, stream, ConnectionInputs.SEND_HEADERS, StreamInputs.SEND_HEADERS, end_stream)
-        block = self.encoder.encode(headers)
+        self._write_block(stream_id, self.encoder.encode(headers), end_stream)
+
+    def _write_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        """HEADERS, then CONTINUATION frames while the block is longer than a frame;
+        END_STREAM goes on the first frame, END_HEADERS on the last."""
         limit = self.max_outbound_frame_size
         out = self._data_to_send
         assert block, "a header list of at least one field"
-        # HEADERS, then CONTINUATION frames while the block is longer than a frame; END_STREAM
-        # goes on the first frame, END_HEADERS on the last.
         kind, flags = HEADERS, FLAG_END_STREAM if end_stream else 0
         for start in range(0, len(block), limit):
             piece = block[start : start + limit]
@@ -188,6 +255,48 @@ class ServerConnection(H2Connection):
             out += frame_header(len(piece), kind, flags, stream_id)
             out += piece
             kind, flags = CONTINUATION, 0
+
+    def send_response(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes | bytearray
+    ) -> bool:
+        """`send_headers(headers)` then `send_data(body, end_stream=True)` (the headers alone
+        end the stream when there is no body), in one call, for a whole final response on a
+        stream whose request is complete and on which nothing was sent, when the body fits
+        the windows and one frame. False, with nothing done, for anything else: the caller
+        goes the usual way."""
+        stream = self.streams.get(stream_id)
+        size = len(body)
+        if (
+            stream is None
+            or self.state_machine.state is not _CONNECTION_OPEN
+            or size > self.outbound_flow_control_window
+            or size > stream.outbound_flow_control_window
+            or size > self.max_outbound_frame_size
+            or not headers
+            or type(headers[0][0]) is not bytes
+            or is_informational_response(headers)
+        ):
+            return False
+        machine = stream.state_machine
+        if (
+            machine.state is not _HALF_CLOSED_REMOTE
+            or machine.headers_sent
+            or machine.client is not False
+        ):
+            return False
+        # The library's moves: SEND_HEADERS (`response_sent`), SEND_DATA (nothing), then
+        # SEND_END_STREAM (`send_end_stream`), each from the half-closed state.
+        machine.headers_sent = True
+        machine.state = _CLOSED
+        machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
+        self._write_block(stream_id, self.encoder.encode(headers), not size)
+        if size:
+            stream.outbound_flow_control_window -= size
+            self.outbound_flow_control_window -= size
+            out = self._data_to_send
+            out += frame_header(size, DATA, FLAG_END_STREAM, stream_id)
+            out += body
+        return True
 
     def send_data(
         self,
@@ -225,17 +334,49 @@ def _advance(
 ) -> None:
     """The connection's and the stream's state machines told what is sent, as the library's
     own send calls tell them."""
-    conn.state_machine.process_input(sent)
+    _connection_input(conn.state_machine, sent)
     machine = stream.state_machine
-    machine.process_input(stream_sent)
+    _stream_input(machine, stream_sent)
     if end_stream:
-        machine.process_input(StreamInputs.SEND_END_STREAM)
+        _stream_input(machine, StreamInputs.SEND_END_STREAM)
+
+
+def _connection_input(machine: H2ConnectionStateMachine, move: ConnectionInputs) -> None:
+    """The library's `H2ConnectionStateMachine.process_input` (whose transitions call
+    nothing), from the identity-keyed table; nothing at all for the inputs that leave an
+    open connection open."""
+    if machine.state is _CONNECTION_OPEN and move in _STAY_OPEN:
+        return
+    found = _CONNECTION_MOVES.get((id(machine.state), id(move)))
+    if found is None or found[0] is not None:
+        machine.process_input(move)  # the library's error, and its CLOSED state
+        return
+    machine.state = found[1]
+
+
+def _stream_input(machine: Any, move: StreamInputs) -> list[Event]:
+    """The library's `H2StreamStateMachine.process_input`, from the identity-keyed table."""
+    state = machine.state
+    found = _STREAM_MOVES.get((id(state), id(move)))
+    if found is None:
+        return machine.process_input(move)  # type: ignore[no-any-return]
+    func, machine.state = found
+    if func is None:
+        return []
+    try:
+        return func(machine, state)  # type: ignore[no-any-return]
+    except ProtocolError:
+        machine.state = _CLOSED
+        raise
 
 
 def _decode(decoder: Any, block: bytes) -> list[tuple[bytes, bytes]]:
-    """The library's `_decode_headers`: HPACK errors become the h2 errors it raises."""
+    """The library's `_decode_headers`: HPACK errors become the h2 errors it raises. The
+    list is the decoder's own (hpack_in.py gives the same one for the same block): never
+    changed by its readers."""
     try:
-        return list(decoder.decode(block, raw=True))
+        headers = decoder.decode(block, raw=True)
+        return headers if type(headers) is list else list(headers)
     except OversizedHeaderListError as error:
         raise DenialOfServiceError(f"Oversized header block: {error}") from error
     except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as error:

@@ -124,8 +124,10 @@ class H2Session:
         self.done = False
         # -- the connection
         self.streams: dict[int, H2Stream] = {}
-        # Shared by the stream cores: strict SNI verdicts, the forwarding headers.
+        # Shared by the stream cores: strict SNI verdicts, the forwarding headers, and the
+        # per-IP slots this connection holds (by cluster id, until it ends: routing.py).
         self.sni_memo: dict[str, bool] = {}
+        self.per_ip_held: set[str] = set()
         self.forwarding: bytes | None = None
         # Response readers of ended streams, ready again (response_reader.py).
         self.readers: list[ResponseReader] = []
@@ -238,6 +240,19 @@ class H2Session:
             self._reset(stream_id, ErrorCodes.INTERNAL_ERROR)
         else:
             if not had_head and reader.head is not None:
+                if (
+                    reader.complete
+                    and not reader.trailers
+                    and self.conn.send_response(stream_id, reader.head, reader.body)
+                ):
+                    # The whole response went in one call (the common small one).
+                    if reader.body:
+                        self.guard.credit += 1  # its DATA frame's window (flood.py)
+                        reader.body.clear()
+                    stream.ended_out = True
+                    self._idle(now)
+                    self._flush()
+                    return
                 end = reader.complete and not reader.body and not reader.trailers
                 self.conn.send_headers(stream_id, reader.head, end_stream=end)
                 stream.ended_out = end
@@ -309,9 +324,9 @@ class H2Session:
         stream.ended_in = ended
         self.streams[stream_id] = stream
         inner.sni_memo = self.sni_memo
+        inner.per_ip_held = self.per_ip_held
         inner.forwarding = self.forwarding
-        inner.start(now)
-        inner.front_head(translated.request, now)
+        inner.start_with_head(translated.request, now)
         self.forwarding = inner.forwarding
         if ended and translated.content_length > 0:
             self._refuse(stream_id)
@@ -472,6 +487,14 @@ class H2Session:
             self.cancelled.extend(self.streams)
             for stream in self.streams.values():
                 stream.ended_out = True
+        self.release_slots()
+
+    def release_slots(self) -> None:
+        """The connection ended: the per-IP slots its streams took are given back."""
+        per_ip = self.ctx.shared.per_ip
+        for cluster_id in self.per_ip_held:
+            per_ip.give(cluster_id, self.peer[0])
+        self.per_ip_held.clear()
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -484,6 +507,9 @@ class H2Session:
         assert len(self.streams) <= self.max_streams + 1, len(self.streams)
         assert self.stalls == sum(s.stalled != INF for s in self.streams.values())
         assert not self.done or all(s.ended_out for s in self.streams.values())
+        assert not self.done or not self.per_ip_held
+        for cluster_id in self.per_ip_held:
+            assert self.ctx.shared.per_ip.held(cluster_id, self.peer[0]) >= 1
         assert self.done or all(not s.ended_out for s in self.streams.values() if s.detached)
         for stream_id, stream in self.streams.items():
             assert stream_id % 2 == 1, stream_id

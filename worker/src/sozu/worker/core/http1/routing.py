@@ -239,7 +239,17 @@ def _linked(
 
 def hold_per_ip_slot(s: Http1Session, cluster: Cluster) -> bool:
     """Hold the connection's per-IP slot for `cluster` (moved from the cluster of an earlier
-    request); False when the cluster's limit for the client's IP is reached."""
+    request); False when the cluster's limit for the client's IP is reached. The streams of
+    an HTTP/2 connection share its slots (`per_ip_held`): one per cluster they went to, held
+    until the connection ends (core/h2/session.py)."""
+    held = s.per_ip_held
+    if held is not None:
+        if cluster.cluster_id in held:
+            return True
+        if not s.ctx.shared.per_ip.take(cluster, s.peer[0]):
+            return False
+        held.add(cluster.cluster_id)
+        return True
     if s.per_ip_cluster == cluster.cluster_id:
         return True
     if not s.ctx.shared.per_ip.take(cluster, s.peer[0]):

@@ -99,6 +99,7 @@ class Http1Session:
         "log_tags",
         "peer",
         "per_ip_cluster",
+        "per_ip_held",
         "protocol",
         "r_phase",
         "r_remaining",
@@ -224,10 +225,7 @@ class Http1Session:
         self.target_slot = BackendTarget()
         # Timers: client reads (idle, head, body, tunnel idle, drain), backend (connect,
         # response, body idle), and the two send timers (no progress on a queued buffer).
-        self.t_read = INF
-        self.t_back = INF
-        self.t_fsend = INF
-        self.t_bsend = INF
+        self.t_read = self.t_back = self.t_fsend = self.t_bsend = INF
         # Buffer lengths when last accounted (the shell only removes, the core only appends).
         self.flen = 0
         self.blen = 0
@@ -235,6 +233,7 @@ class Http1Session:
         self.bytes_out = 0  # bytes queued for the client
         self.session_id = ""
         self.per_ip_cluster: str | None = None
+        self.per_ip_held: set[str] | None = None  # an HTTP/2 stream's: its connection's slots
         # The forwarding headers of this connection's requests, built once (header_edits).
         self.forwarding: bytes | None = None
         self._init_request()
@@ -343,9 +342,12 @@ class Http1Session:
             self.fbuf += data
         self._settle(now)
 
-    def front_head(self, head: RequestHead, now: float) -> None:
-        """A whole request head already parsed (an HTTP/2 stream's): `front_data` of its bytes."""
-        read_parsed_head(self, head, now)
+    def start_with_head(self, head: RequestHead, now: float) -> None:
+        """`start`, then a whole request head already parsed (an HTTP/2 stream's) as if its
+        bytes were read."""
+        if self.ctx.shared.draining:
+            self.start(now)
+        read_parsed_head(self, head, now)  # sets t_read (request_timeout) in either case
         self._settle(now)
 
     def front_eof(self, now: float) -> None:
