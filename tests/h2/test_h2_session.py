@@ -375,3 +375,16 @@ def test_streams_share_their_connection_s_per_ip_slot() -> None:
     assert world.shared.per_ip.held("web", PEER[0]) == 0
     third = Client(world)
     assert third.inner[third.get("web.test")].actions & CONNECT
+
+
+def test_input_after_the_connection_is_done_starts_nothing() -> None:
+    world = World()
+    world.cluster("web", [("b1", 8001)], max_connections_per_ip=1)
+    world.frontend("web.test", "web")
+    client = Client(world)
+    client.s.front_eof(NOW)
+    assert client.s.done
+    late = client.get("web.test")
+    assert late not in client.inner
+    assert not client.s.per_ip_held
+    assert world.shared.per_ip.held("web", PEER[0]) == 0

@@ -66,13 +66,16 @@ _HALF_CLOSED_REMOTE: Final = StreamState.HALF_CLOSED_REMOTE
 # Request header blocks whose reading a connection keeps (`_request_headers`).
 KNOWN_REQUESTS: Final = 64
 _CONNECTION_OPEN: Final = ConnectionState.SERVER_OPEN
-# What a request stream's frames tell an open server connection: it stays open.
-_STAY_OPEN: Final = frozenset(
-    (ConnectionInputs.RECV_HEADERS, ConnectionInputs.SEND_HEADERS, ConnectionInputs.SEND_DATA)
+# What a request stream's frames tell an open server connection (by identity): it stays open.
+_STAYS_OPEN: Final = (
+    ConnectionInputs.RECV_HEADERS,
+    ConnectionInputs.SEND_HEADERS,
+    ConnectionInputs.SEND_DATA,
 )
+_STAY_OPEN: Final = frozenset(id(move) for move in _STAYS_OPEN)
 assert all(
     H2ConnectionStateMachine._transitions[_CONNECTION_OPEN, move] == (None, _CONNECTION_OPEN)
-    for move in _STAY_OPEN
+    for move in _STAYS_OPEN
 )
 
 
@@ -345,7 +348,7 @@ def _connection_input(machine: H2ConnectionStateMachine, move: ConnectionInputs)
     """The library's `H2ConnectionStateMachine.process_input` (whose transitions call
     nothing), from the identity-keyed table; nothing at all for the inputs that leave an
     open connection open."""
-    if machine.state is _CONNECTION_OPEN and move in _STAY_OPEN:
+    if machine.state is _CONNECTION_OPEN and id(move) in _STAY_OPEN:
         return
     found = _CONNECTION_MOVES.get((id(machine.state), id(move)))
     if found is None or found[0] is not None:

@@ -152,8 +152,11 @@ class H2Session:
         self._flush()
 
     def front_data(self, data: bytes, now: float) -> None:
-        """Bytes read from the client."""
+        """Bytes read from the client (ignored once the connection is done: its last frames
+        may still be going out, but no stream starts)."""
         assert data
+        if self.done:
+            return
         self.counters.bytes_in += len(data)
         flood = self.guard.feed(data, now)
         if flood is not None:
