@@ -26,6 +26,12 @@ from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
 if TYPE_CHECKING:
     from sozu.worker.shell.http_listener import HttpServer
 
+# A stream's timer goes on the loop's heap only once its deadline comes before its
+# connection's next sweep; the connection sweeps its streams every SWEEP s while it has any
+# (one timer for all of them). Most streams end long before a timeout could fire: they never
+# touch the heap, whose entries each cost a push, and a pass when compacted once disarmed.
+SWEEP = 1.0
+
 
 class StreamLink(HttpConnection):
     """A request stream's HTTP/1.1 core and its backend connection; what the core queues for
@@ -45,6 +51,11 @@ class StreamLink(HttpConnection):
     def begin(self, now: float, *, registered: bool = False) -> None:
         assert not registered, "a stream link has no fd of its own"
         self.settle(now)
+
+    def deadline(self) -> float:
+        deadline = super().deadline()
+        # Not before the next sweep: the sweep arms it (see SWEEP).
+        return math.inf if deadline >= self.front.sweep_at else deadline
 
     def settle(self, now: float) -> None:
         super().settle(now)
@@ -111,6 +122,7 @@ class H2FrontConnection(FrontConnection):
         "session",
         "sock",
         "soon_queued",
+        "sweep_at",
         "tls",
     )
 
@@ -131,6 +143,7 @@ class H2FrontConnection(FrontConnection):
         self.on_front_event: Handler = self.on_front
         self.soon_queued = False
         self.tls = isinstance(sock, ssl.SSLSocket)  # else h2c, with prior knowledge
+        self.sweep_at = math.inf  # the next look at the links' deadlines (SWEEP)
 
     # -- events
 
@@ -177,6 +190,8 @@ class H2FrontConnection(FrontConnection):
         session = self.session
         while session.opened or session.cancelled:
             opened, session.opened = session.opened, []
+            if opened and self.sweep_at == math.inf:
+                self.sweep_at = now + SWEEP
             for stream_id, inner in opened:
                 link = StreamLink(self, stream_id, inner)
                 self.links[stream_id] = link
@@ -219,8 +234,26 @@ class H2FrontConnection(FrontConnection):
         if session.to_front:
             mask |= OUT
         self.server.reactor.modify(self.fd, mask or IN)
-        if session.deadline < self.armed:
+        if self.deadline() < self.armed:
             self.server.reactor.arm(self)
+
+    # -- the loop's Timed protocol: the core's deadline, or the next sweep of the links
+
+    def deadline(self) -> float:
+        deadline = super().deadline()
+        if self.sweep_at < deadline and not self.finished:
+            return self.sweep_at
+        return deadline
+
+    def expire(self, now: float) -> None:
+        if self.sweep_at <= now:
+            self.sweep_at = now + SWEEP if self.links else math.inf
+            reactor = self.server.reactor
+            for link in self.links.values():
+                reactor.arm(link)  # those due before the next sweep
+            if super().deadline() > now:
+                return  # only the sweep was due (the loop arms the next one)
+        super().expire(now)
 
     def _flush(self, now: float) -> None:
         buffer = self.session.to_front
