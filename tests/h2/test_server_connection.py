@@ -766,3 +766,27 @@ def test_a_whole_response_is_the_library_headers_and_data() -> None:
     assert not fast.send_response(1, list(head), b"hello")
     assert fast.data_to_send() == b""
     assert snapshot(fast) == snapshot(lib)
+
+
+def test_forgotten_streams_are_trimmed_alike() -> None:
+    """Past the library's bound on the closed streams it remembers (2**16; 3 here), both
+    keep the same last ones, in the same order."""
+    fast, peer = opened(ServerConnection)
+    lib, _ = opened(H2Connection)
+    for conn in (fast, lib):
+        conn._closed_streams._size_limit = 3  # type: ignore[attr-defined]
+    for first in range(1, 40, 10):
+        ids = range(first, first + 10, 2)
+        for stream_id in ids:
+            peer.send_headers(stream_id, REQUEST, end_stream=True)
+        requests = peer.data_to_send()
+        assert norm(fast.receive_data(requests)) == norm(lib.receive_data(requests))
+        for conn in (fast, lib):
+            for stream_id in ids:
+                conn.send_headers(stream_id, [(b":status", b"204")], end_stream=True)
+        assert fast.data_to_send() == lib.data_to_send()
+    peer.send_headers(41, REQUEST, end_stream=True)
+    requests = peer.data_to_send()
+    assert norm(fast.receive_data(requests)) == norm(lib.receive_data(requests))
+    assert list(fast._closed_streams.items()) == list(lib._closed_streams.items())
+    assert len(lib._closed_streams) == 3

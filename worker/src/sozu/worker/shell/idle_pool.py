@@ -84,7 +84,9 @@ class IdlePool:
         # IN only (hang-ups are reported anyway): the mask a session reading it uses too, so
         # neither giving nor taking it costs an epoll_ctl.
         self.reactor.modify(fd, IN)
-        queue = self._idle.setdefault(address, deque())
+        queue = self._idle.get(address)
+        if queue is None:
+            queue = self._idle[address] = deque()
         queue.append(idle)
         if len(queue) > self.per_backend:
             self._close(queue.popleft())

@@ -38,14 +38,14 @@ class FieldDecoder(Decoder):
         self.header_table.maxsize = value
 
     def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
-        if raw and data and min(data) > 0x80 and max(data) < 0xFF:
+        known = self._blocks.get(data) if raw else None  # kept only if indexed-only
+        if known is None and raw and data and min(data) > 0x80 and max(data) < 0xFF:
             blocks = self._blocks
-            known = blocks.get(data)
-            if known is None:
-                known = self._indexed(data)
-                if len(blocks) >= CACHED_BLOCKS:
-                    blocks.clear()
-                blocks[data] = known
+            known = self._indexed(data)
+            if len(blocks) >= CACHED_BLOCKS:
+                blocks.clear()
+            blocks[data] = known
+        if known is not None:
             headers, size = known
             limit = self.max_header_list_size
             if size > limit:

@@ -21,6 +21,7 @@ This reads the library's internals (pinned to h2 4.x in worker/pyproject.toml).
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -62,6 +63,7 @@ _CONNECTION_MOVES: Final[dict[tuple[int, int], Any]] = {
     (id(state), id(move)): to for (state, move), to in H2ConnectionStateMachine._transitions.items()
 }
 _CLOSED: Final = StreamState.CLOSED
+_insert: Final = OrderedDict.__setitem__  # what SizeLimitDict's own __setitem__ calls first
 _HALF_CLOSED_REMOTE: Final = StreamState.HALF_CLOSED_REMOTE
 # Request header blocks whose reading a connection keeps (`_request_headers`).
 KNOWN_REQUESTS: Final = 64
@@ -106,6 +108,7 @@ class ServerConnection(H2Connection):
         # admits a stream: counted at the first request of a read and after any frame the
         # library handles; between two requests read here nothing else can close a stream.
         open_streams = -1
+        limit = 0  # the concurrency limit, read with each count (a library frame may change it)
         while size - position >= HEADER_SIZE:
             high, low, kind, flags, stream_id = unpack(data, position)
             end = position + HEADER_SIZE + (high << 16 | low)
@@ -121,7 +124,8 @@ class ServerConnection(H2Connection):
             if fast:
                 if open_streams < 0:
                     open_streams = self._sweep()
-                fast = open_streams < self.local_settings.max_concurrent_streams
+                    limit = self.local_settings.max_concurrent_streams
+                fast = open_streams < limit
             try:
                 if fast:
                     events += self._request_headers(
@@ -155,9 +159,17 @@ class ServerConnection(H2Connection):
                 count += stream_id & 1
             elif state is StreamState.CLOSED:
                 closed.append(stream_id)
-        for stream_id in closed:
-            stream = self.streams.pop(stream_id)
-            self._closed_streams[stream_id] = stream.state_machine.stream_closed_by
+        if closed:
+            # The library's SizeLimitDict trims to its limit after each insertion, oldest
+            # first: trimming once after all of them leaves the same entries.
+            forgotten: Any = self._closed_streams  # a SizeLimitDict
+            for stream_id in closed:
+                stream = self.streams.pop(stream_id)
+                _insert(forgotten, stream_id, stream.state_machine.stream_closed_by)
+            limit = forgotten._size_limit
+            if limit is not None:
+                while len(forgotten) > limit:
+                    forgotten.popitem(last=False)
         return count
 
     def _request_headers(self, stream_id: int, block: bytes, end_stream: bool) -> list[Event]:
