@@ -499,7 +499,9 @@ class World:
         body = b"r" * size
         fast = self.pair.fast
         assert isinstance(fast, ServerConnection)
-        taken = fast.send_response(stream_id, list(headers), body)
+        cut = self.draw(st.none() | st.integers(0, len(headers)), label="stem")
+        stem = None if cut is None else tuple(headers[:cut])
+        taken = fast.send_response(stream_id, list(headers), body, stem)
         note_event(f"whole response taken: {taken}")
         if taken:
             lib = self.pair.lib

@@ -24,6 +24,7 @@ from hpack.table import HeaderTable
 # Values longer than this are encoded each time (ids, dates, cookies rarely repeat).
 CACHED_VALUE_MAX: Final = 64
 CACHE_ENTRIES: Final = 4096
+CACHED_STEMS: Final = 64
 _TABLE_SIZE_ZERO: Final = b"\x20"
 # name -> static index; (name, value) -> static index
 _NAMES: Final[dict[bytes, int]] = {}
@@ -66,10 +67,12 @@ def encode_field(name: bytes, value: bytes) -> bytes:
 class FieldEncoder:
     """An HPACK encoder that never indexes (see the module docstring)."""
 
-    __slots__ = ("_cache", "_size_update")
+    __slots__ = ("_cache", "_size_update", "_stems")
 
     def __init__(self) -> None:
         self._cache: dict[tuple[bytes, bytes], bytes] = {}
+        # id(stem) -> (the stem, held so that its id stays its own; its encoding)
+        self._stems: dict[int, tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}
         self._size_update = True
 
     @property
@@ -79,6 +82,21 @@ class FieldEncoder:
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
         self._size_update = True
+
+    def encode_after(
+        self, stem: tuple[tuple[bytes, bytes], ...], headers: list[tuple[bytes, bytes]]
+    ) -> bytes:
+        """`encode(headers)` for a list that starts with the fields of `stem`, a tuple shared
+        by many lists (response_reader.py): each field is encoded alone, so the stem's part
+        of the block is kept (by the tuple's identity, bounded) and the rest encoded."""
+        if self._size_update:
+            return self.encode(headers)
+        known = self._stems.get(id(stem))
+        if known is None or known[0] is not stem:
+            if len(self._stems) >= CACHED_STEMS:
+                self._stems.clear()
+            known = self._stems[id(stem)] = (stem, self.encode(stem))
+        return known[1] + self.encode(headers[len(stem) :])
 
     def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
         cache = self._cache

@@ -85,6 +85,7 @@ class ResponseReader:
         "complete",
         "failed",
         "head",
+        "head_stem",
         "reusable",
         "trailers",
     )
@@ -98,6 +99,9 @@ class ResponseReader:
         self._head_only = method == b"HEAD"
         self._fields: list[tuple[bytes, bytes]] = []
         self.head: list[tuple[bytes, bytes]] | None = None
+        # The fields `head` starts with, shared by the heads of one stem (direct path only):
+        # their encoding can be kept too.
+        self.head_stem: tuple[tuple[bytes, bytes], ...] | None = None
         self.trailers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.complete = False
@@ -178,6 +182,7 @@ class ResponseReader:
         if (no_body or not length) and end + 4 < len(data):
             return -1  # bytes after a message without a body: the parser says what they are
         self.head = fields
+        self.head_stem = stem_fields
         if no_body or not length:
             self.complete = self.reusable = True
         else:

@@ -46,6 +46,7 @@ from sozu.worker.core.h2.flood import (
     HEADER_SIZE,
     HEADERS,
 )
+from sozu.worker.core.h2.hpack_out import FieldEncoder
 
 # Frame header: length (24 bits, as a byte and a short), type, flags, stream id.
 _HEADER: Final = struct.Struct(">BHBBL")
@@ -272,13 +273,18 @@ class ServerConnection(H2Connection):
             kind, flags = CONTINUATION, 0
 
     def send_response(
-        self, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes | bytearray
+        self,
+        stream_id: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | bytearray,
+        stem: tuple[tuple[bytes, bytes], ...] | None = None,
     ) -> bool:
         """`send_headers(headers)` then `send_data(body, end_stream=True)` (the headers alone
         end the stream when there is no body), in one call, for a whole final response on a
         stream whose request is complete and on which nothing was sent, when the body fits
         the windows and one frame. False, with nothing done, for anything else: the caller
-        goes the usual way."""
+        goes the usual way. `stem`: the fields `headers` starts with, shared by other
+        responses (hpack_out.py's `encode_after`)."""
         stream = self.streams.get(stream_id)
         size = len(body)
         if (
@@ -304,7 +310,13 @@ class ServerConnection(H2Connection):
         machine.headers_sent = True
         machine.state = _CLOSED
         machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
-        self._write_block(stream_id, self.encoder.encode(headers), not size)
+        encoder = self.encoder
+        if stem is None or not isinstance(encoder, FieldEncoder):
+            block = encoder.encode(headers)
+        else:
+            assert tuple(headers[: len(stem)]) == stem
+            block = encoder.encode_after(stem, headers)
+        self._write_block(stream_id, block, not size)
         if size:
             stream.outbound_flow_control_window -= size
             self.outbound_flow_control_window -= size

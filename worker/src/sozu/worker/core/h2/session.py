@@ -246,7 +246,9 @@ class H2Session:
                 if (
                     reader.complete
                     and not reader.trailers
-                    and self.conn.send_response(stream_id, reader.head, reader.body)
+                    and self.conn.send_response(
+                        stream_id, reader.head, reader.body, reader.head_stem
+                    )
                 ):
                     # The whole response went in one call (the common small one).
                     if reader.body:
