@@ -10,11 +10,13 @@ from sozu.worker.core.http.codec import (
     ChunkedScanner,
     Framing,
     HeadError,
+    ResponseHead,
     find_head_end,
     has_token,
     header_value,
     parse_request_head,
     parse_response_head,
+    parse_response_head_known,
 )
 
 
@@ -205,3 +207,24 @@ def test_header_helpers() -> None:
     assert header_value(headers, b"host") is None
     assert has_token(header_value(headers, b"connection"), b"upgrade")
     assert not has_token(None, b"close")
+
+
+def test_known_response_heads_are_the_parse_and_kept_per_kind_of_request() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: x\r\n\r\n"
+    for method in (b"GET", b"HEAD", b"GET", b"POST"):
+        known = parse_response_head_known(raw, method)
+        fresh = parse_response_head(raw, method)
+        assert [getattr(known, name) for name in ResponseHead.__slots__ if name != "_headers"] == [
+            getattr(fresh, name) for name in ResponseHead.__slots__ if name != "_headers"
+        ]
+        assert known.headers == fresh.headers
+    get = parse_response_head_known(raw, b"GET")
+    assert parse_response_head_known(raw, b"POST") is get  # kept: same framing
+    head = parse_response_head_known(raw, b"HEAD")
+    assert head is not get
+    assert head.framing is Framing.NONE
+    assert get.framing is Framing.LENGTH
+    with pytest.raises(HeadError):
+        parse_response_head_known(b"HTTP/9.9 200 OK\r\n\r\n", b"GET")
+    with pytest.raises(HeadError):  # refusals are not kept
+        parse_response_head_known(b"HTTP/9.9 200 OK\r\n\r\n", b"GET")

@@ -339,6 +339,28 @@ def split_target(target: bytes) -> tuple[bytes | None, bytes]:
     return rest[:slash], rest[slash:]
 
 
+# Response heads kept by `parse_response_head_known`, and the longest kept.
+KNOWN_RESPONSES = 64
+KNOWN_RESPONSE_MAX = 2048
+_known_responses: dict[tuple[bytes, bool], ResponseHead] = {}
+
+
+def parse_response_head_known(head: bytes, request_method: bytes) -> ResponseHead:
+    """`parse_response_head`, answered from the heads kept when the same bytes came for the
+    same kind of request (HEAD or not): a backend's heads repeat but for their Date, new each
+    second. A parse is a pure function of those, and a ResponseHead is never changed by its
+    readers (its `headers` are made from `raw`, alike each time)."""
+    key = (head, request_method == b"HEAD")
+    found = _known_responses.get(key)
+    if found is None:
+        found = parse_response_head(head, request_method)  # errors are not kept
+        if len(head) <= KNOWN_RESPONSE_MAX:
+            if len(_known_responses) >= KNOWN_RESPONSES:
+                _known_responses.clear()
+            _known_responses[key] = found
+    return found
+
+
 def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
     """Parse a complete response head; HeadError(502) if the backend sent something invalid."""
     parser = httptools.HttpResponseParser(_NO_CALLBACKS)

@@ -20,7 +20,7 @@ from sozu.worker.core.http.codec import (
     HeadError,
     ResponseHead,
     find_head_end,
-    parse_response_head,
+    parse_response_head_known,
 )
 from sozu.worker.core.http.header_edits import (
     edit_response,
@@ -342,7 +342,7 @@ def _response_head(s: Http1Session, data: bytes, now: float) -> None:
                 if buf is not rbuf:
                     rbuf += buf
                 return
-            response = parse_response_head(bytes(buf[:end]), head.method)
+            response = parse_response_head_known(bytes(buf[:end]), head.method)
         except HeadError as error:
             log.info("backend response refused: %s", error.reason)
             give_up(s, now, 502, "")
