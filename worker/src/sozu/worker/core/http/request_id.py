@@ -114,4 +114,13 @@ class UlidGenerator:
 
     def _set_time(self, time_ms: int) -> None:
         self._last_time = time_ms
-        self._prefix = _encode(time_ms, 10)
+        pairs = _PAIRS  # 48 bits as 10 characters: five pairs of 10 bits (the first 2 are 0)
+        self._prefix = "".join(
+            (
+                pairs[time_ms >> 40],
+                pairs[(time_ms >> 30) & 1023],
+                pairs[(time_ms >> 20) & 1023],
+                pairs[(time_ms >> 10) & 1023],
+                pairs[time_ms & 1023],
+            )
+        )
