@@ -201,9 +201,11 @@ class Daemon:
     def stop(self) -> None:
         """Shut the daemon down (soft, then SIGKILL to its whole session if it lingers)."""
         if self.process.poll() is None:
+            # A soft stop waits for UDP flows to go idle: a test's last flows are not waited
+            # for longer than this (tests of the soft stop wait for it themselves).
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.sozu("shutdown", timeout=10)
-                self.process.wait(timeout=10)
+                self.sozu("shutdown", timeout=4)
+                self.process.wait(timeout=4)
         # Workers share the daemon's session: none may outlive a test.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
