@@ -38,6 +38,7 @@ KNOWN_STEM_MAX = 2048
 _Stem = tuple[bytes, tuple[tuple[bytes, bytes], ...], int]
 # `_read_stem`'s answer for a head left to the parser.
 _NOT_DIRECT: Final[_Stem] = (b"", (), -1)
+_REFUSED: Final = -2
 # A backend answers with heads that repeat but for their Date (new each second) and the
 # Sozu-Id the core adds as the last field: what a head holds up to its last line is read
 # once. The reading is a pure function of those bytes, and its result is never changed.
@@ -52,21 +53,31 @@ def _read_stem(stem: bytes) -> _Stem:
     head = _HEAD.fullmatch(stem)
     if head is None:
         return _NOT_DIRECT
-    fields = []
+    fields: list[tuple[bytes, bytes]] = []
     length = -1
     for line in head.group(2).split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        name = name.lower()
-        value = value.strip(b" \t")
-        if name == b"content-length":
-            if length >= 0 or not value.isdigit() or len(value) > _LENGTH_DIGITS:
-                return _NOT_DIRECT
-            length = int(value)
-        elif name == b"transfer-encoding":
+        length = _add_field(fields, name, value, length)
+        if length == _REFUSED:
             return _NOT_DIRECT
-        if name not in _DROPPED:
-            fields.append((name, value))
     return head.group(1), ((b":status", head.group(1)), *fields), length
+
+
+def _add_field(fields: list[tuple[bytes, bytes]], name: bytes, value: bytes, length: int) -> int:
+    """One field of a head on the direct path: kept in `fields` unless hop-by-hop; the
+    content-length so far (-1: none), or _REFUSED for a head left to the parser (a bad or
+    repeated content-length, a transfer-encoding)."""
+    name = name.lower()
+    value = value.strip(b" \t")
+    if name == b"content-length":
+        if length >= 0 or not value.isdigit() or len(value) > _LENGTH_DIGITS:
+            return _REFUSED
+        length = int(value)
+    elif name == b"transfer-encoding":
+        return _REFUSED
+    if name not in _DROPPED:
+        fields.append((name, value))
+    return length
 
 
 class ResponseReader:
@@ -166,16 +177,9 @@ class ResponseReader:
             line = _FIELD.fullmatch(data, cut + 2, end)
             if line is None:
                 return -1
-            name = line.group(1).lower()
-            value = line.group(2).strip(b" \t")
-            if name == b"content-length":
-                if length >= 0 or not value.isdigit() or len(value) > _LENGTH_DIGITS:
-                    return -1
-                length = int(value)
-            elif name == b"transfer-encoding":
+            length = _add_field(fields, line.group(1), line.group(2), length)
+            if length == _REFUSED:
                 return -1
-            if name not in _DROPPED:
-                fields.append((name, value))
         no_body = self._head_only or status in (b"204", b"304")
         if length < 0 and not no_body:
             return -1
