@@ -39,7 +39,7 @@ from sozu.worker.core.h2.flood import (
     FloodGuard,
     FloodLimits,
 )
-from sozu.worker.core.h2.session import H2Session
+from sozu.worker.core.h2.session import CONNECTION_OUT, H2Session
 from sozu.worker.core.http1.counters import HttpCounters
 
 NOW = 1000.0
@@ -257,6 +257,49 @@ def test_a_window_opened_in_time_lets_the_response_through() -> None:
     data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
     assert data == b"hello"
     assert w.ctx.counters.h2_window_stalls == 0
+
+
+def test_a_shut_window_pauses_the_stream_s_core_until_the_client_reads() -> None:
+    # Past the buffer limit of unsent body, the stream's core is refused more output (it
+    # keeps it and stops reading its backend); the window opening resumes it, once.
+    w = world(front_timeout=10)
+    session, client = connect(w, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    send_get(session, client)
+    limit = w.ctx.buffer_limit
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (3 * limit)
+    assert session.stream_room(1), "nothing waits yet"
+    session.response_data(1, head + b"a" * limit, NOW)
+    assert session.stream_room(1), "at the limit, not past it"
+    session.response_data(1, b"b", NOW)
+    assert not session.stream_room(1)
+    assert not session.stream_room(1), "asked twice, paused once"
+    session.check_invariants()
+    assert session.paused == 1
+    assert session.take_resumed() == [], "the window is still shut"
+    client.receive_data(bytes(session.to_front))
+    session.to_front.clear()
+    client.increment_flow_control_window(2 * limit, stream_id=1)
+    session.front_data(client.data_to_send(), NOW + 1)
+    assert session.take_resumed() == [1]
+    assert session.take_resumed() == [], "resumed once"
+    assert session.stream_room(1)
+    session.check_invariants()
+    events = client.receive_data(bytes(session.to_front))
+    data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert data == b"a" * limit + b"b"
+
+
+def test_unread_frames_of_the_connection_pause_its_streams() -> None:
+    w = world()
+    session, client = connect(w)
+    send_get(session, client)
+    session.response_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhel", NOW)
+    session.to_front += b"\0" * CONNECTION_OUT  # as if the client had read none of it
+    assert not session.stream_room(1)
+    assert session.take_resumed() == []
+    del session.to_front[:CONNECTION_OUT]
+    assert session.take_resumed() == [1]
+    session.check_invariants()
 
 
 def test_an_hpack_bomb_ends_the_connection_without_decoding_it_whole() -> None:

@@ -388,3 +388,86 @@ def test_input_after_the_connection_is_done_starts_nothing() -> None:
     assert late not in client.inner
     assert not client.s.per_ip_held
     assert world.shared.per_ip.held("web", PEER[0]) == 0
+
+
+def test_open_streams_are_counted_active_until_each_is_let_go() -> None:
+    """`h2_streams_active` (the listener's `sozu_h2_streams_active` gauge): a stream counts
+    from its HEADERS until it is forgotten: its response sent, its client's reset, or its
+    connection's end, whatever its streams were doing."""
+    world = two_clusters()
+    counters = world.ctx.counters
+    client = Client(world)
+    answered = client.get("a.test")
+    reset = client.get("b.test", "/reset")
+    held = client.get("a.test", "/held")
+    assert counters.h2_streams_active == 3
+    client.respond(answered, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert counters.h2_streams_active == 3, "until the shell lets go of its core"
+    client.s.stream_closed(answered, NOW)
+    assert counters.h2_streams_active == 2
+    client.c.reset_stream(reset)
+    client.exchange()
+    assert reset in client.s.cancelled
+    client.s.stream_closed(reset, NOW)  # as the shell does for a cancelled core
+    assert counters.h2_streams_active == 1
+    # A second connection's streams count on the same listener.
+    other = Client(world)
+    other.get("b.test")
+    assert counters.h2_streams_active == 2
+    other.s.front_eof(NOW)  # its stream's core never said anything: the connection's end
+    assert counters.h2_streams_active == 1
+    # Cleared metrics keep the gauge (it counts what is open, not what happened).
+    counters.clear()
+    assert counters.h2_streams_active == 1
+    assert held in client.s.streams
+    client.s.ended()  # the shell closed the socket
+    assert counters.h2_streams_active == 0
+    assert not client.s.streams
+    client.s.check_invariants()
+    counters.check_invariants()
+
+
+def test_a_declared_body_ended_on_its_headers_is_refused_before_any_core() -> None:
+    """END_STREAM on the HEADERS of a request declaring a body: that stream alone is reset
+    (PROTOCOL_ERROR) and nothing is left behind for it (no core routed, no stream held, so
+    the connection still times out idle); a DATA frame ending the body short of its length
+    is a connection error (the library's, GOAWAY PROTOCOL_ERROR)."""
+    world = two_clusters()
+    counters = world.ctx.counters
+    client = Client(world)
+    post = [(":method", "POST"), (":scheme", "https"), (":authority", "a.test")]
+    empty = client.c.get_next_available_stream_id()
+    client.c.send_headers(empty, [*post, (":path", "/"), ("content-length", "5")], end_stream=True)
+    client.exchange()
+    resets = client.of(h2.events.StreamReset, empty)
+    assert [e.error_code for e in resets if isinstance(e, h2.events.StreamReset)] == [
+        ErrorCodes.PROTOCOL_ERROR
+    ]
+    assert empty not in client.inner
+    assert empty not in client.s.streams
+    assert (counters.h2_refused_streams, counters.h2_streams, counters.h2_streams_active) == (
+        1,
+        0,
+        0,
+    )
+    assert client.s.deadline == NOW + world.ctx.front_timeout, "idle: no stream held"
+    # The connection goes on.
+    served = client.get("b.test")
+    assert served in client.inner
+    client.respond(served, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert client.of(h2.events.StreamEnded, served)
+    client.s.stream_closed(served, NOW)
+    short = client.c.get_next_available_stream_id()
+    client.c.send_headers(short, [*post, (":path", "/"), ("content-length", "5")])
+    client.exchange()
+    assert counters.h2_streams_active == 1
+    client.c.send_data(short, b"abc", end_stream=True)
+    client.exchange()
+    terminated = client.of(h2.events.ConnectionTerminated)
+    assert [e.error_code for e in terminated if isinstance(e, h2.events.ConnectionTerminated)] == [
+        ErrorCodes.PROTOCOL_ERROR
+    ]
+    assert client.s.done
+    assert client.s.cancelled == [short]
+    assert counters.h2_streams_active == 0
+    assert len(client.inner[short].fbuf) <= 3, "never more than what came"

@@ -1,7 +1,8 @@
-"""ServerConnection (server_connection.py) held to the `h2` library's own H2Connection: both
-built by `h2_connection` with the session's settings and driven by the same client bytes and
-the same server calls, they return the same events (or raise the same exception), write the
-same bytes and are left in the same state after every step.
+"""ServerConnection (server_connection.py) held to the `h2` library's own H2Connection (with
+sozu's two corrections, `LibraryServer`, in the equivalence test): both built by
+`h2_connection` with the session's settings and driven by the same client bytes and the same
+server calls, they return the same events (or raise the same exception), write the same bytes
+and are left in the same state after every step.
 
 Both forget closed streams and count open ones before they admit a stream, and both keep
 what follows a frame that failed in the input buffer. The tests at the end hold what a
@@ -32,7 +33,7 @@ from hypothesis import strategies as st
 from sozu.worker.core.h2.hpack_in import FieldDecoder
 from sozu.worker.core.h2.hpack_out import FieldEncoder
 from sozu.worker.core.h2.library import h2_connection
-from sozu.worker.core.h2.server_connection import ServerConnection
+from sozu.worker.core.h2.server_connection import LibraryServer, ServerConnection
 
 MAX_STREAMS = 100  # session.py's default
 MAX_HEADER_LIST = 65536  # session.py's default
@@ -176,7 +177,9 @@ class Pair:
     """The library's connection and the fast one, called alike and compared."""
 
     def __init__(self, *, max_streams: int, max_header_list: int) -> None:
-        self.lib = server(H2Connection, max_streams=max_streams, max_header_list=max_header_list)
+        # The library with sozu's corrections (streams past the limit refused, not a
+        # connection error): the fast path goes through them too.
+        self.lib = server(LibraryServer, max_streams=max_streams, max_header_list=max_header_list)
         self.fast = server(CountingServer, max_streams=max_streams, max_header_list=max_header_list)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> bool:

@@ -67,6 +67,8 @@ class StreamLink(HttpConnection):
 
     def _flush_front(self, now: float) -> None:
         session = self.session
+        if not self.front.session.stream_room(self.stream_id):
+            return  # kept by the core, which stops reading its backend (back pressure)
         data = bytes(session.to_front)
         session.to_front.clear()
         session.sent(now)
@@ -227,6 +229,12 @@ class H2FrontConnection(FrontConnection):
                     found.close()
         if session.to_front:
             self._flush(now)
+        if session.paused:
+            # Streams held back (a shut window, or this socket not read): on once there is room.
+            for stream_id in session.take_resumed():
+                found = self.links.get(stream_id)
+                if found is not None:
+                    found.settle(now)
         if session.done and not session.to_front:
             self._linger()
             return
@@ -302,5 +310,5 @@ class H2FrontConnection(FrontConnection):
         with contextlib.suppress(OSError):
             self.sock.close()
         self.session.done = True
-        self.session.release_slots()
+        self.session.ended()
         self.server.connection_closed(self)

@@ -80,6 +80,7 @@ _HTTPS_COUNTERS = (
 _LISTENER_GAUGES = (
     ("sozu_http_active_connections", "active"),
     ("sozu_http_websocket_active", "websockets_active"),
+    ("sozu_h2_streams_active", "h2_streams_active"),
 )
 
 

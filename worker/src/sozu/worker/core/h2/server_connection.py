@@ -27,11 +27,13 @@ from typing import Any, Final
 
 from h2 import stream as _library_stream
 from h2.connection import (
+    AllowedStreamIDs,
     ConnectionInputs,
     ConnectionState,
     H2Connection,
     H2ConnectionStateMachine,
 )
+from h2.errors import ErrorCodes
 from h2.events import Event, RequestReceived, StreamEnded
 from h2.exceptions import DenialOfServiceError, ProtocolError
 from h2.stream import STREAM_OPEN, H2Stream, StreamClosedBy, StreamInputs, StreamState
@@ -86,7 +88,43 @@ def frame_header(length: int, kind: int, flags: int, stream_id: int) -> bytes:
     return _HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id)
 
 
-class ServerConnection(H2Connection):
+class LibraryServer(H2Connection):
+    """The library's server connection with two corrections, each where the library would
+    go against what the connection advertises; the reference the fast path of
+    `ServerConnection` is held to (tests/h2/test_server_connection.py).
+
+    * A new client stream past the concurrency limit is refused with RST_STREAM
+      REFUSED_STREAM (RFC 9113 §5.1.2; the client may retry it, §8.7), where the library
+      ends the connection (TooManyStreamsError: GOAWAY PROTOCOL_ERROR, and the streams within
+      the limit lost with it). Its block is decoded all the same, so that HPACK stays in step.
+    * The header list limit of the SETTINGS sent is the decoder's from the start: the library
+      gives its decoder the limit only when a changed setting is acknowledged, and the
+      connection's initial `local_settings` never change."""
+
+    def initiate_connection(self) -> None:
+        super().initiate_connection()
+        limit = self.local_settings.max_header_list_size
+        if limit is not None:
+            self.decoder.max_header_list_size = limit
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Any], list[Event]]:
+        stream_id = frame.stream_id
+        if (
+            stream_id in self.streams
+            or not stream_id & 1
+            or stream_id <= self.highest_inbound_stream_id
+            or self.open_inbound_streams < self.local_settings.max_concurrent_streams
+        ):
+            return super()._receive_headers_frame(frame)
+        _decode(self.decoder, frame.data)  # raises the library's errors (an HPACK bomb too)
+        events: list[Event] = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+        stream.state_machine.process_input(StreamInputs.RECV_HEADERS)  # its event dropped
+        frames: list[Any] = stream.reset_stream(ErrorCodes.REFUSED_STREAM)
+        return frames, events
+
+
+class ServerConnection(LibraryServer):
     """A server-side `H2Connection` (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

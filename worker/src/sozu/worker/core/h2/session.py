@@ -52,6 +52,9 @@ DEFAULT_INITIAL_WINDOW = 1048576
 DEFAULT_MAX_RST_STREAM_PER_WINDOW = 100
 # Response readers a connection keeps for its next streams.
 READERS_KEPT = 128
+# Unsent frames past which a connection's stream cores keep their output (`stream_room`):
+# a client opening large windows, then not reading, holds this plus one read per stream.
+CONNECTION_OUT = 262144
 # The window the rapid reset limit counts over, in seconds (as the other floods: flood.py).
 FLOOD_WINDOW = 1.0
 
@@ -66,6 +69,7 @@ class H2Stream:
         "ended_out",
         "inner",
         "out",
+        "paused",
         "reader",
         "received",
         "stalled",
@@ -81,6 +85,7 @@ class H2Stream:
         self.out = bytearray()  # response body not sent yet (flow control)
         self.stalled = INF  # since when `out` waits for a window the client keeps shut
         self.detached = False  # its core ended: only `out` is left to send
+        self.paused = False  # its core was refused more output (`stream_room`)
 
 
 class H2Session:
@@ -132,6 +137,7 @@ class H2Session:
         # Response readers of ended streams, ready again (response_reader.py).
         self.readers: list[ResponseReader] = []
         self.stalls = 0  # streams whose `stalled` is set
+        self.paused = 0  # streams whose `paused` is set
         self.draining = False
         self.goaway_sent = False
         self.goaway_last = 0  # streams above it are refused once GOAWAY went out
@@ -270,13 +276,13 @@ class H2Session:
 
     def stream_closed(self, stream_id: int, now: float, *, complete: bool = False) -> None:
         """A stream's core ended (its shell let go of it); `complete`: after a complete
-        response, which for a body delimited by the backend's close is its end. The rest of
-        such a body may still wait for the client's window: the stream stays until it is
-        sent. Any other end resets a stream whose response is not complete."""
+        response (for a body delimited by the backend's close, its end). The rest of such a
+        body, or of any response read whole, may still wait for the client's window: the
+        stream stays until it is sent (or stalls: `on_timer`). Any other end resets it."""
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.ended_out:
             reader = stream.reader
-            if complete and reader.head is not None and not reader.failed:
+            if (complete or reader.complete) and reader.head is not None and not reader.failed:
                 reader.complete = True
                 stream.detached = True
                 self._pump(stream_id, now)
@@ -284,6 +290,9 @@ class H2Session:
                     self._idle(now)
                     self._flush()
                     return
+            elif stream.stalled != INF:  # its core's send timeout, paused: a stall all the same
+                self.counters.h2_window_stalls += 1
+                self._reset(stream_id, ErrorCodes.CANCEL)
             else:
                 self._reset(stream_id, ErrorCodes.INTERNAL_ERROR)
         self._forget(stream_id)
@@ -294,6 +303,32 @@ class H2Session:
         """The stream's response is complete and sent: its core may end."""
         stream = self.streams.get(stream_id)
         return stream is None or stream.ended_out
+
+    def stream_room(self, stream_id: int) -> bool:
+        """May a stream's core hand over more response bytes? Not while its unsent body (a
+        shut window) or the connection's unsent frames (an unread socket) are past their
+        limits: the core keeps them and stops reading its backend (back pressure, as for
+        HTTP/1.1), paused until `take_resumed` finds room."""
+        stream = self.streams.get(stream_id)
+        if stream is None or (
+            len(stream.out) <= self.ctx.buffer_limit and len(self.to_front) <= CONNECTION_OUT
+        ):
+            return True
+        if not stream.paused:
+            stream.paused = True
+            self.paused += 1
+        return False
+
+    def take_resumed(self) -> list[int]:
+        """The paused streams that have room again (no longer paused)."""
+        resumed: list[int] = []
+        limit = self.ctx.buffer_limit if len(self.to_front) <= CONNECTION_OUT else -1
+        for stream_id, stream in self.streams.items():
+            if stream.paused and len(stream.out) <= limit:
+                stream.paused = False
+                self.paused -= 1
+                resumed.append(stream_id)
+        return resumed
 
     # -- streams
 
@@ -307,6 +342,12 @@ class H2Session:
         try:
             translated = translate_known(headers, ended)
         except Refused:
+            self.counters.h2_refused_streams += 1
+            self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return
+        if ended and translated.content_length > 0:
+            # A declared body that never comes (END_STREAM on the HEADERS): refused before
+            # any core exists, so nothing is routed, held or left behind for it.
             self.counters.h2_refused_streams += 1
             self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
@@ -328,14 +369,12 @@ class H2Session:
         stream = H2Stream(inner, reader, translated.content_length)
         stream.ended_in = ended
         self.streams[stream_id] = stream
+        self.counters.h2_streams_active += 1
         inner.sni_memo = self.sni_memo
         inner.per_ip_held = self.per_ip_held
         inner.forwarding = self.forwarding
         inner.start_with_head(translated.request, now)
         self.forwarding = inner.forwarding
-        if ended and translated.content_length > 0:
-            self._refuse(stream_id)
-            return
         self.opened.append((stream_id, inner))
 
     def _data(self, stream_id: int, data: bytes, flow: int, now: float) -> None:
@@ -457,8 +496,11 @@ class H2Session:
         stream = self.streams.pop(stream_id, None)
         if stream is None:
             return
+        self.counters.h2_streams_active -= 1
         if stream.stalled != INF:
             self.stalls -= 1
+        if stream.paused:
+            self.paused -= 1
         if stream.reader.reusable and len(self.readers) < READERS_KEPT:
             self.readers.append(stream.reader)
 
@@ -492,6 +534,16 @@ class H2Session:
             self.cancelled.extend(self.streams)
             for stream in self.streams.values():
                 stream.ended_out = True
+        self.ended()
+
+    def ended(self) -> None:
+        """The connection ended (the core finished, or the shell closed the socket): the
+        streams still held (their cores cancelled, or a detached body left unsent) are let
+        go, so no longer counted in `h2_streams_active`, and the per-IP slots given back."""
+        if self.streams:
+            self.counters.h2_streams_active -= len(self.streams)
+            self.streams.clear()
+            self.stalls = self.paused = 0
         self.release_slots()
 
     def release_slots(self) -> None:
@@ -511,6 +563,7 @@ class H2Session:
         self.guard.check_invariants()
         assert len(self.streams) <= self.max_streams + 1, len(self.streams)
         assert self.stalls == sum(s.stalled != INF for s in self.streams.values())
+        assert self.paused == sum(s.paused for s in self.streams.values())
         assert not self.done or all(s.ended_out for s in self.streams.values())
         assert not self.done or not self.per_ip_held
         for cluster_id in self.per_ip_held:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class HttpCounters:
-    """Monotonic counters, and two gauges: `active` (kept by the shell, which accepts
-    connections) and `websockets_active` (kept by the cores)."""
+    """Monotonic counters, and three gauges: `active` (kept by the shell, which accepts
+    connections), `websockets_active` and `h2_streams_active` (kept by the cores)."""
 
     accepted: int = 0
     active: int = 0
@@ -36,6 +36,7 @@ class HttpCounters:
     proxy_protocol_errors: int = 0  # invalid PROXY headers on an expect_proxy listener
     h2_connections: int = 0  # connections that negotiated h2
     h2_streams: int = 0  # request streams opened on them
+    h2_streams_active: int = 0  # gauge: those still open (kept by the h2 cores)
     h2_refused_streams: int = 0  # streams reset for a malformed request (smuggling checks)
     h2_rapid_resets: int = 0  # connections ended by the rapid reset defence
     h2_protocol_errors: int = 0  # connections ended by GOAWAY PROTOCOL_ERROR (or another code)
@@ -67,9 +68,9 @@ class HttpCounters:
         self.count_status(status)
 
     def clear(self) -> None:
-        active, websockets_active = self.active, self.websockets_active
+        gauges = self.active, self.websockets_active, self.h2_streams_active
         self.__init__()  # type: ignore[misc]
-        self.active, self.websockets_active = active, websockets_active
+        self.active, self.websockets_active, self.h2_streams_active = gauges
 
     def check_invariants(self) -> None:
         for name in self.__slots__:
