@@ -260,33 +260,56 @@ def test_a_window_opened_in_time_lets_the_response_through() -> None:
 
 
 def test_a_shut_window_pauses_the_stream_s_core_until_the_client_reads() -> None:
-    # Past the buffer limit of unsent body, the stream's core is refused more output (it
-    # keeps it and stops reading its backend); the window opening resumes it, once.
+    # With unsent body waiting, a stream's core may hand over only up to the buffer limit of
+    # it (short of what it holds: paused); the window opening resumes it, once.
     w = world(front_timeout=10)
     session, client = connect(w, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
     send_get(session, client)
     limit = w.ctx.buffer_limit
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (3 * limit)
-    assert session.stream_room(1), "nothing waits yet"
-    session.response_data(1, head + b"a" * limit, NOW)
-    assert session.stream_room(1), "at the limit, not past it"
-    session.response_data(1, b"b", NOW)
-    assert not session.stream_room(1)
-    assert not session.stream_room(1), "asked twice, paused once"
+    assert session.stream_room(1, 10**6) == 10**6, "nothing waits: all of it"
+    session.response_data(1, head + b"a" * (limit - 10), NOW)
+    assert session.stream_room(1, 4) == 4
+    assert session.paused == 0
+    assert session.stream_room(1, 50) == 10, "up to the limit"
+    assert session.paused == 1
+    session.response_data(1, b"b" * 10, NOW)
+    assert session.stream_room(1, 50) == 0
+    assert session.stream_room(1, 50) == 0, "asked twice, paused once"
     session.check_invariants()
     assert session.paused == 1
     assert session.take_resumed() == [], "the window is still shut"
     client.receive_data(bytes(session.to_front))
     session.to_front.clear()
-    client.increment_flow_control_window(2 * limit, stream_id=1)
+    client.increment_flow_control_window(100, stream_id=1)
     session.front_data(client.data_to_send(), NOW + 1)
     assert session.take_resumed() == [1]
     assert session.take_resumed() == [], "resumed once"
-    assert session.stream_room(1)
+    assert session.stream_room(1, 40) == 40
     session.check_invariants()
+    assert session.paused == 0
     events = client.receive_data(bytes(session.to_front))
     data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
-    assert data == b"a" * limit + b"b"
+    assert data == b"a" * 100
+
+
+def test_a_core_ending_while_paused_is_a_stall_not_a_complete_response() -> None:
+    # Its core asked for a lingering close after the whole response, but still held bytes
+    # the client never took: not complete (no clean END_STREAM on a short body).
+    w = world(front_timeout=10)
+    session, client = connect(w, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    send_get(session, client)
+    limit = w.ctx.buffer_limit
+    session.response_data(1, b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * (limit + 1), NOW)
+    assert session.stream_room(1, 5) == 0
+    session.stream_closed(1, NOW + 10, complete=True)
+    session.check_invariants()
+    events = client.receive_data(bytes(session.to_front))
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(1, ErrorCodes.CANCEL)]
+    assert not any(isinstance(e, h2.events.StreamEnded) for e in events)
+    assert w.ctx.counters.h2_window_stalls == 1
+    assert session.paused == 0
 
 
 def test_unread_frames_of_the_connection_pause_its_streams() -> None:
@@ -295,10 +318,11 @@ def test_unread_frames_of_the_connection_pause_its_streams() -> None:
     send_get(session, client)
     session.response_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhel", NOW)
     session.to_front += b"\0" * CONNECTION_OUT  # as if the client had read none of it
-    assert not session.stream_room(1)
+    assert session.stream_room(1, 6) == 0
     assert session.take_resumed() == []
     del session.to_front[:CONNECTION_OUT]
     assert session.take_resumed() == [1]
+    assert session.stream_room(1, 6) == 6
     session.check_invariants()
 
 

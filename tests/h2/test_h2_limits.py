@@ -100,6 +100,24 @@ def test_streams_past_the_concurrency_limit_are_refused_and_the_others_go_on() -
     assert list(table.dynamic_entries) == list(encoder.header_table.dynamic_entries)
 
 
+def test_streams_refused_past_the_limit_count_as_client_resets() -> None:
+    # Request after request past the limit: each refused, and past the rapid reset limit of
+    # one window, GOAWAY ENHANCE_YOUR_CALM (a refusal costs the client nothing otherwise).
+    world, session = connect(h2_max_concurrent_streams=1, h2_max_rst_stream_per_window=3)
+    encoder = hpack.Encoder()
+    session.front_data(request(encoder, 1, b"/", end=False), NOW)
+    refused = int(ErrorCodes.REFUSED_STREAM)
+    for stream_id in (3, 5, 7):
+        session.front_data(request(encoder, stream_id, b"/"), NOW)
+        assert resets(session) == [(stream_id, refused)]
+        assert not session.done
+    session.front_data(request(encoder, 9, b"/"), NOW)
+    assert session.done
+    assert session.goaway_sent
+    assert world.ctx.counters.h2_rapid_resets == 1
+    session.check_invariants()
+
+
 def test_the_configured_header_list_size_is_the_one_applied() -> None:
     padding = (b"x-pad", b"p" * 2000)
     # Under the default limit (65,536 bytes): served.

@@ -67,10 +67,18 @@ class StreamLink(HttpConnection):
 
     def _flush_front(self, now: float) -> None:
         session = self.session
-        if not self.front.session.stream_room(self.stream_id):
-            return  # kept by the core, which stops reading its backend (back pressure)
-        data = bytes(session.to_front)
-        session.to_front.clear()
+        to_front = session.to_front
+        # What the h2 stream has room for; the core keeps the rest and stops reading its
+        # backend (back pressure) until the stream resumes.
+        room = self.front.session.stream_room(self.stream_id, len(to_front))
+        if not room:
+            return
+        if room < len(to_front):
+            data = bytes(to_front[:room])
+            del to_front[:room]
+        else:
+            data = bytes(to_front)
+            to_front.clear()
         session.sent(now)
         self.front.session.response_data(self.stream_id, data, now)
 

@@ -96,10 +96,13 @@ class LibraryServer(H2Connection):
     * A new client stream past the concurrency limit is refused with RST_STREAM
       REFUSED_STREAM (RFC 9113 §5.1.2; the client may retry it, §8.7), where the library
       ends the connection (TooManyStreamsError: GOAWAY PROTOCOL_ERROR, and the streams within
-      the limit lost with it). Its block is decoded all the same, so that HPACK stays in step.
+      the limit lost with it). Its block is decoded all the same, so that HPACK stays in step;
+      `refused` counts them for the session's rapid reset defence.
     * The header list limit of the SETTINGS sent is the decoder's from the start: the library
       gives its decoder the limit only when a changed setting is acknowledged, and the
       connection's initial `local_settings` never change."""
+
+    refused = 0
 
     def initiate_connection(self) -> None:
         super().initiate_connection()
@@ -121,6 +124,7 @@ class LibraryServer(H2Connection):
         stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
         stream.state_machine.process_input(StreamInputs.RECV_HEADERS)  # its event dropped
         frames: list[Any] = stream.reset_stream(ErrorCodes.REFUSED_STREAM)
+        self.refused += 1
         return frames, events
 
 

@@ -1,14 +1,11 @@
 """The HTTP/2 frontend session core: one client connection that negotiated `h2`, as a
 synchronous sans-io state machine on the `h2` library (framing, HPACK, flow control).
 
-Each request stream becomes an HTTP/1.1 request (translation.py) handed to an `Http1Session`
-core of its own, so routing, policies, answers, header edits, access log and metrics are
-exactly those of HTTP/1.1; the HTTP/1.1 response that core queues for its "client" is read
-back (response_reader.py) into the stream's HEADERS and DATA. The shell runs each stream's
-core with its backend connection like an HTTP/1.1 connection, and reads here after every
-call: `to_front`, `opened` (stream cores to run), `fed` (stream cores given request body
-bytes, to run again), `cancelled` (stream cores to end), `deadline` and `done`. Nothing here
-does I/O or reads a clock. LIFECYCLE.md beside it.
+Each request stream becomes an HTTP/1.1 request (translation.py) run by an `Http1Session`
+core of its own (routing, policies, answers, edits, access log, metrics as HTTP/1.1); the
+response it queues is read back (response_reader.py) into HEADERS and DATA. The shell reads
+after every call: `to_front`, `opened` (stream cores to run), `fed` (cores given body bytes),
+`cancelled` (cores to end), `deadline` and `done`. No I/O, no clock. LIFECYCLE.md beside it.
 """
 
 from __future__ import annotations
@@ -52,8 +49,7 @@ DEFAULT_INITIAL_WINDOW = 1048576
 DEFAULT_MAX_RST_STREAM_PER_WINDOW = 100
 # Response readers a connection keeps for its next streams.
 READERS_KEPT = 128
-# Unsent frames past which a connection's stream cores keep their output (`stream_room`):
-# a client opening large windows, then not reading, holds this plus one read per stream.
+# Unsent frames past which a connection's stream cores keep their output (`stream_room`).
 CONNECTION_OUT = 262144
 # The window the rapid reset limit counts over, in seconds (as the other floods: flood.py).
 FLOOD_WINDOW = 1.0
@@ -183,6 +179,10 @@ class H2Session:
             self._flush()
             self._finish()
             return
+        while self.conn.refused:  # streams refused past the concurrency limit: resets too
+            self.conn.refused -= 1
+            if self._rapid_reset(now):
+                return
         for event in events:
             if isinstance(event, RequestReceived):
                 self._request(event.stream_id, event.headers, event.stream_ended is not None, now)
@@ -282,7 +282,10 @@ class H2Session:
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.ended_out:
             reader = stream.reader
-            if (complete or reader.complete) and reader.head is not None and not reader.failed:
+            if stream.paused:  # its core ended holding bytes the client did not take
+                self.counters.h2_window_stalls += 1
+                self._reset(stream_id, ErrorCodes.CANCEL)
+            elif (complete or reader.complete) and reader.head is not None and not reader.failed:
                 reader.complete = True
                 stream.detached = True
                 self._pump(stream_id, now)
@@ -290,9 +293,6 @@ class H2Session:
                     self._idle(now)
                     self._flush()
                     return
-            elif stream.stalled != INF:  # its core's send timeout, paused: a stall all the same
-                self.counters.h2_window_stalls += 1
-                self._reset(stream_id, ErrorCodes.CANCEL)
             else:
                 self._reset(stream_id, ErrorCodes.INTERNAL_ERROR)
         self._forget(stream_id)
@@ -304,27 +304,28 @@ class H2Session:
         stream = self.streams.get(stream_id)
         return stream is None or stream.ended_out
 
-    def stream_room(self, stream_id: int) -> bool:
-        """May a stream's core hand over more response bytes? Not while its unsent body (a
-        shut window) or the connection's unsent frames (an unread socket) are past their
-        limits: the core keeps them and stops reading its backend (back pressure, as for
-        HTTP/1.1), paused until `take_resumed` finds room."""
+    def stream_room(self, stream_id: int, wanted: int) -> int:
+        """How many of `wanted` response bytes a stream's core may hand over (LIFECYCLE.md,
+        back pressure); short of `wanted`, the stream is paused until `take_resumed`."""
         stream = self.streams.get(stream_id)
-        if stream is None or (
-            len(stream.out) <= self.ctx.buffer_limit and len(self.to_front) <= CONNECTION_OUT
-        ):
-            return True
-        if not stream.paused:
-            stream.paused = True
-            self.paused += 1
-        return False
+        if stream is None:
+            return wanted
+        room = wanted
+        if len(self.to_front) > CONNECTION_OUT:
+            room = 0
+        elif stream.out:
+            room = min(wanted, max(0, self.ctx.buffer_limit - len(stream.out)))
+        if (room < wanted) is not stream.paused:
+            stream.paused = room < wanted
+            self.paused += 1 if stream.paused else -1
+        return room
 
     def take_resumed(self) -> list[int]:
         """The paused streams that have room again (no longer paused)."""
         resumed: list[int] = []
         limit = self.ctx.buffer_limit if len(self.to_front) <= CONNECTION_OUT else -1
         for stream_id, stream in self.streams.items():
-            if stream.paused and len(stream.out) <= limit:
+            if stream.paused and len(stream.out) < limit:
                 stream.paused = False
                 self.paused -= 1
                 resumed.append(stream_id)
