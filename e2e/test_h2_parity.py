@@ -19,9 +19,9 @@ import pytest
 import trustme
 
 from e2e.support.daemon import Daemon, wait_for
-from e2e.support.h2_parity import GatedBackend, H2Client, cluster_toml
+from e2e.support.h2_parity import GatedBackend, H2Client
 from e2e.support.h2c_backend import H2cBackend, h2c_backend, pattern
-from e2e.support.http_backends import EchoHeaders, listener
+from e2e.support.http_backends import EchoHeaders, cluster, listener
 from e2e.support.net import Series, free_port, prometheus_series
 from e2e.support.nginx import Nginx, nginx_backends
 from e2e.support.programs import require_program
@@ -117,12 +117,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         def backend(name: str, **keys: object) -> dict[str, object]:
             return {"address": nginx.address(name), "backend_id": name, **keys}
 
-        config += cluster_toml(
+        config += cluster(
             "api",
             [front("route.test", "/api"), front("route.test", "/api", plain=True)],
             [backend("api")],
         )
-        config += cluster_toml(
+        config += cluster(
             "static",
             [
                 front("route.test", "/static"),
@@ -131,13 +131,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             ],
             [backend("static")],
         )
-        config += cluster_toml(
+        config += cluster(
             "sticky",
             [front("sticky.test")],
             [backend(name, sticky_id=value) for name, value in STICKY_IDS.items()],
             sticky_session=True,
         )
-        config += cluster_toml(
+        config += cluster(
             "retry",
             [front("retry.test")],
             [{"address": f"127.0.0.1:{dead}", "backend_id": "dead"}, backend("good")],
@@ -149,20 +149,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             {"position": "response", "key": "x-connection", "value": ""},
             {"position": "both", "key": "x-both", "value": "b"},
         ]
-        config += cluster_toml(
+        config += cluster(
             "edit",
             [front("edit.test", headers=edits)],
             [{"address": echo.address, "backend_id": "edit"}],
         )
-        config += cluster_toml(
+        config += cluster(
             "logged",
             [front("log.test", "/logged", tags={"suite": "h2parity"})],
             [backend("logged")],
         )
-        config += cluster_toml(
+        config += cluster(
             "gate", [front("slow.test")], [{"address": gate.address, "backend_id": "gate"}]
         )
-        config += cluster_toml(
+        config += cluster(
             "h2back",
             [front("h2c.test"), front("h2c.test", plain=True)],
             [{"address": h2c.address, "backend_id": "h2c"}],

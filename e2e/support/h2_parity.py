@@ -8,13 +8,10 @@ HTTP/1.1 requests get.
   ended; each gives an `H2Response`.
 * `GatedBackend`: an HTTP/1.1 backend that holds every request until `release` is set, so
   that streams stay open while a test looks at the metrics.
-* `cluster_toml`: `[clusters.<name>]` with frontends whose keys may be lists and tables
-  (`headers`, `tags`), which `http_backends.cluster` does not write.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 import threading
@@ -29,6 +26,7 @@ import h2.connection
 import h2.events
 
 from e2e.support.http_backends import Backend, Reader
+from e2e.support.keepalive_clients import header_pairs
 
 IO_TIMEOUT = 15.0
 GATE_TIMEOUT = 20.0
@@ -213,7 +211,7 @@ class GatedBackend(Backend):
 
     def handle(self, conn: socket.socket, reader: Reader, index: int) -> None:
         while (head := reader.head()) is not None:
-            headers = _headers(head)
+            headers = header_pairs(head)
             lengths = [v for k, v in headers if k == "content-length"]
             body: bytes | None = b""
             if ("transfer-encoding", "chunked") in headers:
@@ -231,43 +229,3 @@ class GatedBackend(Backend):
                 + f"X-Backend: {self.name}\r\nContent-Length: {len(answer)}\r\n\r\n".encode()
                 + answer
             )
-
-
-def _headers(head: bytes) -> list[tuple[str, str]]:
-    pairs = []
-    for line in head.decode("latin-1").split("\r\n")[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            pairs.append((name.strip().lower(), value.strip()))
-    return pairs
-
-
-# -- configuration
-
-
-def toml_value(value: object) -> str:
-    """A TOML value: booleans, integers, strings, lists and inline tables."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, dict):
-        items = ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
-        return "{ " + items + " }"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    return json.dumps(str(value))
-
-
-def cluster_toml(
-    name: str,
-    frontends: Iterable[dict[str, object]],
-    backends: Iterable[dict[str, object]],
-    **keys: object,
-) -> str:
-    """`[clusters.<name>]`, protocol http, with its frontends, backends and extra keys."""
-    lines = [f"[clusters.{name}]", 'protocol = "http"']
-    lines += [f"{key} = {toml_value(value)}" for key, value in keys.items()]
-    lines.append(f"frontends = {toml_value(list(frontends))}")
-    lines.append(f"backends = {toml_value(list(backends))}")
-    return "\n".join(lines) + "\n"

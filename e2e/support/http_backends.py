@@ -386,12 +386,23 @@ def cluster(
 
 
 def _toml(value: object) -> str:
+    """A TOML value: booleans, integers, strings, lists and inline tables."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, dict):
+        return _inline(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
     return json.dumps(str(value))
 
 
 def _inline(table: dict[str, object]) -> str:
-    return "{ " + ", ".join(f"{key} = {_toml(value)}" for key, value in table.items()) + " }"
+    items = ", ".join(f"{_key(str(key))} = {_toml(value)}" for key, value in table.items())
+    return "{ " + items + " }"
+
+
+def _key(key: str) -> str:
+    """A bare TOML key where it may be one, else a quoted one."""
+    return key if key and all(c.isalnum() or c in "_-" for c in key) else json.dumps(key)

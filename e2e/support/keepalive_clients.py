@@ -166,7 +166,8 @@ class _Wire:
         return total
 
 
-def _headers(head: bytes) -> list[tuple[str, str]]:
+def header_pairs(head: bytes) -> list[tuple[str, str]]:
+    """The header lines of a head, names lowercased, values stripped."""
     pairs = []
     for line in head.decode("latin-1").split("\r\n")[1:]:
         if line:
@@ -183,7 +184,7 @@ def read_response(wire: _Wire) -> Response:
         version, status = status_line[0], int(status_line[1])
     except (IndexError, ValueError):
         raise ResponseFailed(f"invalid status line {head[:60]!r}") from None
-    headers = _headers(head)
+    headers = header_pairs(head)
     tokens = {
         token.strip().lower()
         for name, value in headers

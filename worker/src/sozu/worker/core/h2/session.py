@@ -343,12 +343,10 @@ class H2Session:
         try:
             translated = translate_known(headers, ended)
         except Refused:
-            self.counters.h2_refused_streams += 1
-            self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
-            return
-        if ended and translated.content_length > 0:
-            # A declared body that never comes (END_STREAM on the HEADERS): refused before
-            # any core exists, so nothing is routed, held or left behind for it.
+            translated = None
+        if translated is None or (ended and translated.content_length > 0):
+            # Malformed, or a declared body that never comes (END_STREAM on the HEADERS):
+            # refused before any core exists, so nothing is routed, held or left behind.
             self.counters.h2_refused_streams += 1
             self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
