@@ -2,13 +2,17 @@
 
     .venv/bin/python -O bench/http1_core.py            # the production mode
     .venv/bin/python bench/http1_core.py --both        # with and without -O, in subprocesses
+    .venv/bin/python -O bench/http1_core.py --close    # a new connection per request
 
 Drives one `Http1Session` as the loop shell would on its hot path, with a pooled backend:
 request bytes in -> the backend connection the session kept from the previous request is used
 again (the first request: CONNECT -> back_connected(reused)) -> the shell sends to_back ->
 response bytes in -> the connection is kept -> the shell sends to_front. No sockets: what is
 printed is the core's own cost (parsing, routing, header edits, state), in µs of CPU time
-per request (process time, so that other load on the machine weighs less).
+per request (process time, so that other load on the machine weighs less). `--close`: each
+request on a new session and saying `Connection: close` (the backend connection is taken
+from the pool as the shell would hand it over: CONNECT -> back_connected(reused)), the
+session done once its response is sent.
 """
 
 from __future__ import annotations
@@ -62,6 +66,33 @@ def session() -> Http1Session:
     return core
 
 
+CLOSE_REQUEST = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+
+
+def run_close(requests: int) -> float:
+    """µs per request over `requests` connections of one request each."""
+    ctx = context(HttpListenerConfig(address="127.0.0.1:8080"))
+    now = 1.0
+    gc.collect()
+    started = time.process_time()
+    for _ in range(requests):
+        core = Http1Session(ctx, ("10.0.0.1", 50000))
+        core.start(now)
+        core.front_data(CLOSE_REQUEST, now)
+        assert core.actions == CONNECT
+        core.actions = 0
+        core.back_connected(now, True)
+        core.to_back.clear()
+        core.sent(now)
+        core.back_data(RESPONSE, now)
+        core.actions = 0  # the backend connection back to the pool, the client's closed
+        core.to_front.clear()
+        core.sent(now)
+        assert core.done
+    elapsed = time.process_time() - started
+    return elapsed / requests * 1e6
+
+
 def run(requests: int) -> float:
     """µs per request over `requests` keep-alive requests on one connection."""
     core = session()
@@ -91,16 +122,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--both", action="store_true", help="run with and without -O")
+    parser.add_argument("--close", action="store_true", help="a new session per request")
     args = parser.parse_args()
     if args.both:
         for flags in (["-O"], []):
             command = [sys.executable, *flags, __file__, "--requests", str(args.requests)]
+            command += ["--close"] if args.close else []
             result = subprocess.run(command, capture_output=True, text=True, check=True)
             print(f"python {' '.join(flags) or '(asserts on)'}: {result.stdout.strip()}")
         return
-    run(min(args.requests, 5_000))  # warm up
-    best = min(run(args.requests) for _ in range(3))
-    print(f"{best:.1f} µs per keep-alive request (best of 3 x {args.requests})")
+    measure, kind = (run_close, "new-connection") if args.close else (run, "keep-alive")
+    measure(min(args.requests, 5_000))  # warm up
+    best = min(measure(args.requests) for _ in range(3))
+    print(f"{best:.1f} µs per {kind} request (best of 3 x {args.requests})")
 
 
 if __name__ == "__main__":

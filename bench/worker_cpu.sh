@@ -6,6 +6,7 @@
 # Both proxies front the same nginx backend (a 13-byte answer), over keep-alive backend
 # connections. For each proxy it prints the worker's user+system CPU (µs) per request:
 #   http-ka      wrk -t1 -c16 (CONNECTIONS=16), keep-alive client connections
+#   http-close   wrk -t1 -c16 -H "Connection: close": one TCP connection per request
 #   https-close  wrk -t1 -c16 -H "Connection: close": one full TLS handshake per request
 # and the requests per second wrk saw (client-bound on https-close: compare CPU there).
 # Prints figures only; asserts nothing.
@@ -102,5 +103,7 @@ PY
 echo "worker CPU per request, ${DURATION}s each, wrk -t1 -c$CONNECTIONS (nginx $(nginx -v 2>&1 | sed 's/.*\///'))"
 measure "nginx http-ka" "$NX_PID" "http://127.0.0.1:$NX_HTTP/"
 measure "sozu http-ka" "$SZ_PID" "http://127.0.0.1:$SZ_HTTP/"
+measure "nginx http-close" "$NX_PID" "http://127.0.0.1:$NX_HTTP/" -H "Connection: close"
+measure "sozu http-close" "$SZ_PID" "http://127.0.0.1:$SZ_HTTP/" -H "Connection: close"
 measure "nginx https-close" "$NX_PID" "https://127.0.0.1:$NX_HTTPS/" -H "Connection: close"
 measure "sozu https-close" "$SZ_PID" "https://127.0.0.1:$SZ_HTTPS/" -H "Connection: close"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
+from typing import Final
 
 import httptools
 
@@ -222,7 +223,7 @@ _NO_CALLBACKS = _NoCallbacks()
 
 
 def _scan_special(raw: bytes) -> tuple[int, bytes | None, int, int, bool, bytes | None, bool]:
-    """(special bits, last Host, Host count, Content-Length, chunked, last Connection,
+    """(special bits, last Host, Host count, Content-Length, chunked, Connection (its lines joined),
     Expect: 100-continue) of a head llhttp accepted."""
     special = 0
     host: bytes | None = None
@@ -244,7 +245,8 @@ def _scan_special(raw: bytes) -> tuple[int, bytes | None, int, int, bool, bytes 
             # llhttp already refused any coding list that does not end in chunked.
             chunked = value.rstrip().lower().endswith(b"chunked")
         elif bit == H_CONNECTION:
-            connection = value
+            # Repeated lines are one list (RFC 9110 §5.3): a close in any of them counts.
+            connection = value if connection is None else connection + b", " + value
         elif bit == H_EXPECT:
             expect_continue = value.lower() == b"100-continue"
     return special, host, hosts, content_length, chunked, connection, expect_continue
@@ -265,6 +267,10 @@ def find_head_end(buf: bytes | bytearray, limit: int) -> int:
     return -1
 
 
+_V11: Final = b"1.1"
+_V10: Final = b"1.0"
+
+
 def parse_request_head(head: bytes) -> RequestHead:
     """Parse a complete request head (as delimited by `find_head_end`); HeadError(400) if bad."""
     parser = httptools.HttpRequestParser(_NO_CALLBACKS)
@@ -276,7 +282,11 @@ def parse_request_head(head: bytes) -> RequestHead:
     except httptools.HttpParserError as error:
         raise HeadError(400, f"invalid request: {error}") from None
     version = parser.get_http_version()
-    if version not in ("1.1", "1.0"):
+    if version == "1.1":
+        http11 = True
+    elif version == "1.0":
+        http11 = False
+    else:
         raise HeadError(400, f"unsupported HTTP version {version}")
     method = parser.get_method()
     if method == b"CONNECT":
@@ -285,11 +295,14 @@ def parse_request_head(head: bytes) -> RequestHead:
     if hosts > 1:
         raise HeadError(400, "several Host headers")
     # llhttp accepted `method SP+ target SP+ HTTP/x.y CRLF`, the target without blanks.
-    line = head[: head.find(b"\r\n")]
-    target = line[len(method) : line.rindex(b" HTTP/")].strip(b" ")
-    authority, path = split_target(target)
+    target = head[len(method) : head.rindex(b" HTTP/", 0, head.find(b"\r\n"))].strip(b" ")
+    if target[:1] == b"/":
+        authority: bytes | None = None
+        path = target
+    else:
+        authority, path = split_target(target)
     if authority is None:
-        if host is None and version == "1.1":
+        if host is None and http11:
             raise HeadError(400, "no Host header")
         authority = host
     if chunked:
@@ -299,14 +312,20 @@ def parse_request_head(head: bytes) -> RequestHead:
         framing = Framing.LENGTH
     else:
         framing = Framing.NONE
+    if connection is None:
+        keep_alive = http11
+    elif http11:
+        keep_alive = not has_token(connection, b"close")
+    else:
+        keep_alive = has_token(connection, b"keep-alive")
     return RequestHead(
         method,
         target,
-        version.encode(),
+        _V11 if http11 else _V10,
         len(head),
         framing,
         content_length,
-        _keep_alive(version, connection),
+        keep_alive,
         upgrade and method == b"GET",
         authority,
         path,

@@ -332,20 +332,32 @@ def forwarding_block(
     """The header lines `edit_request` adds for a request that carries no forwarding header
     of its own: X-Forwarded-For, Forwarded, [X-Real-IP], X-Forwarded-Port, X-Forwarded-Proto.
     They only depend on the connection, so a session builds them once."""
+    if peer is None:
+        return _forwarding_parts(None, https, public_ip, public_port, send_x_real_ip)[0]
+    head, tail = _forwarding_parts(peer[0], https, public_ip, public_port, send_x_real_ip)
+    return b"%s%d%s" % (head, peer[1], tail)
+
+
+@lru_cache(maxsize=1024)
+def _forwarding_parts(
+    ip: str | None, https: bool, public_ip: str, public_port: int, send_x_real_ip: bool
+) -> tuple[bytes, bytes]:
+    """`forwarding_block` before and after the client's port (the connections of a client
+    differ in their port only); without a client, the whole block and nothing."""
     proto = b"https" if https else b"http"
-    lines = []
-    if peer is not None:
-        ip = peer[0].encode()
-        lines.append(b"X-Forwarded-For: " + ip)
-        lines.append(
-            b'Forwarded: proto=%s;for="%s:%d";by=%s'
-            % (proto, format_ip(peer[0]).encode(), peer[1], _forwarded_by(public_ip))
-        )
-        if send_x_real_ip:
-            lines.append(b"X-Real-IP: " + ip)
-    lines.append(b"X-Forwarded-Port: %d" % public_port)
-    lines.append(b"X-Forwarded-Proto: " + proto)
-    return b"\r\n".join(lines) + b"\r\n"
+    rest = b"X-Forwarded-Port: %d\r\nX-Forwarded-Proto: %s\r\n" % (public_port, proto)
+    if ip is None:
+        return rest, b""
+    encoded = ip.encode()
+    head = b'X-Forwarded-For: %s\r\nForwarded: proto=%s;for="%s:' % (
+        encoded,
+        proto,
+        format_ip(ip).encode(),
+    )
+    tail = b'";by=%s\r\n' % _forwarded_by(public_ip)
+    if send_x_real_ip:
+        tail += b"X-Real-IP: " + encoded + b"\r\n"
+    return head, tail + rest
 
 
 def fast_request_head(
@@ -372,15 +384,36 @@ def fast_request_head(
     return b"".join(parts)
 
 
+# The usual spelling of a backend's keep-alive, said close in place when the client's
+# connection closes after the response.
+_KEEP_ALIVE_LINE: Final = b"\r\nConnection: keep-alive\r\n"
+_CLOSE_LINE: Final = b"\r\nConnection: close\r\n"
+
+
 def fast_response_head(
-    raw: bytes, special: int, *, request_id: bytes, sozu_id_header: bytes, closing: bool
-) -> bytes:
+    raw: bytes,
+    special: int,
+    keep_alive: bool,
+    *,
+    request_id: bytes,
+    sozu_id_header: bytes,
+    closing: bool,
+) -> bytes | None:
     """`edit_response`'s result, serialized, for an HTTP/1.1 response without sticky cookie,
     frontend edits or HSTS to add (the caller checked): as received, plus Sozu-Id (and
-    `Connection: close` when closing and it has no Connection header of its own)."""
+    `Connection: close` when closing: added, or said by its one `Connection: keep-alive`
+    line). None when its Connection header needs the full edit (`keep_alive`: the response
+    lets the backend connection stay open)."""
     assert raw.startswith(b"HTTP/1.1 ")
     assert raw.endswith(b"\r\n\r\n")
-    assert not (closing and special & H_CONNECTION)
+    if special & H_CONNECTION:
+        if not keep_alive:
+            return None  # its close is about the backend connection only, or the client's too
+        if closing:
+            if raw.count(_KEEP_ALIVE_LINE) != 1 or raw.lower().count(b"\r\nconnection:") != 1:
+                return None
+            raw = raw.replace(_KEEP_ALIVE_LINE, _CLOSE_LINE)
+        return b"".join((raw[:-2], sozu_id_header, b": ", request_id, b"\r\n\r\n"))
     if closing:
         return b"".join(
             (raw[:-2], b"Connection: close\r\n", sozu_id_header, b": ", request_id, b"\r\n\r\n")

@@ -14,7 +14,6 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from sozu.worker.core.http.codec import (
-    H_CONNECTION,
     ChunkedScanner,
     Framing,
     HeadError,
@@ -394,21 +393,20 @@ def _final_response(
     to_front = s.to_front
     sticky = s.sticky_found is not None or s.cluster_config.sticky_session
     hsts = ctx.hsts_for(s.frontend.hsts) if ctx.https else None
-    if (
-        not sticky
-        and not s.response_edits
-        and hsts is None
-        and response.raw.startswith(b"HTTP/1.1 ")
-        and not (response.special & H_CONNECTION and (closing or not response.keep_alive))
-    ):
-        # The common case: the head as received, plus Sozu-Id.
-        to_front += fast_response_head(
+    # The common case: the head as received, plus Sozu-Id.
+    plain = not sticky and not s.response_edits and hsts is None
+    quick = None
+    if plain and response.raw.startswith(b"HTTP/1.1 "):
+        quick = fast_response_head(
             response.raw,
             response.special,
+            response.keep_alive,
             request_id=s.request_id.encode(),
             sozu_id_header=ctx.sozu_id_header,
             closing=closing,
         )
+    if quick is not None:
+        to_front += quick
         back_keep = response.keep_alive
     else:
         to_front += _edited_response_head(s, response, closing, hsts)
