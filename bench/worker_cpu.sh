@@ -7,7 +7,8 @@
 # connections. For each proxy it prints the worker's user+system CPU (µs) per request:
 #   http-ka      wrk -t1 -c16 (CONNECTIONS=16), keep-alive client connections
 #   http-close   wrk -t1 -c16 -H "Connection: close": one TCP connection per request
-#   https-close  wrk -t1 -c16 -H "Connection: close": one full TLS handshake per request
+#   https-close  wrk -t1 -c16 -H "Connection: close": one TLS handshake per request (wrk
+#                keeps its TLS session across reconnections: most are resumptions)
 # and the requests per second wrk saw (client-bound on https-close: compare CPU there).
 # Prints figures only; asserts nothing.
 set -euo pipefail
