@@ -168,6 +168,20 @@ def test_unknown_sni_uses_the_default_certificate() -> None:
     assert not served.default_used
 
 
+def test_a_remembered_choice_follows_certificate_changes() -> None:
+    tls = ListenerTls(listener())
+    for count in (1, 2):  # the second handshake is answered from the listener's memo
+        assert handshake(tls, "late.test").peer_names() == {"default.test"}
+        assert tls.default_cert_used == count
+    fingerprint = add(tls, certificate("late.test"))
+    served = served_certificate(handshake(tls, "late.test").server)
+    assert served == ServedCertificate(fingerprint, ("late.test",), "late.test", False)
+    assert tls.default_cert_used == 2
+    assert tls.remove_certificate(fingerprint)
+    assert handshake(tls, "late.test").peer_names() == {"default.test"}
+    assert tls.default_cert_used == 3
+
+
 def test_default_certificate_stays_fallback_after_removal() -> None:
     tls = ListenerTls(listener())
     assert tls.default_fingerprint is not None

@@ -143,12 +143,15 @@ class LoopListener:
     def _accept(self, sock: socket.socket) -> None:
         acceptor = self.acceptor
         limit = acceptor.limit
+        family = sock.family
         for _ in range(ACCEPT_BATCH):
             if limit.active >= limit.limit:
                 acceptor.pause()
                 return
             try:
-                client, peer = sock.accept()
+                # What socket.accept does, less its two enum conversions (family and type
+                # read back from the listener) on every connection.
+                fd, peer = sock._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 return
             except OSError as error:
@@ -158,6 +161,7 @@ class LoopListener:
                     return
                 raise
             limit.take()
+            client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.accepted(client, (peer[0], peer[1]))

@@ -18,6 +18,7 @@ import math
 import socket
 import ssl
 import termios
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from sozu.worker.core.h2.opening import H2C, REFUSAL, REFUSE, opening
@@ -66,6 +67,7 @@ class HttpConnection(FrontConnection):
         "notified",
         "on_back_event",
         "on_front_event",
+        "read_front",
         "server",
         "session",
         "shut_back",
@@ -73,6 +75,7 @@ class HttpConnection(FrontConnection):
         "sock",
         "tls",
         "upstream",
+        "write_front",
     )
 
     session: Http1Session
@@ -82,6 +85,15 @@ class HttpConnection(FrontConnection):
         self.sock = sock
         self.fd = sock.fileno()
         self.tls = isinstance(sock, ssl.SSLSocket)
+        # A TLS socket is read and written through its SSL object directly: the same calls
+        # as SSLSocket.recv and send, without their two Python frames each.
+        tls_object = sock._sslobj if self.tls else None  # type: ignore[attr-defined]
+        self.read_front: Callable[[int], bytes] = (
+            sock.recv if tls_object is None else tls_object.read
+        )
+        self.write_front: Callable[[bytearray], int] = (
+            sock.send if tls_object is None else tls_object.write
+        )
         self.session = session
         self.back: socket.socket | None = None
         self.back_fd = -1
@@ -126,7 +138,7 @@ class HttpConnection(FrontConnection):
         session = self.session
         sock = self.sock
         try:
-            data = sock.recv(READ_SIZE)
+            data = self.read_front(READ_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -152,7 +164,7 @@ class HttpConnection(FrontConnection):
             # Records already decrypted inside the SSL object make no readiness event.
             while sock.pending():  # type: ignore[attr-defined]
                 try:
-                    data += sock.recv(READ_SIZE)
+                    data += self.read_front(READ_SIZE)
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     break
         session.front_data(data, now)
@@ -418,7 +430,7 @@ class HttpConnection(FrontConnection):
         session = self.session
         buffer = session.to_front
         try:
-            sent = self.sock.send(buffer)
+            sent = self.write_front(buffer)
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return
         except OSError:

@@ -176,7 +176,9 @@ class TlsHandshake(_Opening):
         tls = listener.tls
         assert tls is not None
         try:
-            self.sock.do_handshake()
+            # The SSL object's own call: SSLSocket.do_handshake sets the socket's timeout again
+            # around it, two ioctl system calls each time.
+            self.sock._sslobj.do_handshake()  # type: ignore[attr-defined]
         except ssl.SSLWantReadError:
             reactor.modify(self.fd, IN)
             reactor.arm(self)

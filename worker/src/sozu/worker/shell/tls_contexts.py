@@ -133,6 +133,9 @@ class _Loaded:
     names: tuple[str, ...]
 
 
+# Server names whose SNI choice a listener remembers (cleared when full).
+CHOSEN_NAMES: Final = 1024
+
 # ssl object (SSLObject or SSLSocket) -> what its handshake served; entries go with the object.
 _SERVED: weakref.WeakKeyDictionary[object, ServedCertificate] = weakref.WeakKeyDictionary()
 
@@ -169,6 +172,9 @@ class ListenerTls:
         self.resolver = CertificateResolver()
         self._contexts: dict[str, _Loaded] = {}
         self._default: str | None = None
+        # Server name -> what its handshakes get (the SNI callback's choice, made once while
+        # the certificates stay as they are; bounded: clients choose the names).
+        self._chosen: dict[str | None, tuple[ssl.SSLContext, ServedCertificate]] = {}
         self.default_cert_used = 0
         self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_FAILURE_REASONS, 0)
         self._settings = self._compute_settings(config)
@@ -294,6 +300,7 @@ class ListenerTls:
             context = loaded.context
         self._contexts[facts.fingerprint] = _Loaded(context, names)
         self.resolver.add(facts.fingerprint, names, facts.not_after, expired_at)
+        self._chosen.clear()
         return facts.fingerprint
 
     def remove_certificate(self, fingerprint: str) -> bool:
@@ -305,6 +312,7 @@ class ListenerTls:
         removed = self.resolver.remove(fingerprint)
         if fingerprint != self._default:
             self._contexts.pop(fingerprint, None)
+        self._chosen.clear()
         return removed
 
     def replace_certificate(
@@ -350,6 +358,24 @@ class ListenerTls:
     def _on_server_name(
         self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: object
     ) -> int | None:
+        chosen = self._chosen.get(server_name)
+        if chosen is None:
+            choice = self._choose(server_name)
+            if isinstance(choice, int):
+                return choice
+            chosen = choice
+            if len(self._chosen) >= CHOSEN_NAMES:
+                self._chosen.clear()
+            self._chosen[server_name] = chosen
+        context, served = chosen
+        if served.default_used:
+            self.default_cert_used += 1
+        ssl_object.context = context
+        _SERVED[ssl_object] = served
+        return None
+
+    def _choose(self, server_name: str | None) -> tuple[ssl.SSLContext, ServedCertificate] | int:
+        """The context and certificate a server name gets, or the alert refusing it."""
         # Without SNI the listener's default certificate answers (a clear failure when there
         # is none, as upstream): clients that connect by IP address still get a handshake.
         if server_name is None and self._default is None:
@@ -360,12 +386,9 @@ class ListenerTls:
             fingerprint = self._default
             if fingerprint is None:
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-            self.default_cert_used += 1
         loaded = self._contexts[fingerprint]
-        ssl_object.context = loaded.context
         sni = None if server_name is None else normalize_name(server_name)
-        _SERVED[ssl_object] = ServedCertificate(fingerprint, loaded.names, sni, default_used)
-        return None
+        return loaded.context, ServedCertificate(fingerprint, loaded.names, sni, default_used)
 
 
 @dataclass(frozen=True, slots=True)

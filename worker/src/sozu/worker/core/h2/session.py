@@ -127,7 +127,6 @@ class H2Session:
         self.streams: dict[int, H2Stream] = {}
         # Shared by the stream cores: strict SNI verdicts, the forwarding headers, and the
         # per-IP slots this connection holds (by cluster id, until it ends: routing.py).
-        self.sni_memo: dict[str, bool] = {}
         self.per_ip_held: set[str] = set()
         self.forwarding: bytes | None = None
         # Response readers of ended streams, ready again (response_reader.py).
@@ -369,7 +368,6 @@ class H2Session:
         stream.ended_in = ended
         self.streams[stream_id] = stream
         self.counters.h2_streams_active += 1
-        inner.sni_memo = self.sni_memo
         inner.per_ip_held = self.per_ip_held
         inner.forwarding = self.forwarding
         inner.start_with_head(translated.request, now)

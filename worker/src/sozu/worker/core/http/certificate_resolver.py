@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 def normalize_name(name: str) -> str:
@@ -60,6 +61,15 @@ def authority_matches(
     if default_used and sni is not None and host == normalize_name(sni):
         return True
     return any(name_matches(normalize_name(name), host) for name in cert_names)
+
+
+@lru_cache(maxsize=4096)
+def authority_allowed(
+    cert_names: tuple[str, ...], sni: str | None, authority: str, default_used: bool
+) -> bool:
+    """`authority_matches`, remembered: the verdict for a connection's handshake and one
+    request authority never changes, and a listener's clients repeat both."""
+    return authority_matches(cert_names, sni, authority, default_used)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from sozu.command.types import Cluster, RequestHttpFrontend
-from sozu.worker.core.http.certificate_resolver import authority_matches
+from sozu.worker.core.http.certificate_resolver import authority_allowed
 from sozu.worker.core.http.codec import (
     H_CONNECTION,
     H_COOKIE,
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
     from sozu.worker.core.http1.session import Http1Session
 
 _NONE: Final = Framing.NONE
-# Authorities a connection remembers the strict SNI verdict of (each is the same for its
-# whole life: the served names do not change).
-SNI_MEMO_ENTRIES: Final = 16
 CONNECTION_CLOSE: Final = b"\r\nConnection: close\r\n"
 _LENGTH: Final = Framing.LENGTH
 
@@ -72,12 +69,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         answer(s, 400, now, message="invalid authority")
         return
     if ctx.strict_sni:
-        memo = s.sni_memo
-        allowed = memo.get(text)
-        if allowed is None:
-            allowed = authority_matches(s.served_names, s.sni, text, s.default_cert)
-            if len(memo) < SNI_MEMO_ENTRIES:
-                memo[text] = allowed
+        allowed = authority_allowed(s.served_names, s.sni, text, s.default_cert)
         if not allowed:
             counters.sni_mismatches += 1
             answer(s, 421, now, message="authority not served")

@@ -114,7 +114,6 @@ class Http1Session:
         "served_names",
         "session_id",
         "sni",
-        "sni_memo",
         "started",
         "state",
         "status",
@@ -197,7 +196,6 @@ class Http1Session:
         self.served_names = served_names
         self.sni = sni
         self.default_cert = default_cert
-        self.sni_memo: dict[str, bool] = {}  # authority -> strict SNI verdict (routing.py)
         # -- read by the shell
         self.to_front = bytearray()
         self.to_back = bytearray()
