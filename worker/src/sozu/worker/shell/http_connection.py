@@ -162,7 +162,8 @@ class HttpConnection(FrontConnection):
                 return
         if self.tls:
             # Records already decrypted inside the SSL object make no readiness event.
-            while sock.pending():  # type: ignore[attr-defined]
+            pending = sock._sslobj.pending  # type: ignore[attr-defined]
+            while pending():
                 try:
                     data += self.read_front(READ_SIZE)
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
