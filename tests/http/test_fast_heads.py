@@ -129,13 +129,13 @@ REQUEST_OTHER = [
 @settings(max_examples=300, deadline=None)
 @given(
     others=st.lists(st.sampled_from(REQUEST_OTHER), max_size=4, unique=True),
-    peer=st.sampled_from([("10.0.0.1", 50000), ("::1", 443)]),
+    peer=st.sampled_from([("10.0.0.1", 50000), ("::1", 443), None]),
     https=st.booleans(),
     send_x_real_ip=st.booleans(),
 )
 def test_fast_request_head_is_the_full_edit(
     others: list[tuple[bytes, bytes]],
-    peer: tuple[str, int],
+    peer: tuple[str, int] | None,
     https: bool,
     send_x_real_ip: bool,
 ) -> None:
@@ -158,3 +158,18 @@ def test_fast_request_head_is_the_full_edit(
         send_x_real_ip=send_x_real_ip,
     )
     assert quick == serialize_head(b"GET /a?b=c HTTP/1.1", edits.headers)
+
+
+def test_a_close_in_any_connection_line_counts() -> None:
+    for version in (b"1.0", b"1.1"):
+        raw = serialize_head(
+            b"GET / HTTP/" + version,
+            [(b"Host", b"web.test"), (b"Connection", b"keep-alive"), (b"Connection", b"close")],
+        )
+        assert not parse_request_head(raw).keep_alive, version
+    response = _head([(b"Connection", b"keep-alive"), (b"connection", b"close")], 0)
+    assert not parse_response_head(response, b"GET").keep_alive
+    one_line = serialize_head(
+        b"GET / HTTP/1.0", [(b"Host", b"web.test"), (b"Connection", b"keep-alive")]
+    )
+    assert parse_request_head(one_line).keep_alive

@@ -160,8 +160,8 @@ class LoopListener:
                     acceptor.pause(retry_after=RESOURCE_PAUSE)
                     return
                 raise
-            limit.take()
             client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            limit.take()
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.accepted(client, (peer[0], peer[1]))

@@ -9,6 +9,7 @@ their PROXY v2 header (`ProxyHeaderRead`), whose source address is then the clie
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import socket
@@ -178,7 +179,10 @@ class TlsHandshake(_Opening):
         try:
             # The SSL object's own call: SSLSocket.do_handshake sets the socket's timeout again
             # around it, two ioctl system calls each time.
-            self.sock._sslobj.do_handshake()  # type: ignore[attr-defined]
+            tls_object = self.sock._sslobj  # type: ignore[attr-defined]
+            if tls_object is None:  # wrap_socket found the socket not connected
+                raise OSError(errno.ENOTCONN, "not connected")
+            tls_object.do_handshake()
         except ssl.SSLWantReadError:
             reactor.modify(self.fd, IN)
             reactor.arm(self)

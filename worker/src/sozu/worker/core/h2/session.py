@@ -125,7 +125,7 @@ class H2Session:
         self.done = False
         # -- the connection
         self.streams: dict[int, H2Stream] = {}
-        # Shared by the stream cores: strict SNI verdicts, the forwarding headers, and the
+        # Shared by the stream cores: the forwarding headers, and the
         # per-IP slots this connection holds (by cluster id, until it ends: routing.py).
         self.per_ip_held: set[str] = set()
         self.forwarding: bytes | None = None

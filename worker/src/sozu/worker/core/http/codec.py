@@ -317,7 +317,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     elif http11:
         keep_alive = not has_token(connection, b"close")
     else:
-        keep_alive = has_token(connection, b"keep-alive")
+        keep_alive = has_token(connection, b"keep-alive") and not has_token(connection, b"close")
     return RequestHead(
         method,
         target,
@@ -338,7 +338,7 @@ def parse_request_head(head: bytes) -> RequestHead:
 def _keep_alive(version: str, connection: bytes | None) -> bool:
     if version == "1.1":
         return not has_token(connection, b"close")
-    return has_token(connection, b"keep-alive")
+    return has_token(connection, b"keep-alive") and not has_token(connection, b"close")
 
 
 def split_target(target: bytes) -> tuple[bytes | None, bytes]:

@@ -148,7 +148,12 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
     # An HTTP/1.1 client's `Connection: close` is about its own connection: the backend's is
     # asked to stay open (and is reused), as a proxy's two connections are separate hops.
     keep_backend = not head.keep_alive and head.version == b"1.1" and not closing
-    if keep_backend and not head.upgrade and raw.count(CONNECTION_CLOSE) == 1:
+    if (
+        keep_backend
+        and not head.upgrade
+        and raw.count(CONNECTION_CLOSE) == 1
+        and raw.lower().count(b"\r\nconnection:") == 1
+    ):
         raw = raw.replace(CONNECTION_CLOSE, b"\r\n", 1)  # the usual spelling, edited in place
         special &= ~H_CONNECTION
     if (
