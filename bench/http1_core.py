@@ -66,6 +66,21 @@ def session() -> Http1Session:
     return core
 
 
+def exchange(core: Http1Session, request: bytes, now: float) -> bool:
+    """One request through the core up to its response (CONNECT answered with a pooled
+    connection, as the shell would); whether it asked for one."""
+    core.front_data(request, now)
+    connected = bool(core.actions)
+    if connected:
+        assert core.actions == CONNECT
+        core.actions = 0
+        core.back_connected(now, True)
+    core.to_back.clear()
+    core.sent(now)
+    core.back_data(RESPONSE, now)
+    return connected
+
+
 CLOSE_REQUEST = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
 
 
@@ -78,13 +93,8 @@ def run_close(requests: int) -> float:
     for _ in range(requests):
         core = Http1Session(ctx, ("10.0.0.1", 50000))
         core.start(now)
-        core.front_data(CLOSE_REQUEST, now)
-        assert core.actions == CONNECT
-        core.actions = 0
-        core.back_connected(now, True)
-        core.to_back.clear()
-        core.sent(now)
-        core.back_data(RESPONSE, now)
+        connected = exchange(core, CLOSE_REQUEST, now)
+        assert connected, "the pooled connection is asked for"
         core.actions = 0  # the backend connection back to the pool, the client's closed
         core.to_front.clear()
         core.sent(now)
@@ -100,15 +110,7 @@ def run(requests: int) -> float:
     gc.collect()
     started = time.process_time()
     for _ in range(requests):
-        core.front_data(REQUEST, now)
-        if core.actions:
-            # The first request (later ones reuse the connection the session kept).
-            assert core.actions == CONNECT
-            core.actions = 0
-            core.back_connected(now, True)
-        core.to_back.clear()
-        core.sent(now)
-        core.back_data(RESPONSE, now)
+        exchange(core, REQUEST, now)  # a CONNECT on the first request only: later ones reuse
         assert core.actions == 0
         assert core.kept is not None
         core.to_front.clear()
