@@ -17,7 +17,6 @@ from typing import Any
 
 import hpack
 import pytest
-import trustme
 
 from e2e.support.daemon import Daemon, wait_for
 from e2e.support.h2_attacks import (
@@ -38,9 +37,9 @@ from e2e.support.h2_attacks import (
     metric_total,
     request_headers,
 )
-from e2e.support.http_backends import cluster, listener
 from e2e.support.net import free_port
 from e2e.support.nginx import nginx_backends
+from e2e.support.tls_site import alpha_beta_https
 
 pytestmark = pytest.mark.e2e
 
@@ -93,34 +92,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """One daemon with one worker (every connection, attacker's or not, reaches it) and an
     HTTPS listener with short, non-default h2 limits, for `alpha.test` and `beta.test`."""
     tmp = tmp_path_factory.mktemp("h2-attacks")
-    ca = trustme.CA()
-    issued = ca.issue_cert("alpha.test", "beta.test")
-    cert, key, ca_file = tmp / "site.crt", tmp / "site.key", tmp / "ca.pem"
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_file))
     listen, metrics_port = free_port(), free_port()
     with nginx_backends(tmp / "nginx", "alpha", "beta") as nginx:
-        config = listener(
+        config, ca_file, _ = alpha_beta_https(
+            tmp,
             listen,
-            "https",
+            metrics_port,
+            nginx,
             front_timeout=FRONT_TIMEOUT,
             h2_max_concurrent_streams=MAX_STREAMS,
             h2_max_rst_stream_per_window=MAX_RESETS,
             h2_max_header_list_size=MAX_HEADER_LIST,
             h2_initial_connection_window=CONNECTION_WINDOW,
         )
-        for name in ("alpha", "beta"):
-            frontend: dict[str, object] = {
-                "address": f"127.0.0.1:{listen}",
-                "hostname": f"{name}.test",
-                "certificate": str(cert),
-                "key": str(key),
-            }
-            config += cluster(
-                name, [frontend], [{"address": nginx.address(name), "backend_id": name}]
-            )
-        config += f'[metrics]\nprometheus_address = "127.0.0.1:{metrics_port}"\n'
         directory = tmp / "daemon"
         directory.mkdir()
         daemon = Daemon.start(directory, worker_count=1, extra=config)

@@ -37,6 +37,7 @@ from e2e.support.http_backends import cluster, listener
 from e2e.support.net import free_port, prometheus_series
 from e2e.support.nginx import BIG_FILE_SIZE, Nginx, nginx_backends
 from e2e.support.programs import require_program
+from e2e.support.tls_site import alpha_beta_https
 
 pytestmark = pytest.mark.e2e
 
@@ -56,26 +57,9 @@ class H2Site:
 def h2_site(start_daemon: DaemonFactory, tmp_path: Path) -> Iterator[H2Site]:
     """An HTTPS listener (default ALPN: h2, http/1.1) with one certificate for `alpha.test`
     and `beta.test`, each routed to its own nginx cluster."""
-    ca = trustme.CA()
-    issued = ca.issue_cert("alpha.test", "beta.test")
-    cert, key, ca_file = tmp_path / "site.crt", tmp_path / "site.key", tmp_path / "ca.pem"
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_file))
     listen, metrics_port = free_port(), free_port()
     with nginx_backends(tmp_path / "nginx", "alpha", "beta") as nginx:
-        config = listener(listen, "https")
-        for name in ("alpha", "beta"):
-            frontend: dict[str, object] = {
-                "address": f"127.0.0.1:{listen}",
-                "hostname": f"{name}.test",
-                "certificate": str(cert),
-                "key": str(key),
-            }
-            config += cluster(
-                name, [frontend], [{"address": nginx.address(name), "backend_id": name}]
-            )
-        config += f'[metrics]\nprometheus_address = "127.0.0.1:{metrics_port}"\n'
+        config, ca_file, ca = alpha_beta_https(tmp_path, listen, metrics_port, nginx)
         start_daemon(extra=config)
         yield H2Site(listen, nginx, ca_file, ca, metrics_port)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from types import TracebackType
+
+from e2e.support.closing import ClosesOnExit
 
 IO_TIMEOUT = 10.0
 
 
-class NamedEcho:
+class NamedEcho(ClosesOnExit):
     """A threaded echo server on 127.0.0.1 that says its name first; counts connections."""
 
     def __init__(self, name: str) -> None:
@@ -49,17 +50,6 @@ class NamedEcho:
 
     def close(self) -> None:
         self._sock.close()
-
-    def __enter__(self) -> NamedEcho:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _read_line(sock: socket.socket) -> bytes:

@@ -39,6 +39,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from e2e.support.closing import ClosesOnExit
 from e2e.support.net import prometheus_series
 from e2e.support.programs import require_program
 
@@ -88,7 +89,7 @@ class StreamSeen:
         return self.ended or self.reset is not None
 
 
-class RawH2:
+class RawH2(ClosesOnExit):
     """One h2 connection to 127.0.0.1:`port` speaking raw frames (see the module docstring).
     The preface and a SETTINGS frame (`settings`) are sent at once."""
 
@@ -263,17 +264,6 @@ class RawH2:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.tls.close()
-
-    def __enter__(self) -> RawH2:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # -- the worker process

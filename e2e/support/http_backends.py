@@ -26,7 +26,8 @@ import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
+
+from e2e.support.closing import ClosesOnExit
 
 IO_TIMEOUT = 30.0
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -123,7 +124,7 @@ class Reader:
             body += data[:-2]
 
 
-class Backend:
+class Backend(ClosesOnExit):
     """A threaded server on 127.0.0.1 running `handle` for each accepted connection."""
 
     def __init__(self, name: str) -> None:
@@ -172,17 +173,6 @@ class Backend:
         for conn in still_open:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class EchoHeaders(Backend):

@@ -224,12 +224,7 @@ class BackendSelector:
             self.fail_open_decisions += 1
         else:
             self.fail_open_active = False
-        if self._policy is LoadBalancingPolicy.ROUND_ROBIN:
-            n = len(cands)  # `_round_robin`, without two calls on every request
-            pos = self._cursor % n
-            self._cursor = (pos + 1) % n
-        else:
-            pos = self._pick(cands, key, loads)
+        pos = self._pick(cands, key, loads)
         chosen = self._slots[cands[pos]].backend
         if __debug__:
             assert 0 <= pos < len(cands)

@@ -312,12 +312,6 @@ def parse_request_head(head: bytes) -> RequestHead:
         framing = Framing.LENGTH
     else:
         framing = Framing.NONE
-    if connection is None:
-        keep_alive = http11
-    elif http11:
-        keep_alive = not has_token(connection, b"close")
-    else:
-        keep_alive = has_token(connection, b"keep-alive") and not has_token(connection, b"close")
     return RequestHead(
         method,
         target,
@@ -325,7 +319,7 @@ def parse_request_head(head: bytes) -> RequestHead:
         len(head),
         framing,
         content_length,
-        keep_alive,
+        _keep_alive(http11, connection),
         upgrade and method == b"GET",
         authority,
         path,
@@ -335,8 +329,10 @@ def parse_request_head(head: bytes) -> RequestHead:
     )
 
 
-def _keep_alive(version: str, connection: bytes | None) -> bool:
-    if version == "1.1":
+def _keep_alive(http11: bool, connection: bytes | None) -> bool:
+    if connection is None:
+        return http11
+    if http11:
         return not has_token(connection, b"close")
     return has_token(connection, b"keep-alive") and not has_token(connection, b"close")
 
@@ -413,7 +409,7 @@ def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
         len(head),
         framing,
         content_length,
-        _keep_alive(version, connection) and framing is not Framing.CLOSE,
+        _keep_alive(version == "1.1", connection) and framing is not Framing.CLOSE,
         head,
         special,
     )

@@ -390,6 +390,12 @@ _KEEP_ALIVE_LINE: Final = b"\r\nConnection: keep-alive\r\n"
 _CLOSE_LINE: Final = b"\r\nConnection: close\r\n"
 
 
+def one_connection_line(raw: bytes) -> bool:
+    """Whether a head has exactly one Connection line (any case): its usual spelling can then
+    be edited in place, with no other line saying something else."""
+    return raw.lower().count(b"\r\nconnection:") == 1
+
+
 def fast_response_head(
     raw: bytes,
     special: int,
@@ -410,7 +416,7 @@ def fast_response_head(
         if not keep_alive:
             return None  # its close is about the backend connection only, or the client's too
         if closing:
-            if raw.count(_KEEP_ALIVE_LINE) != 1 or raw.lower().count(b"\r\nconnection:") != 1:
+            if raw.count(_KEEP_ALIVE_LINE) != 1 or not one_connection_line(raw):
                 return None
             raw = raw.replace(_KEEP_ALIVE_LINE, _CLOSE_LINE)
         return b"".join((raw[:-2], sozu_id_header, b": ", request_id, b"\r\n\r\n"))

@@ -27,6 +27,7 @@ from sozu.worker.core.http.header_edits import (
     edit_request,
     fast_request_head,
     forwarding_block,
+    one_connection_line,
     serialize_head,
 )
 from sozu.worker.core.http.policy import Redirect, Unauthorized, evaluate, rewrite_for
@@ -152,7 +153,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         keep_backend
         and not head.upgrade
         and raw.count(CONNECTION_CLOSE) == 1
-        and raw.lower().count(b"\r\nconnection:") == 1
+        and one_connection_line(raw)
     ):
         raw = raw.replace(CONNECTION_CLOSE, b"\r\n", 1)  # the usual spelling, edited in place
         special &= ~H_CONNECTION
