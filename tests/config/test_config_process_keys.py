@@ -16,7 +16,8 @@ from sozu.command import requests as rq
 from sozu.command.config import UNIMPLEMENTED_KEYS, ConfigError, parse_config
 from sozu.command.state import ConfigState
 from sozu.supervisor.events import EventHub
-from sozu.supervisor.workers import Worker, WorkerPool
+from sozu.supervisor.worker_records import Worker
+from sozu.supervisor.workers import WorkerPool
 
 HONOURED = ("max_connections_per_ip", "retry_after", "disable_cluster_metrics", "log_target")
 

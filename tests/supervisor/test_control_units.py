@@ -24,7 +24,8 @@ from sozu.command.state import ConfigState
 from sozu.command.types import RequestHttpFrontend, RequestTcpFrontend
 from sozu.supervisor.events import EventHub
 from sozu.supervisor.prometheus_endpoint import SnapshotCollector, make_registry
-from sozu.supervisor.workers import Worker, WorkerPool
+from sozu.supervisor.worker_records import Worker
+from sozu.supervisor.workers import WorkerPool
 from sozu.worker.shell.channel_loop import WorkerCore
 
 

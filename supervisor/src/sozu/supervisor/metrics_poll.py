@@ -12,7 +12,8 @@ from sozu.command import requests as rq
 from sozu.command.channel import ConnectionLost
 from sozu.command.metrics import Labels, MetricsAggregator, MetricsSnapshot
 from sozu.command.responses import AvailableMetrics, MetricsReport, MetricValue
-from sozu.supervisor.workers import Worker, WorkerPool
+from sozu.supervisor.worker_records import Worker
+from sozu.supervisor.workers import WorkerPool
 
 log = logging.getLogger("sozu.supervisor")
 

@@ -32,7 +32,8 @@ from sozu.command.state_errors import StateError
 from sozu.command.statefile import StateFileError, load_requests, read_state_file
 from sozu.supervisor.boundaries import ErrorCounts
 from sozu.supervisor.events import EventHub
-from sozu.supervisor.workers import Worker, WorkerPool
+from sozu.supervisor.worker_records import Worker
+from sozu.supervisor.workers import WorkerPool
 
 log = logging.getLogger("sozu.supervisor")
 
