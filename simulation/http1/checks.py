@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from simulation.http1.backend_replies import replies_for, send_reply
 from simulation.http1.model import Track, explain
 from simulation.http1.wire import (
     BAD_CHUNK,
@@ -27,7 +28,8 @@ from simulation.http1.world import CLUSTER, BackConn
 from sozu.worker.core.http1.actions import LINGER_FRONT
 
 if TYPE_CHECKING:
-    from simulation.http1.shell import Conn, Shell
+    from simulation.http1.connection import Conn
+    from simulation.http1.shell import Shell
 
 # Backend faults that leave a response incomplete.
 CUT_FAULTS: Final = frozenset({"reset-mid", "eof-mid", "stall-mid", "bad-chunk"})
@@ -326,9 +328,9 @@ def backend_reads(sh: Shell, c: Conn, conn: BackConn, data: bytes) -> None:
                 )
             keep_alive = "keep-alive" in (obj.header("connection") or "").lower()
             t.back_close = obj.says_close or (obj.version == "1.0" and not keep_alive)
-            sh.replies_for(conn, t, obj)
+            replies_for(sh, conn, t, obj)
         elif kind == "done":
             if bytes(obj.body) != t.req.body:
                 raise sh.fail(f"{c.name()}: the body of {explain(t)} reached its backend altered")
             if conn.waiting is not None and conn.waiting_track is t:
-                sh.send_reply(conn, t)
+                send_reply(sh, conn, t)

@@ -28,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from simulation.http1.connection import Conn
 from simulation.http1.model import Client, Failure
-from simulation.http1.shell import HOLD_MS, Conn, Shell
+from simulation.http1.shell import HOLD_MS, Shell
 from simulation.http1.timers import dues
 from simulation.http1.world import OPEN, Pool, Settings, World
 from sozu.worker.core.http1.context import ListenerContext

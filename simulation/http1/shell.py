@@ -3,7 +3,8 @@ each input call is followed by the action bits carried out in their order (pool,
 connect: a pooled connection handed back at once, a dial completing now or later or never),
 and by sends of part of what was queued (then `sent`). Every core call goes through `call`,
 which reads what the call queued for the client and checks it (checks.py), and feeds the
-run's digest. Backends read what they are sent and answer it (world.py's plans).
+run's digest. Backends read what they are sent and answer it (world.py's plans, carried out
+by backend_replies.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import random
 from collections.abc import Callable
 
 from simulation.http1 import checks
-from simulation.http1.model import Client, Failure, Track
+from simulation.http1.connection import Conn
+from simulation.http1.model import Failure
 from simulation.http1.timers import due_now
-from simulation.http1.wire import UPGRADE, Message, ParseError
+from simulation.http1.wire import ParseError
 from simulation.http1.world import (
     CLOSED,
     OPEN,
@@ -25,7 +27,6 @@ from simulation.http1.world import (
     Pool,
     Settings,
     World,
-    plan_reply,
     plan_request_reading,
 )
 from sozu.worker.core.http1.actions import (
@@ -43,44 +44,6 @@ from sozu.worker.core.http1.session import Http1Session
 
 MAX_ROUNDS = 16
 HOLD_MS = 1000  # how long a client waits for 100 Continue before sending the body anyway
-
-
-class Conn:
-    """One client connection: its session, its client, and what the shell holds for it."""
-
-    def __init__(self, sid: int, s: Http1Session, client: Client, now_ms: int) -> None:
-        self.sid = sid
-        self.s = s
-        self.client = client
-        self.back: BackConn | None = None
-        self.kept: BackConn | None = None  # the idle connection the session keeps
-        self.dial: Dial | None = None
-        self.front_close = 0  # CLOSE_FRONT or LINGER_FRONT once asked
-        self.finished = False
-        self.drained = False
-        self.drain_call = -1
-        self.dropped = False  # the core dropped what was queued for the client
-        self.aborted = False
-        self.tunnel = False
-        self.tunnel_conn: BackConn | None = None
-        self.tunnel_ms = self.tunnel_front_ms = self.tunnel_back_ms = now_ms
-        self.shut_back_due = False
-        self.shut_front_due = False
-        self.front_seen = 0  # len(to_front) after the last look
-        self.back_seen = 0
-        self.fsend_origin = -1
-        self.bsend_origin = -1
-        self.last_fire_ms = -1
-        self.connected_ms = -1
-        self.last_back_ms = -1
-        self.resp_bytes = 0  # response bytes delivered on the current backend connection
-        self.retry_expected = False
-        self.close_due = False
-        self.last_call = ""
-        self.back_ended_with = ""
-
-    def name(self) -> str:
-        return f"session {self.sid}"
 
 
 class Shell:
@@ -497,16 +460,6 @@ class Shell:
         self.call(c, "sent", lambda: s.sent(self.now))
         self.settle(c)
 
-    def queue_reply(self, conn: BackConn, t: Track | None, wire: bytes, head_len: int) -> None:
-        """The backend writes `wire`; `t`'s final head ends `head_len` bytes into it."""
-        if t is not None and 0 < head_len <= len(wire):
-            conn.marks.append((conn.queued + head_len, t))
-        conn.outbox += wire
-        conn.queued += len(wire)
-        conn.main_left += len(wire)
-        delay = self.rng.choice((0, 0, 0, 5, 50, 400)) if self.rng.random() < 0.99 else 2500
-        conn.ready_ms = max(conn.ready_ms, self.now_ms + delay)
-
     def backend_send(self, c: Conn, n: int) -> None:
         conn = c.back
         assert conn is not None
@@ -578,35 +531,3 @@ class Shell:
         if acts & CONNECT and "connect" not in due:
             raise self.fail(f"{c.name()}: a new connect attempt with no connect timeout due")
         self.settle(c)
-
-    def replies_for(self, conn: BackConn, t: Track, request: Message) -> None:
-        """The backend read `t`'s head: plan its answer and send what goes at once."""
-        reply = plan_reply(self.rng, request, t.req.kind == UPGRADE, self.big)
-        t.reply = reply
-        conn.replies.append(reply)
-        t.interims_sent += reply.interim.count(b"HTTP/1.1 1")
-        if reply.says_close:
-            conn.said_close = True
-        if reply.tunnel:
-            conn.tunnel = True
-            conn.tunnel_out += reply.body
-        if t.req.expect and not reply.early and not reply.fault and self.rng.random() < 0.7:
-            t.interims_sent += 1
-            continue_head = b"HTTP/1.1 100 Continue\r\nX-Sim-Tag: %s\r\n\r\n" % t.tag.encode()
-            self.queue_reply(conn, None, continue_head, 0)
-        if reply.early or request.framing == "none":
-            self.send_reply(conn, t)
-        else:
-            conn.waiting = reply
-            conn.waiting_track = t
-
-    def send_reply(self, conn: BackConn, t: Track) -> None:
-        reply = t.reply
-        assert reply is not None
-        conn.waiting = None
-        conn.waiting_track = None
-        self.queue_reply(conn, t, reply.wire, len(reply.interim) + len(reply.head))
-        conn.outbox += reply.extra
-        conn.queued += len(reply.extra)
-        if reply.end in ("eof", "reset"):
-            conn.end = reply.end

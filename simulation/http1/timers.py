@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from simulation.http1.shell import Conn
+    from simulation.http1.connection import Conn
     from simulation.http1.world import Settings
 
 

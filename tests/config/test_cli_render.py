@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from sozu.cli.routing_commands import _render_clusters, _render_frontends
+from sozu.cli.cluster_commands import _render_clusters
+from sozu.cli.routing_commands import _render_frontends
 from sozu.command.envelope import Response
 from sozu.command.responses import ClusterHashes, FrontendList, WorkerAnswer, WorkerResponses
 from sozu.command.types import RequestHttpFrontend, RequestTcpFrontend

@@ -31,6 +31,7 @@ from sozu.command.config_schema import (
     ListenerSection,
     listeners_by_address,
 )
+from sozu.command.listener_configs import listener_field_problems
 from sozu.command.request_checks import (
     Problem,
     backend_problems,
@@ -54,7 +55,6 @@ from sozu.command.requests import (
     Request,
     SetMaxConnectionsPerIp,
 )
-from sozu.command.state import listener_field_problems
 from sozu.command.types import (
     H2_KNOB_NAMES,
     Backend,

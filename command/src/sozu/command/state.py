@@ -11,21 +11,16 @@ exist yet, and removing a cluster leaves its frontends and backends in place.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Final, Literal, TypeVar
 
 import msgspec
 
 from sozu.command import requests as rq
-from sozu.command.certificates import (
-    CertificateError,
-    check_key_matches,
-    check_private_key,
-    inspect_certificate,
-    is_fingerprint,
-)
+from sozu.command import state_invariants
+from sozu.command.certificates import is_fingerprint
 from sozu.command.envelope import MAX_ID_LENGTH
+from sozu.command.listener_configs import listener_problems, patched_listener
 from sozu.command.request_checks import backend_problems, cluster_problems, http_frontend_problems
 from sozu.command.requests import Request, request_kind
 from sozu.command.state_errors import (
@@ -37,9 +32,9 @@ from sozu.command.state_errors import (
     Undispatchable,
 )
 from sozu.command.state_hash import ObjectKey, StateDigest
+from sozu.command.state_keys import backend_key, backend_order, stream_front_key, stream_front_order
+from sozu.command.stored_certificates import StoredCertificate, checked_certificate
 from sozu.command.types import (
-    DEFAULT_ALPN,
-    H2_NONZERO_KNOBS,
     Backend,
     CertificateAndKey,
     Cluster,
@@ -55,6 +50,8 @@ from sozu.command.types import (
     listener_type,
 )
 
+__all__ = ["FULL_INVARIANT_CHECKS", "ConfigState", "Outcome", "StoredCertificate", "forwarded_size"]
+
 Outcome = Literal["changed", "unchanged"]
 
 # Full `check_invariants()` after every mutation costs O(state): on in tests and debug mode,
@@ -62,10 +59,6 @@ Outcome = Literal["changed", "unchanged"]
 # under __debug__.
 FULL_INVARIANT_CHECKS = False
 
-_TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-VALID_ALPN: Final = frozenset({"h2", "http/1.1"})
-
-StreamFrontend = RequestTcpFrontend | RequestUdpFrontend
 F = TypeVar("F", RequestTcpFrontend, RequestUdpFrontend)
 
 
@@ -77,87 +70,6 @@ def forwarded_size(request: Request) -> int:
 
 # Frame prefix (4), envelope map and keys (~16), version (9), id (str header 3 + bytes).
 _ENVELOPE_OVERHEAD: Final = 4 + 16 + 9 + 3 + MAX_ID_LENGTH * 4
-
-
-class StoredCertificate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A certificate as the state keeps it: names filled in, fingerprint as its key."""
-
-    certificate: CertificateAndKey
-    expired_at: int | None = None
-
-
-def listener_field_problems(listener: ListenerConfig) -> list[tuple[str, str]]:
-    """(field, problem) pairs that make a listener configuration invalid."""
-    problems = []
-    if listener.address.endswith(":0"):
-        problems.append(("address", f"listener address {listener.address} has port 0"))
-    if isinstance(listener, HttpListenerConfig):
-        for knob in H2_NONZERO_KNOBS:
-            if getattr(listener, knob) == 0:
-                problems.append((knob, f"{knob} must be greater than 0"))
-        ratio = listener.h2_stream_shrink_ratio
-        if ratio is not None and ratio < 2:
-            problems.append(
-                (
-                    "h2_stream_shrink_ratio",
-                    f"h2_stream_shrink_ratio must be at least 2, got {ratio}",
-                )
-            )
-        if not _TOKEN.match(listener.sozu_id_header):
-            problems.append(
-                (
-                    "sozu_id_header",
-                    f"sozu_id_header {listener.sozu_id_header!r} is not a header name",
-                )
-            )
-        if not _TOKEN.match(listener.sticky_name):
-            problems.append(
-                ("sticky_name", f"sticky_name {listener.sticky_name!r} is not a cookie name")
-            )
-    if isinstance(listener, HttpsListenerConfig):
-        unknown = [p for p in listener.alpn_protocols if p not in VALID_ALPN]
-        if unknown:
-            problems.append(
-                ("alpn_protocols", f"alpn_protocols {unknown} not supported (only h2 and http/1.1)")
-            )
-        if listener.disable_http11 and "http/1.1" in listener.alpn_protocols:
-            problems.append(
-                ("disable_http11", "disable_http11 conflicts with http/1.1 in alpn_protocols")
-            )
-        problems += _default_certificate_problems(listener)
-    return problems
-
-
-def _default_certificate_problems(listener: HttpsListenerConfig) -> list[tuple[str, str]]:
-    """An HTTPS listener's own certificate, key and chain: what its workers could not load."""
-    problems: list[tuple[str, str]] = []
-    checks: list[tuple[str, str | None, Callable[[str], object]]] = [
-        ("certificate", listener.certificate, inspect_certificate),
-        ("key", listener.key, check_private_key),
-    ]
-    checks += [
-        (f"certificate_chain[{index}]", entry, inspect_certificate)
-        for index, entry in enumerate(listener.certificate_chain)
-        if entry.strip()
-    ]
-    for field, text, check in checks:
-        if text is None:
-            continue
-        try:
-            check(text)
-        except CertificateError as error:
-            problems.append((field, f"{field}: {error}"))
-    if not problems and listener.certificate is not None and listener.key is not None:
-        try:
-            check_key_matches(listener.certificate, listener.key)
-        except CertificateError as error:
-            problems.append(("key", f"key: {error}"))
-    return problems
-
-
-def listener_problems(listener: ListenerConfig) -> list[str]:
-    """What makes a listener configuration invalid (empty when it is valid)."""
-    return [problem for _, problem in listener_field_problems(listener)]
 
 
 class ConfigState:
@@ -462,25 +374,7 @@ class ConfigState:
 
     def _update_listener(self, proxy: ListenerType, patch: rq._ListenerPatch) -> Outcome:
         listener = self._existing_listener(proxy, patch.address)
-        changes: dict[str, object] = {}
-        for field in patch.__struct_fields__:
-            value = getattr(patch, field)
-            if field == "address" or value is None:
-                continue
-            if field == "answers":
-                assert isinstance(listener, HttpListenerConfig)
-                assert isinstance(value, dict)
-                merged = dict(listener.answers)
-                for code, body in value.items():
-                    if body:
-                        merged[code] = body
-                    else:
-                        merged.pop(code, None)
-                value = merged
-            elif field == "alpn_protocols" and value == ():
-                value = DEFAULT_ALPN
-            changes[field] = value
-        updated = msgspec.structs.replace(listener, **changes)
+        updated = patched_listener(listener, patch)
         problems = listener_problems(updated)
         if problems:
             raise InvalidValue(f"{proxy} listener {patch.address}: {problems[0]}")
@@ -526,8 +420,8 @@ class ConfigState:
             )
         updated = list(current)
         updated.append(frontend)
-        updated.sort(key=_stream_front_order)
-        self._put(_stream_front_key(family, frontend), frontend)
+        updated.sort(key=stream_front_order)
+        self._put(stream_front_key(family, frontend), frontend)
         fronts[frontend.cluster_id] = updated
         return "changed"
 
@@ -547,7 +441,7 @@ class ConfigState:
         else:
             del fronts[frontend.cluster_id]
         for gone in removed:
-            self._drop(_stream_front_key(family, gone))
+            self._drop(stream_front_key(family, gone))
         return "changed"
 
     # -- backends ---------------------------------------------------------------------------------
@@ -573,11 +467,11 @@ class ConfigState:
                     )
         elif current[position] == backend:
             return "unchanged"
-        self._put(_backend_key(backend), backend)
+        self._put(backend_key(backend), backend)
         if position is not None:
             current[position] = backend
         else:
-            self.backends[backend.cluster_id] = sorted([*current, backend], key=_backend_order)
+            self.backends[backend.cluster_id] = sorted([*current, backend], key=backend_order)
         return "changed"
 
     def _remove_backend(self, cluster_id: str, backend_id: str, address: str) -> Outcome:
@@ -597,35 +491,10 @@ class ConfigState:
 
     # -- certificates -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _checked_certificate(
-        certificate: CertificateAndKey, expired_at: int | None
-    ) -> tuple[str, StoredCertificate]:
-        if expired_at is not None and not -(2**63) <= expired_at < 2**63:
-            raise InvalidValue(f"expired_at {expired_at} is not a 64-bit timestamp")
-        try:
-            facts = inspect_certificate(certificate.certificate)
-            check_private_key(certificate.key)
-            check_key_matches(certificate.certificate, certificate.key)
-        except CertificateError as error:
-            raise InvalidValue(str(error)) from None
-        for index, entry in enumerate(certificate.certificate_chain):
-            if not entry.strip():
-                continue  # blank entries are skipped when the chain is loaded
-            try:
-                inspect_certificate(entry)
-            except CertificateError as error:
-                raise InvalidValue(f"certificate_chain[{index}]: {error}") from None
-        if not certificate.names:
-            if not facts.names:
-                raise InvalidValue("certificate has no DNS name (no SAN and no CN) to serve")
-            certificate = msgspec.structs.replace(certificate, names=facts.names)
-        return facts.fingerprint, StoredCertificate(certificate=certificate, expired_at=expired_at)
-
     def _add_certificate(
         self, address: str, certificate: CertificateAndKey, expired_at: int | None
     ) -> Outcome:
-        fingerprint, stored = self._checked_certificate(certificate, expired_at)
+        fingerprint, stored = checked_certificate(certificate, expired_at)
         if fingerprint in self.certificates.get(address, {}):
             return "unchanged"  # upstream: already present is Ok, skipped
         self._store_certificate(address, fingerprint, stored)
@@ -658,9 +527,7 @@ class ConfigState:
             raise InvalidValue(f"{request.old_fingerprint!r} is not a hex SHA-256 fingerprint")
         if address not in self.certificates:
             raise NotFound(f"no certificate on {address}")
-        fingerprint, stored = self._checked_certificate(
-            request.new_certificate, request.new_expired_at
-        )
+        fingerprint, stored = checked_certificate(request.new_certificate, request.new_expired_at)
         old = request.old_fingerprint.lower()
         current = self.certificates[address]
         if current.get(fingerprint) == stored and (old == fingerprint or old not in current):
@@ -684,74 +551,4 @@ class ConfigState:
 
     def check_invariants(self) -> None:
         """Check every structural invariant; raise AssertionError naming the first broken one."""
-        expected = StateDigest()
-        for cluster_id, cluster in self.clusters.items():
-            _require(cluster.cluster_id == cluster_id, f"cluster key {cluster_id!r} mismatch")
-            if cluster.health_check is not None:
-                _require(not cluster.health_check.problems(), f"bad health check {cluster_id!r}")
-            expected.put(("cluster", cluster_id), cluster)
-        for cluster_id, backends in self.backends.items():
-            _require(bool(backends), f"empty backend list for {cluster_id!r}")
-            _require(backends == sorted(backends, key=_backend_order), "backends not sorted")
-            identities = {b.backend_id for b in backends}
-            _require(len(identities) == len(backends), f"duplicate backend id in {cluster_id!r}")
-            for backend in backends:
-                _require(backend.cluster_id == cluster_id, "backend filed under another cluster")
-                expected.put(_backend_key(backend), backend)
-        stream_addresses: set[str] = set()
-        for proxy, listeners in self.listener_maps().items():
-            for address, listener in listeners.items():
-                _require(listener.address == address, f"listener key {address} mismatch")
-                _require(listener_type(listener) == proxy, f"{address} in the {proxy} map")
-                _require(not listener_problems(listener), f"invalid listener {address}")
-                if proxy != "UDP":
-                    _require(address not in stream_addresses, f"two listeners on {address}")
-                    stream_addresses.add(address)
-                expected.put(("listener", proxy, address), listener)
-        for family, fronts in (("http", self.http_fronts), ("https", self.https_fronts)):
-            for key, front in fronts.items():
-                _require(front.route_key() == key, f"{family} frontend key {key!r} mismatch")
-                expected.put((f"{family}_front", key), front)
-        for family, stream_fronts in (("tcp", self.tcp_fronts), ("udp", self.udp_fronts)):
-            for cluster_id, front_list in stream_fronts.items():
-                _require(bool(front_list), f"empty {family} frontend list for {cluster_id!r}")
-                _require(len(set(map(_encode, front_list))) == len(front_list), "duplicate front")
-                _require(front_list == sorted(front_list, key=_stream_front_order), "unsorted")
-                for stream_front in front_list:
-                    _require(stream_front.cluster_id == cluster_id, f"{family} front elsewhere")
-                    expected.put(_stream_front_key(family, stream_front), stream_front)
-        for address, by_fingerprint in self.certificates.items():
-            _require(bool(by_fingerprint), f"empty certificate map for {address}")
-            for fingerprint, stored in by_fingerprint.items():
-                _require(bool(stored.certificate.names), f"certificate {fingerprint} has no name")
-                expected.put(("certificate", address, fingerprint), stored)
-        _require(expected.hexdigest() == self.hash(), "incremental digest drifted")
-        _require(expected.keys() == self._digest.keys(), "digest tracks other objects")
-
-
-def _require(condition: bool, what: str) -> None:
-    if not condition:
-        raise AssertionError(f"state invariant broken: {what}")
-
-
-def _backend_order(backend: Backend) -> tuple[str, str]:
-    return backend.backend_id, backend.address
-
-
-def _backend_key(backend: Backend) -> ObjectKey:
-    return ("backend", backend.cluster_id, backend.backend_id, backend.address)
-
-
-_encoder: Final = msgspec.msgpack.Encoder(order="sorted")
-
-
-def _encode(value: msgspec.Struct) -> bytes:
-    return _encoder.encode(value)
-
-
-def _stream_front_order(frontend: StreamFrontend) -> tuple[str, bytes]:
-    return frontend.address, _encode(frontend)
-
-
-def _stream_front_key(family: str, frontend: StreamFrontend) -> ObjectKey:
-    return (f"{family}_front", frontend.cluster_id, frontend.address, _encode(frontend).hex())
+        state_invariants.check_invariants(self, self._digest)

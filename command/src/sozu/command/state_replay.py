@@ -14,7 +14,8 @@ import msgspec
 
 from sozu.command import requests as rq
 from sozu.command.requests import Request
-from sozu.command.state import ConfigState, StoredCertificate
+from sozu.command.state import ConfigState
+from sozu.command.stored_certificates import StoredCertificate
 from sozu.command.types import (
     LISTENER_TYPES,
     Backend,

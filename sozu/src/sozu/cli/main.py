@@ -9,6 +9,7 @@ from typing import ClassVar
 import click
 
 from sozu.cli.certificate_commands import certificate_group
+from sozu.cli.cluster_commands import cluster_group
 from sozu.cli.config_commands import config_group
 from sozu.cli.context import SozuGroup
 from sozu.cli.daemon_commands import (
@@ -26,8 +27,9 @@ from sozu.cli.http_commands import (
     http_frontend_group,
     https_frontend_group,
 )
+from sozu.cli.listener_commands import listener_group
 from sozu.cli.metrics_commands import metrics_group
-from sozu.cli.routing_commands import backend_group, cluster_group, frontend_group, listener_group
+from sozu.cli.routing_commands import backend_group, frontend_group
 from sozu.cli.runtime_commands import cluster_h2_group, connection_limit_group
 from sozu.cli.start import start
 from sozu.cli.state_commands import state_group

@@ -2,17 +2,17 @@
 "The shell").
 
 It owns the sockets and the clock, the core owns every decision. The listener socket and each
-flow's connected upstream socket are registered with the worker's `Reactor`; their handlers
-drain the socket (up to BUDGET datagrams per wake-up, the loop comes back for the rest) into
-one reused buffer of `max_rx + 1` bytes, so an oversized datagram is seen as such. A datagram
-of an established flow takes the core's fast path (`forward_established`,
-`return_established`: one lookup, counters, one send, no output records); everything else goes
-through the core's full path and its outputs. The listener's timer is the loop's: the proxy is
-a `Timed` whose deadline is the core's armed one. Sends that would block wait in bounded
-queues (64 per flow, 256 for the listener's replies) flushed when the socket is writable.
-Backend selection for `SelectBackend` is answered at once from the cluster's
-`BackendSelector`, with the cluster's live flows per backend as loads (LEAST_LOADED and
-POWER_OF_TWO weigh them as on TCP).
+flow's connected upstream socket (`UdpUpstream`, udp_upstream.py) are registered with the
+worker's `Reactor`; their handlers drain the socket (up to BUDGET datagrams per wake-up, the
+loop comes back for the rest) into one reused buffer of `max_rx + 1` bytes, so an oversized
+datagram is seen as such. A datagram of an established flow takes the core's fast path
+(`forward_established`, `return_established`: one lookup, counters, one send, no output
+records); everything else goes through the core's full path and its outputs. The listener's
+timer is the loop's: the proxy is a `Timed` whose deadline is the core's armed one. Sends that
+would block wait in bounded queues (64 per flow, 256 for the listener's replies) flushed when
+the socket is writable. Backend selection for `SelectBackend` is answered at once from the
+cluster's `BackendSelector`, with the cluster's live flows per backend as loads (LEAST_LOADED
+and POWER_OF_TWO weigh them as on TCP).
 
 Every piece of one flow's work (a client datagram, an upstream reply, one output of the core,
 an egress flush, the timer's closes) runs behind an exception boundary: an exception ends that
@@ -37,7 +37,7 @@ import trio
 
 from sozu.worker.core.balancing import Backend, BackendSelector
 from sozu.worker.core.udp.config import ClusterConfig
-from sozu.worker.core.udp.egress import CLIENT_QUEUE_CAP, UPSTREAM_QUEUE_CAP, SendResult, WriteQueue
+from sozu.worker.core.udp.egress import CLIENT_QUEUE_CAP
 from sozu.worker.core.udp.limits import recv_buffer_size
 from sozu.worker.core.udp.manager import FlowManager
 from sozu.worker.core.udp.outputs import (
@@ -51,12 +51,10 @@ from sozu.worker.core.udp.outputs import (
     SendToClient,
 )
 from sozu.worker.shell.reactor import HUP, IN, OUT, Reactor
+from sozu.worker.shell.udp_upstream import BUDGET, UdpUpstream
 
 log = logging.getLogger("sozu.worker.udp")
 
-# Datagrams read from one socket per wake-up; the loop comes back for the rest (level-triggered).
-BUDGET: Final = 64
-PROBE_EVERY: Final = 8
 # After the timer's work raised, the timer fires again this long after (never busy-looping).
 TIMER_RETRY: Final = 1.0
 # ICMP errors about earlier sends, reported on a later receive: nothing to read.
@@ -80,138 +78,6 @@ class ShellCounters(msgspec.Struct):
     kernel_drops: int = 0
     # Flows ended because handling them raised, by reason (exception class name).
     flow_errors: dict[str, int] = msgspec.field(default_factory=dict)
-
-
-class _Upstream:
-    """One flow's connected upstream socket, registered with the loop (owner of its fd)."""
-
-    __slots__ = (
-        "armed",
-        "backend_id",
-        "cluster",
-        "fd",
-        "flow",
-        "opened_at",
-        "proxy",
-        "queue",
-        "reads",
-        "single",
-        "sock",
-    )
-
-    def __init__(
-        self,
-        proxy: UdpListenerProxy,
-        flow: int,
-        sock: socket.socket,
-        cluster: str,
-        backend_id: str,
-        opened_at: float,
-    ) -> None:
-        self.proxy = proxy
-        self.flow = flow
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.cluster = cluster
-        self.backend_id = backend_id
-        self.opened_at = opened_at
-        # Datagrams waiting for the socket to become writable: made on the first send that
-        # would block (most flows never need one; an empty deque costs about 600 bytes).
-        self.queue: WriteQueue[bytes] | None = None
-        self.armed = math.inf
-        # True while wake-ups find one reply each (request-reply traffic): then one read per
-        # wake-up, without the read that would only find the socket empty; every
-        # PROBE_EVERY-th wake-up drains it again to notice a backlog.
-        self.single = False
-        self.reads = 0
-
-    def pending(self) -> WriteQueue[bytes]:
-        queue = self.queue
-        if queue is None:
-            queue = self.queue = WriteQueue(UPSTREAM_QUEUE_CAP)
-        return queue
-
-    def send(self, payload: bytes) -> SendResult:
-        try:
-            self.sock.send(payload)
-        except BlockingIOError:
-            return SendResult.WOULD_BLOCK
-        except OSError:
-            return SendResult.ERROR
-        return SendResult.SENT
-
-    def __call__(self, mask: int) -> None:
-        """The loop's handler: a reply (or room to send) on this flow's socket. The flow is
-        its own handler: a bound method kept per flow would cost 64 bytes more."""
-        proxy = self.proxy
-        flow = self.flow
-        if mask & OUT:
-            try:
-                queue = self.queue
-                if queue is None or queue.flush(self.send):
-                    proxy._reactor.modify(self.fd, IN)
-            except Exception as error:
-                proxy._flow_failed(flow, error)
-                proxy._apply()
-                return
-        if not mask & (IN | HUP):
-            return
-        core = proxy.core
-        now = proxy._now()
-        recv_into = self.sock.recv_into
-        sendto = proxy.sock.sendto
-        buffer, view = proxy._buffer, proxy._view
-        single = self.single
-        if single:
-            self.reads += 1
-            if self.reads >= PROBE_EVERY:
-                self.reads = 0
-                single = False
-        read = 0
-        for _ in range(BUDGET):
-            try:
-                size = recv_into(buffer)
-            except BlockingIOError:
-                self.single = read == 1
-                return
-            except ConnectionRefusedError:
-                continue  # ICMP port unreachable: the backend is down; idleness will tell
-            except OSError:
-                return
-            read += 1
-            payload = view[:size]
-            try:
-                client = core.return_established(now, flow, payload)
-                if client is not None:
-                    if proxy._backlog:
-                        proxy._send_to_client(client, payload)
-                    else:
-                        try:
-                            sendto(payload, client)
-                        except OSError as error:
-                            proxy._client_send_failed(client, payload, error)
-                    if single:
-                        return
-                    continue
-                core.handle_backend_datagram(now, flow, payload)
-            except Exception as error:
-                proxy._flow_failed(flow, error)
-            proxy._apply()
-            if flow not in proxy._upstreams:
-                return  # this reply closed the flow (responses reached)
-
-    # Timed: an upstream has no timer of its own (the flow's idle deadline is the core's).
-    def deadline(self) -> float:
-        return math.inf
-
-    def expire(self, now: float) -> None:
-        pass
-
-    def abort(self, error: BaseException) -> None:
-        proxy = self.proxy
-        proxy._flow_failed(self.flow, error)
-        proxy._close_upstream(self.flow)
-        proxy._apply()
 
 
 class UdpListenerProxy:
@@ -238,7 +104,7 @@ class UdpListenerProxy:
         self._on_flow_closed = on_flow_closed
         self._buffer = bytearray(recv_buffer_size(core.max_rx_datagram_size()))
         self._view = memoryview(self._buffer)
-        self._upstreams: dict[int, _Upstream] = {}
+        self._upstreams: dict[int, UdpUpstream] = {}
         # Replies waiting for the listener socket to become writable, in order.
         self._backlog: deque[tuple[bytes, Address]] = deque()
         self._reading = False  # the listener is registered for reads
@@ -550,7 +416,7 @@ class UdpListenerProxy:
             cluster, opened_at = view.config.cluster, view.created_at
         else:
             cluster, opened_at = "", self._now()
-        upstream = _Upstream(self, flow, sock, cluster, backend_id, opened_at)
+        upstream = UdpUpstream(self, flow, sock, cluster, backend_id, opened_at)
         self._upstreams[flow] = upstream
         loads = self._loads.setdefault(cluster, {})
         loads[backend_id] = loads.get(backend_id, 0) + 1
@@ -591,7 +457,7 @@ class UdpListenerProxy:
         if self._on_flow_closed is not None:
             self._on_flow_closed(upstream.backend_id, self._now() - upstream.opened_at)
 
-    def _to_backend(self, upstream: _Upstream, payload: bytes | memoryview) -> None:
+    def _to_backend(self, upstream: UdpUpstream, payload: bytes | memoryview) -> None:
         """Send on the flow's upstream socket, or queue behind what already waits."""
         queue = upstream.queue
         if queue:
@@ -603,7 +469,7 @@ class UdpListenerProxy:
             self._backend_send_failed(upstream, payload, error)
 
     def _backend_send_failed(
-        self, upstream: _Upstream, payload: bytes | memoryview, error: OSError
+        self, upstream: UdpUpstream, payload: bytes | memoryview, error: OSError
     ) -> None:
         """A send to the backend failed: a full socket queues the datagram (and watches for
         room), anything else drops it and counts."""

@@ -1,8 +1,8 @@
 """An HTTP/2 request stream's header block as an HTTP/1.1 request head, with the h2 -> h1
-smuggling checks (data-plane.md): no CR, LF or NUL in a name or value, no uppercase name, no
-connection-specific header, `te` only `trailers`, one valid content-length, the pseudo-headers
-a request needs and no other. A refused block raises `Refused` (the stream is reset with
-PROTOCOL_ERROR).
+smuggling checks (docs/http.md; LIFECYCLE.md beside it, "Defences"): no CR, LF or NUL in a
+name or value, no uppercase name, no connection-specific header, `te` only `trailers`, one
+valid content-length, the pseudo-headers a request needs and no other. A refused block raises
+`Refused` (the stream is reset with PROTOCOL_ERROR).
 
 The head is built both as bytes and as the `RequestHead` the HTTP/1.1 parser would make of
 them (the stream's session core takes it as parsed): so every name must be a token, every

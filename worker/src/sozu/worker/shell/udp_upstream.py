@@ -1,0 +1,152 @@
+"""One UDP flow's connected upstream socket (`UdpUpstream`), registered with the worker's
+`Reactor`: its handler flushes the flow's queue towards the backend when the socket is
+writable, and reads the backend's replies (up to BUDGET per wake-up) into the listener
+proxy's buffer, sending each to the client on the fast path or feeding the core."""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import TYPE_CHECKING, Final
+
+from sozu.worker.core.udp.egress import UPSTREAM_QUEUE_CAP, SendResult, WriteQueue
+from sozu.worker.shell.reactor import HUP, IN, OUT
+
+if TYPE_CHECKING:
+    from sozu.worker.shell.udp_proxy import UdpListenerProxy
+
+# Datagrams read from one socket per wake-up; the loop comes back for the rest (level-triggered).
+BUDGET: Final = 64
+PROBE_EVERY: Final = 8
+
+
+class UdpUpstream:
+    """One flow's connected upstream socket, registered with the loop (owner of its fd)."""
+
+    __slots__ = (
+        "armed",
+        "backend_id",
+        "cluster",
+        "fd",
+        "flow",
+        "opened_at",
+        "proxy",
+        "queue",
+        "reads",
+        "single",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        proxy: UdpListenerProxy,
+        flow: int,
+        sock: socket.socket,
+        cluster: str,
+        backend_id: str,
+        opened_at: float,
+    ) -> None:
+        self.proxy = proxy
+        self.flow = flow
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.cluster = cluster
+        self.backend_id = backend_id
+        self.opened_at = opened_at
+        # Datagrams waiting for the socket to become writable: made on the first send that
+        # would block (most flows never need one; an empty deque costs about 600 bytes).
+        self.queue: WriteQueue[bytes] | None = None
+        self.armed = math.inf
+        # True while wake-ups find one reply each (request-reply traffic): then one read per
+        # wake-up, without the read that would only find the socket empty; every
+        # PROBE_EVERY-th wake-up drains it again to notice a backlog.
+        self.single = False
+        self.reads = 0
+
+    def pending(self) -> WriteQueue[bytes]:
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = WriteQueue(UPSTREAM_QUEUE_CAP)
+        return queue
+
+    def send(self, payload: bytes) -> SendResult:
+        try:
+            self.sock.send(payload)
+        except BlockingIOError:
+            return SendResult.WOULD_BLOCK
+        except OSError:
+            return SendResult.ERROR
+        return SendResult.SENT
+
+    def __call__(self, mask: int) -> None:
+        """The loop's handler: a reply (or room to send) on this flow's socket. The flow is
+        its own handler: a bound method kept per flow would cost 64 bytes more."""
+        proxy = self.proxy
+        flow = self.flow
+        if mask & OUT:
+            try:
+                queue = self.queue
+                if queue is None or queue.flush(self.send):
+                    proxy._reactor.modify(self.fd, IN)
+            except Exception as error:
+                proxy._flow_failed(flow, error)
+                proxy._apply()
+                return
+        if not mask & (IN | HUP):
+            return
+        core = proxy.core
+        now = proxy._now()
+        recv_into = self.sock.recv_into
+        sendto = proxy.sock.sendto
+        buffer, view = proxy._buffer, proxy._view
+        single = self.single
+        if single:
+            self.reads += 1
+            if self.reads >= PROBE_EVERY:
+                self.reads = 0
+                single = False
+        read = 0
+        for _ in range(BUDGET):
+            try:
+                size = recv_into(buffer)
+            except BlockingIOError:
+                self.single = read == 1
+                return
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable: the backend is down; idleness will tell
+            except OSError:
+                return
+            read += 1
+            payload = view[:size]
+            try:
+                client = core.return_established(now, flow, payload)
+                if client is not None:
+                    if proxy._backlog:
+                        proxy._send_to_client(client, payload)
+                    else:
+                        try:
+                            sendto(payload, client)
+                        except OSError as error:
+                            proxy._client_send_failed(client, payload, error)
+                    if single:
+                        return
+                    continue
+                core.handle_backend_datagram(now, flow, payload)
+            except Exception as error:
+                proxy._flow_failed(flow, error)
+            proxy._apply()
+            if flow not in proxy._upstreams:
+                return  # this reply closed the flow (responses reached)
+
+    # Timed: an upstream has no timer of its own (the flow's idle deadline is the core's).
+    def deadline(self) -> float:
+        return math.inf
+
+    def expire(self, now: float) -> None:
+        pass
+
+    def abort(self, error: BaseException) -> None:
+        proxy = self.proxy
+        proxy._flow_failed(self.flow, error)
+        proxy._close_upstream(self.flow)
+        proxy._apply()
