@@ -22,6 +22,7 @@ from sozu.worker.core.http1.session import Http1Session
 from sozu.worker.shell.front_connection import LINGER, READ_SIZE, FrontConnection
 from sozu.worker.shell.http_connection import HttpConnection, _close_notify, _ended
 from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
+from sozu.worker.shell.tls_socket import TlsSocket
 
 if TYPE_CHECKING:
     from sozu.worker.shell.http_listener import HttpServer
@@ -152,7 +153,7 @@ class H2FrontConnection(FrontConnection):
         self.linger_until = math.inf
         self.on_front_event: Handler = self.on_front
         self.soon_queued = False
-        self.tls = isinstance(sock, ssl.SSLSocket)  # else h2c, with prior knowledge
+        self.tls = isinstance(sock, TlsSocket)  # else h2c, with prior knowledge
         self.sweep_at = math.inf  # the next look at the links' deadlines (SWEEP)
 
     # -- events
@@ -183,7 +184,7 @@ class H2FrontConnection(FrontConnection):
         if not data:
             session.front_eof(now)
             return
-        while self.tls and sock.pending():  # type: ignore[attr-defined]
+        while isinstance(sock, TlsSocket) and sock.pending():
             try:
                 data += sock.recv(READ_SIZE)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):

@@ -35,6 +35,7 @@ from sozu.worker.core.http1.session import Http1Session
 from sozu.worker.shell.connect import start_connect
 from sozu.worker.shell.front_connection import LINGER, READ_SIZE, FrontConnection
 from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
+from sozu.worker.shell.tls_socket import TlsSocket
 
 if TYPE_CHECKING:
     from sozu.worker.core.h2.upstream_stream import UpstreamStream
@@ -84,10 +85,10 @@ class HttpConnection(FrontConnection):
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
-        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.tls = isinstance(sock, TlsSocket)
         # A TLS socket is read and written through its SSL object directly: the same calls
-        # as SSLSocket.recv and send, without their two Python frames each.
-        tls_object = sock._sslobj if self.tls else None  # type: ignore[attr-defined]
+        # as TlsSocket.recv and send, without their Python frame each.
+        tls_object = sock._sslobj if isinstance(sock, TlsSocket) else None
         self.read_front: Callable[[int], bytes] = (
             sock.recv if tls_object is None else tls_object.read
         )
@@ -162,7 +163,8 @@ class HttpConnection(FrontConnection):
                 return
         if self.tls:
             # Records already decrypted inside the SSL object make no readiness event.
-            pending = sock._sslobj.pending  # type: ignore[attr-defined]
+            assert isinstance(sock, TlsSocket)
+            pending = sock._sslobj.pending
             while pending():
                 try:
                     data += self.read_front(READ_SIZE)
@@ -537,7 +539,7 @@ def _close_notify(sock: socket.socket) -> None:
     """Send the TLS close_notify (the first unwrap call writes it; its answer is not waited
     for): a TLS frontend closes with close_notify and a write-side shutdown only, a full
     shutdown would reset the tail of the response."""
-    assert isinstance(sock, ssl.SSLSocket)
+    assert isinstance(sock, TlsSocket)
     with contextlib.suppress(ssl.SSLError, OSError, ValueError):
         sock.unwrap()
 

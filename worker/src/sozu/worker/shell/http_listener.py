@@ -9,7 +9,6 @@ their PROXY v2 header (`ProxyHeaderRead`), whose source address is then the clie
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import socket
@@ -26,6 +25,7 @@ from sozu.worker.shell.http_connection import HttpConnection
 from sozu.worker.shell.idle_pool import IdlePool
 from sozu.worker.shell.reactor import IN, OUT
 from sozu.worker.shell.tls_contexts import ListenerTls, served_certificate
+from sozu.worker.shell.tls_socket import TlsSocket
 
 log = logging.getLogger("sozu.worker.http")
 
@@ -156,14 +156,11 @@ class TlsHandshake(_Opening):
     """An HTTPS connection until its handshake is done (then it becomes an HttpConnection)."""
 
     __slots__ = ()
-    sock: ssl.SSLSocket
+    sock: TlsSocket
 
     def __init__(self, listener: HttpListener, client: socket.socket, peer: tuple[str, int]):
         assert listener.tls is not None
-        sock = listener.tls.context.wrap_socket(
-            client, server_side=True, do_handshake_on_connect=False
-        )
-        super().__init__(listener, sock, peer)
+        super().__init__(listener, TlsSocket.accepted(client, listener.tls.context), peer)
 
     def begin(self) -> None:
         reactor = self.listener.server.reactor
@@ -177,12 +174,7 @@ class TlsHandshake(_Opening):
         tls = listener.tls
         assert tls is not None
         try:
-            # The SSL object's own call: SSLSocket.do_handshake sets the socket's timeout again
-            # around it, two ioctl system calls each time.
-            tls_object = self.sock._sslobj  # type: ignore[attr-defined]
-            if tls_object is None:  # wrap_socket found the socket not connected
-                raise OSError(errno.ENOTCONN, "not connected")
-            tls_object.do_handshake()
+            self.sock._sslobj.do_handshake()
         except ssl.SSLWantReadError:
             reactor.modify(self.fd, IN)
             reactor.arm(self)
@@ -230,11 +222,11 @@ class HttpServer:
     ) -> None:
         """Serve an accepted (and TLS-handshaken) connection (`registered`: its fd is on the
         loop already, owned by its handshake)."""
-        if isinstance(sock, ssl.SSLSocket) and sock.selected_alpn_protocol() == "h2":
+        if isinstance(sock, TlsSocket) and sock.selected_alpn_protocol() == "h2":
             self._start_h2(listener, sock, peer, registered=registered)
             return
         session = Http1Session(listener.context, peer)
-        if isinstance(sock, ssl.SSLSocket):
+        if isinstance(sock, TlsSocket):
             served = served_certificate(sock)
             if served is not None:
                 session.served_names = served.names
@@ -247,7 +239,7 @@ class HttpServer:
     def _start_h2(
         self,
         listener: HttpListener,
-        sock: ssl.SSLSocket,
+        sock: TlsSocket,
         peer: tuple[str, int],
         *,
         registered: bool,

@@ -22,6 +22,7 @@ from sozu.command.certificates import inspect_certificate
 from sozu.command.state import ConfigState
 from sozu.command.types import CertificateAndKey, HttpsListenerConfig
 from sozu.worker.core.http.certificate_resolver import CertificateResolver, normalize_name
+from sozu.worker.shell.tls_socket import TlsSocket
 from sozu.worker.shell.tls_tickets import listener_keys, share_ticket_keys
 
 # Upstream (rustls) cipher names -> OpenSSL names of the TLS 1.2 suites.
@@ -137,11 +138,14 @@ class _Loaded:
 CHOSEN_NAMES: Final = 1024
 
 # ssl object (SSLObject or SSLSocket) -> what its handshake served; entries go with the object.
+# A TlsSocket keeps its own (`served`).
 _SERVED: weakref.WeakKeyDictionary[object, ServedCertificate] = weakref.WeakKeyDictionary()
 
 
 def served_certificate(ssl_object: object) -> ServedCertificate | None:
     """What the SNI callback chose for a connection (None before it ran or when it refused)."""
+    if isinstance(ssl_object, TlsSocket):
+        return ssl_object.served
     return _SERVED.get(ssl_object)
 
 
@@ -356,7 +360,10 @@ class ListenerTls:
         return reason
 
     def _on_server_name(
-        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: object
+        self,
+        ssl_object: ssl.SSLObject | ssl.SSLSocket | TlsSocket,
+        server_name: str | None,
+        _: object,
     ) -> int | None:
         chosen = self._chosen.get(server_name)
         if chosen is None:
@@ -371,7 +378,10 @@ class ListenerTls:
         if served.default_used:
             self.default_cert_used += 1
         ssl_object.context = context
-        _SERVED[ssl_object] = served
+        if isinstance(ssl_object, TlsSocket):
+            ssl_object.served = served
+        else:
+            _SERVED[ssl_object] = served
         return None
 
     def _choose(self, server_name: str | None) -> tuple[ssl.SSLContext, ServedCertificate] | int:
