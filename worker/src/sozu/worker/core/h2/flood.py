@@ -1,6 +1,7 @@
 """The HTTP/2 flood guard of a client connection: reads the frame headers of what the client
 sends, before the `h2` library parses it, counts frames by type, and finds the floods that
-cost a server work without asking it anything (docs/http.md, "HTTP/2 defences").
+cost a server work without asking it anything (the "Defences" section of LIFECYCLE.md,
+beside this module).
 
 Per window of FLOOD_WINDOW seconds: PING, SETTINGS, empty DATA, WINDOW_UPDATE on stream 0
 and PRIORITY frames, each against its limit (a client returns connection window as it reads
