@@ -1,6 +1,6 @@
 """The reference model of one simulated client connection: the requests it sends (its script),
 what each became (delivered, forwarded, answered), and the responses the proxy queued for it,
-read by the harness's own parser. The checks in shell.py compare each response with what the
+read by the harness's own parser. The checks in checks.py compare each response with what the
 model says it must be: the backend's own response to that request, byte-exact, or an answer
 the behaviour reference (LIFECYCLE.md) gives for what happened to it.
 """

@@ -1,5 +1,5 @@
 """h2 -> HTTP/1.1 translation: the head built from a request stream, and each smuggling
-check (worker/src/sozu/worker/core/h2/LIFECYCLE.md, "Defences"; docs/http.md) refusing a
+check (worker/src/sozu/worker/core/h2/LIFECYCLE.md, "Defences") refusing a
 block (the stream is then reset with PROTOCOL_ERROR)."""
 
 from __future__ import annotations

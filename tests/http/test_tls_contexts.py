@@ -12,7 +12,8 @@ from support import certs
 from support.certs import certificate, certificate_authority
 from support.memory_tls import MemoryTls
 
-from sozu.command.state import ConfigState, StoredCertificate
+from sozu.command.state import ConfigState
+from sozu.command.stored_certificates import StoredCertificate
 from sozu.command.types import CertificateAndKey, HttpsListenerConfig
 from sozu.worker.core.http.certificate_resolver import authority_matches
 from sozu.worker.shell.tls_contexts import (

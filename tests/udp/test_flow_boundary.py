@@ -118,7 +118,7 @@ async def test_a_client_datagram_that_raises_ends_its_flow_only(
                 assert proxy.counters.flow_errors == {"Planted": 1}
                 assert proxy.flow_count == 1  # the bad client's flow was aborted
                 assert core.client_flow(("127.0.0.1", _port(bad))) is None
-                assert len(proxy._upstreams) == 1  # and its upstream socket closed
+                assert len(proxy.upstreams) == 1  # and its upstream socket closed
                 await _others_still_served(address, good)
 
                 # Fixed: the same client gets a new flow.
@@ -172,7 +172,7 @@ async def test_a_backend_reply_that_raises_ends_its_flow_only(
                 assert raised == [1]
                 assert proxy.counters.flow_errors == {"Planted": 1}
                 assert core.flow(bad_flow) is None
-                assert bad_flow not in proxy._upstreams
+                assert bad_flow not in proxy.upstreams
                 await _others_still_served(address, good)
                 core.check_invariants()
 
@@ -187,9 +187,9 @@ async def test_an_output_that_raises_ends_its_flow_only(monkeypatch: pytest.Monk
                 assert await ask(address, b"one", good) == b"BK0:one"
                 assert await ask(address, b"one", bad) == b"BK0:one"
                 wrapper, raised = _failing_for(
-                    proxy._send_to_client, lambda dst, _payload: dst[1] == _port(bad)
+                    proxy.send_to_client, lambda dst, _payload: dst[1] == _port(bad)
                 )
-                monkeypatch.setattr(proxy, "_send_to_client", wrapper)
+                monkeypatch.setattr(proxy, "send_to_client", wrapper)
                 monkeypatch.setattr(proxy.core, "return_established", lambda *_: None)
 
                 assert await _unanswered(address, b"two", bad, proxy, 1) is None
@@ -256,7 +256,7 @@ async def test_timer_work_that_raises_still_closes_the_due_flows_and_rearms(
                         await trio.sleep(0.05)
             assert fired
             assert proxy.counters.flow_errors == {"Planted": 1}
-            assert not proxy._upstreams
+            assert not proxy.upstreams
             # The timer keeps working: a later flow idles out through the real handler.
             second = await _client()
             with second:

@@ -231,8 +231,8 @@ async def test_least_loaded_weighs_live_flows_per_backend() -> None:
                 flow = proxy.core.client_flow(("127.0.0.1", client.getsockname()[1]))
                 assert flow is not None
                 if name == b"BK0":
-                    proxy.core.abort_flow(proxy._now(), flow)
-            proxy._apply()
+                    proxy.core.abort_flow(proxy.now(), flow)
+            proxy.apply()
             assert proxy._loads["dns"] == {"BK1": 2}
             assert await ask(address, b"again") == b"BK0:again"
             for client in clients:

@@ -50,7 +50,7 @@ from sozu.command.types import (
     listener_type,
 )
 
-__all__ = ["FULL_INVARIANT_CHECKS", "ConfigState", "Outcome", "StoredCertificate", "forwarded_size"]
+__all__ = ["FULL_INVARIANT_CHECKS", "ConfigState", "Outcome", "forwarded_size"]
 
 Outcome = Literal["changed", "unchanged"]
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+# Called through the module (`routing.send`), not imported by name: the CLI tests replace
+# `routing_commands.send` to see the requests a command builds.
 from sozu.cli import routing_commands as routing
 from sozu.cli.context import SozuCommand, SozuGroup
 from sozu.command import requests as rq

@@ -1,6 +1,6 @@
 """The base of the worker pool: its settings, its slots and their workers, the workers and
-listener sockets a previous supervisor hands over, queries on the live workers, and what a
-worker sends unasked (events, final metrics)."""
+listener sockets a previous supervisor hands over, queries on the live workers, what a worker
+sends unasked (events), and the metrics a stopping worker answers with (`_final_metrics`)."""
 
 from __future__ import annotations
 

@@ -38,7 +38,8 @@ log = logging.getLogger("sozu.supervisor")
 
 
 class WorkerPool(WorkerLauncher):
-    """The worker slots, their processes and the start-up of each worker."""
+    """The worker slots over their lifetime: relaunch after a crash, resync, upgrades and stops
+    (start-up is `WorkerLauncher`'s, worker_launch.py)."""
 
     def resync(self, worker: Worker, reason: str) -> None:
         """A worker refused an accepted change: replace it by a worker upgrade once the

@@ -96,17 +96,20 @@ class UdpListenerProxy:
         sock.setblocking(False)
         self.sock = sock
         self.core = core
-        self._reactor = reactor
-        self._now = reactor.now
+        # Public, with `buffer`, `view`, `upstreams`, `backlog` and the methods apply,
+        # flow_failed, close_upstream, send_to_client and client_send_failed: what each flow's
+        # UdpUpstream (udp_upstream.py) uses of its proxy.
+        self.reactor = reactor
+        self.now = reactor.now
         self._selector_of = selector_of
         # Live flows per backend, by cluster (shared by the listeners of one worker).
         self._loads = loads if loads is not None else {}
         self._on_flow_closed = on_flow_closed
-        self._buffer = bytearray(recv_buffer_size(core.max_rx_datagram_size()))
-        self._view = memoryview(self._buffer)
-        self._upstreams: dict[int, UdpUpstream] = {}
+        self.buffer = bytearray(recv_buffer_size(core.max_rx_datagram_size()))
+        self.view = memoryview(self.buffer)
+        self.upstreams: dict[int, UdpUpstream] = {}
         # Replies waiting for the listener socket to become writable, in order.
-        self._backlog: deque[tuple[bytes, Address]] = deque()
+        self.backlog: deque[tuple[bytes, Address]] = deque()
         self._reading = False  # the listener is registered for reads
         self._registered = False
         # Sockets of an empty slot this worker reads too (see `add_socket`), by fd.
@@ -122,28 +125,28 @@ class UdpListenerProxy:
     # -- control (called from the worker's control task) --------------------------------------
 
     def set_cluster(self, config: ClusterConfig) -> None:
-        self.core.set_cluster(self._now(), config)
-        self._apply()
+        self.core.set_cluster(self.now(), config)
+        self.apply()
 
     def set_max_flows(self, max_flows: int) -> None:
-        self.core.set_max_flows(self._now(), max_flows)
-        self._apply()
+        self.core.set_max_flows(self.now(), max_flows)
+        self.apply()
 
     def set_max_rx_datagram_size(self, size: int) -> None:
-        self.core.set_max_rx_datagram_size(self._now(), size)
-        self._buffer = bytearray(recv_buffer_size(size))
-        self._view = memoryview(self._buffer)
-        self._apply()
+        self.core.set_max_rx_datagram_size(self.now(), size)
+        self.buffer = bytearray(recv_buffer_size(size))
+        self.view = memoryview(self.buffer)
+        self.apply()
 
     def drain(self) -> None:
         """Stop reading the listener; live flows keep answering until idle (docs/udp.md,
         "The shell")."""
-        self.core.drain(self._now())
+        self.core.drain(self.now())
         self._reading = False
         self._watch_listener()
         for fd in list(self._extra):
             self.remove_socket(fd)
-        self._apply()
+        self.apply()
 
     def add_socket(self, sock: socket.socket) -> None:
         """Read another socket bound to this listener's address (an empty slot's) into the
@@ -151,18 +154,18 @@ class UdpListenerProxy:
         sock.setblocking(False)
         fd = sock.fileno()
         self._extra[fd] = sock
-        self._reactor.register(fd, IN, lambda mask: self._read(sock), self)
+        self.reactor.register(fd, IN, lambda mask: self._read(sock), self)
 
     def remove_socket(self, fd: int) -> None:
         """Stop reading an added socket and close this process's copy of it."""
         sock = self._extra.pop(fd, None)
         if sock is not None:
-            self._reactor.unregister(fd)
+            self.reactor.unregister(fd)
             sock.close()
 
     def close_all(self) -> None:
-        self.core.close_all(self._now())
-        self._apply()
+        self.core.close_all(self.now())
+        self.apply()
         self._deadline = math.inf
 
     @property
@@ -188,11 +191,9 @@ class UdpListenerProxy:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve on the loop until cancelled, or drained with no flow left."""
         self._reading = not self.core.is_draining()
-        self._reactor.register(
-            self.sock.fileno(), self._listener_mask(), self._listener_ready, self
-        )
+        self.reactor.register(self.sock.fileno(), self._listener_mask(), self._listener_ready, self)
         self._registered = True
-        self._reactor.arm(self)
+        self.reactor.arm(self)
         try:
             task_status.started()
             await self._done.wait()
@@ -200,14 +201,14 @@ class UdpListenerProxy:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        reactor = self._reactor
+        reactor = self.reactor
         if self._registered:
             reactor.unregister(self.sock.fileno())
             self._registered = False
-        for upstream in self._upstreams.values():
+        for upstream in self.upstreams.values():
             reactor.unregister(upstream.fd)
             upstream.sock.close()  # stopped with live flows: their sockets go too
-        self._upstreams.clear()
+        self.upstreams.clear()
         for fd, extra in self._extra.items():
             reactor.unregister(fd)
             extra.close()
@@ -216,11 +217,11 @@ class UdpListenerProxy:
         self._done.set()
 
     def _listener_mask(self) -> int:
-        return (IN if self._reading else 0) | (OUT if self._backlog else 0)
+        return (IN if self._reading else 0) | (OUT if self.backlog else 0)
 
     def _watch_listener(self) -> None:
         if self._registered:
-            self._reactor.modify(self.sock.fileno(), self._listener_mask())
+            self.reactor.modify(self.sock.fileno(), self._listener_mask())
 
     # Timed: the listener's one timer.
     def deadline(self) -> float:
@@ -233,7 +234,7 @@ class UdpListenerProxy:
         except Exception as error:
             self._timer_failed(now, error)
         else:
-            self._apply()
+            self.apply()
 
     def abort(self, error: BaseException) -> None:
         """A failure outside any flow's boundary: this listener stops, the worker goes on."""
@@ -254,10 +255,10 @@ class UdpListenerProxy:
         """Drain up to BUDGET client datagrams from `sock` (the listener's or an added one)."""
         core = self.core
         # One reading of the clock per wake-up: deadlines are seconds, a wake-up ~0.1 ms.
-        now = self._now()
-        upstreams = self._upstreams
+        now = self.now()
+        upstreams = self.upstreams
         recvfrom_into = sock.recvfrom_into
-        buffer, view = self._buffer, self._view
+        buffer, view = self.buffer, self.view
         for _ in range(BUDGET):
             try:
                 size, source = recvfrom_into(buffer)
@@ -286,21 +287,21 @@ class UdpListenerProxy:
                     continue
                 core.handle_client_datagram(now, source, payload)
             except Exception as error:
-                self._flow_failed(self._client_flow(source), error)
-            self._apply()
+                self.flow_failed(self._client_flow(source), error)
+            self.apply()
 
     # -- outputs --------------------------------------------------------------------------------
 
-    def _apply(self) -> None:
+    def apply(self) -> None:
         core = self.core
         deadline = self._deadline
         while (output := core.poll_output()) is not None:
             try:
                 self._do(output)
             except Exception as error:
-                self._flow_failed(_flow_of(output), error)
+                self.flow_failed(_flow_of(output), error)
         if self._deadline != deadline:
-            self._reactor.arm(self)
+            self.reactor.arm(self)
         if not core.flow_count() and core.is_draining():
             self._done.set()
 
@@ -313,10 +314,10 @@ class UdpListenerProxy:
             log.exception("looking up the flow of %s failed", client)
             return None
 
-    def _flow_failed(self, flow: int | None, error: BaseException) -> None:
+    def flow_failed(self, flow: int | None, error: BaseException) -> None:
         """Handling `flow` (None: no flow yet) raised: count, log, and end that flow only.
 
-        The core aborts the flow (its `CloseFlow` output, applied by the caller's `_apply`,
+        The core aborts the flow (its `CloseFlow` output, applied by the caller's `apply`,
         closes the upstream socket); if the core cannot, the shell closes its side at once.
         """
         reason = type(error).__name__
@@ -327,16 +328,16 @@ class UdpListenerProxy:
         if flow is None:
             return
         try:
-            self.core.abort_flow(self._now(), flow, CloseReason.ABORTED)
+            self.core.abort_flow(self.now(), flow, CloseReason.ABORTED)
         except Exception:
             log.exception("aborting the failed UDP flow %d failed too", flow)
-            self._close_upstream(flow)
+            self.close_upstream(flow)
 
     def _timer_failed(self, now: float, error: Exception) -> None:
         """The timer's closes raised: the flows it was closing (those due) are closed one by
         one, each behind the boundary; the timer is re-armed whatever the core now says."""
         core = self.core
-        self._flow_failed(None, error)
+        self.flow_failed(None, error)
         try:
             due = [
                 flow
@@ -346,34 +347,34 @@ class UdpListenerProxy:
         except Exception:
             log.exception("listing the due UDP flows failed")
             due = []
-        self._apply()
+        self.apply()
         for flow in due:
             try:
                 core.abort_flow(now, flow, CloseReason.IDLE)
             except Exception as abort_error:
-                self._flow_failed(flow, abort_error)
-            self._apply()
+                self.flow_failed(flow, abort_error)
+            self.apply()
         if core.flow_count() and not now < self._deadline < math.inf:
             # No deadline (or a past one) armed with flows left: try again later.
             self._deadline = now + TIMER_RETRY
-            self._reactor.arm(self)
+            self.reactor.arm(self)
 
     def _do(self, output: OutputT) -> None:
         match output:
             case SendToBackend(flow=flow, payload=payload):
-                upstream = self._upstreams.get(flow)
+                upstream = self.upstreams.get(flow)
                 if upstream is None:
                     self.counters.unknown_flow += 1
                 else:
                     self._to_backend(upstream, payload)
             case SendToClient(dst=destination, payload=payload):
-                self._send_to_client(destination, payload)
+                self.send_to_client(destination, payload)
             case SelectBackend(flow=flow, cluster=cluster, key=key):
                 self._select(flow, cluster, key)
             case OpenUpstream(flow=flow, backend=backend_id, addr=address):
                 self._open_upstream(flow, backend_id, address)
             case CloseFlow(flow=flow):
-                self._close_upstream(flow)
+                self.close_upstream(flow)
             case ArmTimer(deadline=deadline):
                 self._deadline = deadline
             case _:
@@ -385,7 +386,7 @@ class UdpListenerProxy:
         backend: Backend | None = (
             selector.select(key=key, loads=loads) if selector is not None else None
         )
-        now = self._now()
+        now = self.now()
         if backend is None:
             self.counters.no_backend += 1
             self.core.abort_flow(now, flow, CloseReason.ABORTED)
@@ -415,16 +416,16 @@ class UdpListenerProxy:
             # The flow's own creation time (this wake-up's): one float for both.
             cluster, opened_at = view.config.cluster, view.created_at
         else:
-            cluster, opened_at = "", self._now()
+            cluster, opened_at = "", self.now()
         upstream = UdpUpstream(self, flow, sock, cluster, backend_id, opened_at)
-        self._upstreams[flow] = upstream
+        self.upstreams[flow] = upstream
         loads = self._loads.setdefault(cluster, {})
         loads[backend_id] = loads.get(backend_id, 0) + 1
-        self._reactor.register(upstream.fd, IN, upstream, upstream)
+        self.reactor.register(upstream.fd, IN, upstream, upstream)
 
     def _upstream_failed(self, flow: int, backend_id: str, error: OSError) -> None:
         self.counters.upstream_open_failed += 1
-        now = self._now()
+        now = self.now()
         if now >= self._quiet_until:
             # At most one line a second: a flood of new sources meeting EMFILE or exhausted
             # local ports is a flood of these (each is counted as shed).
@@ -438,11 +439,11 @@ class UdpListenerProxy:
             )
         self.core.abort_flow(now, flow, CloseReason.ABORTED)
 
-    def _close_upstream(self, flow: int) -> None:
-        upstream = self._upstreams.pop(flow, None)
+    def close_upstream(self, flow: int) -> None:
+        upstream = self.upstreams.pop(flow, None)
         if upstream is None:
             return  # a flow closed before its upstream opened (still awaiting a backend)
-        self._reactor.close(upstream.sock)
+        self.reactor.close(upstream.sock)
         queue = upstream.queue
         if queue is not None:
             self.counters.wq_full += queue.dropped_full
@@ -455,7 +456,7 @@ class UdpListenerProxy:
             else:
                 loads.pop(upstream.backend_id, None)
         if self._on_flow_closed is not None:
-            self._on_flow_closed(upstream.backend_id, self._now() - upstream.opened_at)
+            self._on_flow_closed(upstream.backend_id, self.now() - upstream.opened_at)
 
     def _to_backend(self, upstream: UdpUpstream, payload: bytes | memoryview) -> None:
         """Send on the flow's upstream socket, or queue behind what already waits."""
@@ -475,20 +476,20 @@ class UdpListenerProxy:
         room), anything else drops it and counts."""
         if isinstance(error, BlockingIOError):
             upstream.pending().push(bytes(payload))
-            self._reactor.modify(upstream.fd, IN | OUT)
+            self.reactor.modify(upstream.fd, IN | OUT)
         else:
             self.counters.send_error += 1
 
-    def _send_to_client(self, destination: Address, payload: bytes | memoryview) -> None:
-        if self._backlog:
+    def send_to_client(self, destination: Address, payload: bytes | memoryview) -> None:
+        if self.backlog:
             self._queue_for_client(destination, payload)
             return
         try:
             self.sock.sendto(payload, destination)
         except OSError as error:
-            self._client_send_failed(destination, payload, error)
+            self.client_send_failed(destination, payload, error)
 
-    def _client_send_failed(
+    def client_send_failed(
         self, destination: Address, payload: bytes | memoryview, error: OSError
     ) -> None:
         """A send to a client failed: a full listener socket queues the datagram behind it,
@@ -499,7 +500,7 @@ class UdpListenerProxy:
             self.counters.send_error += 1
 
     def _queue_for_client(self, destination: Address, payload: bytes | memoryview) -> None:
-        backlog = self._backlog
+        backlog = self.backlog
         if len(backlog) >= CLIENT_QUEUE_CAP:
             self.counters.wq_full += 1
             return
@@ -508,7 +509,7 @@ class UdpListenerProxy:
             self._watch_listener()
 
     def _flush_backlog(self) -> None:
-        backlog = self._backlog
+        backlog = self.backlog
         sendto = self.sock.sendto
         while backlog:
             payload, destination = backlog[0]

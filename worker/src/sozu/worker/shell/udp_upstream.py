@@ -87,18 +87,18 @@ class UdpUpstream:
             try:
                 queue = self.queue
                 if queue is None or queue.flush(self.send):
-                    proxy._reactor.modify(self.fd, IN)
+                    proxy.reactor.modify(self.fd, IN)
             except Exception as error:
-                proxy._flow_failed(flow, error)
-                proxy._apply()
+                proxy.flow_failed(flow, error)
+                proxy.apply()
                 return
         if not mask & (IN | HUP):
             return
         core = proxy.core
-        now = proxy._now()
+        now = proxy.now()
         recv_into = self.sock.recv_into
         sendto = proxy.sock.sendto
-        buffer, view = proxy._buffer, proxy._view
+        buffer, view = proxy.buffer, proxy.view
         single = self.single
         if single:
             self.reads += 1
@@ -121,21 +121,21 @@ class UdpUpstream:
             try:
                 client = core.return_established(now, flow, payload)
                 if client is not None:
-                    if proxy._backlog:
-                        proxy._send_to_client(client, payload)
+                    if proxy.backlog:
+                        proxy.send_to_client(client, payload)
                     else:
                         try:
                             sendto(payload, client)
                         except OSError as error:
-                            proxy._client_send_failed(client, payload, error)
+                            proxy.client_send_failed(client, payload, error)
                     if single:
                         return
                     continue
                 core.handle_backend_datagram(now, flow, payload)
             except Exception as error:
-                proxy._flow_failed(flow, error)
-            proxy._apply()
-            if flow not in proxy._upstreams:
+                proxy.flow_failed(flow, error)
+            proxy.apply()
+            if flow not in proxy.upstreams:
                 return  # this reply closed the flow (responses reached)
 
     # Timed: an upstream has no timer of its own (the flow's idle deadline is the core's).
@@ -147,6 +147,6 @@ class UdpUpstream:
 
     def abort(self, error: BaseException) -> None:
         proxy = self.proxy
-        proxy._flow_failed(self.flow, error)
-        proxy._close_upstream(self.flow)
-        proxy._apply()
+        proxy.flow_failed(self.flow, error)
+        proxy.close_upstream(self.flow)
+        proxy.apply()

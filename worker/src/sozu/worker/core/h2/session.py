@@ -42,7 +42,8 @@ from sozu.worker.core.http1.context import ListenerContext
 from sozu.worker.core.http1.session import Http1Session
 
 INF = math.inf
-# Defaults of the listener's h2_* settings (docs/configuration.md) used when they are unset.
+# Defaults of the listener's h2_* settings used when they are unset (the limits are listed in
+# the "Defences" section of LIFECYCLE.md beside this module).
 DEFAULT_MAX_CONCURRENT_STREAMS = 100
 DEFAULT_MAX_HEADER_LIST_SIZE = 65536
 DEFAULT_INITIAL_WINDOW = 1048576

@@ -1,5 +1,5 @@
 """An HTTP/2 request stream's header block as an HTTP/1.1 request head, with the h2 -> h1
-smuggling checks (docs/http.md; LIFECYCLE.md beside it, "Defences"): no CR, LF or NUL in a
+smuggling checks (the "Defences" section of LIFECYCLE.md beside it): no CR, LF or NUL in a
 name or value, no uppercase name, no connection-specific header, `te` only `trailers`, one
 valid content-length, the pseudo-headers a request needs and no other. A refused block raises
 `Refused` (the stream is reset with PROTOCOL_ERROR).
