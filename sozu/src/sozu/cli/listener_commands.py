@@ -3,7 +3,8 @@ update TCP and UDP listeners (HTTP and HTTPS ones come from `http_commands`); li
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -58,12 +59,39 @@ def _listener_group(proxy: ListenerType) -> click.Group:
 
 _seconds = click.IntRange(0, 2**32 - 1)
 
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _stream_options(command: _Command) -> _Command:
+    """The options TCP and UDP listeners share, in this order: address, public address, front
+    and back timeouts (the decorators stacked in that order)."""
+    for option in reversed(
+        (
+            routing._address,
+            click.option("--public-address", help="Address announced to backends."),
+            click.option("--front-timeout", type=_seconds, help="Seconds."),
+            click.option("--back-timeout", type=_seconds, help="Seconds."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _udp_options(command: _Command) -> _Command:
+    """The shared options, then a UDP listener's own: flows and datagram size."""
+    command = click.option(
+        "--max-rx-datagram-size", type=click.IntRange(1, 65535), help="Bytes per datagram."
+    )(command)
+    command = click.option(
+        "--max-flows",
+        type=click.IntRange(0),
+        help="Live UDP flows per worker (0: automatic, from the fd limit and max_connections).",
+    )(command)
+    return _stream_options(command)
+
 
 @click.command("add", cls=SozuCommand)
-@routing._address
-@click.option("--public-address", help="Address announced to backends.")
-@click.option("--front-timeout", type=_seconds, help="Seconds.")
-@click.option("--back-timeout", type=_seconds, help="Seconds.")
+@_stream_options
 @click.option("--connect-timeout", type=_seconds, help="Seconds.")
 @click.option("--expect-proxy", is_flag=True, help="Expect a PROXY protocol header.")
 @click.pass_context
@@ -76,10 +104,7 @@ def _tcp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> No
 
 
 @click.command("update", cls=SozuCommand)
-@routing._address
-@click.option("--public-address", help="Address announced to backends.")
-@click.option("--front-timeout", type=_seconds, help="Seconds.")
-@click.option("--back-timeout", type=_seconds, help="Seconds.")
+@_stream_options
 @click.option("--connect-timeout", type=_seconds, help="Seconds.")
 @click.option(
     "--expect-proxy/--no-expect-proxy", default=None, help="Expect a PROXY protocol header."
@@ -92,16 +117,7 @@ def _tcp_listener_update(ctx: click.Context, /, address: str, **options: Any) ->
 
 
 @click.command("add", cls=SozuCommand)
-@routing._address
-@click.option("--public-address", help="Address announced to backends.")
-@click.option("--front-timeout", type=_seconds, help="Seconds.")
-@click.option("--back-timeout", type=_seconds, help="Seconds.")
-@click.option(
-    "--max-flows",
-    type=click.IntRange(0),
-    help="Live UDP flows per worker (0: automatic, from the fd limit and max_connections).",
-)
-@click.option("--max-rx-datagram-size", type=click.IntRange(1, 65535), help="Bytes per datagram.")
+@_udp_options
 @click.pass_context
 def _udp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> None:
     """Add a UDP listener (inactive until activated)."""
@@ -110,16 +126,7 @@ def _udp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> No
 
 
 @click.command("update", cls=SozuCommand)
-@routing._address
-@click.option("--public-address", help="Address announced to backends.")
-@click.option("--front-timeout", type=_seconds, help="Seconds.")
-@click.option("--back-timeout", type=_seconds, help="Seconds.")
-@click.option(
-    "--max-flows",
-    type=click.IntRange(0),
-    help="Live UDP flows per worker (0: automatic, from the fd limit and max_connections).",
-)
-@click.option("--max-rx-datagram-size", type=click.IntRange(1, 65535), help="Bytes per datagram.")
+@_udp_options
 @click.pass_context
 def _udp_listener_update(ctx: click.Context, /, address: str, **options: Any) -> None:
     """Update a UDP listener; options not given keep their value."""
