@@ -68,7 +68,7 @@ def _certificate_and_key(
 
 
 @certificate_group.command("add")
-@routing._address
+@routing.address_option
 @click.option("--certificate", type=PEM_PATH, required=True, help="Certificate (PEM file).")
 @click.option("--key", type=PEM_PATH, required=True, help="Its private key (PEM file).")
 @click.option("--certificate-chain", type=PEM_PATH, help="Its chain (PEM file).")
@@ -86,11 +86,13 @@ def certificate_add(
 ) -> None:
     """Add a certificate to the HTTPS listener at ADDRESS."""
     pair = _certificate_and_key(certificate, key, certificate_chain, tls_versions, names)
-    routing.send(ctx, routing._build(lambda: rq.AddCertificate(address=address, certificate=pair)))
+    routing.send(
+        ctx, routing.build_request(lambda: rq.AddCertificate(address=address, certificate=pair))
+    )
 
 
 @certificate_group.command("replace")
-@routing._address
+@routing.address_option
 @click.option("--new-certificate", type=PEM_PATH, required=True, help="New certificate (PEM).")
 @click.option("--new-key", type=PEM_PATH, required=True, help="Its private key (PEM file).")
 @click.option("--new-certificate-chain", type=PEM_PATH, help="Its chain (PEM file).")
@@ -119,7 +121,7 @@ def certificate_replace(
     pair = _certificate_and_key(
         new_certificate, new_key, new_certificate_chain, tls_versions, names, prefix="new-"
     )
-    request = routing._build(
+    request = routing.build_request(
         lambda: rq.ReplaceCertificate(address=address, new_certificate=pair, old_fingerprint=old)
     )
     routing.send(ctx, request)
@@ -138,7 +140,7 @@ def _one_certificate(
 
 
 @certificate_group.command("remove")
-@routing._address
+@routing.address_option
 @click.option("--certificate", type=PEM_PATH, help="Certificate to remove (PEM file).")
 @click.option("-f", "--fingerprint", help="Or its fingerprint (64 hex digits).")
 @click.pass_context
@@ -147,7 +149,9 @@ def certificate_remove(
 ) -> None:
     """Remove a certificate from the HTTPS listener at ADDRESS."""
     found = _one_certificate(certificate, fingerprint, "--certificate", "--fingerprint")
-    request = routing._build(lambda: rq.RemoveCertificate(address=address, fingerprint=found))
+    request = routing.build_request(
+        lambda: rq.RemoveCertificate(address=address, fingerprint=found)
+    )
     routing.send(ctx, request)
 
 

@@ -154,7 +154,10 @@ def cluster_add(
         "retry_after": retry_after,
     }
     routing.send(
-        ctx, routing._build(lambda: rq.AddCluster(cluster=Cluster(**fields, udp=_udp(udp_options))))
+        ctx,
+        routing.build_request(
+            lambda: rq.AddCluster(cluster=Cluster(**fields, udp=_udp(udp_options)))
+        ),
     )
 
 
@@ -252,7 +255,7 @@ def _worker_order(key: str) -> tuple[int, str]:
 
 
 def _render_clusters(response: Response) -> str:
-    content = routing._main_content(response)
+    content = routing.main_content(response)
     lines: list[str] = []
     if isinstance(content, ClusterHashes):
         lines.append(_hash_table(response, content) if content.map else "no clusters")

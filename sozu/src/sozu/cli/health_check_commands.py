@@ -70,7 +70,9 @@ def health_check_set(
     problems = check.problems()
     if problems:
         raise click.UsageError("; ".join(problems))
-    request = routing._build(lambda: rq.SetHealthCheck(cluster_id=cluster_id, health_check=check))
+    request = routing.build_request(
+        lambda: rq.SetHealthCheck(cluster_id=cluster_id, health_check=check)
+    )
     routing.send(ctx, request)
 
 
@@ -83,7 +85,7 @@ def health_check_remove(ctx: click.Context, cluster_id: str) -> None:
 
 
 def render_health_checks(response: Response) -> str:
-    content = routing._main_content(response)
+    content = routing.main_content(response)
     if not isinstance(content, HealthChecksList):
         return response.message
     if not content.map:

@@ -149,7 +149,7 @@ def _headers(values: tuple[str, ...]) -> tuple[Header, ...]:
 
 
 _route_options = _apply(
-    routing._address,
+    routing.address_option,
     click.option("--hostname", "--host", "hostname", required=True, help="Host to match."),
     click.option(
         "-i",
@@ -233,7 +233,7 @@ def _frontend_group(proxy: HttpProxy) -> click.Group:
         path = _path_rule(
             options.pop("path_prefix"), options.pop("path_regex"), options.pop("path_equals")
         )
-        tags = routing._tags(options.pop("tags"))
+        tags = routing.parse_tags(options.pop("tags"))
         headers = _headers(options.pop("headers"))
         redirect, scheme = options.pop("redirect"), options.pop("redirect_scheme")
         fields: dict[str, Any] = {
@@ -248,7 +248,7 @@ def _frontend_group(proxy: HttpProxy) -> click.Group:
             fields["redirect"] = redirect.upper().replace("-", "_")
         if scheme is not None:
             fields["redirect_scheme"] = scheme.upper().replace("-", "_")
-        frontend = routing._build(lambda: adds(frontend=RequestHttpFrontend(**fields)))
+        frontend = routing.build_request(lambda: adds(frontend=RequestHttpFrontend(**fields)))
         routing.send(ctx, frontend)
 
     add.help = f"Add an {proxy} frontend: a routing rule of a listener."
@@ -262,7 +262,9 @@ def _frontend_group(proxy: HttpProxy) -> click.Group:
             options.pop("path_prefix"), options.pop("path_regex"), options.pop("path_equals")
         )
         fields = {name: value for name, value in options.items() if value is not None}
-        request = routing._build(lambda: removes(frontend=RequestHttpFrontend(**fields, path=path)))
+        request = routing.build_request(
+            lambda: removes(frontend=RequestHttpFrontend(**fields, path=path))
+        )
         routing.send(ctx, request)
 
     remove.help = f"Remove an {proxy} frontend, found by address, hostname, path and method."
@@ -286,7 +288,7 @@ def _h2_option(name: str) -> Decorator:
 ANSWER_CODES = (301, 400, 401, 404, 408, 413, 421, 429, 502, 503, 504, 507)
 
 _http_listener_options = _apply(
-    routing._address,
+    routing.address_option,
     click.option("--public-address", help="Address announced to backends."),
     click.option(
         "--answer",
@@ -442,11 +444,11 @@ def _listener_add(proxy: HttpProxy) -> click.Command:
         fields = {**_listener_fields(options, https, update=False), **tls}
         request: Request
         if https:
-            request = routing._build(
+            request = routing.build_request(
                 lambda: rq.AddHttpsListener(listener=HttpsListenerConfig(**fields))
             )
         else:
-            request = routing._build(
+            request = routing.build_request(
                 lambda: rq.AddHttpListener(listener=HttpListenerConfig(**fields))
             )
         routing.send(ctx, request)
@@ -484,7 +486,7 @@ def _listener_update(proxy: HttpProxy) -> click.Command:
         fields = _listener_fields(options, https, update=True)
         if reset_alpn:
             fields["alpn_protocols"] = ()  # empty: the default, as upstream
-        routing.send(ctx, routing._build(lambda: cls(**fields)))
+        routing.send(ctx, routing.build_request(lambda: cls(**fields)))
 
     return update
 

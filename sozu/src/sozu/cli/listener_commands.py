@@ -67,7 +67,7 @@ def _stream_options(command: _Command) -> _Command:
     and back timeouts (the decorators stacked in that order)."""
     for option in reversed(
         (
-            routing._address,
+            routing.address_option,
             click.option("--public-address", help="Address announced to backends."),
             click.option("--front-timeout", type=_seconds, help="Seconds."),
             click.option("--back-timeout", type=_seconds, help="Seconds."),
@@ -100,7 +100,9 @@ def _tcp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> No
     if options["public_address"] and options["expect_proxy"]:
         raise click.UsageError("--public-address and --expect-proxy are exclusive")
     fields = {name: value for name, value in options.items() if value not in (None, False)}
-    routing.send(ctx, routing._build(lambda: _add_listener("TCP", {"address": address, **fields})))
+    routing.send(
+        ctx, routing.build_request(lambda: _add_listener("TCP", {"address": address, **fields}))
+    )
 
 
 @click.command("update", cls=SozuCommand)
@@ -113,7 +115,9 @@ def _tcp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> No
 def _tcp_listener_update(ctx: click.Context, /, address: str, **options: Any) -> None:
     """Update a TCP listener; options not given keep their value."""
     fields = {name: value for name, value in options.items() if value is not None}
-    routing.send(ctx, routing._build(lambda: rq.UpdateTcpListener(address=address, **fields)))
+    routing.send(
+        ctx, routing.build_request(lambda: rq.UpdateTcpListener(address=address, **fields))
+    )
 
 
 @click.command("add", cls=SozuCommand)
@@ -122,7 +126,9 @@ def _tcp_listener_update(ctx: click.Context, /, address: str, **options: Any) ->
 def _udp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> None:
     """Add a UDP listener (inactive until activated)."""
     fields = {name: value for name, value in options.items() if value is not None}
-    routing.send(ctx, routing._build(lambda: _add_listener("UDP", {"address": address, **fields})))
+    routing.send(
+        ctx, routing.build_request(lambda: _add_listener("UDP", {"address": address, **fields}))
+    )
 
 
 @click.command("update", cls=SozuCommand)
@@ -131,7 +137,9 @@ def _udp_listener_add(ctx: click.Context, /, address: str, **options: Any) -> No
 def _udp_listener_update(ctx: click.Context, /, address: str, **options: Any) -> None:
     """Update a UDP listener; options not given keep their value."""
     fields = {name: value for name, value in options.items() if value is not None}
-    routing.send(ctx, routing._build(lambda: rq.UpdateUdpListener(address=address, **fields)))
+    routing.send(
+        ctx, routing.build_request(lambda: rq.UpdateUdpListener(address=address, **fields))
+    )
 
 
 def _add_listener(proxy: ListenerType, fields: dict[str, Any]) -> Request:
@@ -151,10 +159,10 @@ def _address_command(
     proxy: ListenerType,
 ) -> None:
     @group.command(verb, help=f"{verb.capitalize()} a {proxy} listener.")
-    @routing._address
+    @routing.address_option
     @click.pass_context
     def command(ctx: click.Context, address: str) -> None:
-        routing.send(ctx, routing._build(lambda: cls(address=address, proxy=proxy)))
+        routing.send(ctx, routing.build_request(lambda: cls(address=address, proxy=proxy)))
 
 
 for _proxy in ("HTTP", "HTTPS", "TCP", "UDP"):

@@ -1,7 +1,8 @@
 """`sozu backend|frontend ...`, and what every command that changes or lists the routing state
-shares: `send`, `_build`, `_tags`, the `--address` option, the supervisor's own answer in a
-query's replies. `sozu cluster` is in cluster_commands, `sozu listener` in listener_commands,
-HTTP(S) listeners and frontends in http_commands."""
+shares: `send`, `build_request`, `parse_tags`, the `--address` option (`address_option`), the
+supervisor's own answer in a query's replies (`main_content`). `sozu cluster` is in
+cluster_commands, `sozu listener` in listener_commands, HTTP(S) listeners and frontends in
+http_commands."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from sozu.command.requests import Request
 from sozu.command.responses import FrontendList, WorkerResponses
 from sozu.command.types import Backend, LoadBalancingParams, RequestTcpFrontend, RequestUdpFrontend
 
-_address = click.option("-a", "--address", required=True, help="Socket address, e.g. 127.0.0.1:80.")
+address_option = click.option(
+    "-a", "--address", required=True, help="Socket address, e.g. 127.0.0.1:80."
+)
 
 
 Transform = Callable[[Response], Response]
@@ -34,7 +37,7 @@ def send(
     run(ctx, checked(request), render=render, transform=transform)
 
 
-def _build(factory: Callable[[], Request]) -> Request:
+def build_request(factory: Callable[[], Request]) -> Request:
     """Build a request from options; a value the types refuse is a usage error."""
     try:
         return factory()
@@ -42,7 +45,7 @@ def _build(factory: Callable[[], Request]) -> Request:
         raise click.UsageError(str(error)) from None
 
 
-def _tags(values: tuple[str, ...]) -> dict[str, str]:
+def parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     tags: dict[str, str] = {}
     for value in values:
         key, sep, val = value.partition("=")
@@ -52,7 +55,7 @@ def _tags(values: tuple[str, ...]) -> dict[str, str]:
     return tags
 
 
-def _main_content(response: Response) -> object:
+def main_content(response: Response) -> object:
     """The supervisor's own answer inside a query's WorkerResponses."""
     content = response.content
     if isinstance(content, WorkerResponses) and "main" in content.map:
@@ -76,7 +79,7 @@ _backend_id = click.option("--backend-id", required=True, help="Backend id.")
 @backend_group.command("add")
 @_cluster_option
 @_backend_id
-@_address
+@address_option
 @click.option("-s", "--sticky-id", help="Sticky session id.")
 @click.option(
     "-b",
@@ -101,7 +104,7 @@ def backend_add(
 ) -> None:
     """Add a backend to a cluster."""
     params = LoadBalancingParams(weight=weight) if weight is not None else None
-    request = _build(
+    request = build_request(
         lambda: rq.AddBackend(
             backend=Backend(
                 cluster_id=cluster_id,
@@ -119,11 +122,11 @@ def backend_add(
 @backend_group.command("remove")
 @_cluster_option
 @_backend_id
-@_address
+@address_option
 @click.pass_context
 def backend_remove(ctx: click.Context, cluster_id: str, backend_id: str, address: str) -> None:
     """Remove a backend from a cluster."""
-    request = _build(
+    request = build_request(
         lambda: rq.RemoveBackend(cluster_id=cluster_id, backend_id=backend_id, address=address)
     )
     send(ctx, request)
@@ -145,7 +148,7 @@ def _stream_frontend_group(proxy: str) -> click.Group:
 
     def frontend(cluster_id: str, address: str, tags: tuple[str, ...]) -> Any:
         cls = RequestTcpFrontend if proxy == "TCP" else RequestUdpFrontend
-        return cls(cluster_id=cluster_id, address=address, tags=_tags(tags))
+        return cls(cluster_id=cluster_id, address=address, tags=parse_tags(tags))
 
     for verb in ("add", "remove"):
         _frontend_command(group, verb, proxy, frontend)
@@ -159,12 +162,12 @@ def _frontend_command(
 
     @group.command(verb, help=f"{verb.capitalize()} a {proxy} frontend of a cluster.")
     @click.option("-i", "--id", "cluster_id", required=True, help="Cluster id.")
-    @_address
+    @address_option
     @click.option("--tags", "--tag", "tags", multiple=True, help="KEY=VALUE (repeatable).")
     @click.pass_context
     def command(ctx: click.Context, cluster_id: str, address: str, tags: tuple[str, ...]) -> None:
         cls = rq.REQUEST_KINDS[kind]
-        send(ctx, _build(lambda: cls(frontend=frontend(cluster_id, address, tags))))
+        send(ctx, build_request(lambda: cls(frontend=frontend(cluster_id, address, tags))))
 
 
 frontend_group.add_command(_stream_frontend_group("TCP"))

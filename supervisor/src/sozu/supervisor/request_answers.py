@@ -30,10 +30,8 @@ from sozu.command.statefile import save_state
 from sozu.supervisor.events import EventHub
 from sozu.supervisor.fleet_sync import FleetSync
 from sozu.supervisor.metrics_poll import MetricsCollector
-from sozu.supervisor.worker_records import UpgradeError, Worker
+from sozu.supervisor.worker_records import STATUS_PATIENCE, UpgradeError, Worker
 from sozu.supervisor.workers import WorkerPool
-
-STATUS_PATIENCE = 2.0
 
 
 class RequestAnswers:

@@ -33,12 +33,12 @@ from sozu.supervisor.metrics_poll import MetricsCollector
 from sozu.supervisor.mutations import MAX_QUEUED_JOBS, Answering, Mutations, Reply, is_sequenced
 from sozu.supervisor.orphans import Orphans
 from sozu.supervisor.prometheus_endpoint import serve_prometheus
-from sozu.supervisor.request_answers import STATUS_PATIENCE, RequestAnswers
+from sozu.supervisor.request_answers import RequestAnswers
 from sozu.supervisor.server import CommandServer, CommandSocket
 from sozu.supervisor.state_saver import StateSaver
 from sozu.supervisor.statsd import StatsdExporter
 from sozu.supervisor.supervisor_metrics import SupervisorMetrics
-from sozu.supervisor.worker_records import UpgradeError
+from sozu.supervisor.worker_records import STATUS_PATIENCE, UpgradeError
 from sozu.supervisor.workers import WorkerPool
 
 log = logging.getLogger("sozu.supervisor")

@@ -21,6 +21,9 @@ BACKOFF_MAX = 5.0
 # How long a worker whose channel closed may take to exit before it is killed.
 EXIT_GRACE = 1.0
 HELLO_TIMEOUT = 10.0
+# How long a status query or a metrics poll waits for each worker's answer (at most the
+# configured worker_timeout).
+STATUS_PATIENCE = 2.0
 
 
 # Worker channel frames may exceed a client's limit by this much: answers such as metrics
