@@ -190,3 +190,18 @@ def test_a_blocking_socket_is_refused() -> None:
             assert accepted.gettimeout() is None
             with pytest.raises(AssertionError, match="blocking"):
                 TlsSocket.accepted(accepted, listener_tls().context)
+
+
+def test_io_methods_that_would_bypass_tls_are_refused() -> None:
+    with connected(listener_tls(), "default.test") as (server, _):
+        for name, args in (
+            ("sendall", (b"x",)),
+            ("sendto", (b"x", ("127.0.0.1", 9))),
+            ("sendmsg", ([b"x"],)),
+            ("recv_into", (bytearray(8),)),
+            ("recvfrom", (8,)),
+            ("recvfrom_into", (bytearray(8),)),
+            ("recvmsg", (8,)),
+        ):
+            with pytest.raises(NotImplementedError, match="through TLS"):
+                getattr(server, name)(*args)

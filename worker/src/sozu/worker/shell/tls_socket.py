@@ -4,9 +4,10 @@
 type, family, timeout and peer back (system calls and enum conversions) and moves the fd into
 a second socket object, once per connection. `TlsSocket` takes the accepted fd as it is and
 attaches the SSL object (`_ssl._SSLSocket`, the one `SSLSocket` wraps) to it, with the few
-calls of `SSLSocket` the data plane uses: `recv`, `send` and `pending` go through TLS, the
-socket's own `shutdown` stays raw (a write-side shutdown after close_notify), and
-`socket.socket.recv(sock, n)` still reads raw bytes (what a lingering close discards).
+calls of `SSLSocket` the data plane uses: `recv`, `send` and `pending` go through TLS (the
+other I/O methods of a socket raise), the socket's own `shutdown` stays raw (a write-side
+shutdown after close_notify), and `socket.socket.recv(sock, n)` still reads raw bytes (what
+a lingering close discards).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from sozu.worker.shell.tls_contexts import ServedCertificate
@@ -78,6 +79,13 @@ class TlsSocket(socket.socket):
         """Decrypted bytes the SSL object holds (they make no readiness event)."""
         count: int = self._sslobj.pending()
         return count
+
+    def _raw(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise NotImplementedError("a TlsSocket moves bytes through TLS with recv and send only")
+
+    # The socket's other I/O methods would move raw bytes past TLS: refused.
+    sendall = sendto = sendmsg = _raw
+    recv_into = recvfrom = recvfrom_into = recvmsg = _raw
 
     def unwrap(self) -> None:
         """Write the close_notify. The peer's is not waited for: the want-read that says it
