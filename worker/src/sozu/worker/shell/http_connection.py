@@ -32,6 +32,7 @@ from sozu.worker.core.http1.actions import (
     SHUTDOWN_FRONT,
 )
 from sozu.worker.core.http1.session import Http1Session
+from sozu.worker.core.http1.states import READ_BACK, READ_FRONT
 from sozu.worker.shell.connect import start_connect
 from sozu.worker.shell.front_connection import LINGER, READ_SIZE, FrontConnection
 from sozu.worker.shell.reactor import ERR, IN, OUT, Handler
@@ -256,7 +257,24 @@ class HttpConnection(FrontConnection):
             return
         if self.shut_back or self.shut_front:
             self._half_close()
-        self._watch()
+        # Watch each fd for what the core wants now (a modify only when that changed).
+        reads = session.reads()
+        mask = IN if reads & READ_FRONT else 0
+        if session.to_front:
+            mask |= OUT
+        if mask != self.front_mask:
+            self.front_mask = mask
+            self.server.reactor.modify(self.fd, mask)
+        if self.back is not None:
+            if self.connecting:
+                back_mask = OUT
+            else:
+                back_mask = IN if reads & READ_BACK else 0
+                if session.to_back:
+                    back_mask |= OUT
+            if back_mask != self.back_mask:
+                self.back_mask = back_mask
+                self.server.reactor.modify(self.back_fd, back_mask)
         if session.deadline < self.armed and not self.lingering:
             self.server.reactor.arm(self)
 
@@ -459,25 +477,6 @@ class HttpConnection(FrontConnection):
         if sent:
             del buffer[:sent]
             session.sent(now)
-
-    def _watch(self) -> None:
-        session = self.session
-        mask = IN if session.wants_front_read() else 0
-        if session.to_front:
-            mask |= OUT
-        if mask != self.front_mask:
-            self.front_mask = mask
-            self.server.reactor.modify(self.fd, mask)
-        if self.back is not None:
-            if self.connecting:
-                back_mask = OUT
-            else:
-                back_mask = IN if session.wants_back_read() else 0
-                if session.to_back:
-                    back_mask |= OUT
-            if back_mask != self.back_mask:
-                self.back_mask = back_mask
-                self.server.reactor.modify(self.back_fd, back_mask)
 
     # -- the end
 

@@ -81,7 +81,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
     frontend = match.frontend
     if s.log_on and frontend.tags:
         s.log_tags = frontend.tags
-    known = ctx.cluster(frontend.cluster_id) if frontend.cluster_id else None
+    known = shared.cluster_lookup(frontend.cluster_id) if frontend.cluster_id else None
     cluster_config = known[0] if known is not None else None
     s.routed = True
     s.authority = text

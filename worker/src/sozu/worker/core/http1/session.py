@@ -29,6 +29,8 @@ from sozu.worker.core.http1.routing import release_per_ip_slot
 from sozu.worker.core.http1.states import (
     INF,
     R_HEAD,
+    READ_BACK,
+    READ_FRONT,
     S_CLOSING,
     S_CONNECTING,
     S_DONE,
@@ -288,19 +290,31 @@ class Http1Session:
 
     # -- back pressure
 
-    def wants_front_read(self) -> bool:
-        """Read the client only while this is True."""
-        return (
+    def reads(self) -> int:
+        """Which connections to read now (the shell asks after every event): READ_FRONT while
+        nothing the client sent waits beyond the limit, READ_BACK while a backend connection
+        is open or kept (a kept one is read to learn that the backend closed it) and to_front
+        is within the limit."""
+        limit = self.limit
+        reads = 0
+        if (
             self.state < S_CLOSING
             and not self.front_ended
-            and len(self.to_back) <= self.limit
-            and len(self.fbuf) <= self.limit
-        )
+            and len(self.to_back) <= limit
+            and len(self.fbuf) <= limit
+        ):
+            reads = READ_FRONT
+        if (self.back_open or self.kept is not None) and len(self.to_front) <= limit:
+            reads |= READ_BACK
+        return reads
+
+    def wants_front_read(self) -> bool:
+        """Read the client only while this is True."""
+        return bool(self.reads() & READ_FRONT)
 
     def wants_back_read(self) -> bool:
-        """Read the backend connection only while this is True (a kept connection is read to
-        learn that the backend closed it)."""
-        return (self.back_open or self.kept is not None) and len(self.to_front) <= self.limit
+        """Read the backend connection only while this is True."""
+        return bool(self.reads() & READ_BACK)
 
     # -- inputs
 

@@ -23,5 +23,9 @@ R_LENGTH: Final = 1  # Content-Length body, `r_remaining` bytes still due
 R_CHUNKED: Final = 2  # chunked body, scanned by `r_scanner`
 R_CLOSE: Final = 3  # body delimited by the backend closing
 
+# Which connections the shell reads now (`Http1Session.reads`).
+READ_FRONT: Final = 1
+READ_BACK: Final = 2
+
 # Connect attempts per request (upstream CONN_RETRIES).
 CONNECT_ATTEMPTS: Final = 3
