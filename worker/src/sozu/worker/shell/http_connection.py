@@ -257,24 +257,7 @@ class HttpConnection(FrontConnection):
             return
         if self.shut_back or self.shut_front:
             self._half_close()
-        # Watch each fd for what the core wants now (a modify only when that changed).
-        reads = session.reads()
-        mask = IN if reads & READ_FRONT else 0
-        if session.to_front:
-            mask |= OUT
-        if mask != self.front_mask:
-            self.front_mask = mask
-            self.server.reactor.modify(self.fd, mask)
-        if self.back is not None:
-            if self.connecting:
-                back_mask = OUT
-            else:
-                back_mask = IN if reads & READ_BACK else 0
-                if session.to_back:
-                    back_mask |= OUT
-            if back_mask != self.back_mask:
-                self.back_mask = back_mask
-                self.server.reactor.modify(self.back_fd, back_mask)
+        self._watch()
         if session.deadline < self.armed and not self.lingering:
             self.server.reactor.arm(self)
 
@@ -477,6 +460,28 @@ class HttpConnection(FrontConnection):
         if sent:
             del buffer[:sent]
             session.sent(now)
+
+    def _watch(self) -> None:
+        """Watch each fd for what the core wants now (a modify only when that changed).
+        A `StreamLink` (h2_connection.py) watches its backend connection only."""
+        session = self.session
+        reads = session.reads()
+        mask = IN if reads & READ_FRONT else 0
+        if session.to_front:
+            mask |= OUT
+        if mask != self.front_mask:
+            self.front_mask = mask
+            self.server.reactor.modify(self.fd, mask)
+        if self.back is not None:
+            if self.connecting:
+                back_mask = OUT
+            else:
+                back_mask = IN if reads & READ_BACK else 0
+                if session.to_back:
+                    back_mask |= OUT
+            if back_mask != self.back_mask:
+                self.back_mask = back_mask
+                self.server.reactor.modify(self.back_fd, back_mask)
 
     # -- the end
 

@@ -291,29 +291,20 @@ class Http1Session:
     # -- back pressure
 
     def reads(self) -> int:
-        """Which connections to read now (the shell asks after every event): READ_FRONT while
-        nothing the client sent waits beyond the limit, READ_BACK while a backend connection
-        is open or kept (a kept one is read to learn that the backend closed it) and to_front
-        is within the limit."""
+        """What to read now (asked after every event): READ_FRONT, the client, while what it
+        sent waits within the limit; READ_BACK, the backend connection, while it is open or
+        kept (to learn that the backend closed it) and to_front is within the limit."""
         limit = self.limit
-        reads = 0
-        if (
-            self.state < S_CLOSING
-            and not self.front_ended
-            and len(self.to_back) <= limit
-            and len(self.fbuf) <= limit
-        ):
-            reads = READ_FRONT
+        front = self.state < S_CLOSING and not self.front_ended and len(self.fbuf) <= limit
+        reads = READ_FRONT if front and len(self.to_back) <= limit else 0
         if (self.back_open or self.kept is not None) and len(self.to_front) <= limit:
             reads |= READ_BACK
         return reads
 
     def wants_front_read(self) -> bool:
-        """Read the client only while this is True."""
         return bool(self.reads() & READ_FRONT)
 
     def wants_back_read(self) -> bool:
-        """Read the backend connection only while this is True."""
         return bool(self.reads() & READ_BACK)
 
     # -- inputs
