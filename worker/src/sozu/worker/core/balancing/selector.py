@@ -214,9 +214,7 @@ class BackendSelector:
         round robin). `loads` maps backend ids to their current load (LEAST_LOADED and
         POWER_OF_TWO; a missing id counts as 0).
         """
-        cands = self._cands
-        if cands is None:
-            cands = self._candidates()
+        cands = self._candidates()
         if not cands:
             return None
         if self._cands_fail_open:
@@ -226,13 +224,7 @@ class BackendSelector:
             self.fail_open_decisions += 1
         else:
             self.fail_open_active = False
-        if self._policy is LoadBalancingPolicy.ROUND_ROBIN:
-            # The default policy, once per request: `_round_robin` without a call.
-            n = len(cands)
-            pos = self._cursor % n
-            self._cursor = (pos + 1) % n
-        else:
-            pos = self._pick(cands, key, loads)
+        pos = self._pick(cands, key, loads)
         chosen = self._slots[cands[pos]].backend
         if __debug__:
             assert 0 <= pos < len(cands)

@@ -319,7 +319,7 @@ def parse_request_head(head: bytes) -> RequestHead:
         len(head),
         framing,
         content_length,
-        http11 if connection is None else _keep_alive(http11, connection),
+        _keep_alive(http11, connection),
         upgrade and method == b"GET",
         authority,
         path,

@@ -196,9 +196,6 @@ class ListenerContext:
 
     # -- what sessions read
 
-    def cluster(self, cluster_id: str) -> tuple[Cluster, TcpCluster] | None:
-        return self.shared.cluster_lookup(cluster_id)
-
     def sticky_id(self, cluster_id: str, backend_id: str) -> str:
         return self.shared.backend_to_sticky.get((cluster_id, backend_id), backend_id)
 

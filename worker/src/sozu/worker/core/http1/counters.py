@@ -63,13 +63,6 @@ class HttpCounters:
         key = (cluster_id, status)
         self.cluster_statuses[key] = self.cluster_statuses.get(key, 0) + 1
 
-    def count_routed_status(self, cluster_id: str, status: int) -> None:
-        """`count_status` and `count_cluster_status` in one call (once per proxied response)."""
-        statuses = self.statuses
-        statuses[status] = statuses.get(status, 0) + 1
-        key = (cluster_id, status)
-        self.cluster_statuses[key] = self.cluster_statuses.get(key, 0) + 1
-
     def count_answer(self, status: int) -> None:
         self.answers[status] = self.answers.get(status, 0) + 1
         self.count_status(status)

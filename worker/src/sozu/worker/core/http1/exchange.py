@@ -520,9 +520,10 @@ def finish_response(s: Http1Session, now: float, *, complete: bool) -> None:
             and not (s.target is not None and s.target.h2)
         ),
     )
-    s.counters.count_routed_status(cluster.cluster_id, s.status)
+    s.counters.count_status(s.status)
+    s.counters.count_cluster_status(cluster.cluster_id, s.status)
     if shared.histogram is not None:
-        s.ctx.observe(cluster.cluster_id, now - s.started, now - s.backend_started)
+        observe(s, now)
     if s.log_on:
         log_request(s, now)
     if complete and not s.closing:
