@@ -7,11 +7,18 @@ import socket
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A loopback port nothing uses, for TCP nor for UDP (bound with both, then released):
+    callers take it for either, and a port free for TCP may be a UDP socket's."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagrams:
+                try:
+                    datagrams.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
 
 
 def scrape(port: int) -> str:
