@@ -2,23 +2,44 @@
 
 from __future__ import annotations
 
+import random
 import re
 import socket
+from typing import Final
+
+
+def _ephemeral_start() -> int:
+    """The first port the kernel hands to outgoing connections and unbound sockets."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports are handed out below the kernel's ephemeral range, in turn from a random start: a
+# client connection or an upstream socket of another test cannot take one between the probe
+# and the daemon's bind (as an ephemeral port from the kernel could), and no port is handed
+# out twice in one run.
+_FIRST: Final = 10000
+_LAST: Final = max(_FIRST + 1000, _ephemeral_start()) - 1
+_next = _FIRST + random.randrange(_LAST - _FIRST + 1)
 
 
 def free_port() -> int:
-    """A loopback port nothing uses, for TCP nor for UDP (bound with both, then released):
-    callers take it for either, and a port free for TCP may be a UDP socket's."""
+    """A loopback port nothing uses, for TCP nor for UDP (bound with both, then released),
+    below the kernel's ephemeral range."""
+    global _next
     while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagrams:
-                try:
-                    datagrams.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
+        port = _next
+        _next = _FIRST if port >= _LAST else port + 1
+        with socket.socket() as stream, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dgram:
+            try:
+                stream.bind(("127.0.0.1", port))
+                dgram.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def scrape(port: int) -> str:
