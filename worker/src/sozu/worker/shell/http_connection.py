@@ -2,12 +2,18 @@
 
 The core decides everything; this moves bytes and carries out its actions. On each readiness
 event of the client or backend socket it reads once (a TLS socket: until the SSL object has
-nothing buffered) and feeds the core, then `settle` sends what the core queued (as much as the
-sockets take, reporting progress with `sent`), carries out the action bits (pool, close,
-connect: a pooled connection is handed back at once, a dial completes on writability), and
-watches each socket for exactly what the core wants (back pressure: a side is read only while
-the core says so). The connection's timer is the core's `deadline`, or the end of a
-lingering close.
+nothing buffered) and feeds the core. Once the loop has handled the whole batch of ready events
+(`Reactor.soon`), `settle` sends what the core queued (as much as the sockets take, reporting
+progress with `sent`), carries out the action bits (pool, close, connect: a pooled connection
+is handed back at once, a dial completes on writability), and watches each socket for exactly
+what the core wants (back pressure: a side is read only while the core says so). The
+connection's timer is the core's `deadline`, or the end of a lingering close.
+
+Why sends wait for the end of the batch: a send to a peer asleep in its own poll wakes it,
+and on loopback that wake-up is the most expensive part of a send. Sent one by one between
+the handlers of a batch, every response wakes the client and every request the backend; sent
+together after the batch, a peer wakes once and finds several ready. Under light load a batch
+is one event and nothing waits; under load a batch takes at most the loop's YIELD_AFTER.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class HttpConnection(FrontConnection):
         "shut_back",
         "shut_front",
         "sock",
+        "soon_queued",
         "tls",
         "upstream",
         "write_front",
@@ -117,6 +124,7 @@ class HttpConnection(FrontConnection):
         self.shut_back = False
         self.shut_front = False
         self.finished = False
+        self.soon_queued = False  # waiting for the end of the batch (Reactor.soon)
         # Bound once: the loop calls these for every event.
         self.on_front_event: Handler = self.on_front
         self.on_back_event: Handler = self.on_back
@@ -134,7 +142,7 @@ class HttpConnection(FrontConnection):
             self._flush_front(now)
         if mask & (IN | ERR):
             self._read_front(now)
-        self.settle(now)
+        self.server.reactor.soon(self)
 
     def _read_front(self, now: float) -> None:
         session = self.session
@@ -205,7 +213,7 @@ class HttpConnection(FrontConnection):
                 session.back_connect_failed(now)
             else:
                 session.back_connected(now, False)
-            self.settle(now)
+            self.server.reactor.soon(self)
             return
         if mask & OUT and session.to_back:
             self._flush_back(now)
@@ -224,9 +232,14 @@ class HttpConnection(FrontConnection):
                 else:
                     self._drop_back()
                     session.back_eof(now)
-        self.settle(now)
+        self.server.reactor.soon(self)
 
     # -- carrying out what the core asks
+
+    def flush_soon(self) -> None:
+        """The batch of events is handled: settle (nothing left to do once finished)."""
+        if not self.finished:
+            self.settle(self.server.reactor.now())
 
     def settle(self, now: float) -> None:
         """Send, act, watch: after every input of the core."""

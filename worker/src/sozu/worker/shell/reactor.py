@@ -293,7 +293,8 @@ class Reactor:
     def soon(self, deferred: Deferred) -> None:
         """Call `deferred.flush_soon()` once the events and timers being handled are done:
         the writes that several events of one batch queue on one connection (the responses
-        of many HTTP/2 streams) go out in one send."""
+        of many HTTP/2 streams) go out in one send, and the sends of a batch's HTTP/1.1
+        connections go out together (http_connection.py says why)."""
         if not deferred.soon_queued:
             deferred.soon_queued = True
             self._soon.append(deferred)
