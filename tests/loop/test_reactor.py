@@ -6,6 +6,7 @@ import gc
 import math
 import socket
 import weakref
+from collections.abc import Callable
 
 import trio
 
@@ -97,6 +98,67 @@ async def test_a_raising_handler_or_a_stuck_timer_ends_only_its_owner() -> None:
     assert isinstance(stuck.aborted[0], RuntimeError)
     assert len(stuck.fired) == 1, "a timer that does not move fires once, then its owner ends"
     assert reactor.stats.errors == {"KeyError": 1, "RuntimeError": 1}
+
+
+class Deferred:
+    """What `Reactor.soon` holds: records its flushes (and raises when `broken`)."""
+
+    def __init__(self, log: list[str], name: str, *, broken: bool = False) -> None:
+        self.soon_queued = False
+        self.log = log
+        self.name = name
+        self.broken = broken
+        self.aborted: list[BaseException] = []
+
+    def flush_soon(self) -> None:
+        self.log.append(f"flush {self.name}")
+        if self.broken:
+            raise ValueError("a bug in one flush")
+
+    def abort(self, error: BaseException) -> None:
+        self.aborted.append(error)
+
+
+async def test_flushes_asked_during_a_batch_run_once_after_all_its_handlers() -> None:
+    """What HTTP/1.1 connections rely on to send once per batch: every handler of the batch
+    runs first, then each deferred flush once however often it was asked for; a flush that
+    raises ends only its owner."""
+    reactor = Reactor()
+    log: list[str] = []
+    flushed, broken = Deferred(log, "a"), Deferred(log, "b", broken=True)
+    pairs = [socket.socketpair() for _ in range(3)]
+
+    def handler(sock: socket.socket, name: str) -> Callable[[int], None]:
+        def handle(_mask: int) -> None:
+            sock.recv(100)
+            log.append(f"event {name}")
+            reactor.soon(flushed)
+            if name == "2":
+                reactor.soon(broken)
+
+        return handle
+
+    try:
+        for index, (left, right) in enumerate(pairs):
+            reactor.register(left.fileno(), IN, handler(left, str(index)), Timed())
+            right.send(b"x")  # all three ready at the loop's first poll: one batch
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reactor.run)
+            with trio.fail_after(5):
+                while not broken.aborted:  # noqa: ASYNC110 - polling what the loop sets
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        for left, right in pairs:
+            left.close()
+            right.close()
+    assert sorted(log[:3]) == ["event 0", "event 1", "event 2"]
+    assert log[3:] == ["flush a", "flush b"]
+    assert not flushed.soon_queued
+    assert not broken.soon_queued
+    assert not flushed.aborted
+    assert isinstance(broken.aborted[0], ValueError)
+    assert reactor.stats.errors == {"ValueError": 1}
 
 
 async def test_a_saturated_loop_yields_to_other_tasks() -> None:
