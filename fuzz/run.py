@@ -95,14 +95,18 @@ def main(argv: list[str]) -> int:
 def _fuzz(atheris: Any, target: Target, argv: list[str]) -> int:
     """Fuzz in a child process (libFuzzer exits when done); its exit status."""
     print(f"fuzzing {target.name}: {target.summary}", file=sys.stderr, flush=True)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            atheris.Setup(argv, target.check)
-            atheris.Fuzz()
-        finally:
-            os._exit(1)  # Fuzz() exits by itself: here only if it raised
-    _, wait_status = os.waitpid(pid, 0)
+    # libFuzzer ends the child without Python's exit handlers: what its targets create with
+    # tempfile goes in a directory this process removes.
+    with tempfile.TemporaryDirectory(prefix=f"sozu-fuzz-{target.name}-tmp-") as scratch:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                tempfile.tempdir = scratch
+                atheris.Setup(argv, target.check)
+                atheris.Fuzz()
+            finally:
+                os._exit(1)  # Fuzz() exits by itself: here only if it raised
+        _, wait_status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(wait_status)
 
 
