@@ -3,6 +3,7 @@ careless operator, reproduced against the real daemon, and what it must do inste
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
 import subprocess
@@ -156,8 +157,11 @@ def test_a_second_instance_on_the_same_address_is_refused(
     daemon = start_daemon(extra=listener)
     directory = tmp_path / "second"
     directory.mkdir()
-    config, _ = Daemon.write_config(directory, extra=listener)
-    second = sozu_cli("start", "-c", str(config), timeout=30)
+    config, second_socket = Daemon.write_config(directory, extra=listener)
+    try:
+        second = sozu_cli("start", "-c", str(config), timeout=30)
+    finally:
+        shutil.rmtree(second_socket.parent, ignore_errors=True)
     assert second.returncode == 1
     output = second.stdout + second.stderr
     assert "owned by another sozu instance" in output

@@ -3,6 +3,7 @@ runs, and the unit file shipped in packaging/ says what that relies on."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def test_ready_is_sent_once_every_worker_runs(
     finally:
         daemon.stop()
         notify.close()
+        shutil.rmtree(socket_path.parent, ignore_errors=True)
 
 
 def test_the_unit_file_keeps_workers_alive_across_a_supervisor_restart() -> None:
