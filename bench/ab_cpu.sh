@@ -27,50 +27,20 @@ cleanup() {
   sleep 0.5
   rm -rf "$DIR"
 }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 BE=$(port)
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench.test" \
-  -addext "subjectAltName=DNS:bench.test" -keyout "$DIR/key.pem" -out "$DIR/cert.pem" 2>/dev/null
-cat >"$DIR/backend.conf" <<CONF
-worker_processes 1; daemon on; pid $DIR/backend.pid; error_log $DIR/backend.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000000;
-  server { listen 127.0.0.1:$BE backlog=4096; location / { return 200 "Hello, world!"; } } }
-CONF
-nginx -p "$DIR" -c "$DIR/backend.conf" -e "$DIR/backend.err"
+bench_certificate
+start_backend "$BE"
 declare -A PID URL
 for build in A B; do
   SOZU=$A
   [ "$build" = B ] && SOZU=$B
   HTTP=$(port)
   HTTPS=$(port)
-  cat >"$DIR/$build.toml" <<CONF
-command_socket = "$DIR/$build.sock"
-worker_count = 1
-log_level = "error"
-[[listeners]]
-protocol = "http"
-address = "127.0.0.1:$HTTP"
-[[listeners]]
-protocol = "https"
-address = "127.0.0.1:$HTTPS"
-certificate = "$DIR/cert.pem"
-key = "$DIR/key.pem"
-[clusters.bench]
-protocol = "http"
-frontends = [
-  { address = "127.0.0.1:$HTTP", hostname = "bench.test" },
-  { address = "127.0.0.1:$HTTPS", hostname = "bench.test", certificate = "$DIR/cert.pem", key = "$DIR/key.pem" },
-]
-backends = [{ address = "127.0.0.1:$BE" }]
-CONF
-  "$SOZU" -c "$DIR/$build.toml" start >"$DIR/$build.log" 2>&1 &
-  for _ in $(seq 50); do
-    curl -sf -o /dev/null -H "Host: bench.test" "http://127.0.0.1:$HTTP/" && break
-    sleep 0.2
-  done
-  PID[$build]=$("$SOZU" -c "$DIR/$build.toml" status --json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"][0]["pid"])')
+  write_sozu_config "$build" "$HTTP" "$HTTPS"
+  echo "backends = [{ address = \"127.0.0.1:$BE\" }]" >>"$DIR/$build.toml"
+  PID[$build]=$(start_sozu "$SOZU" "$build" "$HTTP")
   case $MODE in
     tls | tlska) URL[$build]=https://127.0.0.1:$HTTPS/ ;;
     *) URL[$build]=http://127.0.0.1:$HTTP/ ;;

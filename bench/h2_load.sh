@@ -25,62 +25,21 @@ cleanup() {
   sleep 0.5
   rm -rf "$DIR"
 }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 BE=$(port); BE2=$(port); NX_HTTP=$(port); NX_HTTPS=$(port); SZ_HTTP=$(port); SZ_HTTPS=$(port)
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench.test" \
-  -addext "subjectAltName=DNS:bench.test" -keyout "$DIR/key.pem" -out "$DIR/cert.pem" 2>/dev/null
-cat >"$DIR/backend.conf" <<EOF
-worker_processes 1; daemon on; pid $DIR/backend.pid; error_log $DIR/backend.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000000;
-  server { listen 127.0.0.1:$BE backlog=4096; location / { return 200 "Hello, world!"; } }
-  server { listen 127.0.0.1:$BE2 http2 backlog=4096; location / { return 200 "Hello, world!"; } } }
-EOF
-cat >"$DIR/proxy.conf" <<EOF
-worker_processes 1; daemon on; pid $DIR/proxy.pid; error_log $DIR/proxy.err warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 100000000; keepalive_timeout 60s;
-  upstream be { server 127.0.0.1:$BE; keepalive 128; keepalive_requests 100000000; }
-  server { listen 127.0.0.1:$NX_HTTP backlog=4096; listen 127.0.0.1:$NX_HTTPS ssl http2 backlog=4096;
-    ssl_certificate $DIR/cert.pem; ssl_certificate_key $DIR/key.pem;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-EOF
-cat >"$DIR/sozu.toml" <<EOF
-command_socket = "$DIR/sozu.sock"
-worker_count = 1
-log_level = "error"
-[[listeners]]
-protocol = "http"
-address = "127.0.0.1:$SZ_HTTP"
-[[listeners]]
-protocol = "https"
-address = "127.0.0.1:$SZ_HTTPS"
-certificate = "$DIR/cert.pem"
-key = "$DIR/key.pem"
-[clusters.bench]
-protocol = "http"
-frontends = [
-  { address = "127.0.0.1:$SZ_HTTP", hostname = "bench.test" },
-  { address = "127.0.0.1:$SZ_HTTPS", hostname = "bench.test", certificate = "$DIR/cert.pem", key = "$DIR/key.pem" },
-]
-EOF
+bench_certificate
+start_backend "$BE" "server { listen 127.0.0.1:$BE2 http2 backlog=4096; location / { return 200 \"Hello, world!\"; } }"
+write_sozu_config sozu "$SZ_HTTP" "$SZ_HTTPS"
 if [ "${H2_BACKEND:-0}" = 1 ]; then
   echo 'http2 = true' >>"$DIR/sozu.toml"
   echo "backends = [{ address = \"127.0.0.1:$BE2\" }]" >>"$DIR/sozu.toml"
 else
   echo "backends = [{ address = \"127.0.0.1:$BE\" }]" >>"$DIR/sozu.toml"
 fi
-nginx -p "$DIR" -c "$DIR/backend.conf" -e "$DIR/backend.err"
-nginx -p "$DIR" -c "$DIR/proxy.conf" -e "$DIR/proxy.err"
-"$SOZU" -c "$DIR/sozu.toml" start >"$DIR/sozu.log" 2>&1 &
-for _ in $(seq 50); do
-  curl -sf -o /dev/null -H "Host: bench.test" "http://127.0.0.1:$SZ_HTTP/" && break
-  sleep 0.2
-done
+start_proxy "$BE" "$NX_HTTP" "$NX_HTTPS" "http2 "
+SZ_PID=$(start_sozu "$SOZU" sozu "$SZ_HTTP")
 NX_PID=$(pgrep -P "$(cat "$DIR/proxy.pid")" | head -1)
-SZ_PID=$("$SOZU" -c "$DIR/sozu.toml" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"][0]["pid"])')
 
 cpu() { awk '{print $14" "$15}' "/proc/$1/stat"; }
 run() { # name pid h2load-args...
