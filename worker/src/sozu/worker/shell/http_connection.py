@@ -242,7 +242,8 @@ class HttpConnection(FrontConnection):
             self.settle(self.server.reactor.now())
 
     def settle(self, now: float) -> None:
-        """Send, act, watch: after every input of the core."""
+        """Send, act, watch: once the inputs of a batch are in (`flush_soon`), and after a
+        start, a timer or a drain."""
         session = self.session
         rounds = 0
         while True:
