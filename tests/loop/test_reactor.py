@@ -5,12 +5,13 @@ from __future__ import annotations
 import gc
 import math
 import socket
+import time
 import weakref
 from collections.abc import Callable
 
 import trio
 
-from sozu.worker.shell.reactor import COMPACT_AFTER, IN, Reactor
+from sozu.worker.shell.reactor import COMPACT_AFTER, FLUSH_AFTER, IN, Reactor
 
 
 class Timed:
@@ -159,6 +160,45 @@ async def test_flushes_asked_during_a_batch_run_once_after_all_its_handlers() ->
     assert not flushed.aborted
     assert isinstance(broken.aborted[0], ValueError)
     assert reactor.stats.errors == {"ValueError": 1}
+
+
+async def test_flushes_go_out_within_a_long_batch() -> None:
+    """A batch of slow handlers (full TLS handshakes cost hundreds of µs each) does not hold
+    the deferred sends to its end: once FLUSH_AFTER has passed since they last went out, they
+    go out before the next handler."""
+    reactor = Reactor()
+    log: list[str] = []
+    flushed = Deferred(log, "a")
+    pairs = [socket.socketpair() for _ in range(3)]
+
+    def handler(sock: socket.socket, name: str) -> Callable[[int], None]:
+        def handle(_mask: int) -> None:
+            sock.recv(100)
+            log.append(f"event {name}")
+            reactor.soon(flushed)
+            until = time.perf_counter() + 2 * FLUSH_AFTER
+            while time.perf_counter() < until:
+                pass
+
+        return handle
+
+    try:
+        for index, (left, right) in enumerate(pairs):
+            reactor.register(left.fileno(), IN, handler(left, str(index)), Timed())
+            right.send(b"x")  # all three ready at the loop's first poll: one batch
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reactor.run)
+            with trio.fail_after(5):
+                while len(log) < 6:  # noqa: ASYNC110 - polling what the loop sets
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        for left, right in pairs:
+            left.close()
+            right.close()
+    assert reactor.stats.batches == 1, "the three events were one batch"
+    assert [entry.split()[0] for entry in log] == ["event", "flush"] * 3
+    assert sorted(log[0::2]) == ["event 0", "event 1", "event 2"]
 
 
 async def test_a_saturated_loop_yields_to_other_tasks() -> None:

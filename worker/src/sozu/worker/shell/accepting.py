@@ -1,8 +1,12 @@
 """Listener sockets on the readiness loop, and the worker-wide connection limit.
 
 A `LoopListener` accepts on its sockets (its own, plus those of an empty worker slot it
-adopts) until they would block, at most ACCEPT_BATCH per readiness event, and hands each
-connection to `accepted`. The `Acceptor` owns the worker-wide limit: once it is reached every
+adopts) until they would block, at most ACCEPT_BATCH per readiness event and for at most
+ACCEPT_BUDGET seconds, and hands each connection to `accepted`. The budget matters for TLS: a
+connection's handshake starts as it is accepted, and a full one costs hundreds of µs, so
+draining a backlog of them in one event would hold back every request already in progress.
+What is left stays in the backlog; the socket is still readable, and the loop comes back to it
+after the other ready events. The `Acceptor` owns the worker-wide limit: once it is reached every
 listener stops being watched, and watching resumes when a connection ends below it. Resource
 exhaustion (EMFILE, ENFILE, ENOMEM, ENOBUFS) pauses accepting for 100 ms instead of failing.
 """
@@ -13,6 +17,7 @@ import errno
 import logging
 import math
 import socket
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -22,6 +27,7 @@ from sozu.worker.shell.reactor import IN, Reactor
 log = logging.getLogger("sozu.worker")
 
 ACCEPT_BATCH: Final = 64
+ACCEPT_BUDGET: Final = 0.001
 RESOURCE_PAUSE: Final = 0.1
 _RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -144,6 +150,8 @@ class LoopListener:
         acceptor = self.acceptor
         limit = acceptor.limit
         family = sock.family
+        perf_counter = time.perf_counter
+        until = perf_counter() + ACCEPT_BUDGET
         for _ in range(ACCEPT_BATCH):
             if limit.active >= limit.limit:
                 acceptor.pause()
@@ -165,3 +173,5 @@ class LoopListener:
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.accepted(client, (peer[0], peer[1]))
+            if perf_counter() > until:
+                return

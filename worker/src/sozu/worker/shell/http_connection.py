@@ -13,7 +13,8 @@ Why sends wait for the end of the batch: a send to a peer asleep in its own poll
 and on loopback that wake-up is the most expensive part of a send. Sent one by one between
 the handlers of a batch, every response wakes the client and every request the backend; sent
 together after the batch, a peer wakes once and finds several ready. Under light load a batch
-is one event and nothing waits; under load a batch is at most the loop's MAX_EVENTS handlers.
+is one event and nothing waits; under load the wait is bounded by the loop (at most MAX_EVENTS
+handlers, and at most FLUSH_AFTER since the sends last went out).
 """
 
 from __future__ import annotations

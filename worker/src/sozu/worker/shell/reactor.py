@@ -45,10 +45,12 @@ OUT: Final = select.EPOLLOUT
 ERR: Final = select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 # Always reported, whatever a registration asks for: the peer is gone both ways.
 HUP: Final = select.EPOLLERR | select.EPOLLHUP
-# Also how long the sends deferred to the end of a batch (`soon`) can wait: for at most this
-# many handlers (an HTTP/1.1 event costs tens of µs, so about 2 ms at saturation).
 MAX_EVENTS: Final = 64
 YIELD_AFTER: Final = 0.002
+# The sends deferred to the end of a batch (`soon`) go out earlier once the batch has run this
+# long since they last went out: an HTTP/1.1 event costs tens of µs, but a full TLS handshake
+# costs hundreds, and a batch of them would hold every answer ready before them.
+FLUSH_AFTER: Final = 0.0005
 # The longest blocking wait in the loop's own epoll (a bound, not a tick: wake-ups come from
 # the fds and deadlines).
 MAX_BLOCK: Final = 1.0
@@ -296,7 +298,8 @@ class Reactor:
         """Call `deferred.flush_soon()` once the events and timers being handled are done:
         the writes that several events of one batch queue on one connection (the responses
         of many HTTP/2 streams) go out in one send, and the sends of a batch's HTTP/1.1
-        connections go out together (http_connection.py says why)."""
+        connections go out together (http_connection.py says why). In a long batch they go
+        out once FLUSH_AFTER has passed since they last did."""
         if not deferred.soon_queued:
             deferred.soon_queued = True
             self._soon.append(deferred)
@@ -394,8 +397,9 @@ class Reactor:
                             continue
                         if perf_counter() - before > WAITED:
                             yielded = perf_counter()  # it blocked: a wait, as trio's would be
-                started = perf_counter()
+                started = flushed = perf_counter()
                 trio_ready = False
+                soon = self._soon
                 for fd, mask in events:
                     handler = handlers.get(fd)
                     if handler is None:
@@ -413,6 +417,10 @@ class Reactor:
                             log.exception("handler of fd %d failed", fd)
                         if handlers.get(fd) is handler:
                             self.unregister(fd)  # its owner did not let go: the loop must
+                    if soon and perf_counter() - flushed > FLUSH_AFTER:
+                        self._run_soon()
+                        soon = self._soon
+                        flushed = perf_counter()
                 if self._soon:
                     self._run_soon()
                 done = perf_counter()

@@ -1,0 +1,89 @@
+"""Accepting on the loop: a backlog of costly connections does not hold back other events."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import trio
+
+from sozu.worker.shell.accepting import ACCEPT_BUDGET, Acceptor, LoopListener
+from sozu.worker.shell.connection_limit import ConnectionLimit
+from sozu.worker.shell.reactor import IN, Reactor
+
+
+class Recording(LoopListener):
+    """Records each accepted connection with the loop's batch count, spending `cost` seconds
+    on it (as a TLS handshake started at accept does)."""
+
+    def __init__(self, acceptor: Acceptor, log: list[str], cost: float) -> None:
+        super().__init__(acceptor, "127.0.0.1")
+        self.log = log
+        self.cost = cost
+        self.clients: list[socket.socket] = []
+
+    def accepted(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        self.clients.append(client)
+        self.log.append("accept")
+        until = time.perf_counter() + self.cost
+        while time.perf_counter() < until:
+            pass
+
+
+class Untimed:
+    armed = float("inf")
+
+    def deadline(self) -> float:
+        return float("inf")
+
+    def expire(self, now: float) -> None:
+        pass
+
+    def abort(self, error: BaseException) -> None:
+        raise AssertionError(error)
+
+
+async def accept_three(cost: float) -> list[str]:
+    """Three connections wait in the backlog and another socket stays readable; returns the
+    order in which the loop handled them."""
+    reactor = Reactor()
+    limit = ConnectionLimit(100)
+    log: list[str] = []
+    listener = Recording(Acceptor(reactor, lambda: limit), log, cost)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    clients = [socket.create_connection(server.getsockname()) for _ in range(3)]
+    left, right = socket.socketpair()
+    right.send(b"never read: ready at every poll")
+    try:
+        listener.add_socket(server)
+        listener.start_accepting()
+        reactor.register(left.fileno(), IN, lambda _mask: log.append("other"), Untimed())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reactor.run)
+            with trio.fail_after(5):
+                while log.count("accept") < 3 or log[-1] != "other":  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        listener.close()
+        for sock in [*clients, *listener.clients, left, right]:
+            sock.close()
+    return log
+
+
+async def test_a_costly_backlog_is_accepted_one_budget_per_event() -> None:
+    """Once an event has spent ACCEPT_BUDGET, the rest of the backlog waits for the next poll,
+    and the other ready sockets are handled in between."""
+    log = await accept_three(cost=2 * ACCEPT_BUDGET)
+    first, last = log.index("accept"), len(log) - 1 - log[::-1].index("accept")
+    between = log[first:last]
+    assert between.count("accept") == 2
+    assert between.count("other") >= 2, log
+
+
+async def test_a_cheap_backlog_is_accepted_in_one_event() -> None:
+    log = await accept_three(cost=0.0)
+    first = log.index("accept")
+    assert log[first : first + 3] == ["accept"] * 3, log
