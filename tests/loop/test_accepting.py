@@ -87,3 +87,50 @@ async def test_a_cheap_backlog_is_accepted_in_one_event() -> None:
     log = await accept_three(cost=0.0)
     first = log.index("accept")
     assert log[first : first + 3] == ["accept"] * 3, log
+
+
+async def accept_two(*, queued_first: bool) -> tuple[bool | None, list[int]]:
+    """Two connections accepted: whether the listener found TCP_NODELAY inherited, and each
+    accepted connection's TCP_NODELAY."""
+    reactor = Reactor()
+    limit = ConnectionLimit(100)
+    log: list[str] = []
+    listener = Recording(Acceptor(reactor, lambda: limit), log, 0.0)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    clients = []
+    if queued_first:  # in the backlog before the listener has TCP_NODELAY
+        clients = [socket.create_connection(server.getsockname()) for _ in range(2)]
+    try:
+        listener.add_socket(server)
+        if not queued_first:
+            clients = [socket.create_connection(server.getsockname()) for _ in range(2)]
+        listener.start_accepting()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reactor.run)
+            with trio.fail_after(5):
+                while len(log) < 2:  # noqa: ASYNC110 - polling what the loop sets
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        nodelay = [
+            accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            for accepted in listener.clients
+        ]
+        return listener.nodelay_inherited, nodelay
+    finally:
+        listener.close()
+        for sock in [*clients, *listener.clients]:
+            sock.close()
+
+
+async def test_accepted_connections_inherit_tcp_nodelay_from_the_listener() -> None:
+    """Small writes go out at once: TCP_NODELAY is set on the listener, which Linux copies to
+    each connection it accepts (no system call per connection)."""
+    assert await accept_two(queued_first=False) == (True, [1, 1])
+
+
+async def test_tcp_nodelay_is_set_on_each_connection_when_not_inherited() -> None:
+    """Connections queued before the listener had TCP_NODELAY lack it: from the first such
+    one on, the listener sets it on each connection."""
+    assert await accept_two(queued_first=True) == (False, [1, 1])

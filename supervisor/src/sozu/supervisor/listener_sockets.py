@@ -23,7 +23,8 @@ ListenerKey = tuple[ListenerType, str]
 
 
 def bind_listener_socket(proxy: ListenerType, address: str) -> socket.socket:
-    """A non-blocking, close-on-exec socket bound to `address` (listening if stream-based)."""
+    """A non-blocking, close-on-exec socket bound to `address` (listening, with TCP_NODELAY,
+    if stream-based)."""
     host, port = to_sockaddr(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_DGRAM if proxy == "UDP" else socket.SOCK_STREAM
@@ -35,6 +36,8 @@ def bind_listener_socket(proxy: ListenerType, address: str) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
         if kind == socket.SOCK_STREAM:
+            # Copied by Linux to every accepted connection (no call per connection).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.listen(BACKLOG)
     except BaseException:
         sock.close()

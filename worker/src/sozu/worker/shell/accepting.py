@@ -82,6 +82,9 @@ class LoopListener:
         # The listener's own socket (not one of an empty slot it adopted).
         self.own: socket.socket | None = None
         self.accepting = False
+        # Linux copies TCP_NODELAY from a listener to what it accepts, which saves a system
+        # call per connection; the first connection accepted checks it (None: not yet).
+        self.nodelay_inherited: bool | None = None
         acceptor.listeners.add(self)
 
     def accepted(self, client: socket.socket, peer: tuple[str, int]) -> None:
@@ -91,6 +94,7 @@ class LoopListener:
 
     def add_socket(self, sock: socket.socket) -> None:
         sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sockets[sock.fileno()] = sock
         if self.accepting and not self.acceptor.paused:
             self._watch_one(sock)
@@ -171,7 +175,15 @@ class LoopListener:
             client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             limit.take()
             client.setblocking(False)
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self.nodelay_inherited:
+                self._nodelay(client)
             self.accepted(client, (peer[0], peer[1]))
             if perf_counter() > until:
                 return
+
+    def _nodelay(self, client: socket.socket) -> None:
+        if self.nodelay_inherited is None:
+            self.nodelay_inherited = bool(client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            if self.nodelay_inherited:
+                return
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
