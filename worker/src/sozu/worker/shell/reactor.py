@@ -48,9 +48,9 @@ HUP: Final = select.EPOLLERR | select.EPOLLHUP
 MAX_EVENTS: Final = 64
 YIELD_AFTER: Final = 0.002
 # The sends deferred to the end of a batch (`soon`) go out earlier once the batch has run this
-# long since they last went out: an HTTP/1.1 event costs tens of µs, but a full TLS handshake
-# costs hundreds, and a batch of them would hold every answer ready before them.
-FLUSH_AFTER: Final = 0.0005
+# long since they last went out: 64 HTTP/1.1 events take about this long at saturation, but a
+# full TLS handshake costs hundreds of µs, and 64 of them would hold every answer for tens of ms.
+FLUSH_AFTER: Final = 0.002
 # The longest blocking wait in the loop's own epoll (a bound, not a tick: wake-ups come from
 # the fds and deadlines).
 MAX_BLOCK: Final = 1.0
