@@ -1,11 +1,12 @@
-"""Accepting on the loop: a backlog of costly connections does not hold back other events."""
+"""Accepting on the loop: a backlog of costly connections does not hold back other events,
+and accepted connections carry TCP_NODELAY."""
 
 from __future__ import annotations
 
 import socket
 import time
 
-import trio
+from support.loop_driver import Untimed, run_until
 
 from sozu.worker.shell.accepting import ACCEPT_BUDGET, Acceptor, LoopListener
 from sozu.worker.shell.connection_limit import ConnectionLimit
@@ -13,11 +14,12 @@ from sozu.worker.shell.reactor import IN, Reactor
 
 
 class Recording(LoopListener):
-    """Records each accepted connection with the loop's batch count, spending `cost` seconds
-    on it (as a TLS handshake started at accept does)."""
+    """Logs "accept" for each accepted connection and keeps it, spending `cost` seconds on it
+    (as a TLS handshake started at accept does)."""
 
-    def __init__(self, acceptor: Acceptor, log: list[str], cost: float) -> None:
-        super().__init__(acceptor, "127.0.0.1")
+    def __init__(self, reactor: Reactor, log: list[str], cost: float) -> None:
+        limit = ConnectionLimit(100)
+        super().__init__(Acceptor(reactor, lambda: limit), "127.0.0.1")
         self.log = log
         self.cost = cost
         self.clients: list[socket.socket] = []
@@ -30,42 +32,33 @@ class Recording(LoopListener):
             pass
 
 
-class Untimed:
-    armed = float("inf")
+def listening() -> socket.socket:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    return server
 
-    def deadline(self) -> float:
-        return float("inf")
 
-    def expire(self, now: float) -> None:
-        pass
-
-    def abort(self, error: BaseException) -> None:
-        raise AssertionError(error)
+def connect(server: socket.socket, count: int) -> list[socket.socket]:
+    """`count` connections, in the server's backlog once this returns."""
+    return [socket.create_connection(server.getsockname()) for _ in range(count)]
 
 
 async def accept_three(cost: float) -> list[str]:
     """Three connections wait in the backlog and another socket stays readable; returns the
     order in which the loop handled them."""
     reactor = Reactor()
-    limit = ConnectionLimit(100)
     log: list[str] = []
-    listener = Recording(Acceptor(reactor, lambda: limit), log, cost)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    clients = [socket.create_connection(server.getsockname()) for _ in range(3)]
+    listener = Recording(reactor, log, cost)
+    server = listening()
+    clients = connect(server, 3)
     left, right = socket.socketpair()
     right.send(b"never read: ready at every poll")
     try:
         listener.add_socket(server)
         listener.start_accepting()
         reactor.register(left.fileno(), IN, lambda _mask: log.append("other"), Untimed())
-        async with trio.open_nursery() as nursery:
-            await nursery.start(reactor.run)
-            with trio.fail_after(5):
-                while log.count("accept") < 3 or log[-1] != "other":  # noqa: ASYNC110
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
+        await run_until(reactor, lambda: log.count("accept") == 3 and log[-1] == "other")
     finally:
         listener.close()
         for sock in [*clients, *listener.clients, left, right]:
@@ -95,26 +88,16 @@ async def accept_two(*, queued_first: bool) -> tuple[bool | None, list[int]]:
     """Two connections accepted: whether the listener found TCP_NODELAY inherited, and each
     accepted connection's TCP_NODELAY."""
     reactor = Reactor()
-    limit = ConnectionLimit(100)
     log: list[str] = []
-    listener = Recording(Acceptor(reactor, lambda: limit), log, 0.0)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    clients = []
-    if queued_first:  # in the backlog before the listener has TCP_NODELAY
-        clients = [socket.create_connection(server.getsockname()) for _ in range(2)]
+    listener = Recording(reactor, log, 0.0)
+    server = listening()
+    # In the backlog before the listener has TCP_NODELAY, or after.
+    clients = connect(server, 2) if queued_first else []
     try:
         listener.add_socket(server)
-        if not queued_first:
-            clients = [socket.create_connection(server.getsockname()) for _ in range(2)]
+        clients = clients or connect(server, 2)
         listener.start_accepting()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(reactor.run)
-            with trio.fail_after(5):
-                while len(log) < 2:  # noqa: ASYNC110 - polling what the loop sets
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
+        await run_until(reactor, lambda: len(log) == 2)
         nodelay = [
             accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             for accepted in listener.clients

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable
 
 import trio
+from support.loop_driver import run_until
 
 from sozu.worker.shell.reactor import COMPACT_AFTER, FLUSH_AFTER, IN, Reactor
 
@@ -120,6 +121,31 @@ class Deferred:
         self.aborted.append(error)
 
 
+async def one_batch(
+    reactor: Reactor, handle: Callable[[str], None], done: Callable[[], bool]
+) -> None:
+    """Three sockets ready at the loop's first poll (one batch); each event reads its socket
+    and calls `handle` with the socket's name ("0" to "2"). Runs the loop until `done()`."""
+    pairs = [socket.socketpair() for _ in range(3)]
+
+    def handler(sock: socket.socket, name: str) -> Callable[[int], None]:
+        def on_event(_mask: int) -> None:
+            sock.recv(100)
+            handle(name)
+
+        return on_event
+
+    try:
+        for index, (left, right) in enumerate(pairs):
+            reactor.register(left.fileno(), IN, handler(left, str(index)), Timed())
+            right.send(b"x")
+        await run_until(reactor, done)
+    finally:
+        for left, right in pairs:
+            left.close()
+            right.close()
+
+
 async def test_flushes_asked_during_a_batch_run_once_after_all_its_handlers() -> None:
     """What HTTP/1.1 connections rely on to send once per batch: every handler of the batch
     runs first, then each deferred flush once however often it was asked for; a flush that
@@ -127,32 +153,14 @@ async def test_flushes_asked_during_a_batch_run_once_after_all_its_handlers() ->
     reactor = Reactor()
     log: list[str] = []
     flushed, broken = Deferred(log, "a"), Deferred(log, "b", broken=True)
-    pairs = [socket.socketpair() for _ in range(3)]
 
-    def handler(sock: socket.socket, name: str) -> Callable[[int], None]:
-        def handle(_mask: int) -> None:
-            sock.recv(100)
-            log.append(f"event {name}")
-            reactor.soon(flushed)
-            if name == "2":
-                reactor.soon(broken)
+    def handle(name: str) -> None:
+        log.append(f"event {name}")
+        reactor.soon(flushed)
+        if name == "2":
+            reactor.soon(broken)
 
-        return handle
-
-    try:
-        for index, (left, right) in enumerate(pairs):
-            reactor.register(left.fileno(), IN, handler(left, str(index)), Timed())
-            right.send(b"x")  # all three ready at the loop's first poll: one batch
-        async with trio.open_nursery() as nursery:
-            await nursery.start(reactor.run)
-            with trio.fail_after(5):
-                while not broken.aborted:  # noqa: ASYNC110 - polling what the loop sets
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    finally:
-        for left, right in pairs:
-            left.close()
-            right.close()
+    await one_batch(reactor, handle, lambda: bool(broken.aborted))
     assert sorted(log[:3]) == ["event 0", "event 1", "event 2"]
     assert log[3:] == ["flush a", "flush b"]
     assert not flushed.soon_queued
@@ -169,33 +177,15 @@ async def test_flushes_go_out_within_a_long_batch() -> None:
     reactor = Reactor()
     log: list[str] = []
     flushed = Deferred(log, "a")
-    pairs = [socket.socketpair() for _ in range(3)]
 
-    def handler(sock: socket.socket, name: str) -> Callable[[int], None]:
-        def handle(_mask: int) -> None:
-            sock.recv(100)
-            log.append(f"event {name}")
-            reactor.soon(flushed)
-            until = time.perf_counter() + 2 * FLUSH_AFTER
-            while time.perf_counter() < until:
-                pass
+    def handle(name: str) -> None:
+        log.append(f"event {name}")
+        reactor.soon(flushed)
+        until = time.perf_counter() + 2 * FLUSH_AFTER
+        while time.perf_counter() < until:
+            pass
 
-        return handle
-
-    try:
-        for index, (left, right) in enumerate(pairs):
-            reactor.register(left.fileno(), IN, handler(left, str(index)), Timed())
-            right.send(b"x")  # all three ready at the loop's first poll: one batch
-        async with trio.open_nursery() as nursery:
-            await nursery.start(reactor.run)
-            with trio.fail_after(5):
-                while len(log) < 6:  # noqa: ASYNC110 - polling what the loop sets
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    finally:
-        for left, right in pairs:
-            left.close()
-            right.close()
+    await one_batch(reactor, handle, lambda: len(log) >= 6)
     assert reactor.stats.batches == 1, "the three events were one batch"
     assert [entry.split()[0] for entry in log] == ["event", "flush"] * 3
     assert sorted(log[0::2]) == ["event 0", "event 1", "event 2"]
