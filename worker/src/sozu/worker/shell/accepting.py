@@ -94,6 +94,8 @@ class LoopListener:
 
     def add_socket(self, sock: socket.socket) -> None:
         sock.setblocking(False)
+        # The supervisor sets it when it binds; a socket bound by an older supervisor and
+        # adopted in an upgrade may lack it.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sockets[sock.fileno()] = sock
         if self.accepting and not self.acceptor.paused:

@@ -399,7 +399,6 @@ class Reactor:
                             yielded = perf_counter()  # it blocked: a wait, as trio's would be
                 started = flushed = perf_counter()
                 trio_ready = False
-                soon = self._soon
                 for fd, mask in events:
                     handler = handlers.get(fd)
                     if handler is None:
@@ -417,9 +416,8 @@ class Reactor:
                             log.exception("handler of fd %d failed", fd)
                         if handlers.get(fd) is handler:
                             self.unregister(fd)  # its owner did not let go: the loop must
-                    if soon and perf_counter() - flushed > FLUSH_AFTER:
+                    if self._soon and perf_counter() - flushed > FLUSH_AFTER:
                         self._run_soon()
-                        soon = self._soon
                         flushed = perf_counter()
                 if self._soon:
                     self._run_soon()
