@@ -488,6 +488,8 @@ SMUGGLING = {
     "host-port-out-of-range": b"GET / HTTP/1.1\r\nHost: echo.test:70000\r\n\r\n",
     "host-port-zero": b"GET / HTTP/1.1\r\nHost: echo.test:0\r\n\r\n",
     "no-http-version": b"GET /\r\nHost: echo.test\r\n\r\n",
+    # llhttp accepts this protocol's request line: sozu must not take it for HTTP.
+    "rtsp-request-line": b"GET / RTSP/1.0\r\nHost: echo.test\r\n\r\n",
     "invalid-chunk-size": (
         b"POST / HTTP/1.1\r\nHost: echo.test\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"zz\r\nhello\r\n0\r\n\r\n"

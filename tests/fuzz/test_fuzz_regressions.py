@@ -48,6 +48,14 @@ def test_a_head_ending_past_the_limit_is_refused_however_it_arrives() -> None:
     checks.check_request_head(HEAD, limit, [limit])
 
 
+@pytest.mark.parametrize(
+    "head", [b"GET / RTSP/1.0\r\nHost: a\r\n\r\n", b"SOURCE / ICE/1.0\r\nHost: a\r\n\r\n"]
+)
+def test_request_lines_of_other_protocols_llhttp_parses_are_refused(head: bytes) -> None:
+    # ValueError escaped parse_request_head (the target was cut at " HTTP/").
+    checks.check_request_head(head, 16384, [])
+
+
 def test_deeply_nested_payloads_are_refused_not_raised() -> None:
     # RecursionError escaped decode_request and decode_response (from 1 KB of 0x91)
     with pytest.raises(RejectedRequest) as rejected:

@@ -38,7 +38,19 @@ targets = st.sampled_from(
     ]
 )
 versions = st.sampled_from(
-    [b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1.1 ", b"HTTP/1", b"", b"http/1.1"]
+    [
+        b"HTTP/1.1",
+        b"HTTP/1.0",
+        b"HTTP/2.0",
+        b"HTTP/0.9",
+        b"HTTP/1.1 ",
+        b"HTTP/1",
+        b"",
+        b"http/1.1",
+        # Other protocols llhttp parses.
+        b"RTSP/1.0",
+        b"ICE/1.0",
+    ]
 )
 header_names = st.sampled_from(
     [

@@ -99,6 +99,11 @@ def test_upgrade_and_expect() -> None:
         b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
         b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n",
+        # llhttp takes these protocols too: not HTTP.
+        b"GET / RTSP/1.0\r\nHost: a\r\n\r\n",
+        b"DESCRIBE / RTSP/1.0\r\nHost: a\r\n\r\n",
+        b"SOURCE / ICE/1.0\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/0.9\r\nHost: a\r\n\r\n",
     ],
 )
 def test_smuggling_and_malformed_requests_are_refused(raw: bytes) -> None:
@@ -143,10 +148,30 @@ def test_response_framing() -> None:
     ).keep_alive
 
 
-def test_invalid_response_is_502() -> None:
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"RTSP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"ICE/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+def test_invalid_response_is_502(raw: bytes) -> None:
     with pytest.raises(HeadError) as caught:
-        parse_response_head(b"HTTP/1.1 abc OK\r\n\r\n", b"GET")
+        parse_response_head(raw, b"GET")
     assert caught.value.status == 502
+
+
+def test_versions_and_targets_come_from_the_start_line() -> None:
+    head = parse_request_head(b"GET /a?b  HTTP/1.0\r\nHost: h\r\n\r\n")
+    assert (head.method, head.target, head.version, head.path) == (b"GET", b"/a?b", b"1.0", b"/a?b")
+    assert not head.keep_alive
+    head = parse_request_head(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (head.target, head.version, head.keep_alive) == (b"*", b"1.1", True)
+    response = parse_response_head(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"GET")
+    assert (response.status, response.reason, response.version) == (404, b"Not Found", b"1.0")
+    assert not response.keep_alive
 
 
 def _scan_whole(body: bytes, pieces: list[int]) -> tuple[int, ChunkedScanner]:

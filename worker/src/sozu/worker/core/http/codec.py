@@ -281,21 +281,25 @@ def parse_request_head(head: bytes) -> RequestHead:
         upgrade = True
     except httptools.HttpParserError as error:
         raise HeadError(400, f"invalid request: {error}") from None
-    version = parser.get_http_version()
-    if version == "1.1":
+    # llhttp accepted `method SP+ target SP+ PROTOCOL/d.d CRLF` (strictly: no other line end),
+    # the target without blanks: the version and the target are read from the bytes.
+    eol = head.find(b"\r\n")
+    version = head[eol - 3 : eol]
+    if head[eol - 9 : eol - 3] != b" HTTP/":  # llhttp also takes RTSP/ and ICE/
+        raise HeadError(400, "not an HTTP request line")
+    if version == _V11:
         http11 = True
-    elif version == "1.0":
+    elif version == _V10:
         http11 = False
     else:
-        raise HeadError(400, f"unsupported HTTP version {version}")
+        raise HeadError(400, f"unsupported HTTP version {version.decode('latin-1')}")
     method = parser.get_method()
     if method == b"CONNECT":
         raise HeadError(400, "CONNECT is not proxied")
     special, host, hosts, content_length, chunked, connection, expect_continue = _scan_special(head)
     if hosts > 1:
         raise HeadError(400, "several Host headers")
-    # llhttp accepted `method SP+ target SP+ HTTP/x.y CRLF`, the target without blanks.
-    target = head[len(method) : head.rindex(b" HTTP/", 0, head.find(b"\r\n"))].strip(b" ")
+    target = head[len(method) : eol - 9].strip(b" ")
     if target[:1] == b"/":
         authority: bytes | None = None
         path = target
@@ -385,9 +389,12 @@ def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
         pass
     except httptools.HttpParserError as error:
         raise HeadError(502, f"invalid response: {error}") from None
-    version = parser.get_http_version()
-    if version not in ("1.1", "1.0"):
-        raise HeadError(502, f"unsupported HTTP version {version} in a response")
+    # llhttp accepted `PROTOCOL/d.d SP ddd [SP reason] CRLF`.
+    if head[:5] != b"HTTP/":  # llhttp also takes RTSP/ and ICE/
+        raise HeadError(502, "not an HTTP status line")
+    version = head[5:8]
+    if version != _V11 and version != _V10:
+        raise HeadError(502, f"unsupported HTTP version {version.decode('latin-1')} in a response")
     status = parser.get_status_code()
     special, _, _, length, chunked, connection, _ = _scan_special(head)
     content_length = 0
@@ -400,16 +407,16 @@ def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
         framing = Framing.LENGTH if content_length else Framing.NONE
     else:
         framing = Framing.CLOSE
-    # llhttp accepted `HTTP/x.y SP ddd [SP reason] CRLF`.
     reason = head[13 : head.find(b"\r\n")]
+    http11 = version == _V11
     return ResponseHead(
         status,
         reason,
-        version.encode(),
+        _V11 if http11 else _V10,
         len(head),
         framing,
         content_length,
-        _keep_alive(version == "1.1", connection) and framing is not Framing.CLOSE,
+        _keep_alive(http11, connection) and framing is not Framing.CLOSE,
         head,
         special,
     )
