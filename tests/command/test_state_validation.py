@@ -75,6 +75,8 @@ def test_path_rules_a_worker_cannot_compile_are_refused(path: PathRule, fragment
         ({"rewrite_host": "$x.example.com"}, "rewrite template"),
         ({"rewrite_host": "a.com\r\nX: 1"}, "cannot carry"),
         ({"rewrite_path": "/a b"}, "cannot carry"),
+        ({"rewrite_path": "/caf\u00e9\u20ac"}, "cannot carry"),
+        ({"rewrite_host": "caf\u00e9.example.com"}, "cannot carry"),
         ({"tags": {"k": "line\nbreak"}}, "control character"),
         ({"cluster_id": "c\n"}, "control character"),
     ],

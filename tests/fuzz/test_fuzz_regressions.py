@@ -56,6 +56,17 @@ def test_request_lines_of_other_protocols_llhttp_parses_are_refused(head: bytes)
     checks.check_request_head(head, 16384, [])
 
 
+def test_a_length_of_more_digits_than_int_converts_is_read_not_raised() -> None:
+    # ValueError escaped parse_request_head and parse_response_head: llhttp takes leading zeros.
+    length = b"0" * 4400 + b"5"
+    checks.check_request_head(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: " + length + b"\r\n\r\n", 16384, []
+    )
+    checks.check_response_head(
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\n", b"GET", 16384, []
+    )
+
+
 def test_deeply_nested_payloads_are_refused_not_raised() -> None:
     # RecursionError escaped decode_request and decode_response (from 1 KB of 0x91)
     with pytest.raises(RejectedRequest) as rejected:

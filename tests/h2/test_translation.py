@@ -171,6 +171,16 @@ def test_methods_the_http1_parser_does_not_know_are_refused(method: bytes) -> No
         parse_request_head(method + b" /p HTTP/1.1\r\nhost: a.test\r\n\r\n")
 
 
+def test_a_content_length_with_thousands_of_leading_zeros_is_its_value() -> None:
+    # int() refuses more than 4300 digits; the HTTP/1.1 parser takes leading zeros.
+    length = b"0" * 5000 + b"4"
+    out = translate([*BASE, (b"content-length", length)], end_stream=False)
+    assert out.request.content_length == 4
+    assert parse_request_head(out.head).content_length == 4
+    with pytest.raises(Refused):
+        translate([*BASE, (b"content-length", b"0" * 5000 + b"1" * 20)], end_stream=False)
+
+
 def test_a_content_length_past_64_bits_is_refused() -> None:
     with pytest.raises(Refused):
         translate([*BASE, (b"content-length", b"18446744073709551616")], end_stream=False)

@@ -219,6 +219,15 @@ def test_a_101_fails_the_stream() -> None:
     assert not stream.inbox
 
 
+@pytest.mark.parametrize("status", [b"0" * 5000 + b"200", b"0200", b"20", b"2x0"])
+def test_a_status_that_is_not_three_digits_fails_the_stream(status: bytes) -> None:
+    pair = Pair()
+    stream = pair.request(GET)
+    stream.response_head([(b":status", status)], ended=True)
+    assert stream.failed
+    assert not stream.inbox
+
+
 def test_a_request_body_waits_for_the_window_and_the_stream_pushes_back() -> None:
     pair = Pair(server_window=10)
     stream = pair.up.attach()

@@ -105,7 +105,9 @@ def test_request_scan_matches_llhttp(
     assert bool(parsed.special & H_HOST) == (b"host" in last)
     assert bool(parsed.special & H_CONTENT_LENGTH) == (b"content-length" in last)
     if b"host" in last and target[:1] == b"/":
-        assert parsed.authority == last[b"host"]
+        # llhttp reports a value with the blanks after it, which are not part of it (RFC 9110
+        # §5.5).
+        assert parsed.authority == last[b"host"].rstrip(b" \t")
 
 
 @settings(max_examples=3000, deadline=None)

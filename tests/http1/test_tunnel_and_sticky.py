@@ -107,11 +107,15 @@ def test_a_101_without_an_upgrade_request_is_not_a_tunnel() -> None:
     w.web()
     d = w.session()
     d.send(get())
-    d.connect()
+    conn = d.connect()
     d.reply(SWITCHING)
     assert not d.tunnel
-    assert parse_responses(d.take_client())[0].status == 101
+    # A switch the request did not ask for (RFC 9110 §15.2.2): the backend connection no
+    # longer speaks HTTP, and the client is not told it switched.
+    assert parse_responses(d.take_client())[0].status == 502
+    assert conn.closed
     # A 101 that names no protocol is not a valid response.
+    d = w.session()
     d.send(get())
     d.connect()
     d.reply(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")

@@ -32,9 +32,11 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 6265 cookie-octet: no control characters, white space, DQUOTE, comma, semicolon or
 # backslash (the sticky id is a cookie value).
 _COOKIE_VALUE: Final = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
-# A rewritten host must stay one authority; a rewritten path one request target.
-_AUTHORITY_UNSAFE: Final = re.compile(r"[\x00-\x20\x7f/?#@]")
-_TARGET_UNSAFE: Final = re.compile(r"[\x00-\x20\x7f]")
+# A rewritten host must stay one authority; a rewritten path one request target. Both are
+# visible ASCII (a path's other characters percent-encoded, a host's in its IDNA form): they
+# are sent as bytes in the request line and the Host header.
+_AUTHORITY_UNSAFE: Final = re.compile(r"[^\x21-\x7e]|[/?#@]")
+_TARGET_UNSAFE: Final = re.compile(r"[^\x21-\x7e]")
 MAX_ID_LENGTH: Final = 1024
 
 

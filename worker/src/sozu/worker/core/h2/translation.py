@@ -48,6 +48,7 @@ _METHODS = frozenset(
 )
 # The parser refuses a content-length that does not fit in 64 bits.
 _MAX_LENGTH = 2**63
+_MAX_LENGTH_DIGITS = len(str(_MAX_LENGTH))
 _PATH = re.compile(rb"/[\x21-\x7e]*|\*")
 _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
 
@@ -130,13 +131,16 @@ def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Trans
         if name == b"host":
             continue  # :authority wins; a host header is only a fallback, below
         if name == b"content-length":
+            # Leading zeros stripped first: int() refuses more than 4300 digits.
+            digits = value.lstrip(b"0") or b"0"
             if (
-                not value.isdigit()
-                or int(value) >= _MAX_LENGTH
-                or (content_length >= 0 and int(value) != content_length)
+                not digits.isdigit()
+                or len(digits) > _MAX_LENGTH_DIGITS
+                or int(digits) >= _MAX_LENGTH
+                or (content_length >= 0 and int(digits) != content_length)
             ):
                 raise Refused("invalid content-length")
-            content_length = int(value)
+            content_length = int(digits)
             continue
         if name == b"cookie":
             cookies.append(value)  # split crumbs are joined again for HTTP/1.1

@@ -177,7 +177,7 @@ class UpstreamStream:
                 self.fail()
                 return
             if name == b":status":
-                status = int(value) if value.isdigit() else 0
+                status = int(value) if len(value) == 3 and value.isdigit() else 0
             elif name.startswith(b":") or name in CONNECTION_SPECIFIC:
                 continue
             else:

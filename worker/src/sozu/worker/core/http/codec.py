@@ -60,6 +60,10 @@ H_X_FORWARDED_PORT = 1024
 H_X_REQUEST_ID = 2048
 H_STRICT_TRANSPORT_SECURITY = 4096
 H_SET_COOKIE = 8192
+# Not a header: an absolute-form target whose authority is not what Host says (or there is no
+# Host). The target's authority names the origin and the Host sent on is replaced with it
+# (RFC 9112 §3.2.2).
+H_TARGET_HOST = 16384
 _SPECIAL: dict[bytes, int] = {
     b"host": H_HOST,
     b"content-length": H_CONTENT_LENGTH,
@@ -206,7 +210,9 @@ def split_headers(raw: bytes) -> Headers:
 
 
 # The headers a proxy decides on, found in one scan of a head llhttp accepted (a line starts
-# after CRLF, the name is followed by its colon, blanks before the value are not part of it).
+# after CRLF, the name is followed by its colon, blanks before the value are not part of it;
+# those after it are stripped where the value is read, not by the pattern: a lazy match
+# would cost time quadratic in a long value's length).
 _SPECIAL_LINE = re.compile(
     rb"\r\n(" + b"|".join(re.escape(name) for name in _SPECIAL) + rb"):[ \t]*([^\r]*)",
     re.IGNORECASE,
@@ -237,10 +243,12 @@ def _scan_special(raw: bytes) -> tuple[int, bytes | None, int, int, bool, bytes 
         special |= bit
         if bit == H_HOST:
             hosts += 1
-            host = value
+            host = value.rstrip(b" \t")
         elif bit == H_CONTENT_LENGTH:
-            # llhttp refuses several or invalid lengths, and a length with chunked.
-            content_length = int(value)
+            # llhttp refuses several or invalid lengths, a length with chunked, and values of
+            # 2^64 or more, but not leading zeros: int() would refuse more than 4300 digits.
+            digits = value.rstrip(b" \t").lstrip(b"0")
+            content_length = int(digits) if digits else 0
         elif bit == H_TRANSFER_ENCODING:
             # llhttp already refused any coding list that does not end in chunked.
             chunked = value.rstrip().lower().endswith(b"chunked")
@@ -248,7 +256,7 @@ def _scan_special(raw: bytes) -> tuple[int, bytes | None, int, int, bool, bytes 
             # Repeated lines are one list (RFC 9110 §5.3): a close in any of them counts.
             connection = value if connection is None else connection + b", " + value
         elif bit == H_EXPECT:
-            expect_continue = value.lower() == b"100-continue"
+            expect_continue = value.rstrip(b" \t").lower() == b"100-continue"
     return special, host, hosts, content_length, chunked, connection, expect_continue
 
 
@@ -309,6 +317,8 @@ def parse_request_head(head: bytes) -> RequestHead:
         if host is None and http11:
             raise HeadError(400, "no Host header")
         authority = host
+    elif host != authority:
+        special |= H_TARGET_HOST
     if chunked:
         content_length = 0
         framing = Framing.CHUNKED
@@ -396,6 +406,8 @@ def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
     if version != _V11 and version != _V10:
         raise HeadError(502, f"unsupported HTTP version {version.decode('latin-1')} in a response")
     status = parser.get_status_code()
+    if status < 100:
+        raise HeadError(502, f"status {status} out of range")
     special, _, _, length, chunked, connection, _ = _scan_special(head)
     content_length = 0
     if request_method == b"HEAD" or status < 200 or status in (204, 304):

@@ -147,6 +147,7 @@ def edit_request(
     elide_x_real_ip: bool = False,
     send_x_real_ip: bool = False,
     rewrite_host: bytes | None = None,
+    target_host: bytes | None = None,
     edits: Sequence[HeaderEdit] = (),
 ) -> RequestEdits:
     """The request header block sent to the backend (docs/http.md, "Header edits").
@@ -156,7 +157,9 @@ def edit_request(
     forwarded (the backend connection may be reused). Added headers come
     in upstream order: X-Forwarded-For, Forwarded, X-Real-IP, X-Forwarded-Port,
     X-Forwarded-Proto, Connection, X-Request-Id, `sozu_id_header`; then, for a host
-    rewrite, X-Forwarded-Host; then the frontend's request edits.
+    rewrite, X-Forwarded-Host; then the frontend's request edits. `target_host`: the
+    authority of an absolute-form target, sent as Host in place of the one received (RFC 9112
+    §3.2.2); a host rewrite still wins, with it as X-Forwarded-Host.
     """
     proto = b"https" if https else b"http"
     port_bytes = str(public_port).encode()
@@ -202,11 +205,11 @@ def edit_request(
             x_port_differs |= value.strip() != port_bytes
         elif lowered == _X_REQUEST_ID:
             has_request_id = True
-        elif lowered == _HOST and rewrite_host is not None:
+        elif lowered == _HOST and (rewrite_host is not None or target_host is not None):
             if original_host is not None:
                 continue
-            original_host = value
-            value = rewrite_host
+            original_host = value if target_host is None else target_host
+            value = rewrite_host if rewrite_host is not None else original_host
         out.append((name, value))
 
     xff_chain = out[xff_index][1] if xff_index >= 0 else None
@@ -243,8 +246,11 @@ def edit_request(
     if rewrite_host is not None:
         if original_host is None:
             out.append((b"Host", rewrite_host))
-        else:
+            original_host = target_host
+        if original_host is not None:
             out.append((b"X-Forwarded-Host", original_host))
+    elif target_host is not None and original_host is None:
+        out.append((b"Host", target_host))
     if edits:
         out = apply_edits(out, edits)
     return RequestEdits(

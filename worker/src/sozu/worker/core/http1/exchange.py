@@ -348,10 +348,12 @@ def _response_head(s: Http1Session, data: bytes, now: float) -> None:
             return
         status = response.status
         if status < 200 and status != 101:
-            # Interim (100 Continue, 103 Early Hints): relayed as is; the final one follows.
-            s.to_front += serialize_head(
-                b"HTTP/1.1 %d %s" % (status, response.reason), response.headers
-            )
+            # Interim (100 Continue, 103 Early Hints): relayed as is, but never to an HTTP/1.0
+            # client (RFC 9110 §15.2); the final one follows.
+            if head.version == b"1.1":
+                s.to_front += serialize_head(
+                    b"HTTP/1.1 %d %s" % (status, response.reason), response.headers
+                )
             s.t_back = now + s.ctx.back_timeout
             if buf is rbuf:
                 del rbuf[:end]
@@ -375,8 +377,14 @@ def _final_response(
     assert backend is not None
     assert s.cluster_config is not None
     assert s.frontend is not None
-    if response.status == 101 and head.upgrade:
-        tunnel.start(s, response, leftover, now)
+    if response.status == 101:
+        if head.upgrade:
+            tunnel.start(s, response, leftover, now)
+            return
+        # A switch nobody asked for: the connection no longer speaks HTTP, and the client
+        # must not be told it does either.
+        log.info("backend response refused: 101 to a request that asked no upgrade")
+        give_up(s, now, 502, "")
         return
     framing = response.framing
     scanner = None

@@ -22,6 +22,11 @@ def read_heads(s: Http1Session, now: float) -> None:
     fbuf = s.fbuf
     s.in_heads = True
     while s.state == S_HEAD:
+        if fbuf[:2] == b"\r\n" and len(fbuf) > 2:
+            # One empty line before a request line is ignored (RFC 9112 §2.2): the CRLF some
+            # clients send after a request body. Once bytes follow it only, so that a stream
+            # of them cannot keep a connection waiting past its request timeout.
+            del fbuf[:2]
         if not fbuf:
             if s.front_ended:
                 s.close_front(now, linger=False, count_pipelined=False)

@@ -15,6 +15,7 @@ from sozu.worker.core.http.certificate_resolver import authority_allowed
 from sozu.worker.core.http.codec import (
     H_CONNECTION,
     H_COOKIE,
+    H_TARGET_HOST,
     H_X_REAL_IP,
     ChunkedScanner,
     Framing,
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 _NONE: Final = Framing.NONE
 CONNECTION_CLOSE: Final = b"\r\nConnection: close\r\n"
 _LENGTH: Final = Framing.LENGTH
+# Bits of a head that always take the edit path.
+_EDITED: Final = FORWARDING_HEADERS | H_TARGET_HOST
 
 
 def serve(s: Http1Session, head: RequestHead, now: float) -> None:
@@ -161,7 +164,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         rewrite_host is None
         and rewrite_path is None
         and not frontend.headers
-        and not special & FORWARDING_HEADERS
+        and not special & _EDITED
         and not (ctx.elide_x_real_ip and special & H_X_REAL_IP)
         and not (sticky_session and special & H_COOKIE)
         and not (closing and special & H_CONNECTION)
@@ -206,6 +209,7 @@ def serve(s: Http1Session, head: RequestHead, now: float) -> None:
         elide_x_real_ip=ctx.elide_x_real_ip,
         send_x_real_ip=ctx.send_x_real_ip,
         rewrite_host=rewrite_host.encode() if rewrite_host is not None else None,
+        target_host=head.authority if special & H_TARGET_HOST else None,
         edits=compile_frontend_edits(frontend.headers).request if frontend.headers else (),
     )
     target = rewrite_path.encode("latin-1") if rewrite_path is not None else head.target
