@@ -9,7 +9,16 @@ import h2.config
 import h2.connection
 import h2.events
 from h2.errors import ErrorCodes
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+from hpack import Encoder
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 from support.http1_driver import PEER, World
 
 from sozu.worker.core.h2.session import H2Session
@@ -471,3 +480,57 @@ def test_a_declared_body_ended_on_its_headers_is_refused_before_any_core() -> No
     assert client.s.cancelled == [short]
     assert counters.h2_streams_active == 0
     assert len(client.inner[short].fbuf) <= 3, "never more than what came"
+
+
+# -- frames of one read that close a stream before its HEADERS are handled
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
+
+
+def _headers(stream_id: int, *, path: bytes | None = b"/", end: bool = True) -> bytes:
+    fields = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test")]
+    if path is not None:
+        fields.append((b":path", path))
+    flags = ["END_HEADERS", "END_STREAM"] if end else ["END_HEADERS"]
+    return HeadersFrame(stream_id, Encoder().encode(fields), flags=flags).serialize()
+
+
+def test_a_refused_stream_closed_later_in_the_same_read_is_let_go() -> None:
+    # The refusal's reset hit a stream the client's RST_STREAM (or the library's own reset of
+    # a window overflow) had closed: StreamClosedError escaped the core.
+    for after, end in (
+        (RstStreamFrame(1, error_code=8).serialize(), True),
+        (WindowUpdateFrame(1, window_increment=2**31 - 1).serialize(), False),
+    ):
+        world = two_clusters()
+        session = H2Session(world.ctx, PEER)
+        session.start(NOW)
+        session.front_data(PREFACE + _headers(1, path=None, end=end) + after, NOW)
+        session.check_invariants()
+        assert not session.done
+        assert world.ctx.counters.h2_refused_streams == 1
+        session.front_data(_headers(3), NOW)
+        assert [stream_id for stream_id, _ in session.opened] == [3]
+        session.check_invariants()
+
+
+def test_a_stream_past_the_goaway_reset_in_the_same_read_is_let_go() -> None:
+    session = H2Session(two_clusters().ctx, PEER)
+    session.start(NOW)
+    session.front_data(PREFACE, NOW)
+    session.drain(NOW)
+    session.front_data(_headers(1) + RstStreamFrame(1, error_code=8).serialize(), NOW)
+    session.check_invariants()
+    assert not session.opened
+
+
+def test_streams_reset_and_opened_again_in_one_read_keep_the_live_bound() -> None:
+    session = H2Session(two_clusters().ctx, PEER)
+    session.start(NOW)
+    data = PREFACE + b"".join(_headers(i) for i in range(1, 201, 2))
+    data += b"".join(RstStreamFrame(i, error_code=8).serialize() for i in range(1, 201, 2))
+    data += b"".join(_headers(i) for i in range(201, 401, 2))
+    session.front_data(data, NOW)
+    session.check_invariants()
+    assert not session.done
+    assert set(session.cancelled) == set(range(1, 201, 2))

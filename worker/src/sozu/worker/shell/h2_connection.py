@@ -201,13 +201,16 @@ class H2FrontConnection(FrontConnection):
         session = self.session
         while session.opened or session.cancelled:
             opened, session.opened = session.opened, []
+            cancelled, session.cancelled = session.cancelled, []
             if opened and self.sweep_at == math.inf:
                 self.sweep_at = now + SWEEP
+            # A stream reset in the read that opened it is never started (no backend dial).
+            reset = set(cancelled) if opened and cancelled else ()
             for stream_id, inner in opened:
                 link = StreamLink(self, stream_id, inner)
                 self.links[stream_id] = link
-                link.begin(now)
-            cancelled, session.cancelled = session.cancelled, []
+                if stream_id not in reset:
+                    link.begin(now)
             for stream_id in cancelled:
                 found = self.links.get(stream_id)
                 if found is not None:
