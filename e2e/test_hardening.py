@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from e2e.support.daemon import Daemon, DaemonFactory, sozu_cli
+from e2e.support.daemon import Daemon, DaemonFactory, sozu_cli, wait_for
 from e2e.support.net import free_port, scrape
 
 pytestmark = pytest.mark.e2e
@@ -267,3 +267,51 @@ def test_a_backend_that_accepts_slowly_crashes_no_worker(
     assert daemon.process.poll() is None
     assert _pids(daemon) == before, daemon.log()[-3000:]
     assert "Traceback" not in daemon.log()
+
+
+def test_clients_resetting_while_their_backend_is_dialled_leave_no_count_behind(
+    start_daemon: DaemonFactory,
+) -> None:
+    """A client's reset and its backend's connect completing in one batch of events, the
+    client's handled first: the late connect result was counted as an open backend connection
+    that never closed (LEAST_LOADED then avoided that backend for good), or, refused, raised
+    in a request already let go."""
+    port = free_port()
+    with socket.socket() as backend, socket.socket() as closed_port:
+        backend.bind(("127.0.0.1", 0))
+        backend.listen(256)
+        closed_port.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+        daemon = start_daemon(
+            worker_count=1,
+            extra=(
+                "[[listeners]]\n"
+                'protocol = "http"\n'
+                f'address = "127.0.0.1:{port}"\n'
+                "[clusters.web]\n"
+                'protocol = "http"\n'
+                'load_balancing = "LEAST_LOADED"\n'
+                f'frontends = [{{ address = "127.0.0.1:{port}", hostname = "web.test" }}]\n'
+                f'backends = [{{ address = "127.0.0.1:{backend.getsockname()[1]}",'
+                ' backend_id = "up" }]\n'
+                "[clusters.gone]\n"
+                'protocol = "http"\n'
+                f'frontends = [{{ address = "127.0.0.1:{port}", hostname = "gone.test" }}]\n'
+                f'backends = [{{ address = "127.0.0.1:{closed_port.getsockname()[1]}",'
+                ' backend_id = "down" }]\n'
+            ),
+        )
+        for host in (b"web.test", b"gone.test") * 20:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                client.sendall(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            time.sleep(0.02)
+
+        def settled() -> bool | None:
+            report = daemon.sozu_json("metrics", "get")["content"]
+            value = report["clusters"]["web"]["sozu_cluster_active_connections"]["value"]
+            return True if value == 0 else None
+
+        wait_for(settled, timeout=5, what="the web cluster's active connections back to 0")
+    log = daemon.log()
+    assert "internal error" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]

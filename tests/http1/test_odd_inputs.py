@@ -159,3 +159,27 @@ def test_interim_responses_do_not_reach_http_1_0_clients() -> None:
         d.reply(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
         d.reply(ok())
         assert [r.status for r in parse_responses(d.take_client())] == expected, version
+
+
+def test_a_dial_result_after_the_client_left_changes_nothing() -> None:
+    # The client's reset and the backend's connect completing in one batch of events, the
+    # client's handled first: the late result leaked a count (connected) or reached a
+    # request already let go (failed).
+    for connected in (True, False):
+        w = World()
+        cluster = w.web()
+        d = w.session()
+        d.send(get())
+        assert d.dialing
+        d.reset()
+        assert d.s.done
+        assert not d.s.awaits_connect()
+        if connected:
+            d.s.back_connected(d.now, False)
+        else:
+            d.s.back_connect_failed(d.now)
+        d.s.check_invariants()
+        assert d.s.done
+        assert cluster.active == 0
+        assert not cluster.loads
+        assert not d.take_client()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import socket
 import time
 import weakref
@@ -271,3 +272,53 @@ def test_an_owner_is_disarmed_when_its_last_fd_goes() -> None:
             for sock in pair:
                 sock.close()
         reactor._epoll.close()
+
+
+async def test_events_of_an_fd_let_go_earlier_in_the_batch_are_not_delivered() -> None:
+    """The first handler of a batch closes the other ready socket and a new one takes its fd
+    number: the batch's event for the old socket must not reach the new socket's handler (a
+    dial in progress would take it for its connect completing)."""
+    reactor = Reactor()
+    pairs = [socket.socketpair() for _ in range(2)]
+    replacement: list[socket.socket] = []
+    calls: list[tuple[str, int]] = []  # (who, batch)
+
+    def new_socket_event(_mask: int) -> None:
+        calls.append(("new", reactor.stats.batches))
+        replacement[0].recv(100)
+
+    def first(index: int) -> Callable[[int], None]:
+        def on_event(_mask: int) -> None:
+            calls.append((str(index), reactor.stats.batches))
+            if replacement:
+                return  # the other socket went away: its event must not come
+            other = pairs[1 - index][0]
+            number = other.fileno()
+            reactor.close(other)
+            left, right = socket.socketpair()
+            if left.fileno() == number:
+                sock = left
+            else:
+                os.dup2(left.fileno(), number)
+                left.close()
+                sock = socket.socket(fileno=number)
+            replacement.append(sock)
+            pairs.append((sock, right))
+            reactor.register(number, IN, new_socket_event, Timed())
+            right.send(b"fresh")
+            pairs[index][0].recv(100)
+
+        return on_event
+
+    try:
+        for index, (left, right) in enumerate(pairs[:2]):
+            reactor.register(left.fileno(), IN, first(index), Timed())
+            right.send(b"x")
+        await run_until(reactor, lambda: any(who == "new" for who, _ in calls))
+    finally:
+        for left, right in pairs:
+            left.close()
+            right.close()
+    first_batch = calls[0][1]
+    assert [who for who, batch in calls if batch == first_batch] in (["0"], ["1"])
+    assert [who for who, _ in calls[1:]] == ["new"], calls

@@ -15,6 +15,8 @@ import trio
 from sozu.command.log_targets import route_logs
 from sozu.worker.shell.channel_loop import WorkerCore, serve_channel
 
+log = logging.getLogger("sozu.worker")
+
 
 class _WorkerIdFilter(logging.Filter):
     def __init__(self, worker_id: int) -> None:
@@ -45,6 +47,26 @@ def setup_logging(worker_id: int, level: str = "INFO", target: str = "stderr") -
         route_logs(target)
 
 
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """Exceptions Python cannot raise to a caller, through the worker's log rather than raw
+    to stderr. One is common and nobody's fault here: a TLS client sending a server name
+    that is not ASCII, which the ssl module fails to decode before sozu's SNI callback runs
+    (the handshake then ends with an alert, counted among the failed handshakes): one debug
+    line, not a traceback per handshake."""
+    error = unraisable.exc_value
+    if isinstance(error, UnicodeDecodeError) and isinstance(unraisable.object, bytes):
+        log.debug("TLS server name %r is not ASCII: handshake refused", unraisable.object[:64])
+        return
+    log.error(
+        "%s: %r",
+        unraisable.err_msg or "exception ignored",
+        unraisable.object,
+        exc_info=(unraisable.exc_type, error, unraisable.exc_traceback)
+        if error is not None
+        else None,
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sozu.worker")
     parser.add_argument("--id", type=int, required=True, help="worker id")
@@ -57,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.id)
+    sys.unraisablehook = _unraisable
     fault = os.environ.get("SOZU_FAULT_INJECTION")
     if fault and os.path.exists(fault):
         # Tests simulate code that cannot start (a bad upgrade) with this file.

@@ -209,7 +209,11 @@ class HttpConnection(FrontConnection):
         if self.connecting:
             code = back.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             self.connecting = False
-            if code:
+            if not session.awaits_connect():
+                # The session gave this dial up earlier in the batch (its client left): the
+                # CLOSE_BACK it asked for has not been carried out yet.
+                self._drop_back()
+            elif code:
                 self._drop_back()
                 session.back_connect_failed(now)
             else:

@@ -149,6 +149,10 @@ class Reactor:
         self.closed = False
         # Connections to flush once the batch of events being handled is done (`soon`).
         self._soon: list[Deferred] = []
+        # The fds let go of since the batch began: a later event of the batch for one of them
+        # is stale, even when a socket opened meanwhile got the same number (a dial's "ready"
+        # would be taken for the new socket's).
+        self._gone: set[int] = set()
         # True while `run` waits in its own epoll object when trio is idle (trio_peek).
         self.direct = False
 
@@ -203,6 +207,7 @@ class Reactor:
         """Drop what the loop holds for `fd`; False if it was not registered."""
         if self._handlers.pop(fd, None) is None:
             return False
+        self._gone.add(fd)
         owner = self._owners.pop(fd)
         self._masks.pop(fd, None)
         self._let_go(owner)
@@ -399,7 +404,11 @@ class Reactor:
                             yielded = perf_counter()  # it blocked: a wait, as trio's would be
                 started = flushed = perf_counter()
                 trio_ready = False
+                gone = self._gone
+                gone.clear()
                 for fd, mask in events:
+                    if gone and fd in gone:
+                        continue
                     handler = handlers.get(fd)
                     if handler is None:
                         # trio's epoll: one of its tasks has something to do. Or an fd

@@ -37,7 +37,6 @@ from sozu.worker.core.http1.states import (
     S_EXCHANGE,
     S_HEAD,
     S_TUNNEL,
-    STATE_NAMES,
 )
 
 if TYPE_CHECKING:
@@ -379,17 +378,24 @@ class Http1Session:
                 self.hang_up(now)
         self._settle(now)
 
+    def awaits_connect(self) -> bool:
+        """Whether the CONNECT asked for is still wanted: a dial whose result comes after the
+        session gave it up (its client left in the same batch of events) is only closed."""
+        return self.state == S_CONNECTING
+
     def back_connected(self, now: float, reused: bool) -> None:
-        """The CONNECT succeeded: a pooled connection (`reused`) or a new one."""
-        assert self.state == S_CONNECTING, STATE_NAMES[self.state]
-        exchange.connected(self, now, reused)
-        self._settle(now)
+        """The CONNECT succeeded: a pooled connection (`reused`) or a new one. Nothing
+        changes once the session no longer waits for it (`awaits_connect`)."""
+        if self.state == S_CONNECTING:
+            exchange.connected(self, now, reused)
+            self._settle(now)
 
     def back_connect_failed(self, now: float) -> None:
-        """The CONNECT failed (refused, unreachable...)."""
-        assert self.state == S_CONNECTING, STATE_NAMES[self.state]
-        exchange.connect_failed(self, now, timed_out=False)
-        self._settle(now)
+        """The CONNECT failed (refused, unreachable...); as `back_connected`, nothing
+        changes once the session no longer waits for it."""
+        if self.state == S_CONNECTING:
+            exchange.connect_failed(self, now, timed_out=False)
+            self._settle(now)
 
     def back_data(self, data: bytes, now: float) -> None:
         """Bytes read from the backend connection."""
