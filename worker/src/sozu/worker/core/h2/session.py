@@ -28,12 +28,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from sozu.command.types import HttpListenerConfig, HttpsListenerConfig
-from sozu.worker.core.h2.flood import (
-    HEADER_LIST_FLOOD,
-    RST_STREAM_FLOOD,
-    FloodGuard,
-    FloodLimits,
-)
+from sozu.worker.core.h2.flood import HEADER_LIST_FLOOD, RST_STREAM_FLOOD, FloodGuard, FloodLimits
 from sozu.worker.core.h2.library import h2_connection
 from sozu.worker.core.h2.response_reader import ResponseReader
 from sozu.worker.core.h2.server_connection import ServerConnection
@@ -413,9 +408,8 @@ class H2Session:
             self.conn.reset_stream(stream_id, code)
 
     def _reset_unopened(self, stream_id: int, code: ErrorCodes) -> None:
-        """Reset a stream no core was made for. A later frame of the same read may have closed
-        it already (the client's RST_STREAM, or a stream error the library answered itself):
-        the library received the whole read before its events are handled here."""
+        """Reset a stream no core was made for, unless a later frame of the same read closed
+        it already (the client's RST_STREAM, or a stream error the library reset itself)."""
         with contextlib.suppress(ProtocolError, StreamClosedError):
             self.conn.reset_stream(stream_id, code)
 
@@ -566,8 +560,7 @@ class H2Session:
 
     def check_invariants(self) -> None:
         self.guard.check_invariants()
-        # Live streams: those cancelled wait for their links to end (the shell's next settle),
-        # and a read can reset streams and open as many new ones.
+        # Live streams: cancelled ones wait for the shell's next settle to end their links.
         live = sum(not stream.ended_out for stream in self.streams.values())
         assert live <= self.max_streams + 1, live
         assert self.stalls == sum(s.stalled != INF for s in self.streams.values())

@@ -21,11 +21,7 @@ from sozu.worker.core.http.codec import (
     find_head_end,
     parse_response_head_known,
 )
-from sozu.worker.core.http.header_edits import (
-    edit_response,
-    fast_response_head,
-    serialize_head,
-)
+from sozu.worker.core.http.header_edits import edit_response, fast_response_head, serialize_head
 from sozu.worker.core.http1 import tunnel
 from sozu.worker.core.http1.actions import CLOSE_BACK, CONNECT, RELEASE_BACK
 from sozu.worker.core.http1.answering import answer, log_request
@@ -70,10 +66,9 @@ def connect_next(s: Http1Session, now: float) -> None:
     kept = s.kept
     reuse = False
     if kept is not None:
-        # The connection kept from the last exchange: used again when this request goes to
-        # the same backend and could be sent again on a new connection (no body; a body
-        # asks the pool's check of a connection first), else handed to the pool (closed
-        # when the worker drains, as nothing is pooled then).
+        # The connection kept from the last exchange: used again for a request to the same
+        # backend that could be sent again on a new connection (no body: a body asks the
+        # pool's check first), else handed to the pool (closed when the worker drains).
         reuse = (
             backend is not None
             and kept == backend.address
@@ -381,8 +376,7 @@ def _final_response(
         if head.upgrade:
             tunnel.start(s, response, leftover, now)
             return
-        # A switch nobody asked for: the connection no longer speaks HTTP, and the client
-        # must not be told it does either.
+        # A switch nobody asked for (RFC 9110 §15.2.2): that connection no longer speaks HTTP.
         log.info("backend response refused: 101 to a request that asked no upgrade")
         give_up(s, now, 502, "")
         return

@@ -18,12 +18,7 @@ from sozu.worker.core.http1 import exchange, tunnel
 from sozu.worker.core.http1.actions import CLOSE_BACK, CLOSE_FRONT, LINGER_FRONT, BackendTarget
 from sozu.worker.core.http1.answering import count_requests, log_request
 from sozu.worker.core.http1.context import ListenerContext
-from sozu.worker.core.http1.heads import (
-    read_first_head,
-    read_heads,
-    read_parsed_head,
-    read_timer,
-)
+from sozu.worker.core.http1.heads import read_first_head, read_heads, read_parsed_head, read_timer
 from sozu.worker.core.http1.invariants import check_session
 from sozu.worker.core.http1.routing import release_per_ip_slot
 from sozu.worker.core.http1.states import (
@@ -379,8 +374,7 @@ class Http1Session:
         self._settle(now)
 
     def awaits_connect(self) -> bool:
-        """Whether the CONNECT asked for is still wanted: a dial whose result comes after the
-        session gave it up (its client left in the same batch of events) is only closed."""
+        """Whether the CONNECT asked for is still wanted (the client may have left since)."""
         return self.state == S_CONNECTING
 
     def back_connected(self, now: float, reused: bool) -> None:
