@@ -104,6 +104,11 @@ def test_upgrade_and_expect() -> None:
         b"DESCRIBE / RTSP/1.0\r\nHost: a\r\n\r\n",
         b"SOURCE / ICE/1.0\r\nHost: a\r\n\r\n",
         b"GET / HTTP/0.9\r\nHost: a\r\n\r\n",
+        # llhttp skips CR and LF before a method: the target was cut at the wrong offset.
+        b"\nGET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\n\nGET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n",
+        b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\rGET / HTTP/1.1\r\nHost: a\r\n\r\n",
     ],
 )
 def test_smuggling_and_malformed_requests_are_refused(raw: bytes) -> None:

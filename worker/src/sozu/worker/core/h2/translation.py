@@ -134,7 +134,7 @@ def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Trans
             # Leading zeros stripped first: int() refuses more than 4300 digits.
             digits = value.lstrip(b"0") or b"0"
             if (
-                not digits.isdigit()
+                not value.isdigit()
                 or len(digits) > _MAX_LENGTH_DIGITS
                 or int(digits) >= _MAX_LENGTH
                 or (content_length >= 0 and int(digits) != content_length)

@@ -302,6 +302,10 @@ def parse_request_head(head: bytes) -> RequestHead:
     else:
         raise HeadError(400, f"unsupported HTTP version {version.decode('latin-1')}")
     method = parser.get_method()
+    if not head.startswith(method):
+        # llhttp skips CR and LF bytes before the method; the offsets above do not (heads.py
+        # drops the one empty line a request may follow).
+        raise HeadError(400, "not an HTTP request line")
     if method == b"CONNECT":
         raise HeadError(400, "CONNECT is not proxied")
     special, host, hosts, content_length, chunked, connection, expect_continue = _scan_special(head)
