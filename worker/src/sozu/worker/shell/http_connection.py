@@ -209,11 +209,9 @@ class HttpConnection(FrontConnection):
         if self.connecting:
             code = back.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             self.connecting = False
-            if not session.awaits_connect():
-                # The session gave this dial up earlier in the batch (its client left): the
-                # CLOSE_BACK it asked for has not been carried out yet.
-                self._drop_back()
-            elif code:
+            # A result the session no longer awaits (its client left earlier in the batch)
+            # changes nothing there; the close it queued drops this socket in the settle.
+            if code:
                 self._drop_back()
                 session.back_connect_failed(now)
             else:

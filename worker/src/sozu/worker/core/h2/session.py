@@ -332,7 +332,7 @@ class H2Session:
         self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool, now: float
     ) -> None:
         if self.goaway_sent and stream_id > self.goaway_last:
-            self._reset_unopened(stream_id, ErrorCodes.REFUSED_STREAM)
+            self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         self.last_stream = max(self.last_stream, stream_id)
         try:
@@ -343,7 +343,7 @@ class H2Session:
             # Malformed, or a declared body that never comes (END_STREAM on the HEADERS):
             # refused before any core exists, so nothing is routed, held or left behind.
             self.counters.h2_refused_streams += 1
-            self._reset_unopened(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
         self.counters.h2_streams += 1
         inner = Http1Session(
@@ -404,12 +404,6 @@ class H2Session:
 
     def _reset(self, stream_id: int, code: ErrorCodes) -> None:
         self._cancel(stream_id)
-        with contextlib.suppress(ProtocolError, StreamClosedError):
-            self.conn.reset_stream(stream_id, code)
-
-    def _reset_unopened(self, stream_id: int, code: ErrorCodes) -> None:
-        """Reset a stream no core was made for, unless a later frame of the same read closed
-        it already (the client's RST_STREAM, or a stream error the library reset itself)."""
         with contextlib.suppress(ProtocolError, StreamClosedError):
             self.conn.reset_stream(stream_id, code)
 

@@ -133,14 +133,12 @@ def translate(headers: Sequence[tuple[bytes, bytes]], end_stream: bool) -> Trans
         if name == b"content-length":
             # Leading zeros stripped first: int() refuses more than 4300 digits.
             digits = value.lstrip(b"0") or b"0"
-            if (
-                not value.isdigit()
-                or len(digits) > _MAX_LENGTH_DIGITS
-                or int(digits) >= _MAX_LENGTH
-                or (content_length >= 0 and int(digits) != content_length)
-            ):
+            if not value.isdigit() or len(digits) > _MAX_LENGTH_DIGITS:
                 raise Refused("invalid content-length")
-            content_length = int(digits)
+            length = int(digits)
+            if length >= _MAX_LENGTH or (content_length >= 0 and length != content_length):
+                raise Refused("invalid content-length")
+            content_length = length
             continue
         if name == b"cookie":
             cookies.append(value)  # split crumbs are joined again for HTTP/1.1

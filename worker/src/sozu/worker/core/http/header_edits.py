@@ -169,7 +169,9 @@ def edit_request(
     has_connection = has_request_id = False
     x_proto_trusted = x_proto_differs = x_port_trusted = x_port_differs = False
     xff_index = forwarded_index = -1
-    original_host: bytes | None = None
+    # The Host sent when it is not the one received, and the one received (the first line).
+    host = rewrite_host if rewrite_host is not None else target_host
+    received_host: bytes | None = None
     for name, value in headers:
         lowered = name.lower()
         if lowered == _COOKIE and sticky_name is not None:
@@ -205,11 +207,11 @@ def edit_request(
             x_port_differs |= value.strip() != port_bytes
         elif lowered == _X_REQUEST_ID:
             has_request_id = True
-        elif lowered == _HOST and (rewrite_host is not None or target_host is not None):
-            if original_host is not None:
+        elif lowered == _HOST and host is not None:
+            if received_host is not None:
                 continue
-            original_host = value if target_host is None else target_host
-            value = rewrite_host if rewrite_host is not None else original_host
+            received_host = value
+            value = host
         out.append((name, value))
 
     xff_chain = out[xff_index][1] if xff_index >= 0 else None
@@ -243,14 +245,12 @@ def edit_request(
     if not has_request_id:
         out.append((b"X-Request-Id", request_id))
     out.append((sozu_id_header, request_id))
+    if host is not None and received_host is None:
+        out.append((b"Host", host))
     if rewrite_host is not None:
-        if original_host is None:
-            out.append((b"Host", rewrite_host))
-            original_host = target_host
-        if original_host is not None:
-            out.append((b"X-Forwarded-Host", original_host))
-    elif target_host is not None and original_host is None:
-        out.append((b"Host", target_host))
+        asked = target_host if target_host is not None else received_host
+        if asked is not None:
+            out.append((b"X-Forwarded-Host", asked))
     if edits:
         out = apply_edits(out, edits)
     return RequestEdits(

@@ -380,14 +380,14 @@ class Http1Session:
     def back_connected(self, now: float, reused: bool) -> None:
         """The CONNECT succeeded: a pooled connection (`reused`) or a new one. Nothing
         changes once the session no longer waits for it (`awaits_connect`)."""
-        if self.state == S_CONNECTING:
+        if self.awaits_connect():
             exchange.connected(self, now, reused)
             self._settle(now)
 
     def back_connect_failed(self, now: float) -> None:
         """The CONNECT failed (refused, unreachable...); as `back_connected`, nothing
         changes once the session no longer waits for it."""
-        if self.state == S_CONNECTING:
+        if self.awaits_connect():
             exchange.connect_failed(self, now, timed_out=False)
             self._settle(now)
 
