@@ -23,6 +23,9 @@ from sozu.worker.shell.udp_proxy import UdpListenerProxy
 
 Address = tuple[str, int]
 
+# Each test runs with batched system calls and with one call per datagram.
+pytestmark = pytest.mark.usefixtures("udp_syscalls")
+
 
 class Planted(Exception):
     """The bug planted in one flow's handling."""

@@ -20,6 +20,9 @@ from sozu.worker.shell.udp_proxy import UdpListenerProxy
 
 Address = tuple[str, int]
 
+# Each test runs with batched system calls and with one call per datagram.
+pytestmark = pytest.mark.usefixtures("udp_syscalls")
+
 
 class EchoBackend:
     """Answers `<name>:<payload>` and remembers what it received."""
@@ -257,3 +260,25 @@ async def test_kernel_receive_drops_are_sampled_per_socket() -> None:
         assert 100 < dropped < 200
         proxy.sample_kernel_drops()
         assert proxy.counters.kernel_drops == dropped  # sampled twice, counted once
+
+
+async def test_a_new_client_sending_several_datagrams_at_once_gets_every_answer() -> None:
+    # The first datagram creates the flow (the full path, which reads the clock again for the
+    # backend's selection); the ones read in the same wake-up must not go back in time.
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")]) as (address, proxy):
+            raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            client = trio.socket.from_stdlib_socket(raw)
+            try:
+                for index in range(10):
+                    raw.sendto(b"q%d" % index, address)  # no checkpoint: one wake-up reads all
+                answers: list[bytes] = []
+                with trio.move_on_after(2.0):
+                    while len(answers) < 10:
+                        data, _ = await client.recvfrom(1024)
+                        answers.append(bytes(data))
+            finally:
+                client.close()
+            assert sorted(answers) == sorted(b"BK0:q%d" % index for index in range(10))
+            assert proxy.counters.flow_errors == {}
+            assert proxy.core.counters.flows_created == 1

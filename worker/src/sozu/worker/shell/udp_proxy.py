@@ -30,7 +30,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 import trio
@@ -50,8 +50,12 @@ from sozu.worker.core.udp.outputs import (
     SendToBackend,
     SendToClient,
 )
+from sozu.worker.shell import udp_batching
 from sozu.worker.shell.reactor import HUP, IN, OUT, Reactor
 from sozu.worker.shell.udp_upstream import BUDGET, UdpUpstream
+
+if TYPE_CHECKING:
+    from sozu_mmsg import SendBatch
 
 log = logging.getLogger("sozu.worker.udp")
 
@@ -107,6 +111,17 @@ class UdpListenerProxy:
         self._on_flow_closed = on_flow_closed
         self.buffer = bytearray(recv_buffer_size(core.max_rx_datagram_size()))
         self.view = memoryview(self.buffer)
+        # With batching (udp_batching.py): the listener's recvmmsg slots, and the replies of
+        # one batch of events, sent with one sendmmsg once the batch is done (`flush_soon`).
+        self.batch: SendBatch | None = None
+        self.soon_queued = False
+        self._slots = 0
+        self._slot_buffer = bytearray()
+        self._recv_batch: udp_batching.Receiver | None = None
+        if udp_batching.available():
+            self.batch = udp_batching.new_send_batch()
+            self._recv_batch = udp_batching.receiver()
+            self._size_slots()
         self.upstreams: dict[int, UdpUpstream] = {}
         # Replies waiting for the listener socket to become writable, in order.
         self.backlog: deque[tuple[bytes, Address]] = deque()
@@ -136,7 +151,14 @@ class UdpListenerProxy:
         self.core.set_max_rx_datagram_size(self.now(), size)
         self.buffer = bytearray(recv_buffer_size(size))
         self.view = memoryview(self.buffer)
+        if self.batch is not None:
+            self._size_slots()
         self.apply()
+
+    def _size_slots(self) -> None:
+        slot = len(self.buffer)
+        self._slots = udp_batching.recv_slots(slot)
+        self._slot_buffer = bytearray(slot * self._slots)
 
     def drain(self) -> None:
         """Stop reading the listener; live flows keep answering until idle (docs/udp.md,
@@ -202,6 +224,8 @@ class UdpListenerProxy:
 
     def _shutdown(self) -> None:
         reactor = self.reactor
+        if self.batch is not None and len(self.batch):
+            self.flush_soon()  # the replies of this batch still go out
         if self._registered:
             reactor.unregister(self.sock.fileno())
             self._registered = False
@@ -253,10 +277,11 @@ class UdpListenerProxy:
 
     def _read(self, sock: socket.socket) -> None:
         """Drain up to BUDGET client datagrams from `sock` (the listener's or an added one)."""
-        core = self.core
+        if self._recv_batch is not None:
+            self._read_batches(sock, self._recv_batch)
+            return
         # One reading of the clock per wake-up: deadlines are seconds, a wake-up ~0.1 ms.
         now = self.now()
-        upstreams = self.upstreams
         recvfrom_into = sock.recvfrom_into
         buffer, view = self.buffer, self.view
         for _ in range(BUDGET):
@@ -270,25 +295,60 @@ class UdpListenerProxy:
                 raise
             if len(source) != 2:
                 source = (source[0], source[1])  # IPv6: drop flowinfo and scope id
-            payload = view[:size]
+            if not self._client_datagram(now, source, view[:size]):
+                now = self.now()  # the full path read the clock since: no going back
+
+    def _read_batches(self, sock: socket.socket, recv_batch: udp_batching.Receiver) -> None:
+        """`_read` with recvmmsg: up to BUDGET datagrams, a batch of slots per call; a batch
+        that comes back short means the socket is drained (no read that finds it empty)."""
+        now = self.now()
+        client_datagram = self._client_datagram
+        fd = sock.fileno()
+        buffer = self._slot_buffer
+        view = memoryview(buffer)
+        slot = len(self.buffer)
+        slots = self._slots
+        read = 0
+        while read < BUDGET:
             try:
-                flow = core.forward_established(now, source, payload)
-                if flow >= 0:
-                    upstream = upstreams.get(flow)
-                    if upstream is None:
-                        self.counters.unknown_flow += 1
-                    elif upstream.queue:
-                        upstream.queue.push(bytes(payload))
-                    else:
-                        try:
-                            upstream.sock.send(payload)
-                        except OSError as error:
-                            self._backend_send_failed(upstream, payload, error)
+                got = recv_batch(fd, buffer, slot, slots)
+            except OSError as error:
+                if error.errno in _ICMP_ERRORS:
+                    read += 1
                     continue
-                core.handle_client_datagram(now, source, payload)
-            except Exception as error:
-                self.flow_failed(self._client_flow(source), error)
-            self.apply()
+                raise
+            at = 0
+            for size, source in got:
+                if not client_datagram(now, source, view[at : at + size]):
+                    now = self.now()  # the full path read the clock since: no going back
+                at += slot
+            if len(got) < slots:
+                return
+            read += slots
+
+    def _client_datagram(self, now: float, source: Address, payload: memoryview) -> bool:
+        """One client datagram: the fast path for an established flow (True), the core and
+        its outputs otherwise (False: they may have read a later time, the caller's `now` is
+        then behind the core's)."""
+        try:
+            flow = self.core.forward_established(now, source, payload)
+            if flow >= 0:
+                upstream = self.upstreams.get(flow)
+                if upstream is None:
+                    self.counters.unknown_flow += 1
+                elif upstream.queue:
+                    upstream.queue.push(bytes(payload))
+                else:
+                    try:
+                        upstream.sock.send(payload)
+                    except OSError as error:
+                        self._backend_send_failed(upstream, payload, error)
+                return True
+            self.core.handle_client_datagram(now, source, payload)
+        except Exception as error:
+            self.flow_failed(self._client_flow(source), error)
+        self.apply()
+        return False
 
     # -- outputs --------------------------------------------------------------------------------
 
@@ -484,6 +544,16 @@ class UdpListenerProxy:
         if self.backlog:
             self._queue_for_client(destination, payload)
             return
+        batch = self.batch
+        if batch is not None:
+            if not batch.add(payload, destination):
+                self.flush_soon()  # full: what it holds goes first
+                if self.backlog or not batch.add(payload, destination):
+                    self._queue_for_client(destination, payload)
+                    return
+            if not self.soon_queued:
+                self.reactor.soon(self)
+            return
         try:
             self.sock.sendto(payload, destination)
         except OSError as error:
@@ -507,6 +577,21 @@ class UdpListenerProxy:
         backlog.append((bytes(payload), destination))
         if len(backlog) == 1:
             self._watch_listener()
+
+    def flush_soon(self) -> None:
+        """Send the replies batched since the last flush (the loop calls it once the batch of
+        events is done); what the socket has no room for waits in the backlog, in order."""
+        batch = self.batch
+        assert batch is not None
+        try:
+            self.counters.send_error += batch.flush(self.sock.fileno())
+        except OSError:
+            self.counters.send_error += len(batch)  # the listener socket itself is gone
+            batch.take()
+            return
+        if len(batch):
+            for payload, destination in batch.take():
+                self._queue_for_client(destination, payload)
 
     def _flush_backlog(self) -> None:
         backlog = self.backlog

@@ -98,6 +98,7 @@ class UdpUpstream:
         now = proxy.now()
         recv_into = self.sock.recv_into
         sendto = proxy.sock.sendto
+        batch = proxy.batch
         buffer, view = proxy.buffer, proxy.view
         single = self.single
         if single:
@@ -123,6 +124,10 @@ class UdpUpstream:
                 if client is not None:
                     if proxy.backlog:
                         proxy.send_to_client(client, payload)
+                    elif batch is not None:
+                        # Out with the batch's other replies, in one sendmmsg.
+                        if not proxy.soon_queued or not batch.add(payload, client):
+                            proxy.send_to_client(client, payload)
                     else:
                         try:
                             sendto(payload, client)
@@ -137,6 +142,7 @@ class UdpUpstream:
             proxy.apply()
             if flow not in proxy.upstreams:
                 return  # this reply closed the flow (responses reached)
+            now = proxy.now()  # the full path may have read a later time
 
     # Timed: an upstream has no timer of its own (the flow's idle deadline is the core's).
     def deadline(self) -> float:

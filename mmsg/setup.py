@@ -1,0 +1,14 @@
+"""Build of the `sozu_mmsg` extension module (the project's metadata is in pyproject.toml)."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "sozu_mmsg",
+            sources=["src/sozu_mmsg.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        )
+    ],
+    py_modules=[],
+)

@@ -1,0 +1,112 @@
+"""The UDP shell's batched system calls (docs/udp.md, "System calls"): many clients read with
+recvmmsg, replies gathered and sent with sendmmsg, a full batch sent before it takes more, and
+replies the socket has no room for handed to the listener's egress queue, in order."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+from udp.test_shell import EchoBackend, running
+
+from sozu.worker.shell import udp_batching
+
+pytestmark = pytest.mark.skipif(
+    not udp_batching.available(), reason="sozu_mmsg is not built here (`uv sync` builds it)"
+)
+
+
+async def _ask_together(address: tuple[str, int], count: int) -> dict[int, bytes]:
+    """`count` clients (one flow each, with port affinity) each send one query at once; the
+    answers each got within 2 s."""
+    clients = [trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    answers: dict[int, bytes] = {}
+    try:
+        for index, client in enumerate(clients):
+            await client.sendto(b"q%d" % index, address)
+
+        async def collect(index: int, client: trio.socket.SocketType) -> None:
+            data, _ = await client.recvfrom(1024)
+            answers[index] = bytes(data)
+
+        with trio.move_on_after(2.0):
+            async with trio.open_nursery() as nursery:
+                for index, client in enumerate(clients):
+                    nursery.start_soon(collect, index, client)
+    finally:
+        for client in clients:
+            client.close()
+    return answers
+
+
+async def test_many_clients_at_once_are_each_answered() -> None:
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")], affinity_with_port=True) as (address, proxy):
+            assert proxy.batch is not None
+            answers = await _ask_together(address, 40)
+            assert answers == {index: b"BK0:q%d" % index for index in range(40)}
+            assert proxy.counters.send_error == 0
+            assert len(proxy.batch) == 0
+
+
+async def test_a_full_batch_is_sent_before_it_takes_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(udp_batching, "SEND_SLOTS", 2)
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")], affinity_with_port=True) as (address, proxy):
+            answers = await _ask_together(address, 24)
+            assert answers == {index: b"BK0:q%d" % index for index in range(24)}
+            assert not proxy.backlog
+
+
+class _NoRoom:
+    """A send batch whose socket has no room on its first `rounds` flushes (the kernel's
+    EAGAIN, which loopback never gives for datagrams): `flush` sends nothing, the shell must
+    take what is held and queue it for when the socket is writable."""
+
+    def __init__(self, real: udp_batching.SendBatch, rounds: int) -> None:
+        self.real = real
+        self.rounds = rounds
+        self.taken: list[tuple[bytes, tuple[str, int]]] = []
+
+    def add(self, payload: bytes | memoryview, address: tuple[str, int]) -> bool:
+        return self.real.add(payload, address)
+
+    def flush(self, fd: int) -> int:
+        if self.rounds:
+            self.rounds -= 1
+            return 0
+        return self.real.flush(fd)
+
+    def take(self) -> list[tuple[bytes, tuple[str, int]]]:
+        held = self.real.take()
+        self.taken.extend(held)
+        return held
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+
+async def test_replies_without_room_wait_in_the_egress_queue_and_then_go() -> None:
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")]) as (address, proxy):
+            assert proxy.batch is not None
+            no_room = _NoRoom(proxy.batch, rounds=1)
+            proxy.batch = no_room  # type: ignore[assignment]
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                await client.sendto(b"first", address)
+                with trio.fail_after(2):
+                    data, _ = await client.recvfrom(1024)
+                assert data == b"BK0:first"
+                # It went through the egress queue: taken from the batch, sent once writable.
+                assert [payload for payload, _ in no_room.taken] == [b"BK0:first"]
+                assert not proxy.backlog
+                await client.sendto(b"second", address)
+                with trio.fail_after(2):
+                    data, _ = await client.recvfrom(1024)
+                assert data == b"BK0:second"
+                assert len(no_room.taken) == 1  # room again: straight out of the batch
+            finally:
+                client.close()
+            assert proxy.counters.send_error == 0
