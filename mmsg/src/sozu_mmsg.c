@@ -19,6 +19,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -96,10 +97,25 @@ address_of(const struct sockaddr_storage *name, socklen_t length)
     return address;
 }
 
+/* An int from a Python int (fds and ports), -1 with an error set when it is not one. */
+static int
+as_int(PyObject *value, long low, long high, const char *what)
+{
+    long number = PyLong_AsLong(value);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (number < low || number > high) {
+        PyErr_Format(PyExc_OverflowError, "%s out of range: %ld", what, number);
+        return -1;
+    }
+    return (int)number;
+}
+
 /* -- recv_batch ------------------------------------------------------------------------------ */
 
 static PyObject *
-recv_batch(PyObject *module, PyObject *args)
+recv_batch(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int fd;
     Py_buffer buffer;
@@ -137,7 +153,10 @@ recv_batch(PyObject *module, PyObject *args)
         messages[i].msg_hdr.msg_iovlen = 1;
     }
     /* Non-blocking: the GIL is kept (no other thread waits on this worker's sockets). */
-    int received = recvmmsg(fd, messages, (unsigned)count, MSG_DONTWAIT, NULL);
+    int received;
+    do {
+        received = recvmmsg(fd, messages, (unsigned)count, MSG_DONTWAIT, NULL);
+    } while (received < 0 && errno == EINTR);
     int error = errno;
     PyBuffer_Release(&buffer);
     if (received < 0) {
@@ -245,12 +264,8 @@ parse_address(PyObject *address, struct sockaddr_in6 *name, socklen_t *length)
     if (host == NULL) {
         return -1;
     }
-    port = _PyLong_AsInt(PyTuple_GET_ITEM(address, 1));
-    if (port == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (port < 0 || port > 65535) {
-        PyErr_SetString(PyExc_OverflowError, "port must be 0-65535");
+    port = as_int(PyTuple_GET_ITEM(address, 1), 0, 65535, "port");
+    if (port < 0) {
         return -1;
     }
     memset(name, 0, sizeof *name);
@@ -284,16 +299,19 @@ send_batch_add(SendBatch *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*O", &payload, &address)) {
         return NULL;
     }
+    /* The address first: reading its port may run Python code, which could use this batch. */
+    struct sockaddr_in6 name;
+    socklen_t length;
+    if (parse_address(address, &name, &length) < 0) {
+        PyBuffer_Release(&payload);
+        return NULL;
+    }
     if (self->count == self->slots || payload.len > self->capacity - self->used) {
         PyBuffer_Release(&payload);
         Py_RETURN_FALSE;
     }
     Py_ssize_t i = self->count;
-    socklen_t length;
-    if (parse_address(address, &self->names[i], &length) < 0) {
-        PyBuffer_Release(&payload);
-        return NULL;
-    }
+    self->names[i] = name;
     char *at = self->data + self->used;
     memcpy(at, payload.buf, (size_t)payload.len);
     self->vectors[i].iov_base = at;
@@ -321,7 +339,8 @@ send_batch_reset(SendBatch *self)
 static PyObject *
 send_batch_flush(SendBatch *self, PyObject *arg)
 {
-    int fd = _PyLong_AsInt(arg);
+    /* -1 (a closed socket's fileno) is let through: sendmmsg's EBADF raises OSError. */
+    int fd = as_int(arg, -1, INT_MAX, "fd");
     if (fd == -1 && PyErr_Occurred()) {
         return NULL;
     }
@@ -336,7 +355,8 @@ send_batch_flush(SendBatch *self, PyObject *arg)
             if (errno == EINTR) {
                 continue;
             }
-            if (errno == EBADF || errno == ENOTSOCK) {
+            if (errno == EBADF || errno == ENOTSOCK || errno == ENOSYS) {
+                /* the socket, or the call itself, is unusable: nothing is dropped */
                 PyErr_SetFromErrno(PyExc_OSError);
                 return NULL;
             }
@@ -356,11 +376,13 @@ send_batch_flush(SendBatch *self, PyObject *arg)
 static PyObject *
 send_batch_take(SendBatch *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *result = PyList_New(self->count - self->first);
+    /* Read once: building the objects may run Python code (a collection) that uses it. */
+    Py_ssize_t first = self->first, count = self->count;
+    PyObject *result = PyList_New(count - first);
     if (result == NULL) {
         return NULL;
     }
-    for (Py_ssize_t i = self->first; i < self->count; i++) {
+    for (Py_ssize_t i = first; i < count; i++) {
         PyObject *payload = PyBytes_FromStringAndSize(self->vectors[i].iov_base,
                                                       (Py_ssize_t)self->vectors[i].iov_len);
         PyObject *address = payload == NULL
@@ -373,7 +395,7 @@ send_batch_take(SendBatch *self, PyObject *Py_UNUSED(ignored))
             Py_DECREF(result);
             return NULL;
         }
-        PyList_SET_ITEM(result, i - self->first, pair);
+        PyList_SET_ITEM(result, i - first, pair);
     }
     send_batch_reset(self);
     return result;

@@ -19,6 +19,7 @@ except ImportError:
 
 
 def test_the_worker_batches_when_the_binding_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOZU_UDP_MMSG", raising=False)
     assert udp_batching.available()
     monkeypatch.setenv("SOZU_UDP_MMSG", "0")
     assert not udp_batching.available()
@@ -226,4 +227,6 @@ def test_flushing_on_a_closed_socket_raises_and_keeps_the_batch() -> None:
     assert batch.add(b"x", ("127.0.0.1", 9))
     with pytest.raises(OSError):
         batch.flush(fd)
+    with pytest.raises(OSError):
+        batch.flush(-1)  # a closed socket object's fileno
     assert batch.take() == [(b"x", ("127.0.0.1", 9))]

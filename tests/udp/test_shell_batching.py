@@ -4,6 +4,7 @@ replies the socket has no room for handed to the listener's egress queue, in ord
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest
@@ -109,4 +110,29 @@ async def test_replies_without_room_wait_in_the_egress_queue_and_then_go() -> No
                 assert len(no_room.taken) == 1  # room again: straight out of the batch
             finally:
                 client.close()
+            assert proxy.counters.send_error == 0
+
+
+class _NoSendmmsg(_NoRoom):
+    """A send batch on a kernel without sendmmsg (ENOSYS)."""
+
+    def flush(self, fd: int) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+
+async def test_a_kernel_without_sendmmsg_turns_batching_off_and_loses_nothing() -> None:
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")]) as (address, proxy):
+            assert proxy.batch is not None
+            proxy.batch = _NoSendmmsg(proxy.batch, rounds=0)  # type: ignore[assignment]
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                for query in (b"one", b"two"):
+                    await client.sendto(query, address)
+                    with trio.fail_after(2):
+                        data, _ = await client.recvfrom(1024)
+                    assert data == b"BK0:" + query
+            finally:
+                client.close()
+            assert proxy.batch is None
             assert proxy.counters.send_error == 0

@@ -32,6 +32,9 @@ SEND_SLOTS: Final = 64
 SEND_BYTES: Final = 128 * 1024
 
 
+assert sozu_mmsg is None or sozu_mmsg.MAX_BATCH >= RECV_SLOTS  # a short read means drained
+
+
 def available() -> bool:
     """True when the listeners of this process batch their system calls."""
     return sozu_mmsg is not None and os.environ.get("SOZU_UDP_MMSG", "1") != "0"

@@ -23,6 +23,7 @@ keeps reading and the other flows keep going.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -224,8 +225,13 @@ class UdpListenerProxy:
 
     def _shutdown(self) -> None:
         reactor = self.reactor
-        if self.batch is not None and len(self.batch):
-            self.flush_soon()  # the replies of this batch still go out
+        batch = self.batch
+        if batch is not None and len(batch):
+            # The replies of this batch still go out; what finds no room is dropped (the
+            # backlog's datagrams are, as the socket goes).
+            with contextlib.suppress(OSError):
+                self.counters.send_error += batch.flush(self.sock.fileno())
+            self.counters.send_error += len(batch.take())
         if self._registered:
             reactor.unregister(self.sock.fileno())
             self._registered = False
@@ -316,6 +322,10 @@ class UdpListenerProxy:
                 if error.errno in _ICMP_ERRORS:
                     read += 1
                     continue
+                if error.errno == errno.ENOSYS:
+                    self._stop_batching(error)
+                    self._read(sock)
+                    return
                 raise
             at = 0
             for size, source in got:
@@ -582,16 +592,29 @@ class UdpListenerProxy:
         """Send the replies batched since the last flush (the loop calls it once the batch of
         events is done); what the socket has no room for waits in the backlog, in order."""
         batch = self.batch
-        assert batch is not None
+        if batch is None:
+            return  # batching was turned off since this flush was queued
         try:
             self.counters.send_error += batch.flush(self.sock.fileno())
-        except OSError:
-            self.counters.send_error += len(batch)  # the listener socket itself is gone
-            batch.take()
+        except OSError as error:
+            if error.errno != errno.ENOSYS:
+                self.counters.send_error += len(batch.take())  # the listener socket is gone
+                return
+            self._stop_batching(error)
+            for payload, destination in batch.take():
+                self.send_to_client(destination, payload)
             return
         if len(batch):
             for payload, destination in batch.take():
                 self._queue_for_client(destination, payload)
+
+    def _stop_batching(self, error: OSError) -> None:
+        """The kernel lacks recvmmsg or sendmmsg: one system call per datagram from now on."""
+        log.warning(
+            "UDP listener %s: %s; reading and sending one datagram at a time", self.sock, error
+        )
+        self.batch = None
+        self._recv_batch = None
 
     def _flush_backlog(self) -> None:
         backlog = self.backlog
