@@ -1,11 +1,16 @@
-"""recvmmsg through ctypes against a recvfrom_into loop: Python-side cost per datagram.
+"""recvmmsg and sendmmsg from Python, three ways: Python-side cost per datagram.
 
-On loopback, for batch sizes 1, 2, 4, 16 and 64, a sender queues that many 64-byte datagrams
-on a socket, then the reader takes them all: either with one `recvmmsg` call through ctypes
+Reads: on loopback, for batch sizes 1, 2, 4, 16 and 64, a sender queues that many 64-byte
+datagrams on a socket, then the reader takes them all: with one `recvmmsg` through ctypes
 (mmsghdr array, buffers and names preallocated, only the entries used last time reset,
-lengths read through a uint32 view, sources from a cache of raw sockaddrs) or with
-`recvfrom_into` until EAGAIN. Prints microseconds per datagram for both (perf_counter around
-the reading only). Linux only; asserts nothing.
+lengths read through a uint32 view, sources from a cache of raw sockaddrs), with the compiled
+binding the worker uses (`sozu_mmsg.recv_batch`, mmsg/), or with `recvfrom_into` until EAGAIN.
+
+Sends: the same batch sizes sent to one destination with `sozu_mmsg.SendBatch` (add each,
+one flush) or with one `sendto` each (the receiver drains between rounds, untimed).
+
+Prints microseconds per datagram (perf_counter around the reading or sending only). Linux
+only; asserts nothing.
 
 Run: `.venv/bin/python -O bench/udp_recvmmsg.py [--rounds 500]`.
 """
@@ -17,6 +22,8 @@ import ctypes
 import ctypes.util
 import socket
 import time
+
+import sozu_mmsg
 
 MSG_DONTWAIT = 0x40
 COUNT, SIZE, NAME = 64, 2048, 28
@@ -112,10 +119,13 @@ def main() -> None:
     batch = RecvBatch()
     buffer = bytearray(SIZE)
     view = memoryview(buffer)
-    print("batch  recvmmsg (us/datagram)  recvfrom_into loop (us/datagram)")
+    slots = bytearray(SIZE * COUNT)
+    slots_view = memoryview(slots)
+    print("reads (us/datagram)")
+    print("batch  ctypes recvmmsg  sozu_mmsg.recv_batch  recvfrom_into loop")
     for size in (1, 2, 4, 16, 64):
-        spent_batch = spent_loop = 0.0
-        read_batch = read_loop = 0
+        spent = {"ctypes": 0.0, "compiled": 0.0, "loop": 0.0}
+        read = dict.fromkeys(spent, 0)
         for _ in range(rounds):
             for _ in range(size):
                 sender.sendto(payload, target)
@@ -124,8 +134,18 @@ def main() -> None:
             for index in range(count):
                 batch.payloads[index * SIZE : index * SIZE + batch.length(index)]
                 batch.source(index)
-            spent_batch += time.perf_counter() - started
-            read_batch += max(count, 0)
+            spent["ctypes"] += time.perf_counter() - started
+            read["ctypes"] += max(count, 0)
+            for _ in range(size):
+                sender.sendto(payload, target)
+            started = time.perf_counter()
+            got = sozu_mmsg.recv_batch(fd, slots, SIZE, COUNT)
+            at = 0
+            for length, _source in got:
+                slots_view[at : at + length]
+                at += SIZE
+            spent["compiled"] += time.perf_counter() - started
+            read["compiled"] += len(got)
             for _ in range(size):
                 sender.sendto(payload, target)
             started = time.perf_counter()
@@ -135,12 +155,39 @@ def main() -> None:
                 except BlockingIOError:
                     break
                 view[:length]
-                read_loop += 1
+                read["loop"] += 1
+            spent["loop"] += time.perf_counter() - started
+        each = {way: spent[way] / read[way] * 1e6 for way in spent}
+        print(f"{size:5d}  {each['ctypes']:15.2f}  {each['compiled']:20.2f}  {each['loop']:18.2f}")
+    sender.setblocking(False)
+    destination = sender.getsockname()
+    sends = sozu_mmsg.SendBatch(COUNT, COUNT * SIZE)
+    print("sends (us/datagram)")
+    print("batch  SendBatch + flush  sendto each")
+    for size in (1, 2, 4, 16, 64):
+        spent_batch = spent_loop = 0.0
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for _ in range(size):
+                sends.add(payload, destination)
+            sends.flush(fd)
+            spent_batch += time.perf_counter() - started
+            _drain(sender)
+            started = time.perf_counter()
+            for _ in range(size):
+                reader.sendto(payload, destination)
             spent_loop += time.perf_counter() - started
-        print(
-            f"{size:5d}  {spent_batch / read_batch * 1e6:24.2f}  "
-            f"{spent_loop / read_loop * 1e6:32.2f}"
-        )
+            _drain(sender)
+        sent = rounds * size
+        print(f"{size:5d}  {spent_batch / sent * 1e6:17.2f}  {spent_loop / sent * 1e6:11.2f}")
+
+
+def _drain(sock: socket.socket) -> None:
+    while True:
+        try:
+            sock.recv(SIZE)
+        except BlockingIOError:
+            return
 
 
 if __name__ == "__main__":
