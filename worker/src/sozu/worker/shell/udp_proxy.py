@@ -4,8 +4,10 @@
 It owns the sockets and the clock, the core owns every decision. The listener socket and each
 flow's connected upstream socket (`UdpUpstream`, udp_upstream.py) are registered with the
 worker's `Reactor`; their handlers drain the socket (up to BUDGET datagrams per wake-up, the
-loop comes back for the rest) into one reused buffer of `max_rx + 1` bytes, so an oversized
-datagram is seen as such. A datagram of an established flow takes the core's fast path
+loop comes back for the rest) into reused buffers of `max_rx + 1` bytes per datagram, so an
+oversized datagram is seen as such. Where the compiled binding is installed
+(udp_batching.py), the listener is read with recvmmsg and the replies of one batch of loop
+events leave in one sendmmsg (`flush_soon`). A datagram of an established flow takes the core's fast path
 (`forward_established`, `return_established`: one lookup, counters, one send, no output
 records); everything else goes through the core's full path and its outputs. The listener's
 timer is the loop's: the proxy is a `Timed` whose deadline is the core's armed one. Sends that

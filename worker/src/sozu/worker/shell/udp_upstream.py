@@ -1,7 +1,8 @@
 """One UDP flow's connected upstream socket (`UdpUpstream`), registered with the worker's
 `Reactor`: its handler flushes the flow's queue towards the backend when the socket is
 writable, and reads the backend's replies (up to BUDGET per wake-up) into the listener
-proxy's buffer, sending each to the client on the fast path or feeding the core."""
+proxy's buffer, sending each to the client on the fast path (into the listener's send batch,
+when it has one) or feeding the core."""
 
 from __future__ import annotations
 
