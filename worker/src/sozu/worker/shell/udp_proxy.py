@@ -104,9 +104,10 @@ class UdpListenerProxy:
         sock.setblocking(False)
         self.sock = sock
         self.core = core
-        # Public, with `buffer`, `view`, `upstreams`, `backlog` and the methods apply,
-        # flow_failed, close_upstream, send_to_client and client_send_failed: what each flow's
-        # UdpUpstream (udp_upstream.py) uses of its proxy.
+        # Public, with `buffer`, `view`, `upstreams`, `backlog`, `batch`, `recv_batch`,
+        # `slot_buffer`, `slots` and the methods apply, flow_failed, close_upstream,
+        # send_to_client and client_send_failed: what each flow's UdpUpstream
+        # (udp_upstream.py) uses of its proxy.
         self.reactor = reactor
         self.now = reactor.now
         self._selector_of = selector_of
@@ -115,16 +116,18 @@ class UdpListenerProxy:
         self._on_flow_closed = on_flow_closed
         self.buffer = bytearray(recv_buffer_size(core.max_rx_datagram_size()))
         self.view = memoryview(self.buffer)
-        # With batching (udp_batching.py): the listener's recvmmsg slots, and the replies of
-        # one batch of events, sent with one sendmmsg once the batch is done (`flush_soon`).
+        # With batching (udp_batching.py): the recvmmsg slots (the listener's reads and the
+        # upstreams' share them: one handler runs at a time, and what a datagram leaves
+        # behind is a copy), and the replies of one batch of events, sent with one sendmmsg
+        # once the batch is done (`flush_soon`).
         self.batch: SendBatch | None = None
         self.soon_queued = False
-        self._slots = 0
-        self._slot_buffer = bytearray()
-        self._recv_batch: udp_batching.Receiver | None = None
+        self.slots = 0
+        self.slot_buffer = bytearray()
+        self.recv_batch: udp_batching.Receiver | None = None
         if udp_batching.available():
             self.batch = udp_batching.new_send_batch()
-            self._recv_batch = udp_batching.receiver()
+            self.recv_batch = udp_batching.receiver()
             self._size_slots()
         self.upstreams: dict[int, UdpUpstream] = {}
         # Replies waiting for the listener socket to become writable, in order.
@@ -161,8 +164,8 @@ class UdpListenerProxy:
 
     def _size_slots(self) -> None:
         slot = len(self.buffer)
-        self._slots = udp_batching.recv_slots(slot)
-        self._slot_buffer = bytearray(slot * self._slots)
+        self.slots = udp_batching.recv_slots(slot)
+        self.slot_buffer = bytearray(slot * self.slots)
 
     def drain(self) -> None:
         """Stop reading the listener; live flows keep answering until idle (docs/udp.md,
@@ -286,8 +289,8 @@ class UdpListenerProxy:
 
     def _read(self, sock: socket.socket) -> None:
         """Drain up to BUDGET client datagrams from `sock` (the listener's or an added one)."""
-        if self._recv_batch is not None:
-            self._read_batches(sock, self._recv_batch)
+        if self.recv_batch is not None:
+            self._read_batches(sock, self.recv_batch)
             return
         # One reading of the clock per wake-up: deadlines are seconds, a wake-up ~0.1 ms.
         now = self.now()
@@ -313,10 +316,10 @@ class UdpListenerProxy:
         now = self.now()
         client_datagram = self._client_datagram
         fd = sock.fileno()
-        buffer = self._slot_buffer
+        buffer = self.slot_buffer
         view = memoryview(buffer)
         slot = len(self.buffer)
-        slots = self._slots
+        slots = self.slots
         read = 0
         while read < BUDGET:
             try:
@@ -617,7 +620,7 @@ class UdpListenerProxy:
             "UDP listener %s: %s; reading and sending one datagram at a time", self.sock, error
         )
         self.batch = None
-        self._recv_batch = None
+        self.recv_batch = None
 
     def _flush_backlog(self) -> None:
         backlog = self.backlog

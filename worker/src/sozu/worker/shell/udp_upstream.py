@@ -14,11 +14,16 @@ from sozu.worker.core.udp.egress import UPSTREAM_QUEUE_CAP, SendResult, WriteQue
 from sozu.worker.shell.reactor import HUP, IN, OUT
 
 if TYPE_CHECKING:
+    from sozu.worker.shell.udp_batching import Receiver
     from sozu.worker.shell.udp_proxy import UdpListenerProxy
 
 # Datagrams read from one socket per wake-up; the loop comes back for the rest (level-triggered).
 BUDGET: Final = 64
 PROBE_EVERY: Final = 8
+# What handling one reply did (`UdpUpstream._reply`).
+_SENT: Final = 0
+_FULL: Final = 1
+_CLOSED: Final = 2
 
 
 class UdpUpstream:
@@ -95,11 +100,50 @@ class UdpUpstream:
                 return
         if not mask & (IN | HUP):
             return
-        core = proxy.core
+        recv_batch = proxy.recv_batch
+        if recv_batch is None or self.single:
+            self._read_each(proxy)  # one reply per wake-up: one recv is the cheapest call
+        else:
+            self._read_batches(proxy, recv_batch)
+
+    def _read_batches(self, proxy: UdpListenerProxy, recv_batch: Receiver) -> None:
+        """Replies with recvmmsg into the proxy's slots: a short batch means the socket is
+        drained, so no read finds it empty."""
+        now = proxy.now()
+        fd = self.fd
+        buffer = proxy.slot_buffer
+        view = memoryview(buffer)
+        slot = len(proxy.buffer)
+        slots = proxy.slots
+        read = 0
+        while read < BUDGET:
+            try:
+                got = recv_batch(fd, buffer, slot, slots)
+            except ConnectionRefusedError:
+                read += 1
+                continue  # ICMP port unreachable: the backend is down; idleness will tell
+            except OSError:
+                return
+            at = 0
+            for size, _source in got:
+                outcome = self._reply(proxy, now, view[at : at + size])
+                if outcome is not _SENT:
+                    if outcome is _CLOSED:
+                        return
+                    now = proxy.now()  # the full path may have read a later time
+                at += slot
+            if len(got) < slots:
+                # A wake-up with a single reply: request-reply traffic, read one at a time.
+                self.single = read == 0 and len(got) == 1
+                return
+            read += slots
+
+    def _read_each(self, proxy: UdpListenerProxy) -> None:
+        """Replies with one recv each: without the batching binding, and for request-reply
+        flows (`single`), whose every PROBE_EVERY-th wake-up drains the socket to notice a
+        backlog."""
         now = proxy.now()
         recv_into = self.sock.recv_into
-        sendto = proxy.sock.sendto
-        batch = proxy.batch
         buffer, view = proxy.buffer, proxy.view
         single = self.single
         if single:
@@ -119,31 +163,41 @@ class UdpUpstream:
             except OSError:
                 return
             read += 1
-            payload = view[:size]
-            try:
-                client = core.return_established(now, flow, payload)
-                if client is not None:
-                    if proxy.backlog:
-                        proxy.send_to_client(client, payload)
-                    elif batch is not None:
-                        # Out with the batch's other replies, in one sendmmsg.
-                        if not proxy.soon_queued or not batch.add(payload, client):
-                            proxy.send_to_client(client, payload)
-                    else:
-                        try:
-                            sendto(payload, client)
-                        except OSError as error:
-                            proxy.client_send_failed(client, payload, error)
-                    if single:
-                        return
-                    continue
-                core.handle_backend_datagram(now, flow, payload)
-            except Exception as error:
-                proxy.flow_failed(flow, error)
-            proxy.apply()
-            if flow not in proxy.upstreams:
-                return  # this reply closed the flow (responses reached)
+            outcome = self._reply(proxy, now, view[:size])
+            if outcome is _SENT:
+                if single:
+                    return
+                continue
+            if outcome is _CLOSED:
+                return
             now = proxy.now()  # the full path may have read a later time
+
+    def _reply(self, proxy: UdpListenerProxy, now: float, payload: memoryview) -> int:
+        """One reply from the backend: to its client on the fast path (_SENT), or through the
+        core and its outputs (_FULL; _CLOSED when that closed the flow)."""
+        flow = self.flow
+        try:
+            client = proxy.core.return_established(now, flow, payload)
+            if client is not None:
+                batch = proxy.batch
+                if proxy.backlog:
+                    proxy.send_to_client(client, payload)
+                elif batch is not None:
+                    # Out with the batch's other replies, in one sendmmsg.
+                    if not proxy.soon_queued or not batch.add(payload, client):
+                        proxy.send_to_client(client, payload)
+                else:
+                    try:
+                        proxy.sock.sendto(payload, client)
+                    except OSError as error:
+                        proxy.client_send_failed(client, payload, error)
+                return _SENT
+            proxy.core.handle_backend_datagram(now, flow, payload)
+        except Exception as error:
+            proxy.flow_failed(flow, error)
+        proxy.apply()
+        # A reply that closed the flow (responses reached): its socket is gone.
+        return _FULL if flow in proxy.upstreams else _CLOSED
 
     # Timed: an upstream has no timer of its own (the flow's idle deadline is the core's).
     def deadline(self) -> float:
