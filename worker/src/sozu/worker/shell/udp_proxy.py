@@ -105,7 +105,7 @@ class UdpListenerProxy:
         self.sock = sock
         self.core = core
         # Public, with `buffer`, `view`, `upstreams`, `backlog`, `batch`, `recv_batch`,
-        # `slot_buffer`, `slots` and the methods apply, flow_failed, close_upstream,
+        # `slot_buffer`, `slot_view`, `slots` and the methods apply, flow_failed, close_upstream,
         # send_to_client and client_send_failed: what each flow's UdpUpstream
         # (udp_upstream.py) uses of its proxy.
         self.reactor = reactor
@@ -124,6 +124,7 @@ class UdpListenerProxy:
         self.soon_queued = False
         self.slots = 0
         self.slot_buffer = bytearray()
+        self.slot_view = memoryview(self.slot_buffer)
         self.recv_batch: udp_batching.Receiver | None = None
         if udp_batching.available():
             self.batch = udp_batching.new_send_batch()
@@ -166,6 +167,7 @@ class UdpListenerProxy:
         slot = len(self.buffer)
         self.slots = udp_batching.recv_slots(slot)
         self.slot_buffer = bytearray(slot * self.slots)
+        self.slot_view = memoryview(self.slot_buffer)
 
     def drain(self) -> None:
         """Stop reading the listener; live flows keep answering until idle (docs/udp.md,
@@ -316,8 +318,7 @@ class UdpListenerProxy:
         now = self.now()
         client_datagram = self._client_datagram
         fd = sock.fileno()
-        buffer = self.slot_buffer
-        view = memoryview(buffer)
+        buffer, view = self.slot_buffer, self.slot_view
         slot = len(self.buffer)
         slots = self.slots
         read = 0

@@ -111,8 +111,7 @@ class UdpUpstream:
         drained, so no read finds it empty."""
         now = proxy.now()
         fd = self.fd
-        buffer = proxy.slot_buffer
-        view = memoryview(buffer)
+        buffer, view = proxy.slot_buffer, proxy.slot_view
         slot = len(proxy.buffer)
         slots = proxy.slots
         read = 0
