@@ -22,6 +22,7 @@ from simulation.http1.runner import (
     run_sweep,
     summary_line,
 )
+from simulation.parallel import cpus
 from simulation.udp.env import env_int, parse_int
 from sozu.worker.core.http1.session import Http1Session
 
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None, factory: SessionFactory = Http1Session) 
     parser.add_argument("--seed", type=_int_arg, help="replay one seed verbosely")
     parser.add_argument("--steps", type=_int_arg, help=f"steps per seed ({DEFAULT_STEPS})")
     parser.add_argument("--digests", action="store_true", help="print every seed's digest")
+    parser.add_argument(
+        "--jobs", type=_int_arg, default=cpus(), help="processes of a sweep (default: CPUs)"
+    )
     parser.add_argument("--trace", action="store_true", help="with --seed: print every core call")
     args = parser.parse_args(argv)
 
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None, factory: SessionFactory = Http1Session) 
     else:
         count = args.seeds if args.seeds is not None else env_seeds or DEFAULT_SEEDS
         seeds = range(args.first, args.first + count)
-        results = run_sweep(seeds, steps, factory, echo=echo, digests=args.digests)
+        results = run_sweep(seeds, steps, factory, echo=echo, digests=args.digests, jobs=args.jobs)
     echo(summary_line(results))
     return 0 if all(r.passed for r in results) else 1
 

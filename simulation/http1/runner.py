@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from simulation import parallel
 from simulation.http1.connection import Conn
 from simulation.http1.model import Client, Failure
 from simulation.http1.shell import HOLD_MS, Shell
@@ -541,13 +542,23 @@ def run_sweep(
     *,
     echo: Callable[[str], None] | None = None,
     digests: bool = False,
+    jobs: int = 1,
 ) -> list[SeedResult]:
-    """Run many seeds, echoing one line per failure (and per seed with `digests`)."""
+    """Run many seeds, echoing one line per failure (and per seed with `digests`); over up to
+    `jobs` processes, with the same results and lines in the same order as one."""
+
+    def one(seed: int) -> tuple[SeedResult, list[str]]:
+        lines: list[str] = []
+        result = run_seed(seed, steps, factory, echo=lines.append)
+        if digests:
+            lines.append(f"seed=0x{seed:x} digest={result.digest}")
+        return result, lines
+
     results = []
-    for seed in seeds:
-        result = run_seed(seed, steps, factory, echo=echo)
-        if digests and echo is not None:
-            echo(f"seed=0x{seed:x} digest={result.digest}")
+    for result, lines in parallel.ordered(one, seeds, jobs):
+        if echo is not None:
+            for line in lines:
+                echo(line)
         results.append(result)
     return results
 

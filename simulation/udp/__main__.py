@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from simulation.parallel import cpus
 from simulation.udp.env import env_int, parse_int
 from simulation.udp.runner import (
     DEFAULT_SEEDS,
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=_int_arg, help=f"steps per seed ({DEFAULT_STEPS})")
     parser.add_argument("--digests", action="store_true", help="print every seed's digest")
     parser.add_argument(
+        "--jobs", type=_int_arg, default=cpus(), help="processes of a sweep (default: CPUs)"
+    )
+    parser.add_argument(
         "--fast-path", action="store_true", help="datagrams through the established-flow fast path"
     )
     parser.add_argument("--trace", action="store_true", help="with --seed: print every input")
@@ -63,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         count = args.seeds if args.seeds is not None else env_seeds or DEFAULT_SEEDS
         seeds = range(args.first, args.first + count)
-        results = run_sweep(seeds, steps, echo=echo, digests=args.digests, fast_path=args.fast_path)
+        results = run_sweep(
+            seeds, steps, echo=echo, digests=args.digests, jobs=args.jobs, fast_path=args.fast_path
+        )
     echo(summary_line(results))
     return 0 if all(r.passed for r in results) else 1
 

@@ -30,6 +30,7 @@ from typing import Protocol
 
 import msgspec
 
+from simulation import parallel
 from simulation.udp.model import ReferenceModel
 from sozu.worker.core.balancing.backend import Address, Backend
 from sozu.worker.core.balancing.policy import LoadBalancingPolicy
@@ -557,13 +558,23 @@ def run_sweep(
     echo: Callable[[str], None] | None = None,
     digests: bool = False,
     fast_path: bool = False,
+    jobs: int = 1,
 ) -> list[SeedResult]:
-    """Run many seeds, echoing one line per failure (and per seed with `digests`)."""
+    """Run many seeds, echoing one line per failure (and per seed with `digests`); over up to
+    `jobs` processes, with the same results and lines in the same order as one."""
+
+    def one(seed: int) -> tuple[SeedResult, list[str]]:
+        lines: list[str] = []
+        result = run_seed(seed, steps, factory, echo=lines.append, fast_path=fast_path)
+        if digests:
+            lines.append(f"seed=0x{seed:x} digest={result.digest}")
+        return result, lines
+
     results = []
-    for seed in seeds:
-        result = run_seed(seed, steps, factory, echo=echo, fast_path=fast_path)
-        if digests and echo is not None:
-            echo(f"seed=0x{seed:x} digest={result.digest}")
+    for result, lines in parallel.ordered(one, seeds, jobs):
+        if echo is not None:
+            for line in lines:
+                echo(line)
         results.append(result)
     return results
 

@@ -13,6 +13,7 @@ import pytest
 
 from simulation.http1 import DEFAULT_SEEDS, DEFAULT_STEPS, run_seed, run_sweep, summary_line
 from simulation.http1.__main__ import main
+from simulation.parallel import cpus
 from simulation.udp.env import env_int
 from sozu.worker.core.http1 import exchange
 from sozu.worker.core.http1.session import Http1Session
@@ -84,6 +85,21 @@ def sweep_broken_cores() -> dict[str, list[str]]:
     return report
 
 
+def test_a_sweep_over_processes_gives_what_one_process_gives() -> None:
+    """Results, failure lines and digests, in seed order, for a core class defined here (the
+    children inherit it through fork: nothing is pickled but seeds and results)."""
+    core = ReleasesBeforeTheBodyEnds
+    one: list[str] = []
+    two: list[str] = []
+    alone = run_sweep(BROKEN_SEEDS, BROKEN_STEPS, core, echo=one.append, digests=True)
+    spread = run_sweep(BROKEN_SEEDS, BROKEN_STEPS, core, echo=two.append, digests=True, jobs=2)
+    assert [r.seed for r in spread] == list(BROKEN_SEEDS)
+    assert spread == alone
+    assert two == one
+    assert any(not r.passed for r in alone), "the broken core fails some seeds"
+    assert sum(" digest=" in line for line in one) == len(BROKEN_SEEDS)
+
+
 @pytest.mark.parametrize("core", BROKEN)
 def test_harness_catches_a_broken_core_and_replays_it(core: type[Http1Session]) -> None:
     lines: list[str] = []
@@ -148,7 +164,7 @@ def test_default_sweep() -> None:
         count = 1
     else:
         count = env_int("SOZU_HTTP1_SIM_SEEDS") or DEFAULT_SEEDS
-        results = run_sweep(range(count), steps, echo=lines.append)
+        results = run_sweep(range(count), steps, echo=lines.append, jobs=cpus())
     assert lines == []
     assert summary_line(results) == f"{count} passed, 0 failed"
 

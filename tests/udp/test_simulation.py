@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from simulation.parallel import cpus
 from simulation.udp import (
     DEFAULT_SEEDS,
     DEFAULT_STEPS,
@@ -70,6 +71,21 @@ def sweep_broken_cores() -> dict[str, list[str]]:
     return report
 
 
+def test_a_sweep_over_processes_gives_what_one_process_gives() -> None:
+    """Results, failure lines and digests, in seed order, for a core class defined here (the
+    children inherit it through fork: nothing is pickled but seeds and results)."""
+    core = BROKEN[0]
+    one: list[str] = []
+    two: list[str] = []
+    alone = run_sweep(BROKEN_SEEDS, BROKEN_STEPS, core, echo=one.append, digests=True)
+    spread = run_sweep(BROKEN_SEEDS, BROKEN_STEPS, core, echo=two.append, digests=True, jobs=3)
+    assert [r.seed for r in spread] == list(BROKEN_SEEDS)
+    assert spread == alone
+    assert two == one
+    assert any(not r.passed for r in alone), "the broken core fails some seeds"
+    assert sum(" digest=" in line for line in one) == len(BROKEN_SEEDS)
+
+
 @pytest.mark.parametrize("core", BROKEN)
 def test_harness_catches_a_broken_core_and_replays_it(core: type[FlowManager]) -> None:
     lines: list[str] = []
@@ -124,7 +140,7 @@ def test_default_sweep() -> None:
         count = 1
     else:
         count = env_int("SOZU_UDP_SIM_SEEDS") or DEFAULT_SEEDS
-        results = run_sweep(range(count), steps, echo=lines.append)
+        results = run_sweep(range(count), steps, echo=lines.append, jobs=cpus())
     assert lines == []
     assert summary_line(results) == f"{count} passed, 0 failed"
 
