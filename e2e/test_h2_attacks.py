@@ -4,7 +4,8 @@ nginx behind it), each class the h2 core's unit tests cover in memory: rapid res
 h2_* limits. For each: the answer the core gives (GOAWAY or RST_STREAM with its code, read
 from raw frames), a curl loop on other connections served throughout without a failure, the
 worker's resident memory and CPU time bounded across the attack (and its CPU idle after
-it: no spinning), the same worker still running, and the defence's metric moving."""
+it: no spinning), the same worker still running, and the defence's metric moving. Also, a
+client's GOAWAY NO_ERROR: the streams it opened before are answered."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from e2e.support.h2_attacks import (
     INITIAL_WINDOW_SIZE,
     MAX_CONCURRENT_STREAMS,
     MAX_HEADER_LIST_SIZE,
+    NO_ERROR,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
     STREAM_CLOSED,
@@ -212,6 +214,21 @@ def test_a_shut_window_resets_the_stream_after_front_timeout(site: Site) -> None
         assert client.stream(3).ended
         assert bytes(client.stream(3).body) == b"alpha\n"
     site.wait_metric("sozu_h2_window_stalls_total", stalls + 1)
+
+
+def test_a_clients_goaway_lets_the_streams_it_opened_finish(site: Site) -> None:
+    """RFC 9113 §6.8: two requests and a GOAWAY NO_ERROR in one write. Both streams are
+    answered; the server's own GOAWAY (NO_ERROR, naming the last stream) comes before the
+    end of the connection, which follows the last response."""
+    with site.connect() as client:
+        client.send(client.request(1) + client.request(3, "/second") + client.goaway_frame(0))
+        assert client.wait_closed(IO_TIMEOUT)
+        for stream_id in (1, 3):
+            seen = client.stream(stream_id)
+            assert seen.ended, f"stream {stream_id} not answered"
+            assert seen.status == b"200"
+            assert bytes(seen.body) == b"alpha\n"
+        assert client.goaway == (NO_ERROR, 3)
 
 
 def test_stream_id_abuse_is_a_connection_error(site: Site) -> None:

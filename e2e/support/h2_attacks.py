@@ -47,6 +47,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = 9
 
 # RFC 9113 §7 error codes and §6.5.2 setting codes used by the tests.
+NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 STREAM_CLOSED = 0x5
 REFUSED_STREAM = 0x7
@@ -158,6 +159,10 @@ class RawH2(ClosesOnExit):
     def request(self, stream_id: int, path: str = "/", authority: str = "alpha.test") -> bytes:
         """A GET without a body (HEADERS with END_STREAM)."""
         return self.headers_frame(stream_id, request_headers(authority, path))
+
+    @staticmethod
+    def goaway_frame(last_stream_id: int, code: int = NO_ERROR) -> bytes:
+        return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=code).serialize()
 
     @staticmethod
     def rst(stream_id: int, code: int = CANCEL) -> bytes:

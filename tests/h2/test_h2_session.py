@@ -205,6 +205,54 @@ def test_drain_sends_goaway_with_the_last_stream_and_finishes_open_streams() -> 
     assert client.s.done
 
 
+def test_a_request_sent_with_the_clients_goaway_is_answered_then_the_connection_ends() -> None:
+    """RFC 9113 §6.8: a GOAWAY NO_ERROR from the client stops new streams, not those it
+    opened: the request in the same read is answered, then the connection drains."""
+    world = two_clusters()
+    client = Client(world)
+    stream = client.c.get_next_available_stream_id()
+    request = [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/")]
+    client.c.send_headers(stream, request, end_stream=True)
+    goaway = GoAwayFrame(0, last_stream_id=0, error_code=ErrorCodes.NO_ERROR).serialize()
+    client.s.front_data(client.c.data_to_send() + goaway, NOW)
+    client.s.check_invariants()
+    assert not client.s.done
+    ((opened, inner),) = client.s.opened
+    assert opened == stream
+    assert inner.actions & CONNECT
+    (ours,) = frames(bytes(client.s.to_front))  # the session's own GOAWAY, as in a drain
+    client.s.to_front.clear()
+    assert isinstance(ours, GoAwayFrame)
+    assert ours.error_code == ErrorCodes.NO_ERROR
+    assert ours.last_stream_id == stream
+    assert client.s.deadline == float("inf")  # the stream is still open
+    client.s.response_data(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", NOW)
+    client.s.check_invariants()
+    headers, data = frames(bytes(client.s.to_front))
+    assert isinstance(headers, HeadersFrame)
+    assert headers.stream_id == stream
+    assert isinstance(data, DataFrame)
+    assert data.data == b"ok"
+    assert "END_STREAM" in data.flags
+    assert client.s.stream_finished(stream)
+    client.s.stream_closed(stream, NOW)
+    assert client.s.deadline == NOW
+    client.s.on_timer(NOW)
+    assert client.s.done
+
+
+def test_a_clients_goaway_with_an_error_ends_its_streams_at_once() -> None:
+    world = two_clusters()
+    client = Client(world)
+    stream = client.get("a.test")
+    assert stream in client.inner
+    goaway = GoAwayFrame(0, last_stream_id=0, error_code=ErrorCodes.PROTOCOL_ERROR).serialize()
+    client.s.front_data(goaway, NOW)
+    assert client.s.done
+    assert stream in client.s.cancelled
+    assert not client.s.to_front  # nothing more to say to a client that failed
+
+
 def test_a_stream_opened_after_goaway_is_refused() -> None:
     world = two_clusters()
     client = Client(world)

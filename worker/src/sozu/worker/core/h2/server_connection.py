@@ -100,9 +100,20 @@ class LibraryServer(H2Connection):
       `refused` counts them for the session's rapid reset defence.
     * The header list limit of the SETTINGS sent is the decoder's from the start: the library
       gives its decoder the limit only when a changed setting is acknowledged, and the
-      connection's initial `local_settings` never change."""
+      connection's initial `local_settings` never change.
+    * A client's GOAWAY with NO_ERROR leaves the connection open: the streams the client
+      opened may still be answered (RFC 9113 §6.8), where the library moves to CLOSED on any
+      GOAWAY and then refuses to send their responses. The session answers with its own
+      GOAWAY and closes once those streams are done (session.py)."""
 
     refused = 0
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Event]]:
+        state = self.state_machine.state
+        frames, events = super()._receive_goaway_frame(frame)
+        if frame.error_code == ErrorCodes.NO_ERROR and state is _CONNECTION_OPEN:
+            self.state_machine.state = state
+        return frames, events
 
     def initiate_connection(self) -> None:
         super().initiate_connection()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -193,8 +194,16 @@ class H2Session:
                 for stream_id in list(self.streams):
                     self._pump(stream_id, now)
             elif isinstance(event, ConnectionTerminated):
-                self._finish()
-                return
+                if (
+                    event.error_code != ErrorCodes.NO_ERROR
+                    or self.conn.state_machine.state is ConnectionState.CLOSED
+                ):
+                    self._finish()
+                    return
+                # The client goes away without an error (server_connection.py kept the
+                # connection open): the streams it opened finish, as in a drain, then the
+                # connection closes.
+                self.drain(now)
         self._idle(now)
         self._flush()
 
