@@ -194,16 +194,10 @@ class H2Session:
                 for stream_id in list(self.streams):
                     self._pump(stream_id, now)
             elif isinstance(event, ConnectionTerminated):
-                if (
-                    event.error_code != ErrorCodes.NO_ERROR
-                    or self.conn.state_machine.state is ConnectionState.CLOSED
-                ):
-                    self._finish()
+                if self.conn.state_machine.state is ConnectionState.CLOSED:
+                    self._finish()  # a GOAWAY with an error code
                     return
-                # The client goes away without an error (server_connection.py kept the
-                # connection open): the streams it opened finish, as in a drain, then the
-                # connection closes.
-                self.drain(now)
+                self.drain(now)  # NO_ERROR: its streams finish first (server_connection.py)
         self._idle(now)
         self._flush()
 
