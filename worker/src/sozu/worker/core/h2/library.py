@@ -9,15 +9,32 @@ Huffman) and `hpack_in.FieldDecoder` (a fast path for indexed-only blocks).
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
 
 from sozu.worker.core.h2.hpack_in import FieldDecoder
 from sozu.worker.core.h2.hpack_out import FieldEncoder
 
 Connection = TypeVar("Connection", bound=H2Connection)
+
+_OPEN = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+
+
+class GoawayLetsStreamsFinish(H2Connection):
+    """The library's connection, except that a peer's GOAWAY with NO_ERROR leaves it open:
+    the streams up to the GOAWAY's last stream id may still finish (RFC 9113 §6.8), where the
+    library moves to CLOSED on any GOAWAY and then refuses every later frame. Client side
+    (upstream.py) and server side (server_connection.py) alike."""
+
+    def _receive_goaway_frame(self, frame: Any):  # type: ignore[no-untyped-def]
+        state = self.state_machine.state
+        frames, events = super()._receive_goaway_frame(frame)
+        if frame.error_code == ErrorCodes.NO_ERROR and state in _OPEN:
+            self.state_machine.state = state
+        return frames, events
 
 
 def h2_connection(kind: type[Connection], *, client_side: bool) -> Connection:

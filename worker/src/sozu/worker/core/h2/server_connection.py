@@ -49,6 +49,7 @@ from sozu.worker.core.h2.flood import (
     HEADERS,
 )
 from sozu.worker.core.h2.hpack_out import FieldEncoder
+from sozu.worker.core.h2.library import GoawayLetsStreamsFinish
 
 # Frame header: length (24 bits, as a byte and a short), type, flags, stream id.
 _HEADER: Final = struct.Struct(">BHBBL")
@@ -88,7 +89,7 @@ def frame_header(length: int, kind: int, flags: int, stream_id: int) -> bytes:
     return _HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id)
 
 
-class LibraryServer(H2Connection):
+class LibraryServer(GoawayLetsStreamsFinish):
     """The library's server connection with two corrections, each where the library would
     go against what the connection advertises; the reference the fast path of
     `ServerConnection` is held to (tests/h2/test_server_connection.py).
@@ -101,19 +102,11 @@ class LibraryServer(H2Connection):
     * The header list limit of the SETTINGS sent is the decoder's from the start: the library
       gives its decoder the limit only when a changed setting is acknowledged, and the
       connection's initial `local_settings` never change.
-    * A client's GOAWAY with NO_ERROR leaves the connection open: the streams the client
-      opened may still be answered (RFC 9113 §6.8), where the library moves to CLOSED on any
-      GOAWAY and then refuses to send their responses. The session answers with its own
-      GOAWAY and closes once those streams are done (session.py)."""
+
+    A client's GOAWAY with NO_ERROR leaves the connection open (`GoawayLetsStreamsFinish`):
+    the session answers with its own GOAWAY and closes once the client's streams are done."""
 
     refused = 0
-
-    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Event]]:
-        state = self.state_machine.state
-        frames, events = super()._receive_goaway_frame(frame)
-        if frame.error_code == ErrorCodes.NO_ERROR and state is _CONNECTION_OPEN:
-            self.state_machine.state = state
-        return frames, events
 
     def initiate_connection(self) -> None:
         super().initiate_connection()

@@ -197,7 +197,7 @@ class H2Session:
                 if self.conn.state_machine.state is ConnectionState.CLOSED:
                     self._finish()  # a GOAWAY with an error code
                     return
-                self.drain(now)  # NO_ERROR: its streams finish first (server_connection.py)
+                self.drain(now)  # NO_ERROR: its streams finish first (library.py)
         self._idle(now)
         self._flush()
 

@@ -20,7 +20,6 @@ import contextlib
 import math
 from typing import Final
 
-from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -35,9 +34,8 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
 
-from sozu.worker.core.h2.library import h2_connection
+from sozu.worker.core.h2.library import GoawayLetsStreamsFinish, h2_connection
 from sozu.worker.core.h2.upstream_stream import BODY_LIMIT, P_BODY, P_HEAD, P_SENT, UpstreamStream
 
 INF: Final = math.inf
@@ -57,19 +55,6 @@ C_OPEN: Final = 1
 C_CLOSED: Final = 2
 
 
-class _Client(H2Connection):
-    """The library's client connection, except that a GOAWAY with NO_ERROR does not close it
-    at once: the streams up to its last stream id may still finish (RFC 9113 6.8). The
-    library moves to CLOSED on any GOAWAY and then refuses every later frame."""
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame):  # type: ignore[no-untyped-def]
-        state = self.state_machine.state
-        frames, events = super()._receive_goaway_frame(frame)
-        if frame.error_code == ErrorCodes.NO_ERROR and state == ConnectionState.CLIENT_OPEN:
-            self.state_machine.state = state
-        return frames, events
-
-
 class H2Upstream:
     """One h2c connection to a backend. See the module docstring for the calls."""
 
@@ -79,7 +64,7 @@ class H2Upstream:
         max_stream_id: int = MAX_STREAM_ID,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
-        self.conn = h2_connection(_Client, client_side=True)  # library.py
+        self.conn = h2_connection(GoawayLetsStreamsFinish, client_side=True)  # library.py
         self.max_stream_id = max_stream_id
         self.idle_timeout = idle_timeout
         self.phase = C_CONNECTING
