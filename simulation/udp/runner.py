@@ -563,20 +563,10 @@ def run_sweep(
     """Run many seeds, echoing one line per failure (and per seed with `digests`); over up to
     `jobs` processes, with the same results and lines in the same order as one."""
 
-    def one(seed: int) -> tuple[SeedResult, list[str]]:
-        lines: list[str] = []
-        result = run_seed(seed, steps, factory, echo=lines.append, fast_path=fast_path)
-        if digests:
-            lines.append(f"seed=0x{seed:x} digest={result.digest}")
-        return result, lines
+    def one(seed: int, record: Callable[[str], None]) -> SeedResult:
+        return run_seed(seed, steps, factory, echo=record, fast_path=fast_path)
 
-    results = []
-    for result, lines in parallel.ordered(one, seeds, jobs):
-        if echo is not None:
-            for line in lines:
-                echo(line)
-        results.append(result)
-    return results
+    return parallel.sweep(one, seeds, echo=echo, digests=digests, jobs=jobs)
 
 
 def summary_line(results: list[SeedResult]) -> str:
