@@ -180,21 +180,23 @@ def frames(data: bytes) -> list[Frame]:
     return found
 
 
-def test_drain_sends_goaway_with_the_last_stream_and_finishes_open_streams() -> None:
-    world = two_clusters()
-    client = Client(world)
-    stream = client.get("a.test")
-    client.s.drain(NOW)
+def goaway_names(client: Client, stream: int) -> None:
+    """The session's GOAWAY NO_ERROR names `stream`, still open."""
     (goaway,) = frames(bytes(client.s.to_front))
     client.s.to_front.clear()
     assert isinstance(goaway, GoAwayFrame)
     assert goaway.error_code == ErrorCodes.NO_ERROR
     assert goaway.last_stream_id == stream
     assert client.s.deadline == float("inf")  # a stream is still open
+
+
+def answered_then_done(client: Client, stream: int) -> None:
+    """`stream` gets its response whole, then the draining connection ends."""
     client.s.response_data(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", NOW)
-    sent = frames(bytes(client.s.to_front))
-    headers, data = sent
+    client.s.check_invariants()
+    headers, data = frames(bytes(client.s.to_front))
     assert isinstance(headers, HeadersFrame)
+    assert headers.stream_id == stream
     assert isinstance(data, DataFrame)
     assert data.data == b"ok"
     assert "END_STREAM" in data.flags
@@ -203,6 +205,15 @@ def test_drain_sends_goaway_with_the_last_stream_and_finishes_open_streams() -> 
     assert client.s.deadline == NOW
     client.s.on_timer(NOW)
     assert client.s.done
+
+
+def test_drain_sends_goaway_with_the_last_stream_and_finishes_open_streams() -> None:
+    world = two_clusters()
+    client = Client(world)
+    stream = client.get("a.test")
+    client.s.drain(NOW)
+    goaway_names(client, stream)
+    answered_then_done(client, stream)
 
 
 def test_a_request_sent_with_the_clients_goaway_is_answered_then_the_connection_ends() -> None:
@@ -220,25 +231,8 @@ def test_a_request_sent_with_the_clients_goaway_is_answered_then_the_connection_
     ((opened, inner),) = client.s.opened
     assert opened == stream
     assert inner.actions & CONNECT
-    (ours,) = frames(bytes(client.s.to_front))  # the session's own GOAWAY, as in a drain
-    client.s.to_front.clear()
-    assert isinstance(ours, GoAwayFrame)
-    assert ours.error_code == ErrorCodes.NO_ERROR
-    assert ours.last_stream_id == stream
-    assert client.s.deadline == float("inf")  # the stream is still open
-    client.s.response_data(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", NOW)
-    client.s.check_invariants()
-    headers, data = frames(bytes(client.s.to_front))
-    assert isinstance(headers, HeadersFrame)
-    assert headers.stream_id == stream
-    assert isinstance(data, DataFrame)
-    assert data.data == b"ok"
-    assert "END_STREAM" in data.flags
-    assert client.s.stream_finished(stream)
-    client.s.stream_closed(stream, NOW)
-    assert client.s.deadline == NOW
-    client.s.on_timer(NOW)
-    assert client.s.done
+    goaway_names(client, stream)  # the session's own GOAWAY, as in a drain
+    answered_then_done(client, stream)
 
 
 def test_a_clients_goaway_with_an_error_ends_its_streams_at_once() -> None:

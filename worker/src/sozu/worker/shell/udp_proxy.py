@@ -11,11 +11,10 @@ events leave in one sendmmsg (`flush_soon`). A datagram of an established flow t
 core's fast path (`forward_established`, `return_established`: one lookup, counters, one
 send, no output records); everything else goes through the core's full path and its outputs.
 The listener's timer is the loop's: the proxy is a `Timed` whose deadline is the core's armed
-one. Sends that
-would block wait in bounded queues (64 per flow, 256 for the listener's replies) flushed when
-the socket is writable. Backend selection for `SelectBackend` is answered at once from the
-cluster's `BackendSelector`, with the cluster's live flows per backend as loads (LEAST_LOADED
-and POWER_OF_TWO weigh them as on TCP).
+one. Sends that would block wait in bounded queues (64 per flow, 256 for the listener's
+replies) flushed when the socket is writable. Backend selection for `SelectBackend` is
+answered at once from the cluster's `BackendSelector`, with the cluster's live flows per
+backend as loads (LEAST_LOADED and POWER_OF_TWO weigh them as on TCP).
 
 Every piece of one flow's work (a client datagram, an upstream reply, one output of the core,
 an egress flush, the timer's closes) runs behind an exception boundary: an exception ends that
