@@ -178,18 +178,7 @@ class UdpUpstream:
         try:
             client = proxy.core.return_established(now, flow, payload)
             if client is not None:
-                batch = proxy.batch
-                if proxy.backlog:
-                    proxy.send_to_client(client, payload)
-                elif batch is not None:
-                    # Out with the batch's other replies, in one sendmmsg.
-                    if not proxy.soon_queued or not batch.add(payload, client):
-                        proxy.send_to_client(client, payload)
-                else:
-                    try:
-                        proxy.sock.sendto(payload, client)
-                    except OSError as error:
-                        proxy.client_send_failed(client, payload, error)
+                proxy.send_to_client(client, payload)  # into the batch's sendmmsg, if any
                 return _SENT
             proxy.core.handle_backend_datagram(now, flow, payload)
         except Exception as error:
