@@ -77,6 +77,11 @@ def test_http_listener_reads_the_proxy_header_and_forwards_its_source(
         with socket.create_connection(destination, timeout=IO_TIMEOUT) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: proxied.test\r\n\r\n")
             assert _closed_without_answer(sock)
+        # A header announcing a datagram flow does not describe a TCP connection: refused.
+        with socket.create_connection(destination, timeout=IO_TIMEOUT) as sock:
+            sock.sendall(build_v2(("127.0.0.79", 1), destination, stream=False))
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: proxied.test\r\n\r\n")
+            assert _closed_without_answer(sock)
         # A LOCAL header (a load balancer's health check): closed too.
         with socket.create_connection(destination, timeout=IO_TIMEOUT) as sock:
             sock.sendall(SIGNATURE + b"\x20\x00\x00\x00")
@@ -87,11 +92,13 @@ def test_http_listener_reads_the_proxy_header_and_forwards_its_source(
             frozenset({("listener", f"127.0.0.1:{listen}")}),
         )
         refused = wait_for(
-            lambda: prometheus_series(metrics).get(key) or None,
+            lambda: (prometheus_series(metrics).get(key) or 0) >= 2 or None,
             timeout=10,
             what="the refused headers counted",
         )
-        assert refused == 1  # the connection without a header; a LOCAL one is no error
+        assert refused is True
+        # The connection without a header and the datagram one; a LOCAL one is no error.
+        assert prometheus_series(metrics).get(key) == 2
 
 
 def test_https_listener_reads_the_proxy_header_before_the_handshake(

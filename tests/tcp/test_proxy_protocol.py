@@ -7,6 +7,8 @@ import pytest
 from sozu.worker.core.proxy_protocol import (
     MAX_HEADER_LENGTH,
     SIGNATURE,
+    TRANSPORT_DGRAM,
+    TRANSPORT_STREAM,
     ProxyHeader,
     ProxyProtocolError,
     build_v2,
@@ -76,6 +78,8 @@ def test_tlvs_are_skipped_within_the_length() -> None:
         (SIGNATURE + b"\x21\x11" + (MAX_HEADER_LENGTH).to_bytes(2, "big"), "too long"),
         (SIGNATURE + b"\x21\x11\x00\x04" + b"\x00" * 4, "too short"),
         (SIGNATURE + b"\x21\x41\x00\x00", "family"),
+        (SIGNATURE + b"\x21\x13\x00\x0c", "transport 3"),
+        (SIGNATURE + b"\x20\x0f\x00\x00", "transport 15"),
     ],
 )
 def test_refusals(data: bytes, needle: str) -> None:
@@ -98,3 +102,34 @@ def test_v2_missing_asks_for_exactly_the_header() -> None:
     assert v2_missing(v6[:16]) == len(v6) - 16
     with pytest.raises(ProxyProtocolError):
         v2_missing(b"GET / HTTP/1.1\r\n")
+
+
+def test_a_connection_takes_only_a_header_of_its_own_transport() -> None:
+    """A stream listener refuses a PROXY header announcing a datagram flow (its addresses are
+    not this connection's), whole or as soon as its first 16 bytes are in; a datagram reader
+    refuses a stream one; LOCAL and UNSPEC headers carry no addresses and pass either way."""
+    source, destination = ("127.0.0.9", 4000), ("127.0.0.1", 53)
+    dgram = build_v2(source, destination, stream=False)
+    stream = build_v2(source, destination)
+    with pytest.raises(ProxyProtocolError, match="DGRAM on a STREAM connection"):
+        parse_v2(dgram, transport=TRANSPORT_STREAM)
+    with pytest.raises(ProxyProtocolError, match="DGRAM on a STREAM connection"):
+        v2_missing(dgram[:16], transport=TRANSPORT_STREAM)
+    with pytest.raises(ProxyProtocolError, match="STREAM on a DGRAM connection"):
+        parse_v2(stream, transport=TRANSPORT_DGRAM)
+    # Each on its own transport, and either one when no transport is asked for.
+    assert parse_v2(stream, transport=TRANSPORT_STREAM) == ProxyHeader(
+        "PROXY", source, destination, len(stream)
+    )
+    assert parse_v2(dgram, transport=TRANSPORT_DGRAM) == ProxyHeader(
+        "PROXY", source, destination, len(dgram)
+    )
+    assert parse_v2(dgram) == ProxyHeader("PROXY", source, destination, len(dgram))
+    assert v2_missing(stream[:16], transport=TRANSPORT_STREAM) == len(stream) - 16
+    # A LOCAL command may name any defined transport (its addresses are ignored anyway).
+    local_dgram = SIGNATURE + b"\x20\x12\x00\x0c" + bytes(12)
+    assert parse_v2(local_dgram, transport=TRANSPORT_STREAM) == ProxyHeader("LOCAL", None, None, 28)
+    unspec = SIGNATURE + b"\x21\x10\x00\x0c" + bytes(12)  # AF_INET, transport UNSPEC
+    header = parse_v2(unspec, transport=TRANSPORT_STREAM)
+    assert header is not None
+    assert header.length == 28

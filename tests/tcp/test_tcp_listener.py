@@ -266,7 +266,18 @@ async def test_expect_proxy_adopts_the_announced_source(relay_header: bool) -> N
     assert received == [announced + b"data" if relay_header else b"data"]
 
 
-async def test_bad_proxy_header_closes_without_reaching_a_backend() -> None:
+def _datagram_header() -> bytes:
+    from sozu.worker.core.proxy_protocol import build_v2
+
+    return build_v2(("203.0.113.7", 5555), ("198.51.100.1", 53), stream=False)
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [b"GET / HTTP/1.1\r\n\r\n", _datagram_header() + b"data"],
+    ids=["not-a-header", "datagram-header"],
+)
+async def test_bad_proxy_header_closes_without_reaching_a_backend(opening: bytes) -> None:
     config = TcpListenerConfig(address="127.0.0.1:1", expect_proxy=True)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -279,7 +290,7 @@ async def test_bad_proxy_header_closes_without_reaching_a_backend() -> None:
                 ),
             ):
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
-                await stream.send_all(b"GET / HTTP/1.1\r\n\r\n")
+                await stream.send_all(opening)
                 assert await read_all(stream) == b""
                 await stream.aclose()
                 assert listener.counters.proxy_protocol_errors == 1

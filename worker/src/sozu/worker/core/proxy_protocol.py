@@ -3,7 +3,9 @@
 Only version 2 is spoken, as upstream. `parse_v2` is fed the bytes received so far and
 returns None while the header is incomplete, a `ProxyHeader` once it is whole, or raises
 `ProxyProtocolError` for anything that cannot become a valid header (bad signature, version,
-command, family, length over the maximum). Addresses are `(host, port)` tuples.
+command, family, transport, length over the maximum). A stream listener passes
+`transport=TRANSPORT_STREAM`: a PROXY header announcing a datagram flow does not describe its
+connection and is refused like a malformed one. Addresses are `(host, port)` tuples.
 """
 
 from __future__ import annotations
@@ -25,8 +27,14 @@ FAMILY_UNSPEC: Final = 0x00
 FAMILY_INET: Final = 0x10
 FAMILY_INET6: Final = 0x20
 FAMILY_UNIX: Final = 0x30
+TRANSPORT_UNSPEC: Final = 0x00
 TRANSPORT_STREAM: Final = 0x01
 TRANSPORT_DGRAM: Final = 0x02
+_TRANSPORT_NAMES: Final = {
+    TRANSPORT_UNSPEC: "UNSPEC",
+    TRANSPORT_STREAM: "STREAM",
+    TRANSPORT_DGRAM: "DGRAM",
+}
 
 _PORTS: Final = struct.Struct("!HH")
 Address = tuple[str, int]
@@ -59,11 +67,11 @@ def build_v2(source: Address, destination: Address, *, stream: bool = True) -> b
     )
 
 
-def v2_missing(data: bytes | bytearray) -> int:
+def v2_missing(data: bytes | bytearray, *, transport: int | None = None) -> int:
     """How many more bytes complete the header that `data` starts (0: complete), so that a
     reader can take exactly the header and leave what follows it (a TLS ClientHello) in the
     socket. ProxyProtocolError as soon as the bytes cannot become a header."""
-    header = parse_v2(data)
+    header = parse_v2(data, transport=transport)
     if header is not None:
         return 0
     if len(data) < PREFIX_LENGTH:
@@ -71,8 +79,12 @@ def v2_missing(data: bytes | bytearray) -> int:
     return PREFIX_LENGTH + int.from_bytes(data[14:16], "big") - len(data)
 
 
-def parse_v2(data: bytes | bytearray | memoryview) -> ProxyHeader | None:
-    """Parse a header from the start of `data`; None if more bytes are needed."""
+def parse_v2(
+    data: bytes | bytearray | memoryview, *, transport: int | None = None
+) -> ProxyHeader | None:
+    """Parse a header from the start of `data`; None if more bytes are needed. `transport`:
+    the connection's own (TRANSPORT_STREAM or TRANSPORT_DGRAM), which a PROXY command must
+    announce (or UNSPEC); None takes either."""
     view = memoryview(data)
     seen = min(len(view), len(SIGNATURE))
     if bytes(view[:seen]) != SIGNATURE[:seen]:
@@ -85,6 +97,18 @@ def parse_v2(data: bytes | bytearray | memoryview) -> ProxyHeader | None:
     if version_command not in (COMMAND_LOCAL, COMMAND_PROXY):
         raise ProxyProtocolError(f"unknown PROXY protocol command {version_command & 0x0F}")
     family = view[13] & 0xF0
+    announced = view[13] & 0x0F
+    if announced not in _TRANSPORT_NAMES:
+        raise ProxyProtocolError(f"unknown PROXY protocol transport {announced}")
+    if (
+        transport is not None
+        and version_command == COMMAND_PROXY
+        and announced not in (transport, TRANSPORT_UNSPEC)
+    ):
+        raise ProxyProtocolError(
+            f"a PROXY protocol header for {_TRANSPORT_NAMES[announced]} on a"
+            f" {_TRANSPORT_NAMES[transport]} connection"
+        )
     body_length = int.from_bytes(view[14:16], "big")
     total = PREFIX_LENGTH + body_length
     if total > MAX_HEADER_LENGTH:

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Final
 
 from sozu.command.types import Cluster, TcpListenerConfig
 from sozu.worker.core.per_ip import PerIpLimits
-from sozu.worker.core.proxy_protocol import ProxyProtocolError, build_v2, parse_v2
+from sozu.worker.core.proxy_protocol import (
+    TRANSPORT_STREAM,
+    ProxyProtocolError,
+    build_v2,
+    parse_v2,
+)
 
 if TYPE_CHECKING:
     from sozu.worker.core.balancing.backend import Address, Backend
@@ -158,7 +163,7 @@ class TcpSession:
         buffer = self.buffer
         buffer += data
         try:
-            header = parse_v2(buffer)
+            header = parse_v2(buffer, transport=TRANSPORT_STREAM)
         except ProxyProtocolError:
             self.ctx.counters.proxy_protocol_errors += 1
             self._close()

@@ -17,7 +17,12 @@ import ssl
 from sozu.worker.core.h2.session import H2Session
 from sozu.worker.core.http1.context import ListenerContext
 from sozu.worker.core.http1.session import Http1Session
-from sozu.worker.core.proxy_protocol import ProxyProtocolError, parse_v2, v2_missing
+from sozu.worker.core.proxy_protocol import (
+    TRANSPORT_STREAM,
+    ProxyProtocolError,
+    parse_v2,
+    v2_missing,
+)
 from sozu.worker.shell.accepting import Acceptor, LoopListener
 from sozu.worker.shell.h2_connection import H2FrontConnection
 from sozu.worker.shell.h2_upstream import UpstreamPool
@@ -124,7 +129,7 @@ class ProxyHeaderRead(_Opening):
         counters = self.listener.context.counters
         while True:
             try:
-                missing = v2_missing(buffer)
+                missing = v2_missing(buffer, transport=TRANSPORT_STREAM)
             except ProxyProtocolError as error:
                 counters.proxy_protocol_errors += 1
                 log.debug("PROXY header on %s refused: %s", self.listener.address, error)
@@ -143,7 +148,7 @@ class ProxyHeaderRead(_Opening):
                 self._fail()  # closed before a whole header: a probe, closed silently
                 return
             buffer += data
-        header = parse_v2(buffer)
+        header = parse_v2(buffer, transport=TRANSPORT_STREAM)
         assert header is not None
         if header.source is None:
             self._fail()  # LOCAL or UNSPEC: nothing to serve
