@@ -51,6 +51,7 @@ from sozu.worker.core.udp.inputs import (
 )
 from sozu.worker.core.udp.manager import FlowManager, InvariantViolation
 from sozu.worker.core.udp.outputs import (
+    ArmTimer,
     Drop,
     DropReason,
     Metric,
@@ -233,6 +234,7 @@ class Simulation:
     def _fast(self, inp: InputT, actual: list[OutputT]) -> bool:
         """Try the fast path for a datagram; True (and its output in `actual`) if it took it."""
         core = self.core
+        armed = core.poll_timeout()
         if isinstance(inp, ClientDatagram):
             flow = core.forward_established(self.now, inp.src, inp.payload)
             if flow < 0:
@@ -241,16 +243,20 @@ class Simulation:
             assert view is not None
             assert view.backend_addr is not None
             actual.append(SendToBackend(flow, view.backend_addr, bytes(inp.payload)))
-            self.fast_taken += 1
-            return True
-        if isinstance(inp, BackendDatagram):
+        elif isinstance(inp, BackendDatagram):
             client = core.return_established(self.now, inp.flow, inp.payload)
             if client is None:
                 return False
             actual.append(SendToClient(inp.flow, client, bytes(inp.payload)))
-            self.fast_taken += 1
-            return True
-        return False
+        else:
+            return False
+        moved = core.poll_timeout()
+        if moved != armed:
+            # The flow held the minimum: the full path would have re-armed with a record.
+            assert moved is not None
+            actual.append(ArmTimer(moved))
+        self.fast_taken += 1
+        return True
 
     def _new_core(self, cluster: ClusterConfig, cap: int) -> None:
         self._retire_tallies()

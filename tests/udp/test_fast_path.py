@@ -12,7 +12,13 @@ from simulation.udp import run_seed
 from simulation.udp.runner import Simulation
 from sozu.worker.core.udp.config import ClusterConfig
 from sozu.worker.core.udp.manager import FlowManager
-from sozu.worker.core.udp.outputs import OutputT, SelectBackend, SendToBackend, SendToClient
+from sozu.worker.core.udp.outputs import (
+    ArmTimer,
+    OutputT,
+    SelectBackend,
+    SendToBackend,
+    SendToClient,
+)
 
 BK = ("127.0.0.1", 53)
 POOL = [(f"10.0.0.{i}", 9000 + i % 2) for i in range(6)]
@@ -58,10 +64,12 @@ class _Pair:
         self.full = FlowManager(cluster, max_flows=cap, max_rx_datagram_size=64)
         self.fast = FlowManager(cluster, max_flows=cap, max_rx_datagram_size=64)
         self.taken = 0
+        self.rearmed = 0
         self.last: list[OutputT] = []
 
     def client(self, now: float, src: tuple[str, int], payload: bytes) -> None:
         self.full.handle_client_datagram(now, src, payload)
+        armed = self.fast.poll_timeout()
         flow = self.fast.forward_established(now, src, payload)
         if flow < 0:
             self.fast.handle_client_datagram(now, src, payload)
@@ -71,17 +79,30 @@ class _Pair:
         view = self.fast.flow(flow)
         assert view is not None
         assert view.backend_addr is not None
-        self.compare([SendToBackend(flow, view.backend_addr, payload)])
+        self.compare([SendToBackend(flow, view.backend_addr, payload), *self._rearmed(armed)])
 
     def backend(self, now: float, flow: int, payload: bytes) -> None:
         self.full.handle_backend_datagram(now, flow, payload)
+        armed = self.fast.poll_timeout()
         client = self.fast.return_established(now, flow, payload)
         if client is None:
             self.fast.handle_backend_datagram(now, flow, payload)
             self.compare()
             return
         self.taken += 1
-        self.compare([SendToClient(flow, client, payload)])
+        self.compare([SendToClient(flow, client, payload), *self._rearmed(armed)])
+
+    def _rearmed(self, armed: float | None) -> list[OutputT]:
+        """The ArmTimer the full path records when the fast path moved the armed deadline
+        (the flow held the minimum); the fast path itself builds no record."""
+        moved = self.fast.poll_timeout()
+        if moved == armed:
+            return []
+        assert moved is not None
+        assert armed is not None
+        assert moved > armed  # only ever later
+        self.rearmed += 1
+        return [ArmTimer(moved)]
 
     def both(self, call: str, *args: object) -> None:
         getattr(self.full, call)(*args)
@@ -155,8 +176,12 @@ def test_fast_path_is_taken_for_an_established_flow_and_refused_otherwise() -> N
     assert core.forward_established(0.0, src, b"y") == -1  # awaiting its backend
     core.handle_backend_resolved(0.0, select.flow, "b0", BK)
     core.take_outputs()
-    # The only flow owns the armed deadline: refreshing it moves the timer.
-    assert core.forward_established(1.0, src, b"y") == -1
+    # The only flow owns the armed deadline: refreshing it moves the timer later, without a
+    # record (poll_timeout gives it); a deadline moving earlier is refused.
+    assert core.poll_timeout() == 10.0
+    assert core.forward_established(0.2, src, b"y") == select.flow
+    assert core.poll_timeout() == 10.2
+    assert core.poll_output() is None
     other = ("10.0.0.2", 1000)
     core.handle_client_datagram(0.5, other, b"x")
     (select2,) = [o for o in core.take_outputs() if isinstance(o, SelectBackend)]
@@ -164,10 +189,32 @@ def test_fast_path_is_taken_for_an_established_flow_and_refused_otherwise() -> N
     core.take_outputs()
     assert core.forward_established(2.0, other, b"z") == select2.flow  # not the minimum
     assert core.poll_output() is None
-    assert core.counters.datagrams_in == 3
+    assert core.counters.datagrams_in == 4
     assert core.forward_established(2.0, other, b"") == -1  # empty: INVALID in the full path
     assert core.forward_established(2.0, other, b"z" * 70_000) == -1  # oversize
     assert core.forward_established(3.0, other, b"z") == -1  # the third request closes it
     assert core.return_established(3.0, 99, b"r") is None  # unknown flow
     assert core.return_established(3.0, select2.flow, b"r") == other
+    core.check_invariants()
+
+
+def test_a_fast_path_never_moves_the_armed_deadline_earlier() -> None:
+    """A reply moved the only flow's deadline to back_timeout; a client datagram would move it
+    back to the shorter front_timeout, earlier than the armed one: refused (the full path
+    re-arms with a record)."""
+    core = FlowManager(
+        ClusterConfig(cluster="c", front_timeout=5.0, back_timeout=10.0), max_flows=4
+    )
+    src = ("10.0.0.1", 1000)
+    core.handle_client_datagram(0.0, src, b"x")
+    (select,) = [o for o in core.take_outputs() if isinstance(o, SelectBackend)]
+    core.handle_backend_resolved(0.0, select.flow, "b0", BK)
+    core.take_outputs()
+    assert core.poll_timeout() == 5.0
+    assert core.return_established(0.2, select.flow, b"r") == src
+    assert core.poll_timeout() == 10.2
+    assert core.forward_established(0.3, src, b"y") == -1  # 5.3 is earlier than 10.2
+    assert core.poll_timeout() == 10.2
+    core.handle_client_datagram(0.3, src, b"y")
+    assert ArmTimer(5.3) in core.take_outputs()
     core.check_invariants()

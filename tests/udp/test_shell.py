@@ -181,6 +181,34 @@ async def test_idle_flow_closes_after_its_timeout() -> None:
                     await trio.sleep(0.05)
 
 
+async def test_a_lone_flow_kept_busy_outlives_its_first_deadline_then_idles_out() -> None:
+    """The only flow holds the earliest deadline: its datagrams take the fast path, which moves
+    the armed deadline later without a record. The listener's timer, armed for the first
+    deadline, must neither close the flow then nor lose it: the flow lives while datagrams come,
+    and closes once idle for its timeout."""
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")], front_timeout=0.4, back_timeout=0.4) as (
+            address,
+            proxy,
+        ):
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with client:
+                assert await ask(address, b"first", client) == b"BK0:first"
+                flows = proxy.core.counters.flows_created
+                busy_until = trio.current_time() + 1.2  # three times the timeout
+                while trio.current_time() < busy_until:
+                    await trio.sleep(0.1)
+                    assert await ask(address, b"again", client) == b"BK0:again"
+                    assert proxy.flow_count == 1
+                # One flow all along: never closed and admitted again.
+                assert proxy.core.counters.flows_created == flows
+                idle_since = trio.current_time()
+                with trio.fail_after(3):
+                    while proxy.flow_count:  # noqa: ASYNC110 - polling the core's count
+                        await trio.sleep(0.02)
+                assert trio.current_time() - idle_since >= 0.3
+
+
 async def test_drain_refuses_new_sources_and_lets_live_flows_answer() -> None:
     with trio.fail_after(10):
         async with running([EchoBackend("BK0")]) as (address, proxy):

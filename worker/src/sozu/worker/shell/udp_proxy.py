@@ -262,7 +262,14 @@ class UdpListenerProxy:
 
     # Timed: the listener's one timer.
     def deadline(self) -> float:
-        return self._deadline
+        """The core's armed deadline (or the retry after a failed timer). A fast path that
+        refreshed the flow holding the minimum moved it later without an ArmTimer record: the
+        loop's entry for the earlier one fires, reads the later one here and waits again."""
+        deadline = self._deadline
+        armed = self.core.poll_timeout()
+        if armed is not None and deadline < armed:
+            self._deadline = deadline = armed
+        return deadline
 
     def expire(self, now: float) -> None:
         self._deadline = math.inf

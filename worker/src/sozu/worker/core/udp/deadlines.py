@@ -70,6 +70,17 @@ class DeadlineHeap:
                 return deadline
         return None
 
+    def settle_later(self, armed: float | None) -> float:
+        """`settle()` after a fast path refreshed the flow holding the minimum: the new
+        minimum, as the full path's reschedule finds it but without its ArmTimer record. It is
+        never earlier than `armed` (a fast path refuses a deadline moving earlier), so a shell
+        timer armed for `armed` fires early once, reads the new one and waits again."""
+        deadline = self.settle()
+        assert deadline is not None
+        assert armed is not None
+        assert deadline >= armed
+        return deadline
+
     def pop_expired(self, now: float) -> Flow | None:
         """Unindex and return the flow with the earliest deadline if it is `<= now`."""
         deadline = self.settle()

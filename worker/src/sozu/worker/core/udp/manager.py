@@ -240,8 +240,9 @@ class FlowManager:
 
     def forward_established(self, now: float, src: Address, payload: Payload) -> int:
         """Fast path of `handle_client_datagram`: the flow's id, after counting and refreshing
-        exactly as the full path; the shell sends `payload` itself (the full path's only
-        output, `SendToBackend`, is not built). -1 with nothing changed whenever the full
+        exactly as the full path; the shell sends `payload` itself (the full path's outputs,
+        `SendToBackend` and an `ArmTimer` when the flow held the minimum, are not built:
+        `poll_timeout()` gives the armed deadline). -1 with nothing changed whenever the full
         path would do more (see LIFECYCLE.md): then call `handle_client_datagram`."""
         fid = self._table.get(src if self._cluster.affinity_with_port else (src[0], 0))
         if fid is None or not payload or len(payload) > self._max_rx or not self._cluster.cluster:
@@ -254,7 +255,6 @@ class FlowManager:
             or flow.proxy_header is not None
             or (cfg.requests and flow.requests_seen + 1 >= cfg.requests)
             or deadline < flow.heap_key
-            or self._heap[0][1] == fid
             or self._timer_dirty
         ):
             return -1
@@ -264,6 +264,8 @@ class FlowManager:
         c = self.counters
         c.datagrams_in += 1
         c.bytes_in += len(payload)
+        if self._heap[0][1] == fid:
+            self._armed = self._deadlines.settle_later(self._armed)
         if __debug__:
             self._after_call(now)
         return fid
@@ -280,7 +282,6 @@ class FlowManager:
             flow.phase is not _ESTABLISHED
             or (cfg.responses and flow.responses_seen + 1 >= cfg.responses)
             or deadline < flow.heap_key
-            or self._heap[0][1] == flow_id
             or self._timer_dirty
         ):
             return None
@@ -290,6 +291,8 @@ class FlowManager:
         c = self.counters
         c.datagrams_out += 1
         c.bytes_out += len(payload)
+        if self._heap[0][1] == flow_id:
+            self._armed = self._deadlines.settle_later(self._armed)
         if __debug__:
             self._after_call(now)
         return flow.client
