@@ -351,9 +351,10 @@ class Reactor:
 
         `direct_wait`: when trio has nothing runnable, block in the loop's own epoll object
         (trio's nested in it) instead of a trio scheduler pass per batch (see trio_peek)."""
-        self._offset = trio.current_time() - time.perf_counter()
+        self._offset = offset = trio.current_time() - time.perf_counter()
         epoll = self._epoll
         handlers = self._handlers
+        timers = self._timers
         stats = self.stats
         perf_counter = time.perf_counter
         side = trio_peek.peek() if direct_wait else None
@@ -369,9 +370,14 @@ class Reactor:
             if side is not None:
                 await trio.lowlevel.checkpoint()
                 await trio.lowlevel.checkpoint()
+            # This task's own deadline (-inf once cancelled): it changes only while other code
+            # runs, so it is read again after each yield to trio and each wait that found
+            # nothing (a handler cancelling the loop is seen within MAX_BLOCK).
+            own_deadline = trio.current_effective_deadline()
             while True:
-                now = self.now()
-                self._fire_timers(now)
+                now = perf_counter() + offset
+                if timers and timers[0][0] <= now:
+                    self._fire_timers(now)
                 if self._soon:
                     self._run_soon()
                 if side is None:
@@ -382,27 +388,37 @@ class Reactor:
                         self._waiting = None
                         yielded = perf_counter()
                         continue
+                    started = flushed = perf_counter()
                 else:
-                    # trio's next timer, or this task's own deadline (-inf once cancelled).
-                    trio_deadline = min(side.next_deadline(), trio.current_effective_deadline())
+                    # trio's next timer, or this task's own deadline.
+                    trio_deadline = side.next_deadline()
+                    if own_deadline < trio_deadline:
+                        trio_deadline = own_deadline
                     if not side.idle() or trio_deadline <= now:
                         events = epoll.poll(0, MAX_EVENTS)
                         if not events:
                             await trio.lowlevel.checkpoint()  # trio has something to do
+                            own_deadline = trio.current_effective_deadline()
                             yielded = perf_counter()
                             continue
+                        started = flushed = perf_counter()
                     else:
                         # One system call per wake-up: block here, or come back at once with
                         # what is ready (no separate non-blocking poll first).
-                        deadline = min(self.next_deadline(), trio_deadline, now + MAX_BLOCK)
+                        deadline = now + MAX_BLOCK
+                        if trio_deadline < deadline:
+                            deadline = trio_deadline
+                        if timers and timers[0][0] < deadline:
+                            deadline = timers[0][0]
                         before = perf_counter()
                         events = epoll.poll(max(deadline - now, 0.0), MAX_EVENTS)
+                        started = flushed = perf_counter()
                         if not events:
-                            yielded = perf_counter()
+                            own_deadline = trio.current_effective_deadline()
+                            yielded = started
                             continue
-                        if perf_counter() - before > WAITED:
-                            yielded = perf_counter()  # it blocked: a wait, as trio's would be
-                started = flushed = perf_counter()
+                        if started - before > WAITED:
+                            yielded = started  # it blocked: a wait, as trio's would be
                 trio_ready = False
                 gone = self._gone
                 gone.clear()
@@ -436,6 +452,7 @@ class Reactor:
                 stats.batch_seconds += done - started
                 if trio_ready or done - yielded > YIELD_AFTER:
                     await trio.lowlevel.checkpoint()
+                    own_deadline = trio.current_effective_deadline()
                     yielded = perf_counter()
         finally:
             self.closed = True
