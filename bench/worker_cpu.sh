@@ -9,7 +9,9 @@
 #   http-close   wrk -t1 -c16 -H "Connection: close": one TCP connection per request
 #   https-close  wrk -t1 -c16 -H "Connection: close": one TLS handshake per request (wrk
 #                keeps its TLS session across reconnections: most are resumptions)
-# and the requests per second wrk saw (client-bound on https-close: compare CPU there).
+# and the requests per second wrk saw (client-bound on https-close: compare CPU there); then
+#   https-full   `openssl s_time -new`: one full TLS handshake per connection (no session
+#                reuse) and one request on it, one connection at a time: CPU per handshake.
 # Prints figures only; asserts nothing.
 set -euo pipefail
 DURATION=${1:-5}
@@ -68,3 +70,22 @@ measure "nginx http-close" "$NX_PID" "http://127.0.0.1:$NX_HTTP/" -H "Connection
 measure "sozu http-close" "$SZ_PID" "http://127.0.0.1:$SZ_HTTP/" -H "Connection: close"
 measure "nginx https-close" "$NX_PID" "https://127.0.0.1:$NX_HTTPS/" -H "Connection: close"
 measure "sozu https-close" "$SZ_PID" "https://127.0.0.1:$SZ_HTTPS/" -H "Connection: close"
+
+full_handshakes() { # name pid port
+  local t0 t1 out count
+  t0=$(awk '{print $14" "$15}' "/proc/$2/stat")
+  out=$(openssl s_time -connect "127.0.0.1:$3" -new -time "$DURATION" -www / 2>&1 || true)
+  t1=$(awk '{print $14" "$15}' "/proc/$2/stat")
+  count=$(echo "$out" | awk '/connections in [0-9.]+s;/ {print $1; exit}')
+  python3 - "$1" "$t0" "$t1" "${count:-0}" <<'PY'
+import os, sys
+name, count = sys.argv[1], int(sys.argv[4])
+(u0, s0), (u1, s1) = (map(int, t.split()) for t in sys.argv[2:4])
+tick = os.sysconf("SC_CLK_TCK")
+cpu = ((u1 - u0) + (s1 - s0)) / tick
+print(f"{name:22s} {count:8d} full TLS handshakes  "
+      + (f"{cpu * 1e6 / count:7.1f} µs CPU each" if count else "none completed"))
+PY
+}
+full_handshakes "nginx https-full" "$NX_PID" "$NX_HTTPS"
+full_handshakes "sozu https-full" "$SZ_PID" "$SZ_HTTPS"
