@@ -64,7 +64,6 @@ class _Pair:
         self.full = FlowManager(cluster, max_flows=cap, max_rx_datagram_size=64)
         self.fast = FlowManager(cluster, max_flows=cap, max_rx_datagram_size=64)
         self.taken = 0
-        self.rearmed = 0
         self.last: list[OutputT] = []
 
     def client(self, now: float, src: tuple[str, int], payload: bytes) -> None:
@@ -101,7 +100,6 @@ class _Pair:
         assert moved is not None
         assert armed is not None
         assert moved > armed  # only ever later
-        self.rearmed += 1
         return [ArmTimer(moved)]
 
     def both(self, call: str, *args: object) -> None:
