@@ -94,6 +94,9 @@ async def test_replies_without_room_wait_in_the_egress_queue_and_then_go() -> No
             assert proxy.batch is not None
             no_room = _NoRoom(proxy.batch, rounds=1)
             proxy.batch = no_room  # type: ignore[assignment]
+            # One query at a time: its reply would leave with sendto (a lone reply) and never
+            # meet the batch.
+            proxy.send_lone = proxy.send_to_client  # type: ignore[method-assign]
             client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 await client.sendto(b"first", address)
@@ -125,6 +128,9 @@ async def test_a_kernel_without_sendmmsg_turns_batching_off_and_loses_nothing() 
         async with running([EchoBackend("BK0")]) as (address, proxy):
             assert proxy.batch is not None
             proxy.batch = _NoSendmmsg(proxy.batch, rounds=0)  # type: ignore[assignment]
+            # One query at a time: its reply would leave with sendto (a lone reply) and never
+            # meet the batch.
+            proxy.send_lone = proxy.send_to_client  # type: ignore[method-assign]
             client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 for query in (b"one", b"two"):
@@ -135,4 +141,83 @@ async def test_a_kernel_without_sendmmsg_turns_batching_off_and_loses_nothing() 
             finally:
                 client.close()
             assert proxy.batch is None
+            assert proxy.counters.send_error == 0
+
+
+class _Counting(_NoRoom):
+    """A send batch that counts the replies it was given."""
+
+    def __init__(self, real: udp_batching.SendBatch) -> None:
+        super().__init__(real, rounds=0)
+        self.added = 0
+
+    def add(self, payload: bytes | memoryview, address: tuple[str, int]) -> bool:
+        self.added += 1
+        return super().add(payload, address)
+
+
+async def test_one_query_at_a_time_is_answered_without_the_batch() -> None:
+    """Request-reply traffic at a low rate: each reply is the only event of its wake-up and
+    leaves with one sendto (docs/udp.md, "A lone reply")."""
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")]) as (address, proxy):
+            assert proxy.batch is not None
+            counting = _Counting(proxy.batch)
+            proxy.batch = counting  # type: ignore[assignment]
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                for index in range(8):
+                    await client.sendto(b"q%d" % index, address)
+                    with trio.fail_after(2):
+                        data, _ = await client.recvfrom(1024)
+                    assert data == b"BK0:q%d" % index
+            finally:
+                client.close()
+            assert counting.added == 0
+            assert proxy.counters.send_error == 0
+
+
+async def test_a_lone_reply_never_overtakes_what_waits_before_it() -> None:
+    """The shortcut is taken only with the loop's batch of one event and nothing waiting:
+    otherwise the reply joins the send batch, or the egress FIFO, behind what is there."""
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")]) as (_, proxy):
+            batch = proxy.batch
+            assert batch is not None
+            reactor = proxy.reactor
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            await client.bind(("127.0.0.1", 0))
+            destination = client.getsockname()
+
+            async def received(count: int) -> list[bytes]:
+                with trio.fail_after(2):
+                    return [bytes((await client.recvfrom(1024))[0]) for _ in range(count)]
+
+            try:
+                # No await between a send and its check: the loop does not run meanwhile.
+                reactor.lone = True
+                proxy.send_lone(destination, b"alone")
+                assert len(batch) == 0
+                assert not proxy.backlog
+                assert await received(1) == [b"alone"]
+
+                reactor.lone = False  # the loop's batch holds other events
+                proxy.send_lone(destination, b"in-batch")
+                assert len(batch) == 1
+                assert await received(1) == [b"in-batch"]
+
+                reactor.lone = True
+                proxy.send_to_client(destination, b"first")  # an earlier event's reply
+                proxy.send_lone(destination, b"second")
+                assert len(batch) == 2
+                assert await received(2) == [b"first", b"second"]
+
+                reactor.lone = True
+                proxy.client_send_failed(destination, b"third", BlockingIOError())
+                proxy.send_lone(destination, b"fourth")
+                assert [payload for payload, _ in proxy.backlog] == [b"third", b"fourth"]
+                assert await received(2) == [b"third", b"fourth"]
+                assert not proxy.backlog
+            finally:
+                client.close()
             assert proxy.counters.send_error == 0

@@ -31,7 +31,7 @@ import math
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final, Protocol
 
 import trio
@@ -155,6 +155,9 @@ class Reactor:
         self._gone: set[int] = set()
         # True while `run` waits in its own epoll object when trio is idle (trio_peek).
         self.direct = False
+        # True while the batch being handled is one event: a handler's one send then has no
+        # other to join (a UDP reply goes out at once rather than through `soon`).
+        self.lone = False
 
     def now(self) -> float:
         return time.perf_counter() + self._offset
@@ -359,8 +362,11 @@ class Reactor:
         perf_counter = time.perf_counter
         side = trio_peek.peek() if direct_wait else None
         trio_fd = -1
+        trio_pending: Collection[object] = ()
+        trio_waiting: object = ()
         if side is not None:
             trio_fd = side.fd
+            trio_pending, trio_waiting = side.pending, side.waiting_for_idle
             epoll.register(trio_fd, IN)
             side.attach()
         self.direct = side is not None
@@ -394,7 +400,8 @@ class Reactor:
                     trio_deadline = side.next_deadline()
                     if own_deadline < trio_deadline:
                         trio_deadline = own_deadline
-                    if not side.idle() or trio_deadline <= now:
+                    # Another trio task is runnable, or waits for all to be blocked.
+                    if trio_pending or trio_waiting or trio_deadline <= now:
                         events = epoll.poll(0, MAX_EVENTS)
                         if not events:
                             await trio.lowlevel.checkpoint()  # trio has something to do
@@ -420,6 +427,7 @@ class Reactor:
                         if started - before > WAITED:
                             yielded = started  # it blocked: a wait, as trio's would be
                 trio_ready = False
+                self.lone = len(events) == 1
                 gone = self._gone
                 gone.clear()
                 for fd, mask in events:

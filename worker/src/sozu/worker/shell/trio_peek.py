@@ -46,29 +46,28 @@ class _Pending(trio.abc.Instrument):
 class TrioPeek:
     """trio's epoll fd, its next deadline, and whether another task could run now."""
 
-    __slots__ = ("_pending", "_waiting_for_idle", "fd", "next_deadline")
+    __slots__ = ("_instrument", "fd", "next_deadline", "pending", "waiting_for_idle")
 
     def __init__(
         self, fd: int, waiting_for_idle: object, next_deadline: Callable[[], float]
     ) -> None:
         self.fd = fd
-        self._waiting_for_idle = waiting_for_idle
+        # trio is idle when both `pending` and this are empty: no other task is runnable and
+        # none waits for all tasks to be blocked (the loop reads them inline, once a wake-up).
+        self.waiting_for_idle = waiting_for_idle
         # trio's clock is time.perf_counter plus an offset, like the loop's `now`.
         self.next_deadline = next_deadline
-        self._pending = _Pending()
+        self._instrument = _Pending()
+        self.pending = self._instrument.tasks
 
     def attach(self) -> None:
         """Start following runnable tasks (the caller then yields twice to trio, so that
         every task scheduled before this ran once and is followed from then on)."""
-        trio.lowlevel.add_instrument(self._pending)
+        trio.lowlevel.add_instrument(self._instrument)
 
     def detach(self) -> None:
         with contextlib.suppress(KeyError, RuntimeError):
-            trio.lowlevel.remove_instrument(self._pending)
-
-    def idle(self) -> bool:
-        """No other trio task is runnable and none waits for all tasks to be blocked."""
-        return not self._pending.tasks and not self._waiting_for_idle
+            trio.lowlevel.remove_instrument(self._instrument)
 
 
 def peek() -> TrioPeek | None:

@@ -291,7 +291,11 @@ class UdpListenerProxy:
         if mask & OUT:
             self._flush_backlog()
         if mask & IN and self._reading:
-            self._read(self.sock)
+            recv_batch = self.recv_batch
+            if recv_batch is not None:
+                self._read_batches(self.sock, recv_batch)
+            else:
+                self._read(self.sock)
         elif mask & HUP and not mask & IN:
             self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # clear a pending error
 
@@ -576,6 +580,19 @@ class UdpListenerProxy:
                     return
             if not self.soon_queued:
                 self.reactor.soon(self)
+            return
+        try:
+            self.sock.sendto(payload, destination)
+        except OSError as error:
+            self.client_send_failed(destination, payload, error)
+
+    def send_lone(self, destination: Address, payload: bytes | memoryview) -> None:
+        """`send_to_client` for a reply no other of this wake-up follows (request-reply
+        traffic at a low rate): when the loop's batch is this one event and nothing waits
+        before it, one sendto now costs less than joining a batch of one sent at its end."""
+        batch = self.batch
+        if not self.reactor.lone or self.backlog or (batch is not None and len(batch)):
+            self.send_to_client(destination, payload)
             return
         try:
             self.sock.sendto(payload, destination)

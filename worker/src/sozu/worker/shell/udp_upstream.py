@@ -124,8 +124,10 @@ class UdpUpstream:
             except OSError:
                 return
             at = 0
+            # A first batch of one is the only reply of this wake-up: sent at once.
+            lone = read == 0 and len(got) == 1
             for size, _source in got:
-                outcome = self._reply(proxy, now, view[at : at + size])
+                outcome = self._reply(proxy, now, view[at : at + size], lone)
                 if outcome is not _SENT:
                     if outcome is _CLOSED:
                         return
@@ -162,7 +164,7 @@ class UdpUpstream:
             except OSError:
                 return
             read += 1
-            outcome = self._reply(proxy, now, view[:size])
+            outcome = self._reply(proxy, now, view[:size], single)
             if outcome is _SENT:
                 if single:
                     return
@@ -171,14 +173,18 @@ class UdpUpstream:
                 return
             now = proxy.now()  # the full path may have read a later time
 
-    def _reply(self, proxy: UdpListenerProxy, now: float, payload: memoryview) -> int:
+    def _reply(self, proxy: UdpListenerProxy, now: float, payload: memoryview, lone: bool) -> int:
         """One reply from the backend: to its client on the fast path (_SENT), or through the
-        core and its outputs (_FULL; _CLOSED when that closed the flow)."""
+        core and its outputs (_FULL; _CLOSED when that closed the flow). `lone`: the only
+        reply this wake-up reads from this socket."""
         flow = self.flow
         try:
             client = proxy.core.return_established(now, flow, payload)
             if client is not None:
-                proxy.send_to_client(client, payload)  # into the batch's sendmmsg, if any
+                if lone:
+                    proxy.send_lone(client, payload)
+                else:
+                    proxy.send_to_client(client, payload)  # into the batch's sendmmsg, if any
                 return _SENT
             proxy.core.handle_backend_datagram(now, flow, payload)
         except Exception as error:

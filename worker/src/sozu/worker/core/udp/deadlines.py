@@ -54,8 +54,13 @@ class DeadlineHeap:
             return True
         return heap[0][1] == flow.id
 
-    def settle(self) -> float | None:
-        """Repair the top until it is exact; return the minimum idle deadline or None."""
+    def settle(self, not_before: float | None = None) -> float | None:
+        """Repair the top until it is exact; return the minimum idle deadline or None.
+
+        `not_before`: the deadline armed when a fast path refreshed the flow holding the
+        minimum. The new minimum is never earlier (a fast path refuses a deadline moving
+        earlier), so a shell timer armed for it fires early once, reads the new one from
+        `poll_timeout()` and waits again."""
         heap = self._heap
         flows = self._flows
         while heap:
@@ -67,19 +72,10 @@ class DeadlineHeap:
                 flow.heap_key = flow.idle_deadline
                 heapq.heapreplace(heap, (flow.idle_deadline, fid))
             else:
+                assert not_before is None or deadline >= not_before
                 return deadline
+        assert not_before is None
         return None
-
-    def settle_later(self, armed: float | None) -> float:
-        """`settle()` after a fast path refreshed the flow holding the minimum: the new
-        minimum, as the full path's reschedule finds it but without its ArmTimer record. It is
-        never earlier than `armed` (a fast path refuses a deadline moving earlier), so a shell
-        timer armed for `armed` fires early once, reads the new one and waits again."""
-        deadline = self.settle()
-        assert deadline is not None
-        assert armed is not None
-        assert deadline >= armed
-        return deadline
 
     def pop_expired(self, now: float) -> Flow | None:
         """Unindex and return the flow with the earliest deadline if it is `<= now`."""

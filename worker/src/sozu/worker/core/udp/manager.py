@@ -264,8 +264,8 @@ class FlowManager:
         c = self.counters
         c.datagrams_in += 1
         c.bytes_in += len(payload)
-        if self._heap[0][1] == fid:
-            self._armed = self._deadlines.settle_later(self._armed)
+        if self._heap[0][1] == fid:  # the minimum moves later, never earlier (checked above)
+            self._armed = self._deadlines.settle(self._armed)
         if __debug__:
             self._after_call(now)
         return fid
@@ -291,8 +291,8 @@ class FlowManager:
         c = self.counters
         c.datagrams_out += 1
         c.bytes_out += len(payload)
-        if self._heap[0][1] == flow_id:
-            self._armed = self._deadlines.settle_later(self._armed)
+        if self._heap[0][1] == flow_id:  # the minimum moves later, never earlier (checked above)
+            self._armed = self._deadlines.settle(self._armed)
         if __debug__:
             self._after_call(now)
         return flow.client
