@@ -12,7 +12,11 @@ Without `--target`, the script starts an echo backend (a separate process: this 
 listener with `SOURCE_IP_PORT` affinity in front of that backend) and measures through it,
 with the worker's CPU time (utime + stime from /proc/<pid>/stat, pid from `Status`) per 10,000
 datagrams it proxied (client->backend plus backend->client, from its own counters); then the
-same through nginx's stream module (one worker) when nginx is installed.
+same through nginx's stream module (one worker) when nginx is installed; then through a
+Python floor (`--serve-floor`: about twenty lines of plain Python with one blocking epoll, one
+read per readiness event and one connected upstream socket per client, with no flow table,
+timers, metrics or framework), measured the same way as nginx: the least a Python process
+costs per datagram at this rate.
 
 Run: `uv run python bench/udp_latency.py [--rate 2000] [--duration 10] [--sockets 32]`
 (asserts nothing about time; Linux only).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -69,6 +74,40 @@ class Result:
 class _Pending:
     seq: int
     sent_at: float
+
+
+def serve_floor(listen_port: int, backend_port: int) -> None:
+    """The Python floor: forward datagrams to the backend per client address and back."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", listen_port))
+    listener.setblocking(False)
+    epoll = select.epoll()
+    epoll.register(listener.fileno(), select.EPOLLIN)
+    upstreams: dict[Address, socket.socket] = {}
+    clients: dict[int, tuple[socket.socket, Address]] = {}
+    buffer = bytearray(65536)
+    view = memoryview(buffer)
+    listener_fd = listener.fileno()
+    while True:
+        for fd, _ in epoll.poll(-1, 64):
+            try:
+                if fd == listener_fd:
+                    size, client = listener.recvfrom_into(buffer)
+                    upstream = upstreams.get(client)
+                    if upstream is None:
+                        upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        upstream.setblocking(False)
+                        upstream.connect(("127.0.0.1", backend_port))
+                        upstreams[client] = upstream
+                        clients[upstream.fileno()] = (upstream, client)
+                        epoll.register(upstream.fileno(), select.EPOLLIN)
+                    upstream.send(view[:size])
+                else:
+                    upstream, client = clients[fd]
+                    size = upstream.recv_into(buffer)
+                    listener.sendto(view[:size], client)
+            except BlockingIOError:
+                continue
 
 
 def run_load(target: Address, rate: float, duration: float, sockets: int, timeout: float) -> Result:
@@ -294,6 +333,32 @@ def through_nginx(backend_port: int, args: argparse.Namespace) -> None:
             master.wait(timeout=15)
 
 
+def through_floor(backend_port: int, args: argparse.Namespace) -> None:
+    """The same load through the Python floor (`serve_floor`), measured as nginx is."""
+    listen = free_udp_port()
+    floor = subprocess.Popen(
+        [sys.executable, __file__, "--serve-floor", str(listen), str(backend_port)],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_answered(("127.0.0.1", listen), time.monotonic() + 20)
+        cpu_before = cpu_seconds(floor.pid)
+        result = run_load(
+            ("127.0.0.1", listen), args.rate, args.duration, args.sockets, args.timeout
+        )
+        cpu = cpu_seconds(floor.pid) - cpu_before
+        datagrams = result.sent + len(result.latencies)
+        report("through the python floor", result)
+        per = cpu / datagrams * 10_000 if datagrams else float("nan")
+        print(
+            f"python floor (pid {floor.pid}): {cpu:.2f} s CPU for {datagrams:,} proxied "
+            f"datagrams = {per * 1e3:.1f} ms per 10,000 datagrams"
+        )
+    finally:
+        floor.terminate()
+        floor.wait(timeout=15)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=2000.0, help="queries per second")
@@ -302,9 +367,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1.0, help="seconds before a loss")
     parser.add_argument("--target", help="HOST:PORT of an echo service: measure only that")
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
         serve_echo()
+        return
+    if args.serve_floor:
+        serve_floor(*args.serve_floor)
         return
     print(
         f"{args.rate:,.0f} queries/s for {args.duration:g} s over {args.sockets} sockets, "
@@ -328,6 +397,7 @@ def main() -> None:
         )
         through_sozu(backend_port, args)
         through_nginx(backend_port, args)
+        through_floor(backend_port, args)
     finally:
         echo.terminate()
         echo.wait(timeout=10)
