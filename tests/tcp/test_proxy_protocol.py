@@ -13,6 +13,7 @@ from sozu.worker.core.proxy_protocol import (
     ProxyProtocolError,
     build_v2,
     parse_v2,
+    read_v2,
     v2_missing,
 )
 
@@ -102,6 +103,25 @@ def test_v2_missing_asks_for_exactly_the_header() -> None:
     assert v2_missing(v6[:16]) == len(v6) - 16
     with pytest.raises(ProxyProtocolError):
         v2_missing(b"GET / HTTP/1.1\r\n")
+
+
+def test_read_v2_gives_the_header_once_whole_and_what_is_missing_before() -> None:
+    """The listener's one parse per read: the header with 0 once complete (what follows it is
+    not taken), else None with exactly `v2_missing`'s count; refusals raise the same way."""
+    source, destination = ("127.0.0.5", 1234), ("127.0.0.1", 80)
+    header = build_v2(source, destination)
+    for cut in range(len(header)):
+        assert read_v2(header[:cut], transport=TRANSPORT_STREAM) == (
+            None,
+            v2_missing(header[:cut], transport=TRANSPORT_STREAM),
+        )
+    whole = ProxyHeader("PROXY", source, destination, len(header))
+    assert read_v2(header, transport=TRANSPORT_STREAM) == (whole, 0)
+    assert read_v2(header + b"\x16\x03\x01", transport=TRANSPORT_STREAM) == (whole, 0)
+    with pytest.raises(ProxyProtocolError, match="DGRAM on a STREAM connection"):
+        read_v2(build_v2(source, destination, stream=False)[:16], transport=TRANSPORT_STREAM)
+    with pytest.raises(ProxyProtocolError):
+        read_v2(b"GET / HTTP/1.1\r\n")
 
 
 def test_a_connection_takes_only_a_header_of_its_own_transport() -> None:

@@ -20,8 +20,7 @@ from sozu.worker.core.http1.session import Http1Session
 from sozu.worker.core.proxy_protocol import (
     TRANSPORT_STREAM,
     ProxyProtocolError,
-    parse_v2,
-    v2_missing,
+    read_v2,
 )
 from sozu.worker.shell.accepting import Acceptor, LoopListener
 from sozu.worker.shell.h2_connection import H2FrontConnection
@@ -129,13 +128,13 @@ class ProxyHeaderRead(_Opening):
         counters = self.listener.context.counters
         while True:
             try:
-                missing = v2_missing(buffer, transport=TRANSPORT_STREAM)
+                header, missing = read_v2(buffer, transport=TRANSPORT_STREAM)
             except ProxyProtocolError as error:
                 counters.proxy_protocol_errors += 1
                 log.debug("PROXY header on %s refused: %s", self.listener.address, error)
                 self._fail()
                 return
-            if not missing:
+            if header is not None:
                 break
             try:
                 data = self.sock.recv(missing)
@@ -148,8 +147,7 @@ class ProxyHeaderRead(_Opening):
                 self._fail()  # closed before a whole header: a probe, closed silently
                 return
             buffer += data
-        header = parse_v2(buffer, transport=TRANSPORT_STREAM)
-        assert header is not None
+        assert not missing
         if header.source is None:
             self._fail()  # LOCAL or UNSPEC: nothing to serve
             return
