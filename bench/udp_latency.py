@@ -106,8 +106,8 @@ def serve_floor(listen_port: int, backend_port: int) -> None:
                     upstream, client = clients[fd]
                     size = upstream.recv_into(buffer)
                     listener.sendto(view[:size], client)
-            except BlockingIOError:
-                continue
+            except OSError:
+                continue  # EAGAIN, or an ICMP error reported on a socket: next event
 
 
 def run_load(target: Address, rate: float, duration: float, sockets: int, timeout: float) -> Result:

@@ -107,14 +107,14 @@ def test_v2_missing_asks_for_exactly_the_header() -> None:
 
 def test_read_v2_gives_the_header_once_whole_and_what_is_missing_before() -> None:
     """The listener's one parse per read: the header with 0 once complete (what follows it is
-    not taken), else None with exactly `v2_missing`'s count; refusals raise the same way."""
+    not taken), else None with the bytes still missing; refusals raise as `parse_v2`'s."""
     source, destination = ("127.0.0.5", 1234), ("127.0.0.1", 80)
     header = build_v2(source, destination)
+    assert len(header) == 28
     for cut in range(len(header)):
-        assert read_v2(header[:cut], transport=TRANSPORT_STREAM) == (
-            None,
-            v2_missing(header[:cut], transport=TRANSPORT_STREAM),
-        )
+        # The 16-byte prefix first, then exactly the length it announces.
+        missing = 16 - cut if cut < 16 else 28 - cut
+        assert read_v2(header[:cut], transport=TRANSPORT_STREAM) == (None, missing)
     whole = ProxyHeader("PROXY", source, destination, len(header))
     assert read_v2(header, transport=TRANSPORT_STREAM) == (whole, 0)
     assert read_v2(header + b"\x16\x03\x01", transport=TRANSPORT_STREAM) == (whole, 0)

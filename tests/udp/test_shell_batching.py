@@ -221,3 +221,49 @@ async def test_a_lone_reply_never_overtakes_what_waits_before_it() -> None:
             finally:
                 client.close()
             assert proxy.counters.send_error == 0
+
+
+class _RefusingSocket:
+    """The listener socket as `send_lone` sees it, with a `sendto` that fails with `error`."""
+
+    def __init__(self, real: socket.socket, error: OSError) -> None:
+        self.real = real
+        self.error = error
+
+    def sendto(self, payload: bytes | memoryview, address: tuple[str, int]) -> int:
+        raise self.error
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+async def test_a_lone_reply_the_socket_refuses_waits_or_is_counted() -> None:
+    """EAGAIN on the shortcut's sendto puts the reply in the egress FIFO (sent once the socket
+    is writable); any other error drops it and counts it, as for a batched reply."""
+    with trio.fail_after(10):
+        async with running([EchoBackend("BK0")]) as (_, proxy):
+            real = proxy.sock
+            client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            await client.bind(("127.0.0.1", 0))
+            destination = client.getsockname()
+            try:
+                proxy.reactor.lone = True
+                proxy.sock = _RefusingSocket(real, BlockingIOError())  # type: ignore[assignment]
+                proxy.send_lone(destination, b"later")
+                proxy.sock = real
+                assert [payload for payload, _ in proxy.backlog] == [b"later"]
+                with trio.fail_after(2):
+                    data, _ = await client.recvfrom(1024)
+                assert data == b"later"
+                assert not proxy.backlog
+
+                proxy.reactor.lone = True
+                refused = OSError(errno.EPERM, "refused")
+                proxy.sock = _RefusingSocket(real, refused)  # type: ignore[assignment]
+                proxy.send_lone(destination, b"dropped")
+                proxy.sock = real
+                assert not proxy.backlog
+                assert proxy.counters.send_error == 1
+            finally:
+                proxy.sock = real
+                client.close()

@@ -147,7 +147,6 @@ class ProxyHeaderRead(_Opening):
                 self._fail()  # closed before a whole header: a probe, closed silently
                 return
             buffer += data
-        assert not missing
         if header.source is None:
             self._fail()  # LOCAL or UNSPEC: nothing to serve
             return

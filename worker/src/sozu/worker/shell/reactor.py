@@ -31,7 +31,7 @@ import math
 import select
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Sized
 from typing import Final, Protocol
 
 import trio
@@ -155,8 +155,8 @@ class Reactor:
         self._gone: set[int] = set()
         # True while `run` waits in its own epoll object when trio is idle (trio_peek).
         self.direct = False
-        # True while the batch being handled is one event: a handler's one send then has no
-        # other to join (a UDP reply goes out at once rather than through `soon`).
+        # Whether the batch of events last polled is one event; meaningful inside a handler
+        # only (a UDP reply then has no other to join: it goes out at once, not via `soon`).
         self.lone = False
 
     def now(self) -> float:
@@ -362,8 +362,8 @@ class Reactor:
         perf_counter = time.perf_counter
         side = trio_peek.peek() if direct_wait else None
         trio_fd = -1
-        trio_pending: Collection[object] = ()
-        trio_waiting: object = ()
+        trio_pending: Sized = ()
+        trio_waiting: Sized = ()
         if side is not None:
             trio_fd = side.fd
             trio_pending, trio_waiting = side.pending, side.waiting_for_idle

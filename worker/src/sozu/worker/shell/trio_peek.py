@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 
 import trio
 
@@ -49,7 +49,7 @@ class TrioPeek:
     __slots__ = ("_instrument", "fd", "next_deadline", "pending", "waiting_for_idle")
 
     def __init__(
-        self, fd: int, waiting_for_idle: object, next_deadline: Callable[[], float]
+        self, fd: int, waiting_for_idle: Sized, next_deadline: Callable[[], float]
     ) -> None:
         self.fd = fd
         # trio is idle when both `pending` and this are empty: no other task is runnable and

@@ -7,9 +7,10 @@ worker's `Reactor`; their handlers drain the socket (up to BUDGET datagrams per 
 loop comes back for the rest) into reused buffers of `max_rx + 1` bytes per datagram, so an
 oversized datagram is seen as such. Where the compiled binding is installed
 (udp_batching.py), the listener is read with recvmmsg and the replies of one batch of loop
-events leave in one sendmmsg (`flush_soon`). A datagram of an established flow takes the
-core's fast path (`forward_established`, `return_established`: one lookup, counters, one
-send, no output records); everything else goes through the core's full path and its outputs.
+events leave in one sendmmsg (`flush_soon`), but for a lone reply (`send_lone`). A datagram
+of an established flow takes the core's fast path (`forward_established`,
+`return_established`: one lookup, counters, one send, no output records); everything else
+goes through the core's full path and its outputs.
 The listener's timer is the loop's: the proxy is a `Timed` whose deadline is the core's armed
 one. Sends that would block wait in bounded queues (64 per flow, 256 for the listener's
 replies) flushed when the socket is writable. Backend selection for `SelectBackend` is
@@ -105,7 +106,7 @@ class UdpListenerProxy:
         self.core = core
         # Public, with `buffer`, `view`, `upstreams`, `backlog`, `batch`, `recv_batch`,
         # `slot_buffer`, `slot_view`, `slots` and the methods apply, flow_failed, close_upstream,
-        # send_to_client and client_send_failed: what each flow's UdpUpstream
+        # send_to_client, send_lone and client_send_failed: what each flow's UdpUpstream
         # (udp_upstream.py) uses of its proxy.
         self.reactor = reactor
         self.now = reactor.now

@@ -2,7 +2,7 @@
 `Reactor`: its handler flushes the flow's queue towards the backend when the socket is
 writable, and reads the backend's replies (up to BUDGET per wake-up) into the listener
 proxy's buffer, sending each to the client on the fast path (into the listener's send batch,
-when it has one) or feeding the core."""
+when it has one, or at once when it is the wake-up's lone reply) or feeding the core."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ class UdpUpstream:
             except OSError:
                 return
             at = 0
-            # A first batch of one is the only reply of this wake-up: sent at once.
+            # A first batch of one that drained the socket: the one reply of this wake-up.
             lone = read == 0 and len(got) == 1
             for size, _source in got:
                 outcome = self._reply(proxy, now, view[at : at + size], lone)
@@ -175,8 +175,8 @@ class UdpUpstream:
 
     def _reply(self, proxy: UdpListenerProxy, now: float, payload: memoryview, lone: bool) -> int:
         """One reply from the backend: to its client on the fast path (_SENT), or through the
-        core and its outputs (_FULL; _CLOSED when that closed the flow). `lone`: the only
-        reply this wake-up reads from this socket."""
+        core and its outputs (_FULL; _CLOSED when that closed the flow). `lone`: no other
+        reply of this read joins it (`send_lone` may then send it at once)."""
         flow = self.flow
         try:
             client = proxy.core.return_established(now, flow, payload)

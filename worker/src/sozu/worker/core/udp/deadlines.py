@@ -11,6 +11,7 @@ touched flow owns the top entry, or its deadline moves earlier, does the minimum
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterator, Mapping
 
 from sozu.worker.core.udp.flow import Flow
@@ -54,13 +55,14 @@ class DeadlineHeap:
             return True
         return heap[0][1] == flow.id
 
-    def settle(self, not_before: float | None = None) -> float | None:
+    def settle(self, not_before: float | None = -math.inf) -> float | None:
         """Repair the top until it is exact; return the minimum idle deadline or None.
 
         `not_before`: the deadline armed when a fast path refreshed the flow holding the
-        minimum. The new minimum is never earlier (a fast path refuses a deadline moving
-        earlier), so a shell timer armed for it fires early once, reads the new one from
-        `poll_timeout()` and waits again."""
+        minimum (never None: a flow is live, so a deadline is armed). The new minimum is
+        never earlier (a fast path refuses a deadline moving earlier), so a shell timer armed
+        for it fires early once, reads the new one from `poll_timeout()` and waits again."""
+        assert not_before is not None, "a fast path found no armed deadline"
         heap = self._heap
         flows = self._flows
         while heap:
@@ -72,9 +74,9 @@ class DeadlineHeap:
                 flow.heap_key = flow.idle_deadline
                 heapq.heapreplace(heap, (flow.idle_deadline, fid))
             else:
-                assert not_before is None or deadline >= not_before
+                assert deadline >= not_before, "a fast path moved the minimum earlier"
                 return deadline
-        assert not_before is None
+        assert not_before == -math.inf, "a fast path's flow is missing from the heap"
         return None
 
     def pop_expired(self, now: float) -> Flow | None:
