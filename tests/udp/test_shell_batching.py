@@ -12,6 +12,7 @@ import trio
 from udp.test_shell import EchoBackend, running
 
 from sozu.worker.shell import udp_batching
+from sozu.worker.shell.udp_proxy import UdpListenerProxy
 
 pytestmark = pytest.mark.skipif(
     not udp_batching.available(), reason="sozu_mmsg is not built here (`uv sync` builds it)"
@@ -60,6 +61,18 @@ async def test_a_full_batch_is_sent_before_it_takes_more(monkeypatch: pytest.Mon
             assert not proxy.backlog
 
 
+def _never_lone(proxy: UdpListenerProxy) -> None:
+    """Every reply into the batch, as when the loop's batch holds other events."""
+    batched = proxy.send_to_client
+
+    def send_to_client(
+        destination: tuple[str, int], payload: bytes | memoryview, lone: bool = False
+    ) -> None:
+        batched(destination, payload)
+
+    proxy.send_to_client = send_to_client  # type: ignore[method-assign]
+
+
 class _NoRoom:
     """A send batch whose socket has no room on its first `rounds` flushes (the kernel's
     EAGAIN, which loopback never gives for datagrams): `flush` sends nothing, the shell must
@@ -96,7 +109,7 @@ async def test_replies_without_room_wait_in_the_egress_queue_and_then_go() -> No
             proxy.batch = no_room  # type: ignore[assignment]
             # One query at a time: its reply would leave with sendto (a lone reply) and never
             # meet the batch.
-            proxy.send_lone = proxy.send_to_client  # type: ignore[method-assign]
+            _never_lone(proxy)
             client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 await client.sendto(b"first", address)
@@ -130,7 +143,7 @@ async def test_a_kernel_without_sendmmsg_turns_batching_off_and_loses_nothing() 
             proxy.batch = _NoSendmmsg(proxy.batch, rounds=0)  # type: ignore[assignment]
             # One query at a time: its reply would leave with sendto (a lone reply) and never
             # meet the batch.
-            proxy.send_lone = proxy.send_to_client  # type: ignore[method-assign]
+            _never_lone(proxy)
             client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 for query in (b"one", b"two"):
@@ -196,25 +209,25 @@ async def test_a_lone_reply_never_overtakes_what_waits_before_it() -> None:
             try:
                 # No await between a send and its check: the loop does not run meanwhile.
                 reactor.lone = True
-                proxy.send_lone(destination, b"alone")
+                proxy.send_to_client(destination, b"alone", lone=True)
                 assert len(batch) == 0
                 assert not proxy.backlog
                 assert await received(1) == [b"alone"]
 
                 reactor.lone = False  # the loop's batch holds other events
-                proxy.send_lone(destination, b"in-batch")
+                proxy.send_to_client(destination, b"in-batch", lone=True)
                 assert len(batch) == 1
                 assert await received(1) == [b"in-batch"]
 
                 reactor.lone = True
                 proxy.send_to_client(destination, b"first")  # an earlier event's reply
-                proxy.send_lone(destination, b"second")
+                proxy.send_to_client(destination, b"second", lone=True)
                 assert len(batch) == 2
                 assert await received(2) == [b"first", b"second"]
 
                 reactor.lone = True
                 proxy.client_send_failed(destination, b"third", BlockingIOError())
-                proxy.send_lone(destination, b"fourth")
+                proxy.send_to_client(destination, b"fourth", lone=True)
                 assert [payload for payload, _ in proxy.backlog] == [b"third", b"fourth"]
                 assert await received(2) == [b"third", b"fourth"]
                 assert not proxy.backlog
@@ -224,7 +237,7 @@ async def test_a_lone_reply_never_overtakes_what_waits_before_it() -> None:
 
 
 class _RefusingSocket:
-    """The listener socket as `send_lone` sees it, with a `sendto` that fails with `error`."""
+    """The listener socket as `send_to_client` sees it, with a `sendto` failing with `error`."""
 
     def __init__(self, real: socket.socket, error: OSError) -> None:
         self.real = real
@@ -249,7 +262,7 @@ async def test_a_lone_reply_the_socket_refuses_waits_or_is_counted() -> None:
             try:
                 proxy.reactor.lone = True
                 proxy.sock = _RefusingSocket(real, BlockingIOError())  # type: ignore[assignment]
-                proxy.send_lone(destination, b"later")
+                proxy.send_to_client(destination, b"later", lone=True)
                 proxy.sock = real
                 assert [payload for payload, _ in proxy.backlog] == [b"later"]
                 with trio.fail_after(2):
@@ -260,7 +273,7 @@ async def test_a_lone_reply_the_socket_refuses_waits_or_is_counted() -> None:
                 proxy.reactor.lone = True
                 refused = OSError(errno.EPERM, "refused")
                 proxy.sock = _RefusingSocket(real, refused)  # type: ignore[assignment]
-                proxy.send_lone(destination, b"dropped")
+                proxy.send_to_client(destination, b"dropped", lone=True)
                 proxy.sock = real
                 assert not proxy.backlog
                 assert proxy.counters.send_error == 1

@@ -7,7 +7,7 @@ worker's `Reactor`; their handlers drain the socket (up to BUDGET datagrams per 
 loop comes back for the rest) into reused buffers of `max_rx + 1` bytes per datagram, so an
 oversized datagram is seen as such. Where the compiled binding is installed
 (udp_batching.py), the listener is read with recvmmsg and the replies of one batch of loop
-events leave in one sendmmsg (`flush_soon`), but for a lone reply (`send_lone`). A datagram
+events leave in one sendmmsg (`flush_soon`), but for a lone reply (`send_to_client`). A datagram
 of an established flow takes the core's fast path (`forward_established`,
 `return_established`: one lookup, counters, one send, no output records); everything else
 goes through the core's full path and its outputs.
@@ -106,7 +106,7 @@ class UdpListenerProxy:
         self.core = core
         # Public, with `buffer`, `view`, `upstreams`, `backlog`, `batch`, `recv_batch`,
         # `slot_buffer`, `slot_view`, `slots` and the methods apply, flow_failed, close_upstream,
-        # send_to_client, send_lone and client_send_failed: what each flow's UdpUpstream
+        # send_to_client and client_send_failed: what each flow's UdpUpstream
         # (udp_upstream.py) uses of its proxy.
         self.reactor = reactor
         self.now = reactor.now
@@ -568,12 +568,18 @@ class UdpListenerProxy:
         else:
             self.counters.send_error += 1
 
-    def send_to_client(self, destination: Address, payload: bytes | memoryview) -> None:
+    def send_to_client(
+        self, destination: Address, payload: bytes | memoryview, lone: bool = False
+    ) -> None:
+        """Behind the egress FIFO, into the batch's sendmmsg, or with one sendto. `lone`: no
+        other reply of the caller's read follows (request-reply traffic at a low rate); when
+        the loop's batch is that one event too and nothing waits, one sendto now costs less
+        than a batch of one sent at the batch's end."""
         if self.backlog:
             self._queue_for_client(destination, payload)
             return
         batch = self.batch
-        if batch is not None:
+        if batch is not None and not (lone and self.reactor.lone and not len(batch)):
             if not batch.add(payload, destination):
                 self.flush_soon()  # full: what it holds goes first
                 if self.backlog or not batch.add(payload, destination):
@@ -581,19 +587,6 @@ class UdpListenerProxy:
                     return
             if not self.soon_queued:
                 self.reactor.soon(self)
-            return
-        try:
-            self.sock.sendto(payload, destination)
-        except OSError as error:
-            self.client_send_failed(destination, payload, error)
-
-    def send_lone(self, destination: Address, payload: bytes | memoryview) -> None:
-        """`send_to_client` for a reply no other of this wake-up follows (request-reply
-        traffic at a low rate): when the loop's batch is this one event and nothing waits
-        before it, one sendto now costs less than joining a batch of one sent at its end."""
-        batch = self.batch
-        if not self.reactor.lone or self.backlog or (batch is not None and len(batch)):
-            self.send_to_client(destination, payload)
             return
         try:
             self.sock.sendto(payload, destination)

@@ -176,15 +176,12 @@ class UdpUpstream:
     def _reply(self, proxy: UdpListenerProxy, now: float, payload: memoryview, lone: bool) -> int:
         """One reply from the backend: to its client on the fast path (_SENT), or through the
         core and its outputs (_FULL; _CLOSED when that closed the flow). `lone`: no other
-        reply of this read joins it (`send_lone` may then send it at once)."""
+        reply of this read joins it (`send_to_client` may then send it at once)."""
         flow = self.flow
         try:
             client = proxy.core.return_established(now, flow, payload)
             if client is not None:
-                if lone:
-                    proxy.send_lone(client, payload)
-                else:
-                    proxy.send_to_client(client, payload)  # into the batch's sendmmsg, if any
+                proxy.send_to_client(client, payload, lone)
                 return _SENT
             proxy.core.handle_backend_datagram(now, flow, payload)
         except Exception as error:
