@@ -292,11 +292,7 @@ class UdpListenerProxy:
         if mask & OUT:
             self._flush_backlog()
         if mask & IN and self._reading:
-            recv_batch = self.recv_batch
-            if recv_batch is not None:
-                self._read_batches(self.sock, recv_batch)
-            else:
-                self._read(self.sock)
+            self._read(self.sock)
         elif mask & HUP and not mask & IN:
             self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # clear a pending error
 
