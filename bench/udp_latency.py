@@ -274,11 +274,7 @@ def through_sozu(backend_port: int, args: argparse.Namespace) -> None:
             datagrams = proxied_datagrams(client) - datagrams_before
             client.close()
             report("through sozu", result)
-            per = cpu / datagrams * 10_000 if datagrams else float("nan")
-            print(
-                f"sozu worker (pid {worker_pid}): {cpu:.2f} s CPU for {datagrams:,} proxied "
-                f"datagrams = {per * 1e3:.1f} ms per 10,000 datagrams"
-            )
+            print_cpu("sozu worker", worker_pid, cpu, datagrams)
         finally:
             daemon.send_signal(signal.SIGINT)  # hard stop: the 32 flows would hold a soft one
             try:
@@ -286,6 +282,24 @@ def through_sozu(backend_port: int, args: argparse.Namespace) -> None:
             finally:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(daemon.pid, signal.SIGKILL)
+
+
+def print_cpu(name: str, pid: int, cpu: float, datagrams: int) -> None:
+    per = cpu / datagrams * 10_000 if datagrams else float("nan")
+    print(
+        f"{name} (pid {pid}): {cpu:.2f} s CPU for {datagrams:,} proxied "
+        f"datagrams = {per * 1e3:.1f} ms per 10,000 datagrams"
+    )
+
+
+def measure_peer(label: str, name: str, pid: int, listen: int, args: argparse.Namespace) -> None:
+    """The load through a peer listening on `listen`, with the CPU of its process `pid` per
+    datagram counted from the client (each query and each answer once)."""
+    cpu_before = cpu_seconds(pid)
+    result = run_load(("127.0.0.1", listen), args.rate, args.duration, args.sockets, args.timeout)
+    cpu = cpu_seconds(pid) - cpu_before
+    report(f"through {label}", result)
+    print_cpu(name, pid, cpu, result.sent + len(result.latencies))
 
 
 def through_nginx(backend_port: int, args: argparse.Namespace) -> None:
@@ -315,19 +329,7 @@ def through_nginx(backend_port: int, args: argparse.Namespace) -> None:
         try:
             wait_answered(("127.0.0.1", listen), time.monotonic() + 20)
             children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
-            worker_pid = int(children[0])
-            cpu_before = cpu_seconds(worker_pid)
-            result = run_load(
-                ("127.0.0.1", listen), args.rate, args.duration, args.sockets, args.timeout
-            )
-            cpu = cpu_seconds(worker_pid) - cpu_before
-            datagrams = result.sent + len(result.latencies)
-            report("through nginx", result)
-            per = cpu / datagrams * 10_000 if datagrams else float("nan")
-            print(
-                f"nginx worker (pid {worker_pid}): {cpu:.2f} s CPU for {datagrams:,} proxied "
-                f"datagrams = {per * 1e3:.1f} ms per 10,000 datagrams"
-            )
+            measure_peer("nginx", "nginx worker", int(children[0]), listen, args)
         finally:
             master.terminate()
             master.wait(timeout=15)
@@ -342,18 +344,7 @@ def through_floor(backend_port: int, args: argparse.Namespace) -> None:
     )
     try:
         wait_answered(("127.0.0.1", listen), time.monotonic() + 20)
-        cpu_before = cpu_seconds(floor.pid)
-        result = run_load(
-            ("127.0.0.1", listen), args.rate, args.duration, args.sockets, args.timeout
-        )
-        cpu = cpu_seconds(floor.pid) - cpu_before
-        datagrams = result.sent + len(result.latencies)
-        report("through the python floor", result)
-        per = cpu / datagrams * 10_000 if datagrams else float("nan")
-        print(
-            f"python floor (pid {floor.pid}): {cpu:.2f} s CPU for {datagrams:,} proxied "
-            f"datagrams = {per * 1e3:.1f} ms per 10,000 datagrams"
-        )
+        measure_peer("the python floor", "python floor", floor.pid, listen, args)
     finally:
         floor.terminate()
         floor.wait(timeout=15)
