@@ -8,17 +8,20 @@ number of sends more than 2 ms behind schedule is printed too, so a rate that wa
 visible.
 
 Without `--target`, the script starts an echo backend (a separate process: this script with
-`--serve-echo`), measures it directly, then starts `sozu start` (one production worker, a UDP
-listener with `SOURCE_IP_PORT` affinity in front of that backend) and measures through it,
-with the worker's CPU time (utime + stime from /proc/<pid>/stat, pid from `Status`) per 10,000
-datagrams it proxied (client->backend plus backend->client, from its own counters); then the
-same through nginx's stream module (one worker) when nginx is installed; then through a
-Python floor (`--serve-floor`: about twenty lines of plain Python with one blocking epoll, one
-read per readiness event and one connected upstream socket per client, with no flow table,
-timers, metrics or framework), measured the same way as nginx: the least a Python process
-costs per datagram at this rate.
+`--serve-echo`) and measures it directly. It then starts three forwarders in front of it:
+`sozu start` (one production worker, a UDP listener with `SOURCE_IP_PORT` affinity), nginx's
+stream module (one worker) when nginx is installed, and a Python floor (`--serve-floor`: about
+twenty lines of plain Python with one blocking epoll, one read per readiness event and one
+connected upstream socket per client, with no flow table, timers, metrics or framework: the
+least a Python process costs per datagram at this rate). Each round runs the load through
+each of them in turn (a different one first each round) and prints its latency and its CPU
+time (utime and stime from /proc/<pid>/stat) per 10,000 datagrams: for sozu those its worker
+counted (client->backend plus backend->client), for the others each query and each answer
+the client saw. The summary gives the medians over the rounds, and each forwarder's CPU per
+datagram over nginx's, round by round.
 
-Run: `uv run python bench/udp_latency.py [--rate 2000] [--duration 10] [--sockets 32]`
+Run: `uv run python bench/udp_latency.py [--rate 2000] [--duration 10] [--sockets 32]
+[--rounds 1]`
 (asserts nothing about time; Linux only).
 """
 
@@ -32,13 +35,16 @@ import selectors
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from sozu.command import requests as rq
 from sozu.command.client import CommandClient
@@ -197,15 +203,26 @@ def report(label: str, result: Result) -> None:
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
+class Cpu(NamedTuple):
+    """A process's CPU time in seconds: user (utime) and system (stime)."""
+
+    user: float
+    system: float
+
+    def __sub__(self, other: object) -> Cpu:
+        assert isinstance(other, Cpu)
+        return Cpu(self.user - other.user, self.system - other.system)
+
+
+def cpu_seconds(pid: int) -> Cpu:
+    """utime and stime of a process."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return Cpu(int(fields[11]) / tick, int(fields[12]) / tick)  # fields 14 and 15 of proc(5)
 
 
-def proxied_datagrams(client: CommandClient) -> int:
+def proxied(client: CommandClient) -> int:
     response = client.call(rq.QueryMetrics(), timeout_ms=5000)
     assert isinstance(response.content, MetricsReport), response
     return int(
@@ -238,116 +255,152 @@ def wait_answered(target: Address, deadline: float) -> None:
                     raise
 
 
-def through_sozu(backend_port: int, args: argparse.Namespace) -> None:
+@dataclass
+class Peer:
+    """A forwarder under measurement: its listening port and the process whose CPU counts."""
+
+    label: str
+    pid: int
+    listen: int
+    # The datagrams it proxied, from its own counters (sozu); None: counted from the client.
+    proxied: Callable[[], int] | None = None
+    rounds: list[Cpu] = field(default_factory=list)  # CPU per datagram, one per round
+
+
+def start_sozu(stack: contextlib.ExitStack, backend_port: int) -> Peer:
     listen = free_udp_port()
-    with tempfile.TemporaryDirectory(prefix="sozu-udp-bench-") as directory:
-        socket_path = Path(directory) / "sozu.sock"
-        config = Path(directory) / "sozu.toml"
-        config.write_text(
-            f'command_socket = "{socket_path}"\nworker_count = 1\nlog_level = "error"\n'
-            f'[[listeners]]\nprotocol = "udp"\naddress = "127.0.0.1:{listen}"\n'
-            "front_timeout = 30\nback_timeout = 30\n"
-            f'[clusters.echo]\nprotocol = "tcp"\n'
-            f'frontends = [{{ address = "127.0.0.1:{listen}" }}]\n'
-            f'backends = [{{ address = "127.0.0.1:{backend_port}", backend_id = "echo" }}]\n'
-            '[clusters.echo.udp]\naffinity_key = "SOURCE_IP_PORT"\n'
-        )
-        sozu = Path(sys.executable).with_name("sozu")
-        daemon = subprocess.Popen([str(sozu), "start", "-c", str(config)], stdin=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 20
-            while not socket_path.exists():
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("sozu did not start")
-                time.sleep(0.1)
-            client = CommandClient.connect(str(socket_path), timeout_ms=5000)
-            wait_answered(("127.0.0.1", listen), deadline)
-            status = client.call(rq.Status(), timeout_ms=5000)
-            assert isinstance(status.content, StatusReport), status
-            worker_pid = status.content.workers[0].pid
-            datagrams_before = proxied_datagrams(client)
-            cpu_before = cpu_seconds(worker_pid)
-            result = run_load(
-                ("127.0.0.1", listen), args.rate, args.duration, args.sockets, args.timeout
-            )
-            cpu = cpu_seconds(worker_pid) - cpu_before
-            datagrams = proxied_datagrams(client) - datagrams_before
-            client.close()
-            report("through sozu", result)
-            print_cpu("sozu worker", worker_pid, cpu, datagrams)
-        finally:
-            daemon.send_signal(signal.SIGINT)  # hard stop: the 32 flows would hold a soft one
-            try:
-                daemon.wait(timeout=15)
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(daemon.pid, signal.SIGKILL)
-
-
-def print_cpu(name: str, pid: int, cpu: float, datagrams: int) -> None:
-    per = cpu / datagrams * 10_000 if datagrams else float("nan")
-    print(
-        f"{name} (pid {pid}): {cpu:.2f} s CPU for {datagrams:,} proxied "
-        f"datagrams = {per * 1e3:.1f} ms per 10,000 datagrams"
+    directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="sozu-udp-bench-"))
+    socket_path = Path(directory) / "sozu.sock"
+    config = Path(directory) / "sozu.toml"
+    config.write_text(
+        f'command_socket = "{socket_path}"\nworker_count = 1\nlog_level = "error"\n'
+        f'[[listeners]]\nprotocol = "udp"\naddress = "127.0.0.1:{listen}"\n'
+        "front_timeout = 30\nback_timeout = 30\n"
+        f'[clusters.echo]\nprotocol = "tcp"\n'
+        f'frontends = [{{ address = "127.0.0.1:{listen}" }}]\n'
+        f'backends = [{{ address = "127.0.0.1:{backend_port}", backend_id = "echo" }}]\n'
+        '[clusters.echo.udp]\naffinity_key = "SOURCE_IP_PORT"\n'
     )
+    sozu = Path(sys.executable).with_name("sozu")
+    daemon = subprocess.Popen([str(sozu), "start", "-c", str(config)], stdin=subprocess.DEVNULL)
+
+    def stop() -> None:
+        daemon.send_signal(signal.SIGINT)  # hard stop: the 32 flows would hold a soft one
+        try:
+            daemon.wait(timeout=15)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGKILL)
+
+    stack.callback(stop)
+    deadline = time.monotonic() + 20
+    while not socket_path.exists():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("sozu did not start")
+        time.sleep(0.1)
+    client = CommandClient.connect(str(socket_path), timeout_ms=5000)
+    stack.callback(client.close)
+    wait_answered(("127.0.0.1", listen), deadline)
+    status = client.call(rq.Status(), timeout_ms=5000)
+    assert isinstance(status.content, StatusReport), status
+    return Peer("sozu worker", status.content.workers[0].pid, listen, lambda: proxied(client))
 
 
-def measure_peer(label: str, name: str, pid: int, listen: int, args: argparse.Namespace) -> None:
-    """The load through a peer listening on `listen`, with the CPU of its process `pid` per
-    datagram counted from the client (each query and each answer once)."""
-    cpu_before = cpu_seconds(pid)
-    result = run_load(("127.0.0.1", listen), args.rate, args.duration, args.sockets, args.timeout)
-    cpu = cpu_seconds(pid) - cpu_before
-    report(f"through {label}", result)
-    print_cpu(name, pid, cpu, result.sent + len(result.latencies))
-
-
-def through_nginx(backend_port: int, args: argparse.Namespace) -> None:
-    """The same load through nginx's stream module (one worker), its worker CPU the same way
-    (datagrams counted from the client: each query and each answer once)."""
+def start_nginx(stack: contextlib.ExitStack, backend_port: int) -> Peer | None:
+    """nginx's stream module (one worker) in front of the same backend."""
     nginx = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
     if nginx is None:
         print("nginx: not installed, skipped")
-        return
+        return None
     listen = free_udp_port()
-    with tempfile.TemporaryDirectory(prefix="nginx-udp-bench-") as directory:
-        config = Path(directory) / "nginx.conf"
-        # Debian builds the stream module as a dynamic module.
-        stream = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
-        module = f"load_module {stream};\n" if stream.exists() else ""
-        config.write_text(
-            f"{module}worker_processes 1;\ndaemon off;\npid {directory}/nginx.pid;\n"
-            f"error_log {directory}/error.log error;\nevents {{ worker_connections 4096; }}\n"
-            f"stream {{ server {{ listen 127.0.0.1:{listen} udp; "
-            f"proxy_pass 127.0.0.1:{backend_port}; proxy_timeout 30s; }} }}\n"
-        )
-        master = subprocess.Popen(
-            [nginx, "-p", directory, "-c", str(config)], stdin=subprocess.DEVNULL
-        )
-        try:
-            wait_answered(("127.0.0.1", listen), time.monotonic() + 20)
-            children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
-            measure_peer("nginx", "nginx worker", int(children[0]), listen, args)
-        finally:
-            master.terminate()
-            master.wait(timeout=15)
+    directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="nginx-udp-bench-"))
+    config = Path(directory) / "nginx.conf"
+    # Debian builds the stream module as a dynamic module.
+    stream = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+    module = f"load_module {stream};\n" if stream.exists() else ""
+    config.write_text(
+        f"{module}worker_processes 1;\ndaemon off;\npid {directory}/nginx.pid;\n"
+        f"error_log {directory}/error.log error;\nevents {{ worker_connections 4096; }}\n"
+        f"stream {{ server {{ listen 127.0.0.1:{listen} udp; "
+        f"proxy_pass 127.0.0.1:{backend_port}; proxy_timeout 30s; }} }}\n"
+    )
+    master = subprocess.Popen([nginx, "-p", directory, "-c", str(config)], stdin=subprocess.DEVNULL)
+    stack.callback(_terminate, master)
+    wait_answered(("127.0.0.1", listen), time.monotonic() + 20)
+    children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+    return Peer("nginx worker", int(children[0]), listen)
 
 
-def through_floor(backend_port: int, args: argparse.Namespace) -> None:
-    """The same load through the Python floor (`serve_floor`), measured as nginx is."""
+def start_floor(stack: contextlib.ExitStack, backend_port: int) -> Peer:
+    """The Python floor (`serve_floor`) in front of the same backend."""
     listen = free_udp_port()
     floor = subprocess.Popen(
         [sys.executable, __file__, "--serve-floor", str(listen), str(backend_port)],
         stdin=subprocess.DEVNULL,
     )
-    try:
-        wait_answered(("127.0.0.1", listen), time.monotonic() + 20)
-        measure_peer("the python floor", "python floor", floor.pid, listen, args)
-    finally:
-        floor.terminate()
-        floor.wait(timeout=15)
+    stack.callback(_terminate, floor)
+    wait_answered(("127.0.0.1", listen), time.monotonic() + 20)
+    return Peer("python floor", floor.pid, listen)
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=15)
+
+
+def measure(peer: Peer, args: argparse.Namespace) -> None:
+    """One round of the load through `peer`: its latency, and its CPU per datagram (the
+    peer's own count of what it proxied, or each query and each answer once)."""
+    before = peer.proxied() if peer.proxied is not None else 0
+    cpu_before = cpu_seconds(peer.pid)
+    result = run_load(
+        ("127.0.0.1", peer.listen), args.rate, args.duration, args.sockets, args.timeout
+    )
+    cpu = cpu_seconds(peer.pid) - cpu_before
+    if peer.proxied is not None:
+        datagrams = peer.proxied() - before
+    else:
+        datagrams = result.sent + len(result.latencies)
+    report(f"through {peer.label}", result)
+    print_cpu(peer.label, peer.pid, cpu, datagrams)
+    if datagrams:
+        peer.rounds.append(Cpu(cpu.user / datagrams, cpu.system / datagrams))
+
+
+def summarize(peers: list[Peer]) -> None:
+    """Medians over the rounds, and each peer's CPU per datagram over nginx's, round by
+    round (the rounds ran back to back, so a ratio compares one moment of the machine)."""
+    print(f"medians over {min(len(peer.rounds) for peer in peers)} rounds, µs per datagram:")
+    nginx = next((peer for peer in peers if peer.label == "nginx worker"), None)
+    for peer in peers:
+        totals = [cpu.user + cpu.system for cpu in peer.rounds]
+        line = (
+            f"  {peer.label}: {statistics.median(totals) * 1e6:.1f} "
+            f"(user {statistics.median(c.user for c in peer.rounds) * 1e6:.1f}, "
+            f"system {statistics.median(c.system for c in peer.rounds) * 1e6:.1f})"
+        )
+        if nginx is not None and peer is not nginx:
+            ratios = [
+                (mine.user + mine.system) / (theirs.user + theirs.system)
+                for mine, theirs in zip(peer.rounds, nginx.rounds, strict=False)
+            ]
+            line += (
+                f"; over nginx's, by round: {' '.join(f'{r:.2f}' for r in ratios)}, "
+                f"median {statistics.median(ratios):.2f}"
+            )
+        print(line)
+
+
+def print_cpu(name: str, pid: int, cpu: Cpu, datagrams: int) -> None:
+    total = cpu.user + cpu.system
+    scale = 10_000 / datagrams * 1e3 if datagrams else float("nan")
+    print(
+        f"{name} (pid {pid}): {total:.2f} s CPU for {datagrams:,} proxied "
+        f"datagrams = {total * scale:.1f} ms per 10,000 datagrams "
+        f"(user {cpu.user * scale:.1f}, system {cpu.system * scale:.1f})"
+    )
 
 
 def main() -> None:
@@ -356,6 +409,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
     parser.add_argument("--sockets", type=int, default=32, help="client sockets (flows)")
     parser.add_argument("--timeout", type=float, default=1.0, help="seconds before a loss")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure each forwarder this many times, in turn"
+    )
     parser.add_argument("--target", help="HOST:PORT of an echo service: measure only that")
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-floor", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -386,9 +442,20 @@ def main() -> None:
         report(
             "direct echo", run_load(direct, args.rate, args.duration, args.sockets, args.timeout)
         )
-        through_sozu(backend_port, args)
-        through_nginx(backend_port, args)
-        through_floor(backend_port, args)
+        with contextlib.ExitStack() as stack:
+            started = [
+                start_sozu(stack, backend_port),
+                start_nginx(stack, backend_port),
+                start_floor(stack, backend_port),
+            ]
+            peers = [peer for peer in started if peer is not None]
+            for round_ in range(args.rounds):
+                if args.rounds > 1:
+                    print(f"round {round_ + 1}:")
+                # Each round starts with the next forwarder: none always runs first.
+                for peer in peers[round_ % len(peers) :] + peers[: round_ % len(peers)]:
+                    measure(peer, args)
+            summarize(peers)
     finally:
         echo.terminate()
         echo.wait(timeout=10)
