@@ -14,7 +14,6 @@ from sozu.worker.core.proxy_protocol import (
     build_v2,
     parse_v2,
     read_v2,
-    v2_missing,
 )
 
 
@@ -88,21 +87,21 @@ def test_refusals(data: bytes, needle: str) -> None:
         parse_v2(data)
 
 
-def test_v2_missing_asks_for_exactly_the_header() -> None:
+def test_read_v2_asks_for_exactly_the_header() -> None:
     header = build_v2(("127.0.0.5", 1234), ("127.0.0.1", 80))
     following = b"\x16\x03\x01"  # a TLS record that must stay unread
-    assert v2_missing(b"") == 16
+    assert read_v2(b"")[1] == 16
     for cut in range(len(header)):
-        missing = v2_missing(header[:cut])
+        missing = read_v2(header[:cut])[1]
         assert missing > 0
         # Never more than the header: what follows it is left in the socket.
         assert cut + missing <= len(header)
-    assert v2_missing(header) == 0
-    assert v2_missing(header + following) == 0
+    assert read_v2(header)[1] == 0
+    assert read_v2(header + following)[1] == 0
     v6 = build_v2(("::1", 1), ("::1", 2))
-    assert v2_missing(v6[:16]) == len(v6) - 16
+    assert read_v2(v6[:16])[1] == len(v6) - 16
     with pytest.raises(ProxyProtocolError):
-        v2_missing(b"GET / HTTP/1.1\r\n")
+        read_v2(b"GET / HTTP/1.1\r\n")
 
 
 def test_read_v2_gives_the_header_once_whole_and_what_is_missing_before() -> None:
@@ -134,7 +133,7 @@ def test_a_connection_takes_only_a_header_of_its_own_transport() -> None:
     with pytest.raises(ProxyProtocolError, match="DGRAM on a STREAM connection"):
         parse_v2(dgram, transport=TRANSPORT_STREAM)
     with pytest.raises(ProxyProtocolError, match="DGRAM on a STREAM connection"):
-        v2_missing(dgram[:16], transport=TRANSPORT_STREAM)
+        read_v2(dgram[:16], transport=TRANSPORT_STREAM)
     with pytest.raises(ProxyProtocolError, match="STREAM on a DGRAM connection"):
         parse_v2(stream, transport=TRANSPORT_DGRAM)
     # Each on its own transport, and either one when no transport is asked for.
@@ -145,7 +144,7 @@ def test_a_connection_takes_only_a_header_of_its_own_transport() -> None:
         "PROXY", source, destination, len(dgram)
     )
     assert parse_v2(dgram) == ProxyHeader("PROXY", source, destination, len(dgram))
-    assert v2_missing(stream[:16], transport=TRANSPORT_STREAM) == len(stream) - 16
+    assert read_v2(stream[:16], transport=TRANSPORT_STREAM)[1] == len(stream) - 16
     # A LOCAL command may name any defined transport (its addresses are ignored anyway).
     local_dgram = SIGNATURE + b"\x20\x12\x00\x0c" + bytes(12)
     assert parse_v2(local_dgram, transport=TRANSPORT_STREAM) == ProxyHeader("LOCAL", None, None, 28)

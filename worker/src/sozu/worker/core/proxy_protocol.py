@@ -67,18 +67,13 @@ def build_v2(source: Address, destination: Address, *, stream: bool = True) -> b
     )
 
 
-def v2_missing(data: bytes | bytearray, *, transport: int | None = None) -> int:
-    """How many more bytes complete the header that `data` starts (0: complete), so that a
-    reader can take exactly the header and leave what follows it (a TLS ClientHello) in the
-    socket. ProxyProtocolError as soon as the bytes cannot become a header."""
-    return read_v2(data, transport=transport)[1]
-
-
 def read_v2(
     data: bytes | bytearray, *, transport: int | None = None
 ) -> tuple[ProxyHeader | None, int]:
-    """`parse_v2` and `v2_missing` in one parse: the header and 0 once `data` holds it all,
-    else None and how many more bytes complete it."""
+    """`parse_v2` with what a reader needs next: the header and 0 once `data` holds it all,
+    else None and how many more bytes complete it, so that a reader can take exactly the
+    header and leave what follows it (a TLS ClientHello) in the socket. ProxyProtocolError
+    as soon as the bytes cannot become a header."""
     header = parse_v2(data, transport=transport)
     if header is not None:
         return header, 0
