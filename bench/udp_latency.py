@@ -209,8 +209,11 @@ class Cpu(NamedTuple):
     user: float
     system: float
 
-    def __sub__(self, other: object) -> Cpu:
-        assert isinstance(other, Cpu)
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+    def __sub__(self, other: Cpu) -> Cpu:
         return Cpu(self.user - other.user, self.system - other.system)
 
 
@@ -264,7 +267,9 @@ class Peer:
     listen: int
     # The datagrams it proxied, from its own counters (sozu); None: counted from the client.
     proxied: Callable[[], int] | None = None
-    rounds: list[Cpu] = field(default_factory=list)  # CPU per datagram, one per round
+    # CPU per datagram, one per round (None: the round counted no datagram), so that the
+    # peers' rounds stay aligned.
+    rounds: list[Cpu | None] = field(default_factory=list)
 
 
 def start_sozu(stack: contextlib.ExitStack, backend_port: int) -> Peer:
@@ -365,40 +370,43 @@ def measure(peer: Peer, args: argparse.Namespace) -> None:
         datagrams = result.sent + len(result.latencies)
     report(f"through {peer.label}", result)
     print_cpu(peer.label, peer.pid, cpu, datagrams)
-    if datagrams:
-        peer.rounds.append(Cpu(cpu.user / datagrams, cpu.system / datagrams))
+    peer.rounds.append(Cpu(cpu.user / datagrams, cpu.system / datagrams) if datagrams else None)
 
 
-def summarize(peers: list[Peer]) -> None:
+def summarize(peers: list[Peer], nginx: Peer | None) -> None:
     """Medians over the rounds, and each peer's CPU per datagram over nginx's, round by
     round (the rounds ran back to back, so a ratio compares one moment of the machine)."""
-    print(f"medians over {min(len(peer.rounds) for peer in peers)} rounds, µs per datagram:")
-    nginx = next((peer for peer in peers if peer.label == "nginx worker"), None)
+    print(f"medians over {len(peers[0].rounds)} rounds, µs per datagram:")
     for peer in peers:
-        totals = [cpu.user + cpu.system for cpu in peer.rounds]
+        counted = [cpu for cpu in peer.rounds if cpu is not None]
+        if not counted:
+            print(f"  {peer.label}: no datagram counted")
+            continue
         line = (
-            f"  {peer.label}: {statistics.median(totals) * 1e6:.1f} "
-            f"(user {statistics.median(c.user for c in peer.rounds) * 1e6:.1f}, "
-            f"system {statistics.median(c.system for c in peer.rounds) * 1e6:.1f})"
+            f"  {peer.label}: {statistics.median(c.total for c in counted) * 1e6:.1f} "
+            f"(user {statistics.median(c.user for c in counted) * 1e6:.1f}, "
+            f"system {statistics.median(c.system for c in counted) * 1e6:.1f})"
         )
         if nginx is not None and peer is not nginx:
             ratios = [
-                (mine.user + mine.system) / (theirs.user + theirs.system)
-                for mine, theirs in zip(peer.rounds, nginx.rounds, strict=False)
+                mine.total / theirs.total
+                for mine, theirs in zip(peer.rounds, nginx.rounds, strict=True)
+                if mine is not None and theirs is not None and theirs.total
             ]
             line += (
                 f"; over nginx's, by round: {' '.join(f'{r:.2f}' for r in ratios)}, "
                 f"median {statistics.median(ratios):.2f}"
+                if ratios
+                else "; no round to compare with nginx's"
             )
         print(line)
 
 
 def print_cpu(name: str, pid: int, cpu: Cpu, datagrams: int) -> None:
-    total = cpu.user + cpu.system
     scale = 10_000 / datagrams * 1e3 if datagrams else float("nan")
     print(
-        f"{name} (pid {pid}): {total:.2f} s CPU for {datagrams:,} proxied "
-        f"datagrams = {total * scale:.1f} ms per 10,000 datagrams "
+        f"{name} (pid {pid}): {cpu.total:.2f} s CPU for {datagrams:,} proxied "
+        f"datagrams = {cpu.total * scale:.1f} ms per 10,000 datagrams "
         f"(user {cpu.user * scale:.1f}, system {cpu.system * scale:.1f})"
     )
 
@@ -443,11 +451,8 @@ def main() -> None:
             "direct echo", run_load(direct, args.rate, args.duration, args.sockets, args.timeout)
         )
         with contextlib.ExitStack() as stack:
-            started = [
-                start_sozu(stack, backend_port),
-                start_nginx(stack, backend_port),
-                start_floor(stack, backend_port),
-            ]
+            nginx = start_nginx(stack, backend_port)
+            started = [start_sozu(stack, backend_port), nginx, start_floor(stack, backend_port)]
             peers = [peer for peer in started if peer is not None]
             for round_ in range(args.rounds):
                 if args.rounds > 1:
@@ -455,7 +460,7 @@ def main() -> None:
                 # Each round starts with the next forwarder: none always runs first.
                 for peer in peers[round_ % len(peers) :] + peers[: round_ % len(peers)]:
                     measure(peer, args)
-            summarize(peers)
+            summarize(peers, nginx)
     finally:
         echo.terminate()
         echo.wait(timeout=10)
